@@ -1,0 +1,1 @@
+//! `hil-agent`: the on-board inference agent.

@@ -1,0 +1,3 @@
+fn main() {
+    println!("hil-agent {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! `hil`, the host controller: scenarios, boards, DVFS, power monitors, results and reports.

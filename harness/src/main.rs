@@ -1,0 +1,3 @@
+fn main() {
+    println!("hil {}", env!("CARGO_PKG_VERSION"));
+}

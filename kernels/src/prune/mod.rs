@@ -1,0 +1,4 @@
+//! Pruning: from dense weights to masks.
+
+pub mod block;
+pub mod pattern;
