@@ -1,1 +1,3 @@
 //! `hil`, the host controller: scenarios, boards, DVFS, power monitors, results and reports.
+
+pub mod board;
