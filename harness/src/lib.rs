@@ -1,3 +1,16 @@
 //! `hil`, the host controller: scenarios, boards, DVFS, power monitors, results and reports.
+//!
+//! - [`scenario`]: strict YAML, deserialised raw then validated; [`plan`]: the cells to run.
+//! - [`board`]: the transport trait (SSH or local); [`probe`] and [`dvfs`] work through it.
+//! - [`power`]: power-monitor drivers (PPK2, INA2xx text, SCPI); [`energy`]: clock alignment
+//!   and energy integration as pure functions.
+//! - [`sim`]: the simulated board.
 
 pub mod board;
+pub mod dvfs;
+pub mod energy;
+pub mod plan;
+pub mod power;
+pub mod probe;
+pub mod scenario;
+pub mod sim;
