@@ -1,1 +1,499 @@
-//! (being written)
+//! Energy on the agent's clock, as pure functions (no I/O).
+//!
+//! The agent reports its timed window `[start, end]` in the *board's* `CLOCK_MONOTONIC`; power samples
+//! are on the *host's* `CLOCK_MONOTONIC` (placed by the monitor's own sample clock, see
+//! [`crate::power`]). To put both on one timeline:
+//!
+//! 1. [`estimate_offset`]: several `clock` request/reply exchanges; the one with the smallest round
+//!    trip is kept, assuming the board read its clock halfway through it, so
+//!    `offset = (host_send + host_recv) / 2 - board` with an uncertainty of `rtt / 2`.
+//! 2. [`ClockMap`]: offsets measured before and after the window; board times in between are mapped
+//!    with the offset interpolated linearly in board time, which absorbs a constant drift between the
+//!    two crystals (tens of ppm: ~0.3 ms over a 10 s window).
+//! 3. [`window_energy`]: the power curve is the piecewise-linear interpolation of the samples; energy is
+//!    its exact integral over the window (trapezoid rule between samples, with the curve interpolated at
+//!    the window's edges, so a window that starts between two samples gets the right fraction of that
+//!    interval). Samples *counted* in the window follow half-open `[start, end)` semantics: a sample
+//!    exactly on `start` is in, one exactly on `end` is out, so back-to-back windows never count a
+//!    sample twice.
+//! 4. [`energy_per_inference`]: gross (the window's energy / inferences) and net of idle power
+//!    (`(E - P_idle x T) / n`), idle power being measured at the same frequency before the variants.
+//!
+//! Every failure is an [`EnergyError`] naming the window and what was missing.
+
+use std::ops::Range;
+
+use crate::power::Sample;
+
+/// Why an energy figure cannot be computed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EnergyError {
+    #[error("no clock exchanges to estimate the board-to-host offset from")]
+    NoExchanges,
+    #[error("clock exchange {index} has host receive time {recv_ns} ns before its send time {send_ns} ns")]
+    BadExchange { index: usize, send_ns: u64, recv_ns: u64 },
+    #[error("window [{start_ns}, {end_ns}] ns does not have a positive duration")]
+    InvalidWindow { start_ns: i64, end_ns: i64 },
+    #[error("window [{start_ns}, {end_ns}) ns contains no power samples")]
+    EmptyWindow { start_ns: i64, end_ns: i64 },
+    #[error(
+        "window [{start_ns}, {end_ns}] ns is not covered by the power samples (first at {first_ns:?} ns, last at \
+         {last_ns:?} ns): the monitor must stream from before the window to after it"
+    )]
+    NotCovered { start_ns: i64, end_ns: i64, first_ns: Option<i64>, last_ns: Option<i64> },
+    #[error("sample at {t_ns} ns has no known voltage (NaN): give the rail voltage for this monitor")]
+    UnknownVoltage { t_ns: u64 },
+    #[error("energy per inference needs at least one inference in the window")]
+    NoInferences,
+}
+
+/// One `clock` request/reply with the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockExchange {
+    /// Host monotonic time just before the request was written.
+    pub host_send_ns: u64,
+    /// Host monotonic time just after the reply was read.
+    pub host_recv_ns: u64,
+    /// The board's monotonic time in the reply.
+    pub board_ns: u64,
+}
+
+/// A board-to-host clock offset at one point in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ClockOffset {
+    /// `host - board`: add to a board time to get the host time.
+    pub offset_ns: i64,
+    /// The true offset lies within `offset_ns ± uncertainty_ns` (half the round trip used).
+    pub uncertainty_ns: u64,
+    pub rtt_ns: u64,
+    /// Board time of the exchange used (reference point for drift interpolation).
+    pub board_ref_ns: u64,
+    /// How many exchanges were offered.
+    pub exchanges: usize,
+}
+
+/// Keeps the exchange with the smallest round trip (least room for asymmetric delays).
+pub fn estimate_offset(exchanges: &[ClockExchange]) -> Result<ClockOffset, EnergyError> {
+    let mut best: Option<(u64, &ClockExchange)> = None;
+    for (index, x) in exchanges.iter().enumerate() {
+        if x.host_recv_ns < x.host_send_ns {
+            return Err(EnergyError::BadExchange { index, send_ns: x.host_send_ns, recv_ns: x.host_recv_ns });
+        }
+        let rtt = x.host_recv_ns - x.host_send_ns;
+        if best.is_none_or(|(b, _)| rtt < b) {
+            best = Some((rtt, x));
+        }
+    }
+    let (rtt, x) = best.ok_or(EnergyError::NoExchanges)?;
+    // Midpoint without overflow: send + rtt/2 (rounded half up).
+    let host_mid = i128::from(x.host_send_ns) + i128::from(rtt).div_euclid(2) + i128::from(rtt % 2);
+    Ok(ClockOffset {
+        offset_ns: (host_mid - i128::from(x.board_ns)) as i64,
+        uncertainty_ns: rtt.div_ceil(2),
+        rtt_ns: rtt,
+        board_ref_ns: x.board_ns,
+        exchanges: exchanges.len(),
+    })
+}
+
+/// Maps board times to host times from offsets measured before and (optionally) after a window.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ClockMap {
+    pub before: ClockOffset,
+    pub after: Option<ClockOffset>,
+}
+
+impl ClockMap {
+    pub fn new(before: ClockOffset, after: Option<ClockOffset>) -> Self {
+        Self { before, after }
+    }
+
+    /// The offset at board time `board_ns`: interpolated (or extrapolated) linearly between the two
+    /// measurements, constant with only one.
+    pub fn offset_at(&self, board_ns: u64) -> f64 {
+        let b = &self.before;
+        match &self.after {
+            Some(a) if a.board_ref_ns != b.board_ref_ns => {
+                let slope = (a.offset_ns - b.offset_ns) as f64 / (a.board_ref_ns as f64 - b.board_ref_ns as f64);
+                b.offset_ns as f64 + slope * (board_ns as f64 - b.board_ref_ns as f64)
+            }
+            Some(a) => (a.offset_ns as f64 + b.offset_ns as f64) / 2.0,
+            None => b.offset_ns as f64,
+        }
+    }
+
+    /// Host monotonic nanoseconds for a board time.
+    pub fn to_host_ns(&self, board_ns: u64) -> i64 {
+        (board_ns as f64 + self.offset_at(board_ns)).round() as i64
+    }
+
+    /// The larger of the two measurements' uncertainties.
+    pub fn uncertainty_ns(&self) -> u64 {
+        self.after.map_or(self.before.uncertainty_ns, |a| a.uncertainty_ns.max(self.before.uncertainty_ns))
+    }
+
+    /// Relative rate difference of the two clocks in parts per million (`None` with one measurement).
+    pub fn drift_ppm(&self) -> Option<f64> {
+        let a = self.after?;
+        let span = a.board_ref_ns as f64 - self.before.board_ref_ns as f64;
+        (span != 0.0).then(|| (a.offset_ns - self.before.offset_ns) as f64 / span * 1e6)
+    }
+}
+
+/// A window on the host timeline, nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HostWindow {
+    pub start_ns: i64,
+    pub end_ns: i64,
+}
+
+impl HostWindow {
+    pub fn duration_s(&self) -> f64 {
+        (self.end_ns - self.start_ns) as f64 * 1e-9
+    }
+}
+
+/// Places the agent's window `[board_start_ns, board_end_ns]` on the host timeline.
+pub fn board_window_to_host(map: &ClockMap, board_start_ns: u64, board_end_ns: u64) -> Result<HostWindow, EnergyError> {
+    let w = HostWindow { start_ns: map.to_host_ns(board_start_ns), end_ns: map.to_host_ns(board_end_ns) };
+    if w.end_ns <= w.start_ns {
+        return Err(EnergyError::InvalidWindow { start_ns: w.start_ns, end_ns: w.end_ns });
+    }
+    Ok(w)
+}
+
+/// Indices of the samples inside `[start, end)` (half-open: on `start` in, on `end` out).
+/// `samples` must be sorted by time, as every monitor produces them.
+pub fn samples_in_window(samples: &[Sample], window: HostWindow) -> Range<usize> {
+    debug_assert!(samples.windows(2).all(|w| w[0].t_ns <= w[1].t_ns), "samples must be sorted by time");
+    let t = |s: &Sample| s.t_ns as i128;
+    let lo = samples.partition_point(|s| t(s) < i128::from(window.start_ns));
+    let hi = samples.partition_point(|s| t(s) < i128::from(window.end_ns));
+    lo..hi.max(lo)
+}
+
+/// Trapezoid integral of power over consecutive samples, joules (the whole recording).
+pub fn trapezoid_energy_j(samples: &[Sample]) -> f64 {
+    samples
+        .windows(2)
+        .map(|w| (w[0].power_w() + w[1].power_w()) * 0.5 * (w[1].t_ns as f64 - w[0].t_ns as f64) * 1e-9)
+        .sum()
+}
+
+/// What [`window_energy`] found.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct WindowEnergy {
+    pub window: HostWindow,
+    /// Integral of the interpolated power curve over the window, joules.
+    pub energy_j: f64,
+    /// `energy_j / duration`, watts.
+    pub mean_power_w: f64,
+    pub duration_s: f64,
+    /// Samples in `[start, end)`.
+    pub samples_in_window: usize,
+    /// Largest interval between consecutive samples that overlaps the window (lost samples show here).
+    pub max_gap_s: f64,
+}
+
+/// Energy in `window` from the piecewise-linear power curve through `samples` (sorted by time).
+///
+/// Errors: a window without positive duration, no sample inside it, samples that do not reach from the
+/// window's start to its end, a sample with unknown voltage.
+pub fn window_energy(samples: &[Sample], window: HostWindow) -> Result<WindowEnergy, EnergyError> {
+    if window.end_ns <= window.start_ns {
+        return Err(EnergyError::InvalidWindow { start_ns: window.start_ns, end_ns: window.end_ns });
+    }
+    let inside = samples_in_window(samples, window);
+    if inside.is_empty() {
+        return Err(EnergyError::EmptyWindow { start_ns: window.start_ns, end_ns: window.end_ns });
+    }
+    let first = samples.first().map(|s| s.t_ns as i64);
+    let last = samples.last().map(|s| s.t_ns as i64);
+    if first.is_none_or(|f| f > window.start_ns) || last.is_none_or(|l| l < window.end_ns) {
+        return Err(EnergyError::NotCovered {
+            start_ns: window.start_ns,
+            end_ns: window.end_ns,
+            first_ns: first,
+            last_ns: last,
+        });
+    }
+    // The bracketing samples: the last one at or before start, the first one at or after end.
+    let lo = if inside.start > 0 && samples[inside.start].t_ns as i64 > window.start_ns {
+        inside.start - 1
+    } else {
+        inside.start
+    };
+    let hi = if inside.end < samples.len() { inside.end } else { samples.len() - 1 };
+    let span = &samples[lo..=hi];
+    if let Some(s) = span.iter().find(|s| !s.power_w().is_finite()) {
+        return Err(EnergyError::UnknownVoltage { t_ns: s.t_ns });
+    }
+    let (energy_j, max_gap_ns) = integrate_clipped(span, window.start_ns as f64, window.end_ns as f64);
+    let duration_s = window.duration_s();
+    Ok(WindowEnergy {
+        window,
+        energy_j,
+        mean_power_w: energy_j / duration_s,
+        duration_s,
+        samples_in_window: inside.len(),
+        max_gap_s: max_gap_ns * 1e-9,
+    })
+}
+
+/// Integral of the linear interpolation through `span` over `[a, b]` (ns), and the largest sample
+/// interval that overlaps it. `span` must bracket `[a, b]`.
+fn integrate_clipped(span: &[Sample], a: f64, b: f64) -> (f64, f64) {
+    let mut energy = 0.0;
+    let mut max_gap: f64 = 0.0;
+    for w in span.windows(2) {
+        let (t0, t1) = (w[0].t_ns as f64, w[1].t_ns as f64);
+        if t1 <= t0 {
+            continue; // duplicate timestamp: no width
+        }
+        let (lo, hi) = (t0.max(a), t1.min(b));
+        if hi <= lo {
+            continue;
+        }
+        max_gap = max_gap.max(t1 - t0);
+        let (p0, p1) = (w[0].power_w(), w[1].power_w());
+        let at = |t: f64| p0 + (p1 - p0) * (t - t0) / (t1 - t0);
+        energy += (at(lo) + at(hi)) * 0.5 * (hi - lo) * 1e-9;
+    }
+    (energy, max_gap)
+}
+
+/// Samples a streaming monitor should have delivered in the window but did not (0 when complete).
+pub fn missing_samples(energy: &WindowEnergy, sample_rate_hz: f64) -> u64 {
+    let expected = (energy.duration_s * sample_rate_hz).floor();
+    (expected - energy.samples_in_window as f64).max(0.0) as u64
+}
+
+/// Energy per inference for one cell.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct InferenceEnergy {
+    /// Window energy / inferences, joules.
+    pub gross_j: f64,
+    /// (Window energy - idle power x duration) / inferences, joules. May be slightly negative when the
+    /// workload costs less than the noise in the idle measurement.
+    pub net_j: f64,
+    pub mean_power_w: f64,
+    pub idle_power_w: f64,
+    pub inferences: u64,
+}
+
+pub fn energy_per_inference(
+    energy: &WindowEnergy,
+    idle_power_w: f64,
+    inferences: u64,
+) -> Result<InferenceEnergy, EnergyError> {
+    if inferences == 0 {
+        return Err(EnergyError::NoInferences);
+    }
+    let n = inferences as f64;
+    Ok(InferenceEnergy {
+        gross_j: energy.energy_j / n,
+        net_j: (energy.energy_j - idle_power_w * energy.duration_s) / n,
+        mean_power_w: energy.mean_power_w,
+        idle_power_w,
+        inferences,
+    })
+}
+
+/// Mean power over a window (idle measurement), watts.
+pub fn mean_power_w(samples: &[Sample], window: HostWindow) -> Result<f64, EnergyError> {
+    window_energy(samples, window).map(|e| e.mean_power_w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn s(t_ns: u64, power_w: f64) -> Sample {
+        Sample { t_ns, current_a: power_w / 5.0, voltage_v: 5.0, logic: None }
+    }
+
+    fn regular(start: u64, period: u64, n: usize, p: impl Fn(u64) -> f64) -> Vec<Sample> {
+        (0..n as u64).map(|k| s(start + k * period, p(start + k * period))).collect()
+    }
+
+    fn w(start_ns: i64, end_ns: i64) -> HostWindow {
+        HostWindow { start_ns, end_ns }
+    }
+
+    #[test]
+    fn offset_keeps_smallest_round_trip() {
+        let x = [
+            ClockExchange { host_send_ns: 1_000, host_recv_ns: 9_000, board_ns: 100 }, // rtt 8000
+            ClockExchange { host_send_ns: 20_000, host_recv_ns: 21_000, board_ns: 19_400 }, // rtt 1000
+            ClockExchange { host_send_ns: 30_000, host_recv_ns: 33_000, board_ns: 29_000 }, // rtt 3000
+        ];
+        let o = estimate_offset(&x).unwrap();
+        assert_eq!(o.rtt_ns, 1_000);
+        assert_eq!(o.uncertainty_ns, 500);
+        assert_eq!(o.offset_ns, 20_500 - 19_400);
+        assert_eq!(o.board_ref_ns, 19_400);
+        assert_eq!(o.exchanges, 3);
+        assert_eq!(estimate_offset(&[]), Err(EnergyError::NoExchanges));
+        let bad = [ClockExchange { host_send_ns: 10, host_recv_ns: 5, board_ns: 0 }];
+        assert!(matches!(estimate_offset(&bad), Err(EnergyError::BadExchange { index: 0, .. })));
+    }
+
+    #[test]
+    fn offset_of_a_board_clock_behind_the_host() {
+        // Board clock 5 s behind the host: board = host - 5e9; offset is +5e9.
+        let x = [ClockExchange { host_send_ns: 10_000_000_000, host_recv_ns: 10_000_000_200, board_ns: 5_000_000_100 }];
+        assert_eq!(estimate_offset(&x).unwrap().offset_ns, 5_000_000_000);
+    }
+
+    #[test]
+    fn drift_is_interpolated_across_the_window() {
+        // The board clock runs 100 ppm slow: offset grows 100 us per second of board time.
+        let before =
+            ClockOffset { offset_ns: 1_000_000, uncertainty_ns: 50, rtt_ns: 100, board_ref_ns: 0, exchanges: 5 };
+        let after = ClockOffset {
+            offset_ns: 1_000_000 + 1_000_000,
+            uncertainty_ns: 80,
+            rtt_ns: 160,
+            board_ref_ns: 10_000_000_000,
+            exchanges: 5,
+        };
+        let map = ClockMap::new(before, Some(after));
+        assert!((map.drift_ppm().unwrap() - 100.0).abs() < 1e-9);
+        assert_eq!(map.uncertainty_ns(), 80);
+        // Halfway through, the offset is halfway.
+        assert_eq!(map.to_host_ns(5_000_000_000), 5_000_000_000 + 1_500_000);
+        let win = board_window_to_host(&map, 2_000_000_000, 8_000_000_000).unwrap();
+        assert_eq!(win, w(2_000_000_000 + 1_200_000, 8_000_000_000 + 1_800_000));
+        // One measurement only: a constant offset.
+        let single = ClockMap::new(before, None);
+        assert_eq!(single.to_host_ns(8_000_000_000), 8_001_000_000);
+        assert!(single.drift_ppm().is_none());
+        assert!(matches!(board_window_to_host(&single, 5, 5), Err(EnergyError::InvalidWindow { .. })));
+    }
+
+    #[test]
+    fn sample_exactly_on_window_edges() {
+        let samples = regular(0, 100, 11, |_| 1.0); // t = 0, 100, ..., 1000
+                                                    // Start on a sample: it is in; end on a sample: it is out.
+        let r = samples_in_window(&samples, w(200, 500));
+        assert_eq!(r, 2..5, "t = 200, 300, 400");
+        // Adjacent windows share the edge sample exactly once.
+        let a = samples_in_window(&samples, w(0, 500));
+        let b = samples_in_window(&samples, w(500, 1000));
+        assert_eq!(a.len() + b.len(), samples_in_window(&samples, w(0, 1000)).len());
+        assert_eq!(a.end, b.start);
+        // A window between two samples contains none.
+        assert!(samples_in_window(&samples, w(101, 199)).is_empty());
+        // Energy on exact edges: 1 W for 300 ns.
+        let e = window_energy(&samples, w(200, 500)).unwrap();
+        assert!((e.energy_j - 300e-9).abs() < 1e-18);
+        assert_eq!(e.samples_in_window, 3);
+    }
+
+    #[test]
+    fn window_between_samples_gets_its_fraction() {
+        // Power ramps 0 W at t=0 to 10 W at t=1000 ns (two samples), plus one inside.
+        let samples = vec![s(0, 0.0), s(500, 5.0), s(1000, 10.0)];
+        let e = window_energy(&samples, w(250, 750)).unwrap();
+        // Integral of P = t/100 (W, t in ns) from 250 to 750 ns = (750^2 - 250^2)/200 ns*W = 2500 W*ns.
+        assert!((e.energy_j - 2500e-9).abs() < 1e-15, "{}", e.energy_j);
+        assert!((e.mean_power_w - 5.0).abs() < 1e-9);
+        assert!((e.max_gap_s - 500e-9).abs() < 1e-18);
+    }
+
+    #[test]
+    fn empty_and_uncovered_windows_are_errors() {
+        let samples = regular(1_000, 1_000, 10, |_| 2.0); // 1000 ..= 10000
+        assert!(matches!(window_energy(&samples, w(1_100, 1_900)), Err(EnergyError::EmptyWindow { .. })));
+        assert!(matches!(window_energy(&[], w(0, 10)), Err(EnergyError::EmptyWindow { .. })));
+        assert!(matches!(window_energy(&samples, w(500, 5_000)), Err(EnergyError::NotCovered { .. })));
+        assert!(matches!(window_energy(&samples, w(5_000, 10_500)), Err(EnergyError::NotCovered { .. })));
+        assert!(matches!(window_energy(&samples, w(5_000, 5_000)), Err(EnergyError::InvalidWindow { .. })));
+        let mut nan = samples.clone();
+        nan[4].voltage_v = f64::NAN;
+        assert!(matches!(window_energy(&nan, w(2_000, 8_000)), Err(EnergyError::UnknownVoltage { t_ns: 5_000 })));
+        let msg = window_energy(&samples, w(1_100, 1_900)).unwrap_err().to_string();
+        assert!(msg.contains("1100") && msg.contains("no power samples"), "{msg}");
+    }
+
+    #[test]
+    fn gross_and_net_energy_per_inference() {
+        // 3 W for 2 s with 0.5 W idle, 100 inferences: gross 60 mJ, net 50 mJ.
+        let samples = regular(0, 10_000_000, 201, |_| 3.0);
+        let e = window_energy(&samples, w(0, 2_000_000_000)).unwrap();
+        let per = energy_per_inference(&e, 0.5, 100).unwrap();
+        assert!((per.gross_j - 0.06).abs() < 1e-12);
+        assert!((per.net_j - 0.05).abs() < 1e-12);
+        assert_eq!(energy_per_inference(&e, 0.5, 0), Err(EnergyError::NoInferences));
+        assert!((mean_power_w(&samples, w(0, 1_000_000_000)).unwrap() - 3.0).abs() < 1e-12);
+        assert_eq!(missing_samples(&e, 100.0), 0);
+        // Drop 10 samples from the middle: they are missing, and the gap shows.
+        let mut holed = samples.clone();
+        holed.drain(50..60);
+        let e = window_energy(&holed, w(0, 2_000_000_000)).unwrap();
+        assert_eq!(missing_samples(&e, 100.0), 10);
+        assert!((e.max_gap_s - 0.11).abs() < 1e-12);
+        assert!((e.energy_j - 6.0).abs() < 1e-9, "constant power: interpolation across the gap is exact");
+    }
+
+    proptest! {
+        #[test]
+        fn constant_power_gives_power_times_duration(
+            p in 0.0f64..20.0, period in 1u64..10_000, n in 3usize..500,
+            a in 0.0f64..1.0, b in 0.0f64..1.0,
+        ) {
+            let samples = regular(1_000, period, n, |_| p);
+            let span = (n as u64 - 1) * period;
+            let (x, y) = if a < b { (a, b) } else { (b, a) };
+            let start = 1_000 + (x * span as f64) as i64;
+            let end = 1_000 + (y * span as f64) as i64;
+            prop_assume!(end > start);
+            match window_energy(&samples, w(start, end)) {
+                Ok(e) => {
+                    let expected = p * (end - start) as f64 * 1e-9;
+                    prop_assert!((e.energy_j - expected).abs() <= 1e-9 * expected.max(1e-12));
+                }
+                Err(EnergyError::EmptyWindow { .. }) => prop_assert!(samples_in_window(&samples, w(start, end)).is_empty()),
+                Err(other) => prop_assert!(false, "unexpected {other}"),
+            }
+        }
+
+        #[test]
+        fn energy_is_additive_and_counts_partition(
+            powers in proptest::collection::vec(0.0f64..10.0, 5..200), period in 1u64..1_000, cut in 0.05f64..0.95,
+        ) {
+            let n = powers.len();
+            let samples: Vec<Sample> = powers.iter().enumerate().map(|(k, &p)| s(k as u64 * period, p)).collect();
+            let end = ((n - 1) as u64 * period) as i64;
+            let mid = (cut * end as f64) as i64;
+            prop_assume!(mid > 0 && mid < end);
+            let whole = integrate_clipped(&samples, 0.0, end as f64).0;
+            let left = integrate_clipped(&samples, 0.0, mid as f64).0;
+            let right = integrate_clipped(&samples, mid as f64, end as f64).0;
+            prop_assert!((whole - (left + right)).abs() <= 1e-9 * whole.max(1e-15));
+            prop_assert!((whole - trapezoid_energy_j(&samples)).abs() <= 1e-9 * whole.max(1e-15));
+            let c = |a, b| samples_in_window(&samples, w(a, b)).len();
+            prop_assert_eq!(c(0, mid) + c(mid, end), c(0, end));
+        }
+
+        #[test]
+        fn true_offset_lies_within_uncertainty(
+            offset in -1_000_000_000i64..1_000_000_000, delays in proptest::collection::vec((0u64..50_000, 0u64..50_000), 1..10),
+        ) {
+            // Host time h; the request takes d1 to reach the board, the reply d2 to come back.
+            let mut h = 5_000_000_000u64;
+            let exchanges: Vec<ClockExchange> = delays.iter().map(|&(d1, d2)| {
+                let x = ClockExchange {
+                    host_send_ns: h,
+                    host_recv_ns: h + d1 + d2,
+                    board_ns: ((h + d1) as i64 - offset) as u64,
+                };
+                h += 1_000_000;
+                x
+            }).collect();
+            let o = estimate_offset(&exchanges).unwrap();
+            prop_assert!((o.offset_ns - offset).unsigned_abs() <= o.uncertainty_ns);
+        }
+    }
+}

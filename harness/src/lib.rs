@@ -6,11 +6,20 @@
 //!   and energy integration as pure functions.
 //! - [`sim`]: the simulated board.
 
+pub mod agent_client;
 pub mod board;
+pub mod cli;
+pub mod connect;
+pub mod deploy;
 pub mod dvfs;
 pub mod energy;
 pub mod plan;
 pub mod power;
+pub mod power_session;
 pub mod probe;
+pub mod results;
+pub mod runmeta;
+pub mod runner;
 pub mod scenario;
 pub mod sim;
+pub mod stats;

@@ -1,3 +1,3 @@
-fn main() {
-    println!("hil {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    harness::cli::main()
 }

@@ -1,1 +1,681 @@
-//! (being written)
+//! The local transport: the "board" is this host.
+//!
+//! The simulated board and the tests run every code path above the transport
+//! (probe, deployment, DVFS against a fake sysfs tree, the agent session)
+//! through this implementation, so it keeps the same semantics as
+//! [`super::ssh`]:
+//!
+//! - commands are argument vectors run without a shell (no quoting needed:
+//!   nothing is ever parsed);
+//! - a command that cannot be found reports status 127 with a message on
+//!   stderr, as a remote shell would, instead of a transport error;
+//! - a command is finished when it has exited *and* closed its stdout and
+//!   stderr (as with SSH, a background child that keeps the pipes open keeps
+//!   the command running until the timeout);
+//! - every child runs in its own process group, so a timeout or `close` kills
+//!   the whole tree (a `sh -c 'sleep 100'` leaves no orphaned `sleep`), and a
+//!   Ctrl-C at the terminal reaches `hil` only, which then shuts the agent down
+//!   in order instead of having it die mid-reply.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{Board, BoardError, ErrorKind, ExecOutput, InteractiveSession};
+
+/// How much of a process's stderr is kept for error messages.
+///
+/// The agent logs on stderr for the whole run; only the end matters when it
+/// dies, and an unbounded buffer would grow for hours.
+pub const STDERR_TAIL_BYTES: usize = 16 * 1024;
+
+/// How long `close` waits for a process to exit after its stdin is closed
+/// before killing it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Timeout for `sudo -n tee` in [`LocalBoard::write_file`]: a sysfs write
+/// takes microseconds; seconds mean sudo is waiting on something.
+pub const SUDO_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The last [`STDERR_TAIL_BYTES`] bytes written to a stream, shared between the
+/// thread that drains the pipe and the session that reports errors.
+#[derive(Debug, Default)]
+pub(crate) struct OutputTail {
+    bytes: VecDeque<u8>,
+    capacity: usize,
+}
+
+impl OutputTail {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self { bytes: VecDeque::with_capacity(capacity.min(4096)), capacity }
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        let data = if data.len() > self.capacity { &data[data.len() - self.capacity..] } else { data };
+        let overflow = (self.bytes.len() + data.len()).saturating_sub(self.capacity);
+        self.bytes.drain(..overflow);
+        self.bytes.extend(data);
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let (a, b) = self.bytes.as_slices();
+        let mut all = Vec::with_capacity(a.len() + b.len());
+        all.extend_from_slice(a);
+        all.extend_from_slice(b);
+        String::from_utf8_lossy(&all).into_owned()
+    }
+}
+
+/// Strips the line terminator (`\n`, and a `\r` before it) from a line read
+/// with `read_until(b'\n')`.
+pub(crate) fn trim_line_end(mut line: Vec<u8>) -> String {
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Describes a command for error messages: `exec "<shell-quoted argv>"`.
+pub(crate) fn describe_exec(argv: &[String]) -> String {
+    format!("exec \"{}\"", super::quote::shell_join(argv))
+}
+
+/// The shell convention for an exit status: the code, or 128 + signal number.
+fn status_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => -1,
+    }
+}
+
+/// Kills the child's whole process group (it leads one: see `process_group(0)`).
+fn kill_group(child: &mut Child) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    // The group id is the child's pid, which we have not reaped yet, so it cannot have
+    // been reused by an unrelated group.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    let _ = child.kill();
+}
+
+/// Drains a pipe to the end on a thread; the result arrives on the returned channel.
+fn drain_to_end(mut pipe: impl Read + Send + 'static) -> Receiver<io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let result = pipe.read_to_end(&mut buf).map(|_| buf);
+        let _ = tx.send(result);
+    });
+    rx
+}
+
+/// Commands on this host, behind the [`Board`] trait.
+#[derive(Debug, Clone)]
+pub struct LocalBoard {
+    name: String,
+}
+
+impl LocalBoard {
+    /// A local board called `name` (the scenario's board name, used in errors).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+
+    fn err(&self, kind: ErrorKind, what: impl Into<String>, detail: impl Into<String>) -> BoardError {
+        BoardError::new(&self.name, kind, what, detail)
+    }
+
+    fn command(argv: &[String]) -> Command {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).process_group(0);
+        cmd
+    }
+
+    /// Runs `argv` with `input` on its stdin (or `/dev/null`), collecting its
+    /// output, killing its process group when `timeout` passes.
+    fn run(&self, argv: &[String], input: Option<Vec<u8>>, timeout: Duration) -> Result<ExecOutput, BoardError> {
+        let what = describe_exec(argv);
+        if argv.is_empty() {
+            return Err(self.err(ErrorKind::Local, what, "empty argument vector"));
+        }
+        let mut cmd = Self::command(argv);
+        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(ExecOutput {
+                    status: 127,
+                    stdout: Vec::new(),
+                    stderr: format!("{}: command not found\n", argv[0]).into_bytes(),
+                });
+            }
+            Err(e) => return Err(self.err(ErrorKind::Remote, what, format!("cannot start: {e}"))),
+        };
+        if let (Some(mut stdin), Some(data)) = (child.stdin.take(), input) {
+            // A separate writer: a child that writes a lot before reading would
+            // otherwise deadlock against us writing a lot before reading.
+            thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+        }
+        let stdout_rx = drain_to_end(child.stdout.take().expect("stdout piped"));
+        let stderr_rx = drain_to_end(child.stderr.take().expect("stderr piped"));
+        let deadline = Instant::now() + timeout;
+
+        let status = match wait_until(&mut child, deadline) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                kill_group(&mut child);
+                let _ = child.wait();
+                let stderr = stderr_rx.recv_timeout(Duration::from_secs(1)).ok().and_then(Result::ok);
+                let tail = stderr.map(|e| String::from_utf8_lossy(&e).into_owned()).unwrap_or_default();
+                return Err(self.err(
+                    ErrorKind::Timeout,
+                    what,
+                    format!("no exit within {timeout:?}, killed; stderr: {}", tail.trim_end()),
+                ));
+            }
+            Err(e) => return Err(self.err(ErrorKind::Remote, what, format!("waiting for exit: {e}"))),
+        };
+        let mut collect = |rx: Receiver<io::Result<Vec<u8>>>, stream: &str| -> Result<Vec<u8>, BoardError> {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Err(e)) => Err(self.err(ErrorKind::Remote, what.clone(), format!("reading {stream}: {e}"))),
+                Err(_) => {
+                    kill_group(&mut child);
+                    Err(self.err(
+                        ErrorKind::Timeout,
+                        what.clone(),
+                        format!(
+                            "exited with status {} but its {stream} stayed open past {timeout:?} \
+                             (a background process holding it?); process group killed",
+                            status_code(status)
+                        ),
+                    ))
+                }
+            }
+        };
+        let stdout = collect(stdout_rx, "stdout")?;
+        let stderr = collect(stderr_rx, "stderr")?;
+        Ok(ExecOutput { status: status_code(status), stdout, stderr })
+    }
+}
+
+/// Polls `child` until it exits or `deadline` passes (`Ok(None)`).
+///
+/// Polling with a short, growing sleep keeps this free of signal handling
+/// (SIGCHLD belongs to the whole process, and other threads run commands too).
+fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+impl Board for LocalBoard {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn exec(&mut self, argv: &[String], timeout: Duration) -> Result<ExecOutput, BoardError> {
+        self.run(argv, None, timeout)
+    }
+
+    fn spawn(&mut self, argv: &[String]) -> Result<Box<dyn InteractiveSession>, BoardError> {
+        let what = format!("spawn \"{}\"", super::quote::shell_join(argv));
+        if argv.is_empty() {
+            return Err(self.err(ErrorKind::Local, what, "empty argument vector"));
+        }
+        let mut child = Self::command(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.err(ErrorKind::Remote, what.clone(), format!("cannot start: {e}")))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+
+        let (line_tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            loop {
+                let mut line = Vec::new();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) => {
+                        let _ = line_tx.send(LineEvent::Eof);
+                        return;
+                    }
+                    Ok(_) => {
+                        if line_tx.send(LineEvent::Line(trim_line_end(line))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = line_tx.send(LineEvent::Failed(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let tail = Arc::new(Mutex::new(OutputTail::with_capacity(STDERR_TAIL_BYTES)));
+        let tail_writer = Arc::clone(&tail);
+        thread::spawn(move || {
+            let mut stderr = stderr;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                tail_writer.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n]);
+            }
+        });
+        Ok(Box::new(LocalSession { board: self.name.clone(), what, child, stdin, lines, tail, finished: false }))
+    }
+
+    fn upload(&mut self, local: &Path, remote: &str, mode: u32) -> Result<(), BoardError> {
+        let what = format!("upload {} -> {remote}", local.display());
+        let mut source = fs::File::open(local)
+            .map_err(|e| self.err(ErrorKind::Local, what.clone(), format!("opening {}: {e}", local.display())))?;
+        let target = Path::new(remote);
+        let tmp = temp_sibling(remote);
+        let result = (|| -> io::Result<()> {
+            let mut dest = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            io::copy(&mut source, &mut dest)?;
+            dest.set_permissions(fs::Permissions::from_mode(mode))?;
+            // The bytes must be on disk before the rename makes them visible
+            // under the final name, or a crash leaves a truncated binary.
+            dest.sync_all()?;
+            fs::rename(&tmp, target)
+        })();
+        result.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            self.err(ErrorKind::Remote, what, format!("writing {tmp} then renaming to {remote}: {e}"))
+        })
+    }
+
+    fn read_file(&mut self, path: &str) -> Result<Vec<u8>, BoardError> {
+        fs::read(path).map_err(|e| self.err(ErrorKind::Remote, format!("read {path}"), e.to_string()))
+    }
+
+    fn write_file(&mut self, path: &str, data: &[u8], sudo: bool) -> Result<(), BoardError> {
+        let what = format!("write {path}{}", if sudo { " (sudo)" } else { "" });
+        if !sudo {
+            // In place, no temp-and-rename: sysfs attributes cannot be renamed
+            // over, and the kernel wants the value in one write.
+            return fs::write(path, data).map_err(|e| self.err(ErrorKind::Remote, what, e.to_string()));
+        }
+        let argv = sudo_tee_argv(path);
+        let out = self.run(&argv, Some(data.to_vec()), SUDO_WRITE_TIMEOUT)?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(self.err(
+                ErrorKind::Remote,
+                what,
+                format!(
+                    "`{}` exited with {}: {}",
+                    super::quote::shell_join(&argv),
+                    out.status,
+                    out.stderr_str().trim_end()
+                ),
+            ))
+        }
+    }
+
+    fn reconnect(&mut self) -> Result<(), BoardError> {
+        Ok(())
+    }
+
+    fn transport(&self) -> &'static str {
+        "local"
+    }
+}
+
+/// `sudo -n tee <path>`: the privileged write used by both transports.
+///
+/// `-n` makes sudo fail at once instead of prompting for a password nobody
+/// will type; `tee` writes its stdin to the file (its stdout copy is discarded).
+pub(crate) fn sudo_tee_argv(path: &str) -> Vec<String> {
+    ["sudo", "-n", "tee", path].iter().map(|s| s.to_string()).collect()
+}
+
+/// A fresh name next to `path`, on the same file system so `rename` is atomic.
+pub(crate) fn temp_sibling(path: &str) -> String {
+    let nonce: u64 = rand::random();
+    format!("{path}.tmp-{}-{nonce:016x}", std::process::id())
+}
+
+/// What the stdout reader thread reports.
+#[derive(Debug)]
+enum LineEvent {
+    Line(String),
+    Eof,
+    Failed(String),
+}
+
+/// A process on this host driven line by line.
+#[derive(Debug)]
+pub struct LocalSession {
+    board: String,
+    what: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<LineEvent>,
+    tail: Arc<Mutex<OutputTail>>,
+    finished: bool,
+}
+
+impl LocalSession {
+    fn err(&self, kind: ErrorKind, detail: impl Into<String>) -> BoardError {
+        BoardError::new(&self.board, kind, self.what.clone(), detail)
+    }
+
+    fn tail_text(&self) -> String {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner()).text()
+    }
+
+    fn exited_detail(&mut self) -> String {
+        // Give the process a moment to be reapable so the status can be reported.
+        let status = wait_until(&mut self.child, Instant::now() + Duration::from_millis(200)).ok().flatten();
+        let status = status.map(|s| format!("status {}", status_code(s))).unwrap_or_else(|| "still running".into());
+        format!("process closed its stdout ({status}); stderr: {}", self.tail_text().trim_end())
+    }
+}
+
+impl InteractiveSession for LocalSession {
+    fn send_line(&mut self, line: &str) -> Result<(), BoardError> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(self.err(ErrorKind::Connection, "stdin already closed"));
+        };
+        let mut framed = Vec::with_capacity(line.len() + 1);
+        framed.extend_from_slice(line.as_bytes());
+        framed.push(b'\n');
+        if let Err(e) = stdin.write_all(&framed).and_then(|()| stdin.flush()) {
+            let detail = format!("writing to stdin: {e}; {}", self.exited_detail());
+            return Err(self.err(ErrorKind::Connection, detail));
+        }
+        Ok(())
+    }
+
+    fn read_line(&mut self, timeout: Duration) -> Result<String, BoardError> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(LineEvent::Line(line)) => Ok(line),
+            Ok(LineEvent::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                let detail = self.exited_detail();
+                Err(self.err(ErrorKind::Connection, detail))
+            }
+            Ok(LineEvent::Failed(e)) => {
+                let detail = format!("reading stdout: {e}; stderr: {}", self.tail_text().trim_end());
+                Err(self.err(ErrorKind::Connection, detail))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                Err(self.err(ErrorKind::Timeout, format!("no line within {timeout:?}; stderr: {}", self.tail_text())))
+            }
+        }
+    }
+
+    fn stderr_tail(&mut self) -> String {
+        self.tail_text()
+    }
+
+    fn close(&mut self) -> Result<Option<i32>, BoardError> {
+        drop(self.stdin.take());
+        let status = match wait_until(&mut self.child, Instant::now() + CLOSE_GRACE) {
+            Ok(Some(status)) => Some(status),
+            Ok(None) => {
+                kill_group(&mut self.child);
+                self.child.wait().ok()
+            }
+            Err(e) => return Err(self.err(ErrorKind::Remote, format!("waiting for exit: {e}"))),
+        };
+        self.finished = true;
+        Ok(status.map(status_code))
+    }
+}
+
+impl Drop for LocalSession {
+    /// A session dropped without `close` (an error path) must not leave the
+    /// agent running: kill the group and reap it.
+    fn drop(&mut self) {
+        if !self.finished {
+            drop(self.stdin.take());
+            if !matches!(self.child.try_wait(), Ok(Some(_))) {
+                kill_group(&mut self.child);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn board() -> LocalBoard {
+        LocalBoard::new("local-test")
+    }
+
+    #[test]
+    fn exec_returns_status_stdout_and_stderr() {
+        let out =
+            board().exec(&argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]), Duration::from_secs(10)).unwrap();
+        assert_eq!(out.status, 3);
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert!(!out.success());
+    }
+
+    #[test]
+    fn exec_passes_arguments_verbatim_without_a_shell() {
+        let nasty = argv(&["printf", "%s|", "$(id)", "a b", "'\"", "\n", ""]);
+        let out = board().exec(&nasty, Duration::from_secs(10)).unwrap();
+        assert_eq!(out.stdout_str(), "$(id)|a b|'\"|\n||");
+    }
+
+    #[test]
+    fn missing_command_is_status_127_like_a_shell() {
+        let out = board().exec(&argv(&["/nonexistent/hil-no-such-tool"]), Duration::from_secs(5)).unwrap();
+        assert_eq!(out.status, 127);
+        assert!(out.stderr_str().contains("/nonexistent/hil-no-such-tool"));
+    }
+
+    #[test]
+    fn empty_argv_is_a_local_error() {
+        let err = board().exec(&[], Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Local);
+        assert_eq!(err.board, "local-test");
+    }
+
+    #[test]
+    fn signal_death_reports_128_plus_signal() {
+        let out = board().exec(&argv(&["sh", "-c", "kill -TERM $$"]), Duration::from_secs(5)).unwrap();
+        assert_eq!(out.status, 128 + libc::SIGTERM);
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild.pid");
+        // The shell starts a grandchild (sleep) and records its pid; the timeout
+        // must kill both, not just the shell.
+        let script = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
+        let started = Instant::now();
+        let err = board().exec(&argv(&["sh", "-c", &script]), Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+        assert!(err.what.contains("sleep 30"), "what names the command: {}", err.what);
+        assert!(started.elapsed() < Duration::from_secs(20), "returned at the timeout, not at sleep's end");
+        let grandchild: libc::pid_t = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // Poll briefly: SIGKILL delivery and reaping by init are asynchronous.
+        let gone = (0..100).any(|_| {
+            // SAFETY: signal 0 only checks for existence.
+            let alive = unsafe { libc::kill(grandchild, 0) } == 0 && !is_zombie(grandchild);
+            if alive {
+                thread::sleep(Duration::from_millis(20));
+            }
+            !alive
+        });
+        assert!(gone, "grandchild {grandchild} survived the timeout");
+    }
+
+    fn is_zombie(pid: libc::pid_t) -> bool {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+    }
+
+    #[test]
+    fn background_child_holding_stdout_times_out_with_an_explanation() {
+        let err =
+            board().exec(&argv(&["sh", "-c", "sleep 30 & echo started"]), Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout);
+        assert!(err.detail.contains("stayed open"), "{}", err.detail);
+    }
+
+    #[test]
+    fn spawn_echoes_lines_and_read_line_times_out() {
+        let mut session = board().spawn(&argv(&["cat"])).unwrap();
+        session.send_line("hello agent").unwrap();
+        assert_eq!(session.read_line(Duration::from_secs(10)).unwrap(), "hello agent");
+        session.send_line("{\"cmd\":\"it's\"}").unwrap();
+        assert_eq!(session.read_line(Duration::from_secs(10)).unwrap(), "{\"cmd\":\"it's\"}");
+        let err = session.read_line(Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Timeout);
+        assert_eq!(session.close().unwrap(), Some(0));
+    }
+
+    #[test]
+    fn session_eof_is_a_connection_error_with_the_stderr_tail() {
+        let mut session =
+            board().spawn(&argv(&["sh", "-c", "read l; echo \"got $l\"; echo 'agent panicked' >&2; exit 7"])).unwrap();
+        session.send_line("x").unwrap();
+        assert_eq!(session.read_line(Duration::from_secs(10)).unwrap(), "got x");
+        let err = session.read_line(Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Connection);
+        assert!(err.detail.contains("agent panicked"), "{}", err.detail);
+        assert!(err.detail.contains("status 7"), "{}", err.detail);
+        assert!(session.stderr_tail().contains("agent panicked"));
+        assert_eq!(session.close().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn close_kills_a_process_that_ignores_stdin_eof() {
+        let mut session = board().spawn(&argv(&["sh", "-c", "trap '' TERM; sleep 60"])).unwrap();
+        let status = session.close().unwrap();
+        assert_eq!(status, Some(128 + libc::SIGKILL));
+    }
+
+    #[test]
+    fn stderr_tail_is_bounded_and_keeps_the_end() {
+        let mut tail = OutputTail::with_capacity(8);
+        tail.push(b"0123");
+        tail.push(b"456789");
+        assert_eq!(tail.text(), "23456789");
+        tail.push(b"abcdefghijkl");
+        assert_eq!(tail.text(), "efghijkl");
+    }
+
+    #[test]
+    fn upload_is_atomic_and_sets_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("agent");
+        fs::write(&src, b"new binary").unwrap();
+        let dest = dir.path().join("hil-agent");
+        fs::write(&dest, b"old binary").unwrap();
+        let dest_str = dest.to_str().unwrap();
+
+        // A reader holding the old file keeps seeing the old bytes: the upload
+        // replaced the directory entry instead of rewriting the file in place.
+        let mut old_handle = fs::File::open(&dest).unwrap();
+        board().upload(&src, dest_str, 0o750).unwrap();
+        let mut seen = String::new();
+        old_handle.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "old binary");
+
+        assert_eq!(fs::read(&dest).unwrap(), b"new binary");
+        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o750);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn upload_errors_name_the_side_that_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = board().upload(&dir.path().join("missing"), "/tmp/x", 0o644).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Local);
+        assert!(err.detail.contains("missing"));
+        let src = dir.path().join("src");
+        fs::write(&src, b"x").unwrap();
+        let err = board().upload(&src, "/nonexistent-dir/agent", 0o644).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Remote);
+        assert!(err.what.contains("/nonexistent-dir/agent"));
+    }
+
+    #[test]
+    fn read_and_write_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scaling_setspeed");
+        let path = path.to_str().unwrap();
+        let mut b = board();
+        b.write_file(path, b"1500000\n", false).unwrap();
+        assert_eq!(b.read_file(path).unwrap(), b"1500000\n");
+        let err = b.read_file(&format!("{path}.missing")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Remote);
+        assert!(err.what.contains("scaling_setspeed.missing"));
+    }
+
+    #[test]
+    fn sudo_write_goes_through_tee_when_sudo_works() {
+        // Runs only where passwordless sudo exists (root in CI has it when the
+        // sudo package is installed); otherwise checks the failure is reported.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("governor");
+        let path = path.to_str().unwrap();
+        let mut b = board();
+        let sudo_ok = b.exec(&argv(&["sudo", "-n", "true"]), Duration::from_secs(10)).map(|o| o.success());
+        match sudo_ok {
+            Ok(true) => {
+                b.write_file(path, b"userspace\n", true).unwrap();
+                assert_eq!(fs::read(path).unwrap(), b"userspace\n");
+            }
+            _ => {
+                let err = b.write_file(path, b"userspace\n", true).unwrap_err();
+                assert_eq!(err.kind, ErrorKind::Remote);
+                assert!(err.detail.contains("sudo -n tee"), "{}", err.detail);
+            }
+        }
+    }
+}

@@ -1,1 +1,596 @@
-//! (being written)
+//! Block-sparse (BP) linear layer: per strip of rows, the kept input columns
+//! and a dense strip of weights over them.
+//!
+//! # Format
+//! The `out x in` weights are cut into strips of `strip_rows` rows (the last
+//! may be shorter), as block-structured pruning ([`crate::prune::block`])
+//! leaves them: inside a strip, whole input columns are either kept or zero.
+//! Each strip stores the indices of its kept columns and a dense
+//! `rows x kept` block of weights, so a strip is a small dense GEMM on the
+//! gathered inputs. A mask that is not column-structured is still exact: a
+//! column is kept when any row of the strip keeps it, and dropped weights
+//! inside a kept column are stored as zeros.
+//!
+//! Within a strip the rows are split into *panels* of `panel_rows` rows (the
+//! micro-kernel's register block), and each panel's weights are stored
+//! kept-column-major: for every kept column, the panel's weights for it are
+//! contiguous, so the kernel reads them as one short stream.
+//!
+//! # Kernel
+//! `forward` transposes the activations to feature-major `xᵀ` (`in x tokens`,
+//! tokens padded to a whole vector), so a kept column is one contiguous row of
+//! tokens. For each panel and block of tokens the micro-kernel keeps a
+//! `panel_rows x (token_vectors * lanes)` block of outputs in registers; for
+//! each kept column it loads the `xᵀ` chunk once and multiplies it by the
+//! panel's broadcast weights: a GEMM micro-kernel whose B operand is gathered
+//! by index instead of packed. Results go to a per-strip `rows x tokens` tile
+//! (L1-sized), transposed into `y`'s columns when the strip is done. Both
+//! transposes are inside `forward`, so they count in every measured time.
+//! Scratch buffers are thread-local and reused: no allocation once warm.
+
+use super::{LayerStats, LinearKernel, Threads};
+use crate::matrix::{Mask, Matrix};
+use crate::simd::{self, Backend, F32Vector, ScalarLanes};
+use std::cell::RefCell;
+
+/// Largest panel height the micro-kernel dispatch is instantiated for.
+const MAX_PANEL_ROWS: usize = 12;
+
+/// Register blocking per backend: (panel rows, token vectors per block).
+///
+/// The accumulators (`rows * vectors`) plus the `vectors` loaded `xᵀ` values
+/// and one broadcast weight must fit in the register file without spills:
+/// 32 registers for AVX-512 and NEON, 16 for AVX2 and SSE. Per kept column
+/// the kernel issues `vectors + rows` loads for `rows * vectors` FMAs, which
+/// leaves the load ports idle enough for the gathered `xᵀ` rows to stream
+/// from L2.
+const fn blocking(backend: Backend) -> (usize, usize) {
+    match backend {
+        Backend::Avx512 => (12, 2),
+        Backend::Avx2Fma => (6, 2),
+        Backend::Neon => (6, 4),
+        Backend::Scalar => (4, 2),
+    }
+}
+
+/// The panels of a strip of `rows` rows: `(first row, height)`, as few as
+/// `max_height` allows and of near-equal heights (a 32-row strip with 6-row
+/// panels becomes 6+6+5+5+5+5, not 6+6+6+6+6+2: a 2-row panel would run at a
+/// fraction of the micro-kernel's peak).
+fn panels(rows: usize, max_height: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = rows.div_ceil(max_height);
+    let (base, taller) = if count == 0 { (0, 0) } else { (rows / count, rows % count) };
+    (0..count).map(move |i| (i * base + i.min(taller), base + usize::from(i < taller)))
+}
+
+/// Where one strip lives in the packed arrays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Strip {
+    /// First output row of the strip.
+    row0: usize,
+    /// Rows in the strip (`strip_rows`, or fewer for the last strip).
+    rows: usize,
+    /// Range of this strip's kept input columns in `BlockSparseLinear::cols`.
+    cols_start: usize,
+    kept: usize,
+    /// Offset of the strip's first panel in `BlockSparseLinear::weights`.
+    weights_start: usize,
+}
+
+/// A linear layer in the packed block-sparse format (see the module docs).
+#[derive(Clone, Debug)]
+pub struct BlockSparseLinear {
+    out_features: usize,
+    in_features: usize,
+    strip_rows: usize,
+    panel_rows: usize,
+    backend: Backend,
+    strips: Vec<Strip>,
+    /// Kept input columns of every strip, concatenated, ascending within a strip.
+    cols: Vec<u32>,
+    /// Per strip, per panel: `kept x panel_height` weights (kept-column-major).
+    weights: Vec<f32>,
+}
+
+impl BlockSparseLinear {
+    /// Packs the weights `w` (`out x in`) that `mask` keeps, in strips of
+    /// `strip_rows` rows, for the best SIMD backend of this CPU.
+    ///
+    /// # Panics
+    /// When shapes differ, `strip_rows` is 0, or `in` does not fit in `u32`.
+    pub fn from_masked(w: &Matrix, mask: &Mask, strip_rows: usize) -> Self {
+        Self::from_masked_for(w, mask, strip_rows, Backend::best())
+    }
+
+    /// Like [`Self::from_masked`], with the register blocking (and default
+    /// `forward` backend) of `backend`.
+    pub fn from_masked_for(w: &Matrix, mask: &Mask, strip_rows: usize, backend: Backend) -> Self {
+        assert_eq!(w.shape(), mask.shape(), "BlockSparseLinear::from_masked: weights and mask shapes differ");
+        assert!(strip_rows > 0, "BlockSparseLinear::from_masked: strip_rows must be at least 1");
+        assert!(u32::try_from(w.cols()).is_ok(), "BlockSparseLinear::from_masked: {} input features overflow u32", w.cols());
+        let (out_features, in_features) = w.shape();
+        let panel_rows = blocking(backend).0;
+        let mut strips = Vec::with_capacity(out_features.div_ceil(strip_rows));
+        let mut cols = Vec::new();
+        let mut weights = Vec::new();
+        for row0 in (0..out_features).step_by(strip_rows) {
+            let rows = strip_rows.min(out_features - row0);
+            let cols_start = cols.len();
+            cols.extend((0..in_features).filter(|&c| (row0..row0 + rows).any(|r| mask.get(r, c))).map(|c| c as u32));
+            let kept_cols = &cols[cols_start..];
+            let weights_start = weights.len();
+            for (panel0, height) in panels(rows, panel_rows) {
+                for &c in kept_cols {
+                    for r in row0 + panel0..row0 + panel0 + height {
+                        let c = c as usize;
+                        weights.push(if mask.get(r, c) { w.get(r, c) } else { 0.0 });
+                    }
+                }
+            }
+            strips.push(Strip { row0, rows, cols_start, kept: kept_cols.len(), weights_start });
+        }
+        Self { out_features, in_features, strip_rows, panel_rows, backend, strips, cols, weights }
+    }
+
+    /// Rows per strip (the BP block height).
+    pub fn strip_rows(&self) -> usize {
+        self.strip_rows
+    }
+
+    /// Rows per micro-kernel panel.
+    pub fn panel_rows(&self) -> usize {
+        self.panel_rows
+    }
+
+    /// The backend `forward` uses.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Kept input columns of each strip.
+    pub fn kept_per_strip(&self) -> Vec<usize> {
+        self.strips.iter().map(|s| s.kept).collect()
+    }
+
+    /// `forward` on a chosen backend (tests run every available one).
+    ///
+    /// # Panics
+    /// When this CPU cannot run `backend`, or `x` has the wrong width.
+    pub fn forward_with(&self, x: &Matrix, y: &mut Matrix, threads: Threads, backend: Backend) {
+        assert!(backend.is_available(), "BlockSparseLinear: backend {} is not supported by this CPU", backend.name());
+        let (tokens, inputs) = x.shape();
+        assert_eq!(inputs, self.in_features, "BlockSparseLinear::forward: x has {inputs} features, the layer expects {}", self.in_features);
+        y.reshape_uninit(tokens, self.out_features);
+        if tokens == 0 || self.out_features == 0 {
+            return;
+        }
+        let lanes = backend.lanes();
+        let token_stride = tokens.next_multiple_of(lanes);
+        XT_SCRATCH.with_borrow_mut(|xt| {
+            xt.resize(inputs * token_stride, 0.0);
+            // Padding tokens must be finite (they are multiplied, then discarded).
+            if token_stride > tokens {
+                for row in xt.chunks_exact_mut(token_stride) {
+                    row[tokens..].fill(0.0);
+                }
+            }
+            simd::transpose_strided(x.as_slice(), tokens, inputs, inputs, xt, token_stride);
+            let job = StripJob {
+                layer: self,
+                xt: xt.as_ptr(),
+                tokens,
+                token_stride,
+                y: SharedOut(y.as_mut_slice().as_mut_ptr()),
+                backend,
+            };
+            let threads = threads.count().min(self.strips.len()).max(1);
+            if threads == 1 {
+                job.run(0..self.strips.len());
+            } else {
+                let per_thread = self.strips.len().div_ceil(threads);
+                std::thread::scope(|scope| {
+                    for first in (0..self.strips.len()).step_by(per_thread) {
+                        let last = (first + per_thread).min(self.strips.len());
+                        let job = &job;
+                        scope.spawn(move || job.run(first..last));
+                    }
+                });
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// Feature-major activations `xᵀ` of the current `forward` call.
+    static XT_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// One strip's `rows x tokens` outputs before they are transposed into `y`.
+    static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The output pointer, shared by threads that write disjoint columns of `y`.
+#[derive(Clone, Copy, Debug)]
+struct SharedOut(*mut f32);
+// SAFETY: threads write disjoint strips (output columns) through it; `forward`
+// holds the unique borrow of `y` until every thread has joined.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// One `forward` call's inputs, shared by the threads that split its strips.
+#[derive(Debug)]
+struct StripJob<'a> {
+    layer: &'a BlockSparseLinear,
+    /// `in x token_stride`, feature-major, padding tokens zero.
+    xt: *const f32,
+    tokens: usize,
+    token_stride: usize,
+    /// `tokens x out`, row-major.
+    y: SharedOut,
+    backend: Backend,
+}
+
+// SAFETY: `xt` points to a scratch buffer borrowed for the whole call and only read.
+unsafe impl Sync for StripJob<'_> {}
+
+impl StripJob<'_> {
+    /// Computes the strips in `range` into `y`.
+    fn run(&self, range: std::ops::Range<usize>) {
+        let rows = self.layer.strip_rows.min(self.layer.out_features);
+        TILE_SCRATCH.with_borrow_mut(|tile| {
+            tile.resize(rows * self.token_stride, 0.0);
+            // SAFETY: each arm runs only when its backend's features were detected
+            // (`forward_with` checked `is_available`); the pointers cover the
+            // extents documented on `StripJob`.
+            unsafe {
+                match self.backend {
+                    #[cfg(target_arch = "x86_64")]
+                    Backend::Avx512 => strips_avx512(self, range, tile),
+                    #[cfg(target_arch = "x86_64")]
+                    Backend::Avx2Fma => strips_avx2(self, range, tile),
+                    #[cfg(target_arch = "aarch64")]
+                    Backend::Neon => strips_neon(self, range, tile),
+                    Backend::Scalar => strips::<ScalarLanes, { blocking(Backend::Scalar).1 }>(self, range, tile),
+                    #[allow(unreachable_patterns)]
+                    other => unreachable!("backend {} passed is_available on the wrong architecture", other.name()),
+                }
+            }
+        });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn strips_avx512(job: &StripJob, range: std::ops::Range<usize>, tile: &mut [f32]) {
+    // SAFETY: forwarded from `StripJob::run`.
+    unsafe { strips::<simd::x86::Avx512, { blocking(Backend::Avx512).1 }>(job, range, tile) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn strips_avx2(job: &StripJob, range: std::ops::Range<usize>, tile: &mut [f32]) {
+    // SAFETY: forwarded from `StripJob::run`.
+    unsafe { strips::<simd::x86::Avx2Fma, { blocking(Backend::Avx2Fma).1 }>(job, range, tile) }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn strips_neon(job: &StripJob, range: std::ops::Range<usize>, tile: &mut [f32]) {
+    // SAFETY: forwarded from `StripJob::run`.
+    unsafe { strips::<simd::neon::Neon, { blocking(Backend::Neon).1 }>(job, range, tile) }
+}
+
+/// Bytes of `xᵀ` one chunk of kept columns may span for one token block: the
+/// chunk is reused by every panel of the strip, so it must stay in L1d
+/// (48 KiB on the x86-64 reference machine, 32-64 KiB on Cortex-A cores),
+/// next to the panel's weights and output rows.
+const XT_CHUNK_BYTES: usize = 24 * 1024;
+
+/// How many kept columns ahead the micro-kernel prefetches `xᵀ` rows: enough
+/// iterations (about 12 cycles each) to cover an L2 or L3 hit.
+const PREFETCH_AHEAD: usize = 8;
+
+const CACHE_LINE_BYTES: usize = 64;
+
+/// The strip loop, written once over the vector type `V` with `NV` token
+/// vectors per register block; inlined into each backend's entry function.
+///
+/// Order, outermost first: strip, token block, chunk of kept columns, panel.
+/// A chunk's `xᵀ` rows (gathered by index) are loaded from L2 by the first
+/// panel and hit L1 for the others; a panel's weights for the chunk are one
+/// short contiguous stream. Partial sums over chunks are kept in the tile.
+#[inline(always)]
+unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops::Range<usize>, tile: &mut [f32]) {
+    let layer = job.layer;
+    let block_tokens = NV * V::LANES;
+    let chunk_cols = (XT_CHUNK_BYTES / (block_tokens * std::mem::size_of::<f32>())).max(1);
+    for strip in &layer.strips[range] {
+        let cols = &layer.cols[strip.cols_start..strip.cols_start + strip.kept];
+        let mut t0 = 0;
+        while t0 < job.tokens {
+            // Whole blocks of NV vectors, then single vectors for the rest (the
+            // token stride is a multiple of the lanes, so a vector never overruns).
+            let vectors = if job.tokens - t0 >= block_tokens { NV } else { 1 };
+            let mut chunk0 = 0;
+            loop {
+                let chunk_end = (chunk0 + chunk_cols).min(strip.kept);
+                let accumulate = chunk0 > 0;
+                for (panel0, height) in panels(strip.rows, layer.panel_rows) {
+                    let w = layer.weights[strip.weights_start + panel0 * strip.kept + chunk0 * height..].as_ptr();
+                    let out = tile[panel0 * job.token_stride..].as_mut_ptr();
+                    let chunk = &cols[chunk0..chunk_end];
+                    // SAFETY: t0 + vectors * LANES <= token_stride; the panel's weights for
+                    // this chunk (`height * chunk.len()`) start at `w`; `out` has `height`
+                    // rows of `token_stride`; `xt` rows are the layer's `in` features.
+                    unsafe {
+                        if vectors == NV {
+                            panel_tile_rows::<V, NV>(height, chunk, w, job.xt, job.token_stride, t0, out, accumulate)
+                        } else {
+                            panel_tile_rows::<V, 1>(height, chunk, w, job.xt, job.token_stride, t0, out, accumulate)
+                        }
+                    }
+                }
+                chunk0 = chunk_end;
+                if chunk0 >= strip.kept {
+                    break;
+                }
+            }
+            t0 += vectors * V::LANES;
+        }
+        // SAFETY: `tile` holds `strip.rows x token_stride`; `y` is `tokens x out`
+        // and this strip owns its columns `row0..row0 + rows`.
+        unsafe {
+            simd::transpose_strided_raw(
+                tile.as_ptr(),
+                strip.rows,
+                job.tokens,
+                job.token_stride,
+                job.y.0.add(strip.row0),
+                layer.out_features,
+            )
+        };
+    }
+}
+
+/// Dispatches a panel of `height` rows to the micro-kernel instantiated for it.
+#[inline(always)]
+unsafe fn panel_tile_rows<V: F32Vector, const NV: usize>(
+    height: usize,
+    cols: &[u32],
+    w: *const f32,
+    xt: *const f32,
+    xt_stride: usize,
+    t0: usize,
+    out: *mut f32,
+    accumulate: bool,
+) {
+    macro_rules! dispatch {
+        ($($rows:literal)*) => {
+            match height {
+                // SAFETY: forwarded from the caller.
+                $($rows => unsafe { panel_tile::<V, $rows, NV>(cols, w, xt, xt_stride, t0, out, xt_stride, accumulate) },)*
+                _ => unreachable!("panel height {height} exceeds MAX_PANEL_ROWS"),
+            }
+        };
+    }
+    const _: () = assert!(MAX_PANEL_ROWS == 12);
+    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// The micro-kernel: `out[r][t0 + i] (+)= Σ_j w[j][r] · xᵀ[cols[j]][t0 + i]`
+/// for `ROWS` rows and `NV * LANES` tokens, accumulated in registers; starts
+/// from the values in `out` when `accumulate`, else from zero.
+///
+/// # Safety
+/// `w` holds `cols.len() * ROWS` weights; every `xt` row named in `cols` has
+/// `t0 + NV * LANES` readable values; `out` has `ROWS` rows (stride
+/// `out_stride`) with `t0 + NV * LANES` writable values; `V`'s features are on.
+#[inline(always)]
+unsafe fn panel_tile<V: F32Vector, const ROWS: usize, const NV: usize>(
+    cols: &[u32],
+    w: *const f32,
+    xt: *const f32,
+    xt_stride: usize,
+    t0: usize,
+    out: *mut f32,
+    out_stride: usize,
+    accumulate: bool,
+) {
+    // SAFETY: all pointer arithmetic stays inside the extents the caller guarantees.
+    unsafe {
+        let mut acc = [[V::zero(); NV]; ROWS];
+        if accumulate {
+            for r in 0..ROWS {
+                for v in 0..NV {
+                    acc[r][v] = V::load(out.add(r * out_stride + t0 + v * V::LANES));
+                }
+            }
+        }
+        let mut wp = w;
+        // The gathered xᵀ rows are at random addresses, which the hardware
+        // prefetchers cannot predict: ask for the row PREFETCH_AHEAD columns on.
+        let lines = (NV * V::LANES * std::mem::size_of::<f32>()).div_ceil(CACHE_LINE_BYTES);
+        for (j, &c) in cols.iter().enumerate() {
+            if let Some(&ahead) = cols.get(j + PREFETCH_AHEAD) {
+                let row = xt.add(ahead as usize * xt_stride + t0);
+                for line in 0..lines {
+                    V::prefetch(row.wrapping_add(line * CACHE_LINE_BYTES / std::mem::size_of::<f32>()));
+                }
+            }
+            let x_row = xt.add(c as usize * xt_stride + t0);
+            let mut xv = [V::zero(); NV];
+            for v in 0..NV {
+                xv[v] = V::load(x_row.add(v * V::LANES));
+            }
+            for r in 0..ROWS {
+                let wr = V::splat(*wp.add(r));
+                for v in 0..NV {
+                    acc[r][v] = acc[r][v].mul_add(wr, xv[v]);
+                }
+            }
+            wp = wp.add(ROWS);
+        }
+        for r in 0..ROWS {
+            for v in 0..NV {
+                acc[r][v].store(out.add(r * out_stride + t0 + v * V::LANES));
+            }
+        }
+    }
+}
+
+impl LinearKernel for BlockSparseLinear {
+    fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
+        self.forward_with(x, y, threads, self.backend);
+    }
+
+    /// `nnz` counts every stored (and multiplied) weight: `rows x kept` per
+    /// strip, which for a BP mask is exactly the kept weights. `bytes` adds
+    /// the `u32` column indices and the per-strip bookkeeping.
+    fn stats(&self) -> LayerStats {
+        let nnz = self.weights.len();
+        let bytes = nnz * std::mem::size_of::<f32>()
+            + self.cols.len() * std::mem::size_of::<u32>()
+            + self.strips.len() * std::mem::size_of::<Strip>();
+        LayerStats { out_features: self.out_features, in_features: self.in_features, nnz, bytes }
+    }
+
+    fn effective_weights(&self) -> Matrix {
+        let mut w = Matrix::zeros(self.out_features, self.in_features);
+        for strip in &self.strips {
+            let cols = &self.cols[strip.cols_start..strip.cols_start + strip.kept];
+            for (panel0, height) in panels(strip.rows, self.panel_rows) {
+                let panel = &self.weights[strip.weights_start + panel0 * strip.kept..][..height * strip.kept];
+                for (j, &c) in cols.iter().enumerate() {
+                    for r in 0..height {
+                        w.set(strip.row0 + panel0 + r, c as usize, panel[j * height + r]);
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    fn kind(&self) -> &'static str {
+        "block"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::block::{block_mask, BlockShape};
+    use crate::reference;
+
+    #[test]
+    fn packs_kept_columns_per_strip() {
+        // Strip 0 (rows 0-1) keeps columns 0 and 2; strip 1 (row 2, ragged) keeps column 1.
+        let w = Matrix::from_vec(3, 3, vec![1.0, 9.0, 2.0, 3.0, 9.0, 4.0, 9.0, 5.0, 9.0]);
+        let mask = Mask::from_vec(3, 3, vec![true, false, true, true, false, true, false, true, false]);
+        let layer = BlockSparseLinear::from_masked(&w, &mask, 2);
+        assert_eq!(layer.kept_per_strip(), vec![2, 1]);
+        assert_eq!(layer.cols, vec![0, 2, 1]);
+        let mut expected = w.clone();
+        expected.apply_mask(&mask);
+        assert_eq!(layer.effective_weights(), expected);
+        let stats = layer.stats();
+        assert_eq!(stats.nnz, 5);
+        assert!((stats.sparsity() - 4.0 / 9.0).abs() < 1e-12);
+        assert_eq!(layer.kind(), "block");
+        assert_eq!(layer.strip_rows(), 2);
+    }
+
+    #[test]
+    fn forward_matches_hand_computed() {
+        // y0 = 1*x0 + 2*x2, y1 = 3*x0 + 4*x2, y2 = 5*x1.
+        let w = Matrix::from_vec(3, 3, vec![1.0, 0.0, 2.0, 3.0, 0.0, 4.0, 0.0, 5.0, 0.0]);
+        let layer = BlockSparseLinear::from_masked(&w, &Mask::nonzeros_of(&w), 2);
+        let x = Matrix::from_vec(2, 3, vec![1.0, 10.0, 100.0, -1.0, 0.5, 2.0]);
+        for backend in Backend::available() {
+            let mut y = Matrix::zeros(0, 0);
+            layer.forward_with(&x, &mut y, Threads::One, backend);
+            assert_eq!(y.as_slice(), &[201.0, 403.0, 50.0, 3.0, 5.0, 2.5], "{}", backend.name());
+        }
+    }
+
+    #[test]
+    fn partially_masked_column_stores_zeros() {
+        let w = Matrix::from_vec(2, 2, vec![1.0, 2.0, 3.0, 4.0]);
+        let mask = Mask::from_vec(2, 2, vec![true, true, false, true]);
+        let layer = BlockSparseLinear::from_masked(&w, &mask, 2);
+        assert_eq!(layer.effective_weights().as_slice(), &[1.0, 2.0, 0.0, 4.0]);
+        let x = Matrix::from_vec(1, 2, vec![1.0, 1.0]);
+        let mut y = Matrix::zeros(0, 0);
+        layer.forward(&x, &mut y, Threads::One);
+        assert_eq!(y.as_slice(), &[3.0, 4.0]);
+    }
+
+    #[test]
+    fn all_backends_and_threads_match_reference_on_ragged_shapes() {
+        // Tall strips (several panels, a ragged one), tokens not a multiple of any vector width.
+        let w = Matrix::random(70, 45, 7, 1.0);
+        let mask = block_mask(&w, BlockShape::strip(16), 0.6);
+        let layer = BlockSparseLinear::from_masked(&w, &mask, 16);
+        let expected_w = layer.effective_weights();
+        for tokens in [1, 13, 67] {
+            let x = Matrix::random(tokens, 45, 8, 1.0);
+            let expected = reference::linear(&x, &expected_w);
+            for backend in Backend::available() {
+                for threads in [Threads::One, Threads::N(3)] {
+                    let mut y = Matrix::from_vec(1, 1, vec![f32::NAN]);
+                    layer.forward_with(&x, &mut y, threads, backend);
+                    let (abs, _) = reference::errors(&y, &expected);
+                    assert!(abs < 1e-4, "tokens {tokens} {} {threads:?}: max error {abs}", backend.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_strips_are_summed_over_column_chunks() {
+        // More kept columns than any backend's L1 chunk (at most 384), so partial
+        // sums are carried across chunks through the tile.
+        let w = Matrix::random(20, 900, 3, 1.0);
+        let mask = block_mask(&w, BlockShape::strip(7), 0.1);
+        let layer = BlockSparseLinear::from_masked(&w, &mask, 7);
+        assert!(layer.kept_per_strip().iter().all(|k| *k > 384));
+        let x = Matrix::random(37, 900, 4, 1.0);
+        let expected = reference::linear(&x, &layer.effective_weights());
+        for backend in Backend::available() {
+            let mut y = Matrix::zeros(0, 0);
+            layer.forward_with(&x, &mut y, Threads::One, backend);
+            let (abs, _) = reference::errors(&y, &expected);
+            assert!(abs < 1e-3, "{}: max error {abs}", backend.name());
+        }
+    }
+
+    #[test]
+    fn panels_split_strips_evenly() {
+        let split = |rows, max| panels(rows, max).collect::<Vec<_>>();
+        assert_eq!(split(32, 6), vec![(0, 6), (6, 6), (12, 5), (17, 5), (22, 5), (27, 5)]);
+        assert_eq!(split(6, 6), vec![(0, 6)]);
+        assert_eq!(split(1, 6), vec![(0, 1)]);
+        assert_eq!(split(0, 6), vec![]);
+        for rows in 1..70 {
+            let p = split(rows, 6);
+            assert_eq!(p.iter().map(|(_, h)| h).sum::<usize>(), rows);
+            assert!(p.iter().all(|(_, h)| (1..=6).contains(h)));
+            assert!(p.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        }
+    }
+
+    #[test]
+    fn fully_pruned_layer_outputs_zeros() {
+        let w = Matrix::random(5, 4, 1, 1.0);
+        let layer = BlockSparseLinear::from_masked(&w, &Mask::from_vec(5, 4, vec![false; 20]), 3);
+        let mut y = Matrix::from_vec(1, 1, vec![f32::NAN]);
+        layer.forward(&Matrix::random(3, 4, 2, 1.0), &mut y, Threads::One);
+        assert_eq!(y.as_slice(), &[0.0; 15]);
+        assert_eq!(layer.stats().nnz, 0);
+    }
+}

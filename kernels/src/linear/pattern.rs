@@ -1,1 +1,783 @@
-//! (being written)
+//! Pattern-sparse linear layer: tiles grouped by pattern, one shared index
+//! list per group, a register-blocked kernel vectorised over tokens.
+//!
+//! # Why this layout
+//! The kernel computes `yᵀ = w · xᵀ` feature-major: `xᵀ` is `in x tokens`, so
+//! one weight `w[o][i]` times the row `xᵀ[i]` (a few SIMD vectors of tokens)
+//! accumulates into `yᵀ[o]`. A plain sparse row loop (per non-zero: broadcast
+//! the weight, load an `xᵀ` chunk, one FMA) needs a load per FMA and runs at
+//! half the FMA rate or worse. Pattern pruning gives the structure to do
+//! better: tiles in the same column band that took the same pattern have
+//! their non-zeros at the same in-tile positions, so they read the same `xᵀ`
+//! rows in the same order. A [`TileGroup`] is up to [`GROUP_TILES`] such
+//! tiles; for each in-tile row of the pattern the kernel keeps
+//! `tiles x token-vectors` accumulators in registers, loads each `xᵀ` vector
+//! once and feeds it to one FMA per tile, and reads the tiles' weights as one
+//! contiguous interleaved run (`[entry][tile]`), so every broadcast is a plain
+//! (embedded) broadcast load. With 4 tiles and 4 vectors (64 tokens) that is
+//! 8 loads per 16 FMAs instead of 32.
+//!
+//! Blocking: tokens go in panels of `4 x lanes` (64 on AVX-512); groups run
+//! column band by column band, so the band's `xᵀ` rows (`tile x 64` floats,
+//! 4 KiB for 16x16 tiles) stay in L1 while the whole `yᵀ` panel (`out x 64`,
+//! at most 768 KiB for DistilBERT's 3072 outputs) stays in L2.
+//!
+//! The BP base is honoured inside the same format: a group's index list is
+//! the union of its tiles' kept positions (pattern AND base AND non-zero
+//! weight); tiles are sorted by that signature before grouping, so tiles with
+//! the same BP columns share a list and no zero is multiplied. Where they
+//! differ the weight slot holds an explicit zero (counted in `bytes`, not in
+//! `nnz`).
+//!
+//! Transposes of `x` in and `y` out happen inside `forward` (per panel, while
+//! the panel is hot in cache) and are part of every measured time.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use super::{LayerStats, LinearKernel, Threads};
+use crate::matrix::{Mask, Matrix};
+use crate::prune::pattern::{assign_patterns, PatternAssignment, PatternSet};
+use crate::simd::{transpose_strided, Backend, F32Vector, ScalarLanes};
+
+/// Tiles per group in the packed format: the accumulator block is
+/// `GROUP_TILES x PANEL_VECTORS` vectors (16 of AVX-512's 32 registers, 20
+/// of NEON's 32 with the `xᵀ` vectors); backends with fewer registers split a
+/// group into passes of [`Backend`]-specific width.
+pub const GROUP_TILES: usize = 4;
+
+/// Token vectors per panel: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
+/// + 4 weight broadcasts) against 16 FMAs.
+const PANEL_VECTORS: usize = 4;
+
+/// One run of a group's index list: in-tile output row `row` takes the
+/// entries `start..start + len` of the column list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RowRun {
+    row: u32,
+    start: u32,
+    len: u32,
+}
+
+/// Up to [`GROUP_TILES`] tiles of one column band sharing an index list.
+#[derive(Clone, Copy, Debug)]
+struct TileGroup {
+    /// First input feature of the band (`band * tile`).
+    x_row: u32,
+    /// The shared index list: `runs[runs_start..runs_end]`.
+    runs_start: u32,
+    runs_end: u32,
+    /// Number of index-list entries (weights per tile).
+    entries: u32,
+    /// Tiles in the group (weights are interleaved with this stride).
+    tiles: u32,
+    /// Offset of the group's `entries x tiles` weights.
+    weights: u32,
+    /// First output feature of each tile (`tile_row * tile`).
+    y_rows: [u32; GROUP_TILES],
+}
+
+/// A linear layer whose weights are BP base AND one pattern per tile.
+#[derive(Clone, Debug)]
+pub struct PatternSparseLinear {
+    out_features: usize,
+    in_features: usize,
+    tile: usize,
+    patterns: usize,
+    /// `out` and `in` rounded up to whole tiles: the scratch panels' heights.
+    out_padded: usize,
+    in_padded: usize,
+    runs: Vec<RowRun>,
+    /// In-tile column of every index-list entry (runs point into it).
+    cols: Vec<u32>,
+    groups: Vec<TileGroup>,
+    /// Per group `entries x tiles`, entry-major: the tiles' weights for one entry are adjacent.
+    weights: Vec<f32>,
+    nnz: usize,
+    backend: Backend,
+    /// The set's final mask sparsity (BP and PP zeros together).
+    mask_sparsity: f64,
+}
+
+impl PatternSparseLinear {
+    /// Assigns `set` to the tiles of `w` on top of the BP `base` mask
+    /// ([`assign_patterns`]) and packs the result for the best SIMD backend.
+    ///
+    /// # Panics
+    /// When `base` does not have the shape of `w`.
+    pub fn new(w: &Matrix, base: &Mask, set: &PatternSet) -> Self {
+        let assignment = assign_patterns(w, base, set);
+        Self::from_assignment(w, &assignment, set.len())
+    }
+
+    /// Packs an assignment computed earlier (e.g. to report it as well).
+    /// `w` holds the dense (or BP-pruned) weights; the assignment's mask is applied to them.
+    pub fn from_assignment(w: &Matrix, assignment: &PatternAssignment, patterns: usize) -> Self {
+        Self::pack(w, assignment, patterns, Backend::best(), None)
+    }
+
+    /// Like [`Self::new`] but for a given backend (tests run every available one).
+    ///
+    /// # Panics
+    /// When the backend is not available on this CPU.
+    pub fn with_backend(w: &Matrix, base: &Mask, set: &PatternSet, backend: Backend) -> Self {
+        assert!(backend.is_available(), "PatternSparseLinear: backend {} is not available on this CPU", backend.name());
+        Self::pack(w, &assign_patterns(w, base, set), set.len(), backend, None)
+    }
+
+    /// Side of the square tile.
+    pub fn tile(&self) -> usize {
+        self.tile
+    }
+
+    /// Patterns in the set this layer was built from.
+    pub fn patterns(&self) -> usize {
+        self.patterns
+    }
+
+    /// The SIMD backend `forward` runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Sparsity of the applied mask (BP and PP zeros together); `stats()`
+    /// additionally excludes weights that were exactly zero.
+    pub fn mask_sparsity(&self) -> f64 {
+        self.mask_sparsity
+    }
+
+    /// Weight slots the kernel multiplies, padding and union zeros included
+    /// (`>= stats().nnz`; equal when every group's tiles share their BP columns).
+    pub fn stored_weights(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Number of tile groups (for reports on how well tiles grouped).
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// `span`: force the number of bands per virtual tile (tests); `None` lets [`band_span`] decide.
+    fn pack(
+        w: &Matrix,
+        assignment: &PatternAssignment,
+        patterns: usize,
+        backend: Backend,
+        span: Option<usize>,
+    ) -> Self {
+        let (out_features, in_features) = w.shape();
+        let mask = assignment.mask();
+        assert_eq!(
+            mask.shape(),
+            w.shape(),
+            "PatternSparseLinear: weights are {:?} but the assignment's mask is {:?}",
+            w.shape(),
+            mask.shape()
+        );
+        let tile = assignment.tile();
+        let (tiles_down, tiles_across) = assignment.tile_grid();
+        let keeps = |r: usize, c: usize| r < out_features && c < in_features && mask.get(r, c) && w.get(r, c) != 0.0;
+        let nnz = (0..out_features).map(|r| (0..in_features).filter(|&c| keeps(r, c)).count()).sum();
+
+        let mut packer = Packer {
+            w,
+            mask,
+            tile,
+            runs: Vec::new(),
+            cols: Vec::new(),
+            groups: Vec::new(),
+            weights: Vec::new(),
+            lists: HashMap::new(),
+        };
+        let span = span
+            .unwrap_or_else(|| band_span(assignment, patterns, packer.stored_per_row(tiles_down, tiles_across)))
+            .max(1);
+        // Band by band (or pair by pair), so a band's `xᵀ` rows stay in L1 while its groups run.
+        for tc0 in (0..tiles_across).step_by(span) {
+            let width = span.min(tiles_across - tc0);
+            let spans: Vec<SpanTile> =
+                (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
+            if width == 1 {
+                packer.group(spans, true);
+                continue;
+            }
+            // Tile rows left in partial groups: regroup their tiles band by band.
+            let left = packer.group(spans, false);
+            for tc in tc0..tc0 + width {
+                let singles = left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
+                packer.group(singles, true);
+            }
+        }
+        let Packer { runs, cols, groups, weights, .. } = packer;
+        Self {
+            out_features,
+            in_features,
+            tile,
+            patterns,
+            out_padded: tiles_down * tile,
+            in_padded: tiles_across * tile,
+            runs,
+            cols,
+            groups,
+            weights,
+            nnz,
+            backend,
+            mask_sparsity: mask.sparsity(),
+        }
+    }
+
+    /// Tokens per panel for this layer's backend.
+    fn panel_width(&self) -> usize {
+        PANEL_VECTORS * self.backend.lanes()
+    }
+
+    /// Computes one panel: `xs` holds `xᵀ` (`in_padded x pw`, padded rows zero),
+    /// `ys` receives `yᵀ` (`out_padded x pw`, zeroed by the caller); `vectors`
+    /// token vectors of each row are live.
+    fn run_panel(&self, xs: &[f32], ys: &mut [f32], vectors: usize) {
+        let pw = self.panel_width();
+        assert!(xs.len() >= self.in_padded * pw && ys.len() >= self.out_padded * pw, "pattern panel scratch too small");
+        assert!((1..=PANEL_VECTORS).contains(&vectors));
+        let (xs, ys) = (xs.as_ptr(), ys.as_mut_ptr());
+        // SAFETY: `pack` only produces row offsets inside the padded panels (x_row + col < in_padded,
+        // y_row + row < out_padded) and weight offsets inside `weights`; the scratch sizes were checked
+        // above; each backend function runs only when `Backend::is_available` held at construction.
+        unsafe {
+            match self.backend {
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512 => x86_panels::avx512(self, xs, ys, vectors),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2Fma => x86_panels::avx2(self, xs, ys, vectors),
+                #[cfg(target_arch = "aarch64")]
+                Backend::Neon => neon_panels::neon(self, xs, ys, vectors),
+                _ => panel_for_vectors::<ScalarLanes, 2>(self, xs, ys, vectors),
+            }
+        }
+    }
+
+    /// One thread's share: the panels whose token rows are in `y_rows` (starting at token `t0`).
+    fn forward_tokens(&self, x: &Matrix, t0: usize, y_rows: &mut [f32]) {
+        let pw = self.panel_width();
+        let tokens = y_rows.len() / self.out_features.max(1);
+        SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let (xs, ys) = scratch.panels(self.in_padded * pw, self.out_padded * pw);
+            // Padded input rows must be zero: padded weight slots are zero but 0 * garbage may be NaN.
+            xs[self.in_features * pw..].fill(0.0);
+            for p0 in (0..tokens).step_by(pw) {
+                let width = pw.min(tokens - p0);
+                let x_rows = &x.as_slice()[(t0 + p0) * self.in_features..(t0 + p0 + width) * self.in_features];
+                transpose_strided(x_rows, width, self.in_features, self.in_features, xs, pw);
+                ys.fill(0.0);
+                self.run_panel(xs, ys, width.div_ceil(self.backend.lanes()));
+                let out = &mut y_rows[p0 * self.out_features..(p0 + width) * self.out_features];
+                transpose_strided(ys, self.out_features, width, pw, out, self.out_features);
+            }
+        });
+    }
+}
+
+/// `span` adjacent tiles of one tile row (a `tile x span*tile` virtual tile) and
+/// what grouping needs to know about them.
+#[derive(Clone, Debug)]
+struct SpanTile {
+    tile_row: usize,
+    tile_col0: usize,
+    width: usize,
+    /// The tiles' patterns, left to right: tiles group only with equal patterns.
+    patterns: Vec<usize>,
+    /// Kept positions `row * span * tile + col`, ascending (row-major over the virtual tile).
+    kept: Vec<u32>,
+}
+
+/// Builds the packed arrays group by group.
+struct Packer<'a> {
+    w: &'a Matrix,
+    mask: &'a Mask,
+    tile: usize,
+    runs: Vec<RowRun>,
+    cols: Vec<u32>,
+    groups: Vec<TileGroup>,
+    weights: Vec<f32>,
+    /// Index lists already emitted, by (virtual tile width, kept positions): groups share them.
+    lists: HashMap<(usize, Vec<u32>), (u32, u32)>,
+}
+
+/// Entries per in-tile row below which one read-modify-write of `yᵀ` per
+/// (row, band) costs more than the FMAs it wraps (measured on 16x16 tiles:
+/// 50 % sparsity, 8 entries per row, gets slower with paired bands; 75 % and
+/// 87.5 %, 4 and 2 entries, get faster).
+const SHORT_RUN_ENTRIES: f64 = 6.0;
+
+/// How many adjacent column bands form one virtual tile. Pairing bands halves
+/// the `yᵀ` read-modify-writes (each in-tile row then accumulates over both
+/// bands in registers) but a group needs tiles whose patterns agree in both
+/// bands, so it only pays when runs are short and there are enough tile rows
+/// per pattern pair to fill groups of [`GROUP_TILES`].
+fn band_span(a: &PatternAssignment, patterns: usize, entries_per_row: f64) -> usize {
+    let (tiles_down, tiles_across) = a.tile_grid();
+    let pairs = (patterns * patterns).max(1);
+    if entries_per_row < SHORT_RUN_ENTRIES && tiles_across >= 2 && tiles_down >= 2 * GROUP_TILES * pairs {
+        2
+    } else {
+        1
+    }
+}
+
+impl Packer<'_> {
+    /// Average stored entries per in-tile row of the non-empty tiles.
+    fn stored_per_row(&self, tiles_down: usize, tiles_across: usize) -> f64 {
+        let t = self.tile;
+        let (mut kept, mut rows) = (0usize, 0usize);
+        for tr in 0..tiles_down {
+            for tc in 0..tiles_across {
+                let n = (0..t * t).filter(|&p| self.keeps(tr * t + p / t, tc * t + p % t)).count();
+                if n > 0 {
+                    kept += n;
+                    rows += t;
+                }
+            }
+        }
+        if rows == 0 {
+            0.0
+        } else {
+            kept as f64 / rows as f64
+        }
+    }
+
+    /// Whether weight `(r, c)` is stored: inside the matrix, kept by the mask, and non-zero.
+    fn keeps(&self, r: usize, c: usize) -> bool {
+        r < self.w.rows() && c < self.w.cols() && self.mask.get(r, c) && self.w.get(r, c) != 0.0
+    }
+
+    /// The virtual tile of `width` tiles starting at tile `(tile_row, tile_col0)`, or `None` when it keeps nothing.
+    fn span_tile(&self, a: &PatternAssignment, tile_row: usize, tile_col0: usize, width: usize) -> Option<SpanTile> {
+        let t = self.tile;
+        let row_len = width * t;
+        let kept: Vec<u32> = (0..t * row_len)
+            .filter(|&p| self.keeps(tile_row * t + p / row_len, tile_col0 * t + p % row_len))
+            .map(|p| p as u32)
+            .collect();
+        let patterns = (tile_col0..tile_col0 + width).map(|tc| a.pattern_of(tile_row, tc)).collect();
+        (!kept.is_empty()).then_some(SpanTile { tile_row, tile_col0, width, patterns, kept })
+    }
+
+    /// Sorts `spans` (all starting at the same tile column and of the same
+    /// width) so equal patterns and equal kept positions are adjacent, and
+    /// emits groups of up to [`GROUP_TILES`]. With `emit_partial == false`,
+    /// the last, partial group of each pattern combination is returned instead.
+    fn group(&mut self, mut spans: Vec<SpanTile>, emit_partial: bool) -> Vec<SpanTile> {
+        spans.sort_by(|a, b| (&a.patterns, &a.kept, a.tile_row).cmp(&(&b.patterns, &b.kept, b.tile_row)));
+        let mut left = Vec::new();
+        for same in spans.chunk_by(|a, b| a.patterns == b.patterns) {
+            for chunk in same.chunks(GROUP_TILES) {
+                if chunk.len() < GROUP_TILES && !emit_partial {
+                    left.extend_from_slice(chunk);
+                } else {
+                    self.emit(chunk);
+                }
+            }
+        }
+        left
+    }
+
+    /// One group: the union of the tiles' kept positions as its index list, weights interleaved.
+    fn emit(&mut self, chunk: &[SpanTile]) {
+        let t = self.tile;
+        let (tile_col0, width) = (chunk[0].tile_col0, chunk[0].width);
+        let row_len = (width * t) as u32;
+        let mut union: Vec<u32> = chunk.iter().flat_map(|s| s.kept.iter().copied()).collect();
+        union.sort_unstable();
+        union.dedup();
+        let (runs, cols) = (&mut self.runs, &mut self.cols);
+        let (runs_start, runs_end) = *self.lists.entry((width, union.clone())).or_insert_with(|| {
+            let start = runs.len() as u32;
+            for row_entries in union.chunk_by(|a, b| a / row_len == b / row_len) {
+                runs.push(RowRun {
+                    row: row_entries[0] / row_len,
+                    start: cols.len() as u32,
+                    len: row_entries.len() as u32,
+                });
+                cols.extend(row_entries.iter().map(|p| p % row_len));
+            }
+            (start, runs.len() as u32)
+        });
+        let mut y_rows = [0u32; GROUP_TILES];
+        for (k, s) in chunk.iter().enumerate() {
+            y_rows[k] = (s.tile_row * t) as u32;
+        }
+        let offset = self.weights.len();
+        for &p in &union {
+            let (lr, lc) = ((p / row_len) as usize, (p % row_len) as usize);
+            for s in chunk {
+                let (r, c) = (s.tile_row * t + lr, tile_col0 * t + lc);
+                let v = if self.keeps(r, c) { self.w.get(r, c) } else { 0.0 };
+                self.weights.push(v);
+            }
+        }
+        self.groups.push(TileGroup {
+            x_row: (tile_col0 * t) as u32,
+            runs_start,
+            runs_end,
+            entries: union.len() as u32,
+            tiles: chunk.len() as u32,
+            weights: u32::try_from(offset).expect("PatternSparseLinear: more than 2^32 weights"),
+            y_rows,
+        });
+    }
+}
+
+/// Per-thread scratch panels, reused across calls so `forward` does not allocate
+/// once warm. Over-allocated by one cache line so both panels start 64-byte aligned.
+struct PanelScratch {
+    x: Vec<f32>,
+    y: Vec<f32>,
+}
+
+impl PanelScratch {
+    fn panels(&mut self, x_len: usize, y_len: usize) -> (&mut [f32], &mut [f32]) {
+        fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+            if buf.len() < len + 16 {
+                buf.resize(len + 16, 0.0);
+            }
+            let skip = buf.as_ptr().align_offset(64).min(15);
+            &mut buf[skip..skip + len]
+        }
+        (aligned(&mut self.x, x_len), aligned(&mut self.y, y_len))
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<PanelScratch> = const { RefCell::new(PanelScratch { x: Vec::new(), y: Vec::new() }) };
+}
+
+/// One pass over `K` tiles of a group (`k0..k0 + K` of its `kstride` tiles) for
+/// `V` token vectors: for every run (in-tile output row) the `K x V`
+/// accumulators start from `yᵀ`, take every entry's `xᵀ` vectors once for all
+/// `K` tiles, and go back to `yᵀ`.
+///
+/// # Safety
+/// `S`'s features must be enabled; `x_band` must be valid for `tile` rows of
+/// `pw` floats, each `y[k]` for `tile` rows, and `w` for `entries * kstride` floats.
+#[inline(always)]
+unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
+    runs: &[RowRun],
+    cols: &[u32],
+    w: *const f32,
+    kstride: usize,
+    x_band: *const f32,
+    y: [*mut f32; K],
+    pw: usize,
+) {
+    let mut wp = w;
+    for run in runs {
+        // SAFETY (whole body): offsets come from `pack` and stay inside the buffers the caller vouched for.
+        unsafe {
+            let mut acc: [[S; V]; K] = [[S::zero(); V]; K];
+            for k in 0..K {
+                let yp = y[k].add(run.row as usize * pw);
+                for v in 0..V {
+                    acc[k][v] = S::load(yp.add(v * S::LANES));
+                }
+            }
+            let entries = cols.get_unchecked(run.start as usize..(run.start + run.len) as usize);
+            for &c in entries {
+                let xp = x_band.add(c as usize * pw);
+                let mut xv: [S; V] = [S::zero(); V];
+                for v in 0..V {
+                    xv[v] = S::load(xp.add(v * S::LANES));
+                }
+                for k in 0..K {
+                    let b = S::splat(*wp.add(k));
+                    for v in 0..V {
+                        acc[k][v] = acc[k][v].mul_add(b, xv[v]);
+                    }
+                }
+                wp = wp.add(kstride);
+            }
+            for k in 0..K {
+                let yp = y[k].add(run.row as usize * pw);
+                for v in 0..V {
+                    acc[k][v].store(yp.add(v * S::LANES));
+                }
+            }
+        }
+    }
+}
+
+/// Runs every group of `layer` on one panel with `V` live token vectors,
+/// splitting groups into passes of at most `KMAX` tiles.
+///
+/// # Safety
+/// As [`PatternSparseLinear::run_panel`] documents for its backend call.
+#[inline(always)]
+unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
+    layer: &PatternSparseLinear,
+    xs: *const f32,
+    ys: *mut f32,
+) {
+    let pw = PANEL_VECTORS * S::LANES;
+    for g in &layer.groups {
+        // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds.
+        unsafe {
+            let runs = layer.runs.get_unchecked(g.runs_start as usize..g.runs_end as usize);
+            let x_band = xs.add(g.x_row as usize * pw);
+            let w = layer.weights.as_ptr().add(g.weights as usize);
+            let kstride = g.tiles as usize;
+            let yp = |k: usize| ys.add(g.y_rows[k] as usize * pw);
+            let mut k0 = 0;
+            while k0 < kstride {
+                let k = (kstride - k0).min(KMAX);
+                let wk = w.add(k0);
+                match k {
+                    1 => group_pass::<S, 1, V>(runs, &layer.cols, wk, kstride, x_band, [yp(k0)], pw),
+                    2 => group_pass::<S, 2, V>(runs, &layer.cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1)], pw),
+                    3 => group_pass::<S, 3, V>(
+                        runs,
+                        &layer.cols,
+                        wk,
+                        kstride,
+                        x_band,
+                        [yp(k0), yp(k0 + 1), yp(k0 + 2)],
+                        pw,
+                    ),
+                    _ => group_pass::<S, 4, V>(
+                        runs,
+                        &layer.cols,
+                        wk,
+                        kstride,
+                        x_band,
+                        [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3)],
+                        pw,
+                    ),
+                }
+                k0 += k;
+            }
+        }
+    }
+}
+
+/// Dispatches on the number of live token vectors (the last panel may be narrower).
+///
+/// # Safety
+/// As [`panel_groups`].
+#[inline(always)]
+unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(
+    layer: &PatternSparseLinear,
+    xs: *const f32,
+    ys: *mut f32,
+    vectors: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match vectors {
+            1 => panel_groups::<S, 1, KMAX>(layer, xs, ys),
+            2 => panel_groups::<S, 2, KMAX>(layer, xs, ys),
+            3 => panel_groups::<S, 3, KMAX>(layer, xs, ys),
+            _ => panel_groups::<S, 4, KMAX>(layer, xs, ys),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_panels {
+    use super::{panel_for_vectors, PatternSparseLinear};
+    use crate::simd::x86::{Avx2Fma, Avx512};
+
+    /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+        // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
+        unsafe { panel_for_vectors::<Avx512, 4>(layer, xs, ys, vectors) }
+    }
+
+    /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+        // SAFETY: AVX2 and FMA are enabled here; the rest is forwarded from the caller.
+        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, xs, ys, vectors) }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon_panels {
+    use super::{panel_for_vectors, PatternSparseLinear};
+    use crate::simd::neon::Neon;
+
+    /// 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn neon(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+        // SAFETY: NEON is enabled here; the rest is forwarded from the caller.
+        unsafe { panel_for_vectors::<Neon, 4>(layer, xs, ys, vectors) }
+    }
+}
+
+impl LinearKernel for PatternSparseLinear {
+    fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
+        let (tokens, inputs) = x.shape();
+        assert_eq!(
+            inputs, self.in_features,
+            "PatternSparseLinear::forward: x has {inputs} features, the layer expects {}",
+            self.in_features
+        );
+        y.reshape_uninit(tokens, self.out_features);
+        if tokens == 0 || self.out_features == 0 {
+            return;
+        }
+        let pw = self.panel_width();
+        let panels = tokens.div_ceil(pw);
+        let workers = threads.count().min(panels);
+        if workers <= 1 {
+            self.forward_tokens(x, 0, y.as_mut_slice());
+            return;
+        }
+        // Threads take contiguous runs of whole panels (disjoint token rows of y).
+        let per_worker = panels.div_ceil(workers) * pw;
+        std::thread::scope(|s| {
+            for (i, rows) in y.as_mut_slice().chunks_mut(per_worker * self.out_features).enumerate() {
+                s.spawn(move || self.forward_tokens(x, i * per_worker, rows));
+            }
+        });
+    }
+
+    fn stats(&self) -> LayerStats {
+        let bytes = std::mem::size_of_val(self.weights.as_slice())
+            + std::mem::size_of_val(self.cols.as_slice())
+            + std::mem::size_of_val(self.runs.as_slice())
+            + std::mem::size_of_val(self.groups.as_slice());
+        LayerStats { out_features: self.out_features, in_features: self.in_features, nnz: self.nnz, bytes }
+    }
+
+    /// Rebuilt from the packed groups, so it checks the packing as well.
+    fn effective_weights(&self) -> Matrix {
+        let mut w = Matrix::zeros(self.out_features, self.in_features);
+        for g in &self.groups {
+            let mut entry = 0usize;
+            for run in &self.runs[g.runs_start as usize..g.runs_end as usize] {
+                for &c in &self.cols[run.start as usize..(run.start + run.len) as usize] {
+                    for k in 0..g.tiles as usize {
+                        let (r, col) = ((g.y_rows[k] + run.row) as usize, (g.x_row + c) as usize);
+                        let v = self.weights[g.weights as usize + entry * g.tiles as usize + k];
+                        if r < self.out_features && col < self.in_features && v != 0.0 {
+                            w.set(r, col, v);
+                        }
+                    }
+                    entry += 1;
+                }
+            }
+            debug_assert_eq!(entry, g.entries as usize);
+        }
+        w
+    }
+
+    fn kind(&self) -> &'static str {
+        "pattern"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::pattern::{generate_pattern_set, PatternConfig};
+    use crate::reference;
+
+    #[test]
+    fn matches_reference_on_every_backend() {
+        let w = Matrix::random(70, 45, 1, 1.0);
+        let base = Mask::dense(70, 45);
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.75));
+        for backend in Backend::available() {
+            let layer = PatternSparseLinear::with_backend(&w, &base, &set, backend);
+            for tokens in [1, 5, 16, 64, 70, 131] {
+                let x = Matrix::random(tokens, 45, 2, 1.0);
+                let mut y = Matrix::zeros(0, 0);
+                layer.forward(&x, &mut y, Threads::One);
+                let expected = reference::linear(&x, &layer.effective_weights());
+                let (abs, _) = reference::errors(&y, &expected);
+                assert!(abs < 1e-4, "{} tokens={tokens}: max error {abs}", backend.name());
+            }
+        }
+    }
+
+    #[test]
+    fn effective_weights_are_w_masked_and_stats_count_them() {
+        let w = Matrix::random(40, 40, 3, 1.0);
+        let base = Mask::dense(40, 40);
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(8, 0.5));
+        let a = assign_patterns(&w, &base, &set);
+        let layer = PatternSparseLinear::new(&w, &base, &set);
+        let mut expected = w.clone();
+        expected.apply_mask(a.mask());
+        assert_eq!(layer.effective_weights(), expected);
+        let s = layer.stats();
+        assert_eq!(s.nnz, a.mask().kept());
+        assert_eq!(s.sparsity(), 0.5);
+        assert!(s.bytes >= s.nnz * 4);
+        assert_eq!(layer.kind(), "pattern");
+        assert_eq!((layer.tile(), layer.patterns()), (8, set.len()));
+        assert_eq!(layer.stored_weights(), s.nnz, "dense base, tile divides the shape: no padding slots");
+    }
+
+    #[test]
+    fn paired_bands_and_bp_base_match_reference() {
+        // A BP base with strips of 8 rows under 16x16 tiles: tiles of one band differ in kept columns,
+        // so groups hold unions (explicit zeros); spans 2 and 3 exercise virtual tiles and leftovers.
+        let w = Matrix::random(200, 90, 6, 1.0);
+        let base = crate::prune::block::block_mask(&w, crate::prune::block::BlockShape::strip(8), 0.4);
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.8));
+        let a = assign_patterns(&w, &base, &set);
+        let mut expected_w = w.clone();
+        expected_w.apply_mask(a.mask());
+        for span in [1, 2, 3] {
+            for backend in Backend::available() {
+                let layer = PatternSparseLinear::pack(&w, &a, set.len(), backend, Some(span));
+                assert_eq!(layer.effective_weights(), expected_w, "span {span}");
+                for tokens in [1, 33, 100] {
+                    let x = Matrix::random(tokens, 90, 7, 1.0);
+                    let mut y = Matrix::zeros(0, 0);
+                    layer.forward(&x, &mut y, Threads::One);
+                    let (abs, _) = reference::errors(&y, &reference::linear(&x, &expected_w));
+                    assert!(abs < 1e-4, "span {span} {} tokens={tokens}: max error {abs}", backend.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_sparse_layers_pair_bands_dense_ones_do_not() {
+        let w = Matrix::random(2048, 64, 8, 1.0);
+        let base = Mask::dense(2048, 64);
+        let sparse = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
+        let dense = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.5)));
+        assert_eq!(band_span(&sparse, 4, 2.0), 2);
+        assert_eq!(band_span(&dense, 4, 8.0), 1);
+        let small = Matrix::random(64, 64, 8, 1.0);
+        let a = assign_patterns(
+            &small,
+            &Mask::dense(64, 64),
+            &generate_pattern_set(&small, &Mask::dense(64, 64), &PatternConfig::new(16, 0.875)),
+        );
+        assert_eq!(band_span(&a, 4, 2.0), 1, "too few tile rows to fill groups per pattern pair");
+    }
+
+    #[test]
+    fn threads_agree_with_one_thread() {
+        let w = Matrix::random(96, 64, 4, 1.0);
+        let base = Mask::dense(96, 64);
+        let layer =
+            PatternSparseLinear::new(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
+        let x = Matrix::random(200, 64, 5, 1.0);
+        let (mut a, mut b) = (Matrix::zeros(0, 0), Matrix::zeros(0, 0));
+        layer.forward(&x, &mut a, Threads::One);
+        layer.forward(&x, &mut b, Threads::N(3));
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,164 @@
+//! The harness side of the agent protocol: typed requests over a board's
+//! [`InteractiveSession`], each reply matched to its request by `id`.
+
+use std::time::{Duration, Instant};
+
+use device_agent::protocol::{
+    self, ClockReply, Command, HelloReply, LoadReply, LoadRequest, QuitReply, ReplyBody, Request, RunReply, RunRequest,
+    SelftestReply, SelftestRequest, SwitchReply, SwitchRequest, PROTO_VERSION,
+};
+
+use crate::board::{BoardError, ErrorKind, InteractiveSession};
+
+/// Why a request to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The transport failed (connection dropped, timeout): the cell may be retried.
+    #[error("{0}")]
+    Transport(#[from] BoardError),
+    /// The agent answered with an error or with something unexpected.
+    #[error("agent on {board}: `{cmd}`: {detail}")]
+    Protocol { board: String, cmd: &'static str, detail: String },
+}
+
+impl AgentError {
+    /// Whether reconnecting and retrying could help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AgentError::Transport(e) => e.kind.is_retryable() || e.kind == ErrorKind::Remote,
+            AgentError::Protocol { .. } => false,
+        }
+    }
+}
+
+/// One round trip of a `clock` exchange: host monotonic send/receive times and the board's reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClockExchange {
+    pub host_send_ns: u64,
+    pub board_ns: u64,
+    pub host_recv_ns: u64,
+}
+
+/// A live agent process on a board.
+pub struct AgentClient {
+    board: String,
+    session: Box<dyn InteractiveSession>,
+    next_id: u64,
+    /// How long to wait for a reply beyond what the request itself takes.
+    pub reply_timeout: Duration,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient").field("board", &self.board).field("next_id", &self.next_id).finish()
+    }
+}
+
+/// The host's monotonic clock in ns (same clock family as the agent's CLOCK_MONOTONIC on a local board).
+pub fn host_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl AgentClient {
+    pub fn new(board: &str, session: Box<dyn InteractiveSession>) -> Self {
+        Self { board: board.to_string(), session, next_id: 1, reply_timeout: Duration::from_secs(60) }
+    }
+
+    /// Sends `command` and waits up to `timeout` for the reply carrying the same id.
+    fn call<T: ReplyBody>(&mut self, command: Command, timeout: Duration) -> Result<T, AgentError> {
+        let cmd = command.name();
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request::new(command).with_id(id);
+        let line = String::from_utf8(protocol::encode_line(&request)).expect("JSON is UTF-8");
+        self.session.send_line(line.trim_end())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BoardError::new(
+                    &self.board,
+                    ErrorKind::Timeout,
+                    format!("agent `{cmd}`"),
+                    format!("no reply within {timeout:?}; agent stderr: {}", self.session.stderr_tail()),
+                )
+                .into());
+            }
+            let line = match self.session.read_line(left) {
+                Ok(l) => l,
+                Err(mut e) => {
+                    let tail = self.session.stderr_tail();
+                    if !tail.is_empty() {
+                        e.detail = format!("{}; agent stderr: {}", e.detail, tail.trim());
+                    }
+                    return Err(e.into());
+                }
+            };
+            let response = protocol::decode_response(line.as_bytes()).map_err(|e| AgentError::Protocol {
+                board: self.board.clone(),
+                cmd,
+                detail: format!("undecodable reply {line:?}: {e}"),
+            })?;
+            if response.id.as_ref().and_then(|v| v.as_u64()) != Some(id) {
+                // A late reply to an earlier, timed-out request: skip it.
+                continue;
+            }
+            if response.proto != PROTO_VERSION {
+                return Err(AgentError::Protocol {
+                    board: self.board.clone(),
+                    cmd,
+                    detail: format!("agent speaks protocol {}, harness speaks {PROTO_VERSION}", response.proto),
+                });
+            }
+            return response
+                .expect::<T>()
+                .map_err(|e| AgentError::Protocol { board: self.board.clone(), cmd, detail: e.to_string() });
+        }
+    }
+
+    pub fn hello(&mut self) -> Result<HelloReply, AgentError> {
+        self.call(Command::Hello, self.reply_timeout)
+    }
+
+    /// Loading builds every variant (pattern generation included), which takes a while on a slow board.
+    pub fn load(&mut self, req: LoadRequest, timeout: Duration) -> Result<LoadReply, AgentError> {
+        self.call(Command::Load(req), timeout)
+    }
+
+    /// One `clock` exchange, timed on the host's monotonic clock.
+    pub fn clock(&mut self) -> Result<ClockExchange, AgentError> {
+        let host_send_ns = host_monotonic_ns();
+        let reply: ClockReply = self.call(Command::Clock, Duration::from_secs(10))?;
+        let host_recv_ns = host_monotonic_ns();
+        Ok(ClockExchange { host_send_ns, board_ns: reply.mono_ns, host_recv_ns })
+    }
+
+    /// Several `clock` exchanges back to back (the caller keeps the smallest round trip).
+    pub fn clock_exchanges(&mut self, n: usize) -> Result<Vec<ClockExchange>, AgentError> {
+        (0..n).map(|_| self.clock()).collect()
+    }
+
+    pub fn run(&mut self, req: RunRequest) -> Result<RunReply, AgentError> {
+        // The window takes at least min_ms; allow generously for slow iterations and warm-up.
+        let timeout = self.reply_timeout + Duration::from_millis(req.min_ms.saturating_mul(4));
+        self.call(Command::Run(req), timeout)
+    }
+
+    pub fn switch(&mut self, variant: &str) -> Result<SwitchReply, AgentError> {
+        self.call(Command::Switch(SwitchRequest { variant: variant.to_string() }), self.reply_timeout)
+    }
+
+    pub fn selftest(&mut self) -> Result<SelftestReply, AgentError> {
+        self.call(Command::Selftest(SelftestRequest::default()), self.reply_timeout)
+    }
+
+    /// Asks the agent to quit and closes the session.
+    pub fn quit(mut self) -> Result<(), AgentError> {
+        let r = self.call::<QuitReply>(Command::Quit, Duration::from_secs(10));
+        let _ = self.session.close();
+        r.map(|_| ())
+    }
+}

@@ -1,0 +1,79 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use crate::connect::open_board;
+use crate::probe::probe;
+use crate::runner::facts_from_probe;
+use crate::scenario::{load_scenario, validate_against_probe};
+
+/// Inspect boards.
+#[derive(Debug, Args)]
+pub struct BoardCmd {
+    #[command(subcommand)]
+    command: BoardCommands,
+}
+
+#[derive(Debug, Subcommand)]
+enum BoardCommands {
+    /// Connect to the scenario's boards and report what they have: architecture, CPU model,
+    /// cores, cpufreq policies (related CPUs, frequencies, governors, current/min/max),
+    /// thermal zones, memory and kernel; then check the scenario against it (levels the
+    /// board does not offer, CPUs it does not have, a missing thermal zone). Nothing is
+    /// written to the board.
+    Probe {
+        /// Scenario YAML file naming the boards.
+        scenario: PathBuf,
+        /// Only this board.
+        #[arg(long)]
+        board: Option<String>,
+        /// One JSON object per board, one per line, instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl BoardCmd {
+    pub fn run(self) -> Result<ExitCode> {
+        let BoardCommands::Probe { scenario: path, board, json } = self.command;
+        let scenario = load_scenario(&path)?;
+        let specs: Vec<_> = scenario.boards.iter().filter(|b| board.as_deref().is_none_or(|n| n == b.name)).collect();
+        if specs.is_empty() {
+            let names: Vec<_> = scenario.boards.iter().map(|b| b.name.as_str()).collect();
+            bail!("no board {:?} in {} (boards: {})", board.unwrap_or_default(), path.display(), names.join(", "));
+        }
+        let mut failed = false;
+        for spec in specs {
+            let result = open_board(spec).and_then(|mut b| Ok(probe(b.as_mut(), &spec.sysfs_root)?));
+            match result {
+                Ok(report) => {
+                    let check = validate_against_probe(&scenario, &spec.name, &facts_from_probe(&report));
+                    if json {
+                        println!("{}", serde_json::to_string(&report)?);
+                    } else {
+                        println!("{report}");
+                    }
+                    match check {
+                        Ok(resolved) => eprintln!(
+                            "board {}: scenario OK (policies {}, levels {} kHz)",
+                            spec.name,
+                            resolved.policies.join(","),
+                            resolved.levels_khz.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
+                        ),
+                        Err(e) => {
+                            failed = true;
+                            eprintln!("board {}: the scenario does not fit this board:\n{e}", spec.name);
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("error: board {}: {e:#}", spec.name);
+                }
+            }
+        }
+        Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    }
+}

@@ -1,0 +1,51 @@
+//! The `hil` command line: one file per subcommand, each a clap `Args` struct
+//! with a `run()` returning the process exit code. `main` only parses and
+//! prints errors.
+
+mod agent;
+mod board;
+mod run;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// hil: hardware-in-the-loop benchmarking of sparse Transformer inference on ARM boards.
+///
+/// A scenario YAML names boards (over SSH, or a simulated board on this host), DVFS
+/// frequency levels, model variants (dense, block-pruned, pattern sets) and how to
+/// measure. `hil run` pins each level, runs the on-board agent and records latency
+/// (and energy, with a power monitor) per cell under results/<scenario>/<UTC stamp>/.
+#[derive(Debug, Parser)]
+#[command(name = "hil", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    Run(run::RunCmd),
+    Validate(validate::ValidateCmd),
+    Board(board::BoardCmd),
+    Agent(agent::AgentCmd),
+}
+
+/// Parses the command line and runs it; errors are printed with their whole context chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Run(c) => c.run(),
+        Commands::Validate(c) => c.run(),
+        Commands::Board(c) => c.run(),
+        Commands::Agent(c) => c.run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

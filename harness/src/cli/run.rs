@@ -1,0 +1,86 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::runner::{check_run_dir, run_scenario, RunOptions};
+use crate::scenario::parse_scenario;
+
+/// Run a scenario: measure every cell on every board and write the results.
+///
+/// For each board (in parallel), `hil run` connects, restores cpufreq settings left by an
+/// interrupted earlier run, probes the board and checks the scenario against it, builds and
+/// uploads the agent (only when its SHA-256 differs; verified on the board before it runs),
+/// saves the cpufreq settings (also to a restore file on the board), then for every level,
+/// variant and repeat: pins the frequency, settles, waits for the thermal zone to cool, runs
+/// the agent's timed window and records the cell. Results go to
+/// OUT/<scenario>/<UTC stamp>/ (run.json, scenario.yaml, cells.jsonl, cells.parquet,
+/// latency.parquet), written after every cell. Ctrl-C stops after the current cell and
+/// restores the boards' cpufreq settings; `--resume` completes the run later.
+///
+/// Exit code: 0 when every cell of every board finished, 1 when a board failed or the run
+/// was interrupted (finished cells are kept), 2 on unusable input.
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    /// Scenario YAML file.
+    scenario: PathBuf,
+    /// Results root; the run goes to OUT/<scenario>/<UTC stamp>/.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Complete an interrupted run in this directory (skips its finished cells). The
+    /// scenario must be the same file content as when the run started.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// No progress bars (they are off anyway when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl RunCmd {
+    pub fn run(self) -> Result<ExitCode> {
+        let text = std::fs::read_to_string(&self.scenario)
+            .with_context(|| format!("reading scenario {}", self.scenario.display()))?;
+        let scenario = parse_scenario(&text, &self.scenario.display().to_string())?;
+        if let Some(dir) = &self.resume {
+            check_run_dir(dir)?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler_stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if handler_stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nhil: still restoring the boards' cpufreq settings; please wait");
+            } else {
+                eprintln!("\nhil: stopping after the current cell; restoring cpufreq settings (finished cells are kept)");
+            }
+        })
+        .context("installing the Ctrl-C/SIGTERM handler")?;
+        let opts = RunOptions {
+            out_root: self.out,
+            resume: self.resume,
+            progress: !self.no_progress && std::io::stderr().is_terminal(),
+        };
+        let outcome = run_scenario(&scenario, &text, &opts, stop)?;
+        println!("results: {}", outcome.dir.display());
+        for b in &outcome.boards {
+            let status = match (&b.error, b.interrupted) {
+                (Some(e), _) => format!("FAILED: {e}"),
+                (None, true) => "interrupted".to_string(),
+                (None, false) => "ok".to_string(),
+            };
+            println!(
+                "  board {}: {} cells measured, {} already done, {} failed: {}",
+                b.board, b.cells_done, b.cells_skipped, b.cells_failed, status
+            );
+        }
+        if outcome.all_ok() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            println!("resume with: hil run {} --resume {}", self.scenario.display(), outcome.dir.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,30 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::plan::Plan;
+use crate::scenario::load_scenario;
+
+/// Check a scenario without touching any board, and print the plan.
+///
+/// Every field is validated (names, hosts, paths, numbers, variants, levels); the plan
+/// lists boards, levels, variants, the number of cells and an estimated duration.
+/// Checks that need the board (offered frequencies, CPUs, thermal zones) happen when
+/// `hil run` or `hil board probe` connects. Exit code 0 when valid, 2 otherwise.
+#[derive(Debug, Args)]
+pub struct ValidateCmd {
+    /// Scenario YAML file.
+    scenario: PathBuf,
+}
+
+impl ValidateCmd {
+    pub fn run(self) -> Result<ExitCode> {
+        let scenario = load_scenario(&self.scenario)?;
+        let plan = Plan::new(&scenario);
+        println!("scenario {} ({}) is valid", scenario.name, self.scenario.display());
+        println!("{plan}");
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,152 @@
+//! Deploying `hil-agent`: build it for the board's target, upload it only when
+//! its SHA-256 differs from what the board has, upload atomically, and verify
+//! the SHA-256 on the board before anything runs it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::board::Board;
+
+/// The Rust target triple for a board's `uname -m`.
+pub fn target_for_machine(machine: &str) -> Result<&'static str> {
+    Ok(match machine.trim() {
+        "aarch64" | "arm64" => "aarch64-unknown-linux-musl",
+        "x86_64" | "amd64" => "x86_64-unknown-linux-musl",
+        other => bail!("no agent target known for machine `{other}`: set `target:` in the board's scenario entry"),
+    })
+}
+
+/// The workspace root this `hil` was built from (where `cargo build -p device-agent` works).
+pub fn workspace_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HIL_WORKSPACE") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where cargo puts the release agent for `target` (None = the host's own target).
+pub fn agent_binary_path(root: &Path, target: Option<&str>) -> PathBuf {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    match target {
+        Some(t) => target_dir.join(t).join("release").join("hil-agent"),
+        None => target_dir.join("release").join("hil-agent"),
+    }
+}
+
+/// Builds the agent in release mode for `target` (None = host target) and returns the binary's path.
+/// Cargo's output goes to stderr so the user sees progress; a failed build carries cargo's exit status.
+pub fn build_agent(target: Option<&str>) -> Result<PathBuf> {
+    let root = workspace_root();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root).args(["build", "--release", "-p", "device-agent", "--bin", "hil-agent"]);
+    if let Some(t) = target {
+        cmd.args(["--target", t]);
+    }
+    let status = cmd.status().with_context(|| format!("running cargo in {}", root.display()))?;
+    if !status.success() {
+        bail!(
+            "building hil-agent{} failed ({status}); for aarch64 run `rustup target add aarch64-unknown-linux-musl`",
+            target.map(|t| format!(" for {t}")).unwrap_or_default()
+        );
+    }
+    let path = agent_binary_path(&root, target);
+    if !path.is_file() {
+        bail!("cargo reported success but {} does not exist", path.display());
+    }
+    Ok(path)
+}
+
+/// Hex SHA-256 of a local file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_bytes(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// SHA-256 of a file on the board: `sha256sum` when the board has it, else the file is read back and hashed here.
+/// `None` when the file does not exist.
+pub fn remote_sha256(board: &mut dyn Board, path: &str) -> Result<Option<String>> {
+    let out = board.exec(&["sha256sum".to_string(), path.to_string()], Duration::from_secs(60))?;
+    if out.success() {
+        let text = out.stdout_str();
+        let hash = text.split_whitespace().next().unwrap_or_default().to_ascii_lowercase();
+        if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Some(hash));
+        }
+    }
+    match board.read_file(path) {
+        Ok(data) => Ok(Some(sha256_bytes(&data))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// What deployment did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Deployed {
+    pub remote_path: String,
+    pub sha256: String,
+    pub uploaded: bool,
+}
+
+/// Puts `local` at `<workdir>/hil-agent` on the board unless the board already has the same bytes,
+/// then verifies the board's copy. Refuses to continue on a mismatch.
+pub fn deploy_agent(board: &mut dyn Board, local: &Path, workdir: &str) -> Result<Deployed> {
+    let name = board.name().to_string();
+    let sha256 = sha256_file(local)?;
+    let out = board.exec(&["mkdir".into(), "-p".into(), "--".into(), workdir.to_string()], Duration::from_secs(30))?;
+    if !out.success() {
+        bail!("board {name}: cannot create workdir {workdir}: {}", out.stderr_str().trim());
+    }
+    let remote_path = format!("{}/hil-agent", workdir.trim_end_matches('/'));
+    let existing = remote_sha256(board, &remote_path)?;
+    let uploaded = existing.as_deref() != Some(sha256.as_str());
+    if uploaded {
+        // The transport uploads to a temporary name and renames, so a half-written agent never runs.
+        board.upload(local, &remote_path, 0o755).with_context(|| format!("uploading agent to board {name}"))?;
+    }
+    match remote_sha256(board, &remote_path)? {
+        Some(h) if h == sha256 => Ok(Deployed { remote_path, sha256, uploaded }),
+        Some(h) => bail!("board {name}: agent at {remote_path} has SHA-256 {h}, expected {sha256}: refusing to run it"),
+        None => bail!("board {name}: agent at {remote_path} is missing after upload"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_to_target() {
+        assert_eq!(target_for_machine("aarch64\n").unwrap(), "aarch64-unknown-linux-musl");
+        assert_eq!(target_for_machine("x86_64").unwrap(), "x86_64-unknown-linux-musl");
+        let err = target_for_machine("riscv64").unwrap_err().to_string();
+        assert!(err.contains("riscv64") && err.contains("target:"), "{err}");
+    }
+
+    #[test]
+    fn sha256_matches_known_vector() {
+        assert_eq!(sha256_bytes(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(sha256_file(&p).unwrap(), sha256_bytes(b"abc"));
+    }
+}

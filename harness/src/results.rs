@@ -1,0 +1,379 @@
+//! The results directory: `results/<scenario>/<UTC stamp>/`.
+//!
+//! Source of truth is an append-only journal, `cells.jsonl`: one JSON line per
+//! finished cell (including its per-iteration latencies), fsync'd before the
+//! runner moves on. After every cell the tabular outputs that pandas/polars
+//! open (`cells.parquet`, `latency.parquet`) are regenerated from the journal
+//! and replaced atomically (write to a temporary name, then rename), so a run
+//! killed at any point keeps every finished cell, and `--resume` reads the
+//! journal to skip them.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use crate::plan::CellKey;
+
+/// One finished cell: what `cells.parquet` holds per row (latencies go to `latency.parquet`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellRecord {
+    pub board: String,
+    pub freq_khz: u64,
+    pub variant: String,
+    pub repeat: u32,
+    /// Index of the DVFS level in the scenario (0 = first listed).
+    pub level: u32,
+    pub variant_kind: String,
+    /// Achieved weight sparsity of the variant over the linear layers (0 for dense).
+    pub sparsity: f64,
+    pub simulated: bool,
+    /// UTC start of the cell, RFC 3339.
+    pub started_at: String,
+    /// Attempts used (1 = first try succeeded).
+    pub attempts: u32,
+    pub iterations: u64,
+    /// Board-clock duration of the timed window.
+    pub window_ns: u64,
+    pub latency_median_ms: f64,
+    pub latency_mean_ms: f64,
+    pub latency_p90_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_min_ms: f64,
+    pub latency_max_ms: f64,
+    pub deadline_ms: Option<f64>,
+    pub deadline_met: Option<bool>,
+    /// `scaling_cur_freq` read back after settling, in kHz.
+    pub cur_freq_khz: Option<u64>,
+    pub freq_verified: bool,
+    /// Time spent at another frequency during the cell (from `stats/time_in_state`).
+    pub off_target_ms: Option<f64>,
+    pub throttled: bool,
+    pub temp_before_c: Option<f64>,
+    pub temp_after_c: Option<f64>,
+    /// The agent's checksum of all outputs in the window (hex).
+    pub checksum: String,
+    // Power (absent when the board has no monitor).
+    pub mean_power_w: Option<f64>,
+    pub idle_power_w: Option<f64>,
+    pub energy_per_inference_mj: Option<f64>,
+    pub net_energy_per_inference_mj: Option<f64>,
+    pub power_samples: Option<u64>,
+    pub lost_samples: Option<u64>,
+    pub clock_offset_uncertainty_us: Option<f64>,
+    pub power_flagged: Option<bool>,
+    /// The agent's window on the host's monotonic clock (after clock alignment), ns.
+    #[serde(default)]
+    pub window_host_start_ns: Option<i64>,
+    #[serde(default)]
+    pub window_host_end_ns: Option<i64>,
+    /// Energy of the whole window, joules.
+    #[serde(default)]
+    pub window_energy_j: Option<f64>,
+    /// Per-iteration latencies in ns (journal only; exploded into latency.parquet).
+    #[serde(default)]
+    pub latencies_ns: Vec<u64>,
+}
+
+impl CellRecord {
+    pub fn key(&self) -> CellKey {
+        CellKey { board: self.board.clone(), freq_khz: self.freq_khz, variant: self.variant.clone(), repeat: self.repeat }
+    }
+}
+
+/// Builds a polars frame from rows, one `column name => |row| value` per column.
+macro_rules! frame {
+    ($rows:expr; $($name:literal => |$r:ident| $e:expr),* $(,)?) => {
+        DataFrame::new(vec![$(
+            Column::new($name.into(), $rows.iter().map(|$r| $e).collect::<Vec<_>>())
+        ),*])
+    };
+}
+
+/// `cells.parquet`: one row per cell.
+pub fn cells_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
+    frame!(rows;
+        "board" => |r| r.board.clone(),
+        "freq_khz" => |r| r.freq_khz,
+        "level" => |r| r.level,
+        "variant" => |r| r.variant.clone(),
+        "variant_kind" => |r| r.variant_kind.clone(),
+        "sparsity" => |r| r.sparsity,
+        "repeat" => |r| r.repeat,
+        "simulated" => |r| r.simulated,
+        "started_at" => |r| r.started_at.clone(),
+        "attempts" => |r| r.attempts,
+        "iterations" => |r| r.iterations,
+        "window_ns" => |r| r.window_ns,
+        "latency_median_ms" => |r| r.latency_median_ms,
+        "latency_mean_ms" => |r| r.latency_mean_ms,
+        "latency_p90_ms" => |r| r.latency_p90_ms,
+        "latency_p99_ms" => |r| r.latency_p99_ms,
+        "latency_min_ms" => |r| r.latency_min_ms,
+        "latency_max_ms" => |r| r.latency_max_ms,
+        "deadline_ms" => |r| r.deadline_ms,
+        "deadline_met" => |r| r.deadline_met,
+        "cur_freq_khz" => |r| r.cur_freq_khz,
+        "freq_verified" => |r| r.freq_verified,
+        "off_target_ms" => |r| r.off_target_ms,
+        "throttled" => |r| r.throttled,
+        "temp_before_c" => |r| r.temp_before_c,
+        "temp_after_c" => |r| r.temp_after_c,
+        "checksum" => |r| r.checksum.clone(),
+        "mean_power_w" => |r| r.mean_power_w,
+        "idle_power_w" => |r| r.idle_power_w,
+        "energy_per_inference_mj" => |r| r.energy_per_inference_mj,
+        "net_energy_per_inference_mj" => |r| r.net_energy_per_inference_mj,
+        "power_samples" => |r| r.power_samples,
+        "lost_samples" => |r| r.lost_samples,
+        "clock_offset_uncertainty_us" => |r| r.clock_offset_uncertainty_us,
+        "power_flagged" => |r| r.power_flagged,
+    )
+}
+
+/// One row of `latency.parquet`.
+struct LatencyRow<'a> {
+    cell: &'a CellRecord,
+    iteration: u32,
+    latency_ns: u64,
+}
+
+/// `latency.parquet`: one row per timed iteration of every cell.
+pub fn latency_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
+    let flat: Vec<LatencyRow> = rows
+        .iter()
+        .flat_map(|cell| {
+            cell.latencies_ns.iter().enumerate().map(move |(i, ns)| LatencyRow { cell, iteration: i as u32, latency_ns: *ns })
+        })
+        .collect();
+    frame!(flat;
+        "board" => |r| r.cell.board.clone(),
+        "freq_khz" => |r| r.cell.freq_khz,
+        "variant" => |r| r.cell.variant.clone(),
+        "repeat" => |r| r.cell.repeat,
+        "iteration" => |r| r.iteration,
+        "latency_ns" => |r| r.latency_ns,
+    )
+}
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_sibling(path);
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Writes a frame as parquet, atomically.
+pub fn write_parquet_atomic(path: &Path, df: &mut DataFrame) -> Result<()> {
+    let tmp = tmp_sibling(path);
+    {
+        let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        ParquetWriter::new(f).finish(df).with_context(|| format!("writing parquet {}", tmp.display()))?;
+    }
+    File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Reads a parquet file into a frame.
+pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    ParquetReader::new(f).finish().with_context(|| format!("reading parquet {}", path.display()))
+}
+
+fn tmp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// `power.parquet` without raw samples: one row per measured window.
+pub fn power_windows_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
+    let rows: Vec<&CellRecord> = rows.iter().filter(|r| r.window_energy_j.is_some()).collect();
+    frame!(rows;
+        "board" => |r| r.board.clone(),
+        "freq_khz" => |r| r.freq_khz,
+        "variant" => |r| r.variant.clone(),
+        "repeat" => |r| r.repeat,
+        "window_host_start_ns" => |r| r.window_host_start_ns,
+        "window_host_end_ns" => |r| r.window_host_end_ns,
+        "samples" => |r| r.power_samples,
+        "lost_samples" => |r| r.lost_samples,
+        "energy_j" => |r| r.window_energy_j,
+        "mean_power_w" => |r| r.mean_power_w,
+        "idle_power_w" => |r| r.idle_power_w,
+        "inferences" => |r| r.iterations,
+    )
+}
+
+pub const POWER_PARQUET: &str = "power.parquet";
+pub const JOURNAL: &str = "cells.jsonl";
+pub const CELLS_PARQUET: &str = "cells.parquet";
+pub const LATENCY_PARQUET: &str = "latency.parquet";
+
+/// The journal of finished cells of one run, and the tables regenerated from it.
+#[derive(Debug)]
+pub struct ResultsStore {
+    dir: PathBuf,
+    cells: Vec<CellRecord>,
+}
+
+impl ResultsStore {
+    /// Opens (or creates) the store in `dir`, loading any cells already journaled.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating results directory {}", dir.display()))?;
+        let cells = read_journal(dir)?;
+        Ok(Self { dir: dir.to_path_buf(), cells })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn cells(&self) -> &[CellRecord] {
+        &self.cells
+    }
+
+    /// Keys of the cells already finished (what `--resume` skips).
+    pub fn finished(&self) -> HashSet<CellKey> {
+        self.cells.iter().map(CellRecord::key).collect()
+    }
+
+    /// Appends a finished cell: journal line (fsync'd) first, then the parquet tables.
+    pub fn append(&mut self, cell: CellRecord) -> Result<()> {
+        let path = self.dir.join(JOURNAL);
+        let mut line = serde_json::to_string(&cell).context("serialising cell")?;
+        line.push('\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(line.as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
+        f.sync_data().with_context(|| format!("syncing {}", path.display()))?;
+        self.cells.push(cell);
+        self.write_tables()
+    }
+
+    /// Regenerates `cells.parquet` and `latency.parquet` from the journal.
+    pub fn write_tables(&self) -> Result<()> {
+        let mut cells = cells_frame(&self.cells).context("building cells table")?;
+        write_parquet_atomic(&self.dir.join(CELLS_PARQUET), &mut cells)?;
+        let mut lat = latency_frame(&self.cells).context("building latency table")?;
+        write_parquet_atomic(&self.dir.join(LATENCY_PARQUET), &mut lat)?;
+        let mut power = power_windows_frame(&self.cells).context("building power table")?;
+        if power.height() > 0 {
+            write_parquet_atomic(&self.dir.join(POWER_PARQUET), &mut power)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `cells.jsonl`. A torn last line (the process died mid-write) is ignored with a warning;
+/// a corrupt line elsewhere is an error naming the line.
+pub fn read_journal(dir: &Path) -> Result<Vec<CellRecord>> {
+    let path = dir.join(JOURNAL);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let lines: Vec<String> =
+        BufReader::new(f).lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
+    let mut cells = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<CellRecord>(line) {
+            Ok(c) => cells.push(c),
+            Err(e) if i + 1 == lines.len() => {
+                eprintln!("warning: ignoring a torn last line in {} ({e})", path.display());
+            }
+            Err(e) => anyhow::bail!("{}: line {}: not a cell record: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(cells)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_cell(board: &str, freq_khz: u64, variant: &str, repeat: u32) -> CellRecord {
+        CellRecord {
+            board: board.into(),
+            freq_khz,
+            variant: variant.into(),
+            repeat,
+            level: 0,
+            variant_kind: "dense".into(),
+            sparsity: 0.0,
+            simulated: true,
+            started_at: "2026-11-28T10:00:00Z".into(),
+            attempts: 1,
+            iterations: 3,
+            window_ns: 3_000_000,
+            latency_median_ms: 1.0,
+            latency_mean_ms: 1.0,
+            latency_p90_ms: 1.0,
+            latency_p99_ms: 1.0,
+            latency_min_ms: 0.9,
+            latency_max_ms: 1.1,
+            deadline_ms: Some(2.0),
+            deadline_met: Some(true),
+            cur_freq_khz: Some(freq_khz),
+            freq_verified: true,
+            off_target_ms: Some(0.0),
+            throttled: false,
+            temp_before_c: None,
+            temp_after_c: None,
+            checksum: "00ff".into(),
+            mean_power_w: None,
+            idle_power_w: None,
+            energy_per_inference_mj: None,
+            net_energy_per_inference_mj: None,
+            power_samples: None,
+            lost_samples: None,
+            clock_offset_uncertainty_us: None,
+            power_flagged: None,
+            window_host_start_ns: None,
+            window_host_end_ns: None,
+            window_energy_j: None,
+            latencies_ns: vec![900_000, 1_000_000, 1_100_000],
+        }
+    }
+
+    #[test]
+    fn append_writes_journal_and_tables_that_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ResultsStore::open(dir.path()).unwrap();
+        store.append(sample_cell("pi", 600_000, "dense", 0)).unwrap();
+        store.append(sample_cell("pi", 1_500_000, "dense", 0)).unwrap();
+        let cells = read_parquet(&dir.path().join(CELLS_PARQUET)).unwrap();
+        assert_eq!(cells.height(), 2);
+        assert_eq!(cells.column("freq_khz").unwrap().u64().unwrap().get(1), Some(1_500_000));
+        let lat = read_parquet(&dir.path().join(LATENCY_PARQUET)).unwrap();
+        assert_eq!(lat.height(), 6);
+        let reopened = ResultsStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.finished().len(), 2);
+        assert_eq!(reopened.cells()[0], sample_cell("pi", 600_000, "dense", 0));
+    }
+
+    #[test]
+    fn torn_last_journal_line_is_ignored_but_corruption_elsewhere_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = serde_json::to_string(&sample_cell("pi", 600_000, "dense", 0)).unwrap();
+        fs::write(dir.path().join(JOURNAL), format!("{good}\n{{\"board\":\"pi\",\"fr")).unwrap();
+        assert_eq!(read_journal(dir.path()).unwrap().len(), 1);
+        fs::write(dir.path().join(JOURNAL), format!("garbage\n{good}\n")).unwrap();
+        let err = read_journal(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}
