@@ -71,7 +71,16 @@ fn main() {
                 let mask = block_mask(&w, BlockShape::strip(sr), s);
                 for &b in &backends {
                     let layer = BlockSparseLinear::from_masked_for(&w, &mask, sr, b);
-                    let (td, tb) = time2(|| dense.forward(&x, &mut y, Threads::One), || layer.forward(&x, &mut y2, Threads::One), n);
+                    let solo = args.get(5).map(|s| s == "solo").unwrap_or(false);
+                    let (td, tb) = if solo {
+                        let mut y3 = y.clone();
+                        let (a, _) = time2(|| dense.forward(&x, &mut y, Threads::One), || dense.forward(&x, &mut y3, Threads::One), n);
+                        let mut y4 = y2.clone();
+                        let (b, _) = time2(|| layer.forward(&x, &mut y2, Threads::One), || layer.forward(&x, &mut y4, Threads::One), n);
+                        (a, b)
+                    } else {
+                        time2(|| dense.forward(&x, &mut y, Threads::One), || layer.forward(&x, &mut y2, Threads::One), n)
+                    };
                     println!("{inp}->{out} strip {sr:>2} s {s:.2} {:>9}: dense {:7.1} us ({:5.1} GFLOP/s) block {:7.1} us (useful {:5.1} GFLOP/s) speedup {:.2}x (ideal {:.2})",
                         b.name(), td * 1e6, flops / td / 1e9, tb * 1e6, flops * (1.0 - s) / tb / 1e9, td / tb, 1.0 / (1.0 - s));
                 }

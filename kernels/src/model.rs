@@ -605,7 +605,9 @@ impl MemoryEstimate {
 ///   that any tile of its group keeps, so BP zeros under a pattern can be
 ///   stored as explicit zeros. Stored slots are estimated as the pattern's
 ///   keep fraction `(1-s) / (1-s_base)` of the tile-padded `W` (BP and PP
-///   independent), at 4 bytes plus about 1 byte of shared index each.
+///   independent), or `(1-s)` of it when the base's blocks are whole tiles
+///   (then no BP zero falls inside a kept tile), at 4 bytes plus about 1 byte
+///   of shared index each.
 pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) -> MemoryEstimate {
     let shapes: Vec<(usize, usize)> = config.linear_ids().map(|id| config.linear_shape(id.slot)).collect();
     let weights: Vec<f64> = shapes.iter().map(|(o, i)| (o * i) as f64).collect();
@@ -631,18 +633,23 @@ pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) ->
                     4.0 * kept * (1.0 + 1.0 / rows as f64) * 1.05 + 64.0 * strips as f64
                 }
                 VariantSpec::Pattern { base, tile, sparsity, .. } => {
-                    let base_sparsity = specs
-                        .iter()
-                        .find(|(name, _)| name == base)
-                        .map(|(_, b)| layer_sparsity(b))
-                        .unwrap_or_else(|| vec![0.0; weights.len()]);
                     let t = (*tile).max(1);
+                    let base_spec = specs.iter().find(|(name, _)| name == base).map(|(_, b)| *b);
+                    let base_sparsity =
+                        base_spec.map(layer_sparsity).unwrap_or_else(|| vec![0.0; weights.len()]);
+                    // BP blocks made of whole tiles leave no BP zero inside a kept tile.
+                    let tile_aligned = matches!(base_spec,
+                        Some(VariantSpec::Block { block_rows, block_cols, .. }) if block_rows % t == 0 && block_cols % t == 0);
                     let slots: f64 = shapes
                         .iter()
                         .zip(base_sparsity)
                         .map(|((o, i), bs)| {
                             let padded = (o.div_ceil(t) * t * i.div_ceil(t) * t) as f64;
-                            padded * ((1.0 - sparsity) / (1.0 - bs).max(1e-9)).min(1.0)
+                            if tile_aligned {
+                                padded * (1.0 - sparsity.max(bs))
+                            } else {
+                                padded * ((1.0 - sparsity) / (1.0 - bs).max(1e-9)).min(1.0)
+                            }
                         })
                         .sum();
                     5.0 * slots

@@ -228,6 +228,11 @@ fn memory_estimate_covers_what_is_built() {
         ("bp", block(0.64)),
         ("pp", pattern("bp", 16, 0.75, CandidateMethod::Rt3TileSums)),
         (
+            "bp-tiles",
+            VariantSpec::Block { sparsity: 0.5, block_rows: 16, block_cols: 16, per_layer: None, global: false },
+        ),
+        ("pp-aligned", pattern("bp-tiles", 16, 0.75, CandidateMethod::Rt3TileSums)),
+        (
             "pp-dense-base",
             VariantSpec::Pattern {
                 base: "bp-free".into(),

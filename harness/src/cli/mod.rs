@@ -4,7 +4,9 @@
 
 mod agent;
 mod board;
+mod monitor;
 mod run;
+mod sim;
 mod validate;
 
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ enum Commands {
     Validate(validate::ValidateCmd),
     Board(board::BoardCmd),
     Agent(agent::AgentCmd),
+    Monitor(monitor::MonitorCmd),
+    Sim(sim::SimCmd),
 }
 
 /// Parses the command line and runs it; errors are printed with their whole context chain.
@@ -40,6 +44,8 @@ pub fn main() -> ExitCode {
         Commands::Validate(c) => c.run(),
         Commands::Board(c) => c.run(),
         Commands::Agent(c) => c.run(),
+        Commands::Monitor(c) => c.run(),
+        Commands::Sim(c) => c.run(),
     };
     match result {
         Ok(code) => code,

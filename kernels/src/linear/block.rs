@@ -302,7 +302,18 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops:
     let layer = job.layer;
     let block_tokens = NV * V::LANES;
     let chunk_cols = (XT_CHUNK_BYTES / (block_tokens * std::mem::size_of::<f32>())).max(1);
+    let floats_per_line = CACHE_LINE_BYTES / std::mem::size_of::<f32>();
     for strip in &layer.strips[range] {
+        // This strip's outputs are one short run per token row of `y`, rows
+        // `out` floats apart: random lines to the hardware prefetchers. Start
+        // fetching them now so the transposing writes at the end hit L2.
+        for t in 0..job.tokens {
+            let run = job.y.0.wrapping_add(t * layer.out_features + strip.row0);
+            for offset in (0..strip.rows).step_by(floats_per_line) {
+                // SAFETY: a prefetch is a hint and never faults.
+                unsafe { V::prefetch_l2_for_write(run.wrapping_add(offset)) };
+            }
+        }
         let cols = &layer.cols[strip.cols_start..strip.cols_start + strip.kept];
         let mut t0 = 0;
         while t0 < job.tokens {
