@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// Show progress bars (off when stderr is not a terminal).
     pub progress: bool,
+    /// A prebuilt agent to deploy instead of building one (it must suit every board's target).
+    pub agent_binary: Option<PathBuf>,
 }
 
 /// How one board's part of the run ended.
@@ -109,6 +111,7 @@ struct RunShared<'s> {
     meta: Mutex<crate::runmeta::RunMeta>,
     stop: Arc<AtomicBool>,
     agent_builds: Mutex<HashMap<Option<String>, PathBuf>>,
+    agent_override: Option<PathBuf>,
 }
 
 impl RunShared<'_> {
@@ -123,6 +126,9 @@ impl RunShared<'_> {
 
     /// Builds the agent for `target` once per run, whichever board asks first.
     fn agent_binary(&self, target: Option<String>) -> Result<PathBuf> {
+        if let Some(p) = &self.agent_override {
+            return Ok(p.clone());
+        }
         let mut builds = self.agent_builds.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = builds.get(&target) {
             return Ok(p.clone());
@@ -151,6 +157,7 @@ pub fn run_scenario(scenario: &Scenario, scenario_text: &str, opts: &RunOptions,
         meta: Mutex::new(meta),
         stop,
         agent_builds: Mutex::new(HashMap::new()),
+        agent_override: opts.agent_binary.clone(),
     };
     let progress = if opts.progress { MultiProgress::new() } else { MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()) };
 

@@ -6,6 +6,7 @@
 mod dvfs_support;
 
 use std::fs;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dvfs_support::sysfs::{FakeCpufreqTree, FakePolicy, FakeSysfs};
@@ -314,6 +315,39 @@ fn a_board_failing_mid_run_is_restored_on_drop() {
     assert_eq!(recovered.board, "flaky");
     assert_eq!(snapshot(fx.tree.root()), before);
     assert!(!std::path::Path::new(&fx.restore_path).exists());
+}
+
+#[test]
+fn a_failed_explicit_restore_can_be_retried_and_is_not_repeated_on_drop() {
+    let fx = single(&NO_USERSPACE);
+    let before = snapshot(fx.tree.root());
+    let mut board = KernelLikeBoard::new("flaky");
+    let blocked = board.writes_blocked.clone();
+    {
+        let mut guard = DvfsGuard::save(&mut board, fx.sysfs.clone(), &[0], &fx.restore_path).unwrap();
+        guard.pin(0, 1_000_000, PinStrategy::Auto).unwrap();
+        blocked.store(true, Ordering::SeqCst);
+        let err = guard.restore().unwrap_err();
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        assert!(std::path::Path::new(&fx.restore_path).exists());
+        // Retried by the caller once the board is back.
+        blocked.store(false, Ordering::SeqCst);
+        guard.restore().unwrap();
+    }
+    assert_eq!(snapshot(fx.tree.root()), before);
+
+    let mut board = KernelLikeBoard::new("flaky");
+    let blocked = board.writes_blocked.clone();
+    let attempts = board.write_attempts.clone();
+    let attempts_after_failure = {
+        let mut guard = DvfsGuard::save(&mut board, fx.sysfs.clone(), &[0], &fx.restore_path).unwrap();
+        guard.pin(0, 750_000, PinStrategy::Auto).unwrap();
+        blocked.store(true, Ordering::SeqCst);
+        assert!(guard.restore().is_err());
+        attempts.load(Ordering::SeqCst)
+    }; // the guard drops here
+    assert_eq!(attempts.load(Ordering::SeqCst), attempts_after_failure, "the drop does not repeat a failed restore");
+    assert!(std::path::Path::new(&fx.restore_path).exists(), "kept for the next connect");
 }
 
 #[test]

@@ -132,8 +132,9 @@ fn ppk2_lost_samples_are_counted_and_keep_their_time() {
     let mut ppk = Ppk2::open(&emu.port_path().to_string_lossy(), &source_5v()).unwrap();
     ppk.start().unwrap();
     let (mut samples, mut lost) = read_for(&mut ppk, Duration::from_millis(200));
-    // Stop reading long enough for the pty and the emulator's backlog to fill: it drops samples.
-    thread::sleep(Duration::from_millis(700));
+    // Stop reading long enough for the pty (the kernel buffers up to 640 KiB, 1.6 s of stream) and the
+    // emulator's backlog to fill: it then drops samples.
+    thread::sleep(Duration::from_millis(2_500));
     let (more, more_lost) = read_for(&mut ppk, Duration::from_millis(300));
     samples.extend(more);
     lost += more_lost;

@@ -1,7 +1,7 @@
 //! Bad and hostile scenarios: each is refused before anything runs, with an error naming
 //! the field path, the bad value and its line.
 
-use harness::scenario::{parse_scenario, ScenarioError, MAX_SCENARIO_BYTES};
+use harness::scenario::{load_scenario, parse_scenario, ScenarioError, MAX_SCENARIO_BYTES};
 
 /// A valid scenario; the cases below break one thing each. Line numbers matter.
 const BASE: &str = "\
@@ -294,6 +294,15 @@ fn oversized_files_are_refused_unread() {
     let err = parse_scenario(&big, "scenarios/t.yaml").unwrap_err();
     assert!(matches!(err, ScenarioError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("line 1"));
+}
+
+#[test]
+fn devices_and_missing_files_are_handled() {
+    // /dev/zero reports size 0 and never ends: the read is bounded anyway.
+    let err = load_scenario("/dev/zero").unwrap_err();
+    assert!(matches!(err, ScenarioError::TooLarge { .. }), "{err}");
+    let err = load_scenario("/nonexistent/dir/s.yaml").unwrap_err();
+    assert!(matches!(err, ScenarioError::Read { .. }) && err.to_string().contains("/nonexistent/dir/s.yaml"), "{err}");
 }
 
 #[test]

@@ -222,6 +222,21 @@ fn interactive_session_exit_is_a_connection_error_with_stderr() {
 }
 
 #[test]
+fn closing_a_session_whose_process_ignores_eof_does_not_hang() {
+    let sshd = sshd_or_skip!();
+    let mut board = connect(&sshd);
+    let started = Instant::now();
+    let mut session = board.spawn(&argv(&["sleep", "60"])).unwrap();
+    assert_eq!(session.close().unwrap(), None, "no exit status from a process still running");
+    drop(session);
+    // Dropped without close, mid-command.
+    let session = board.spawn(&argv(&["sleep", "60"])).unwrap();
+    drop(session);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(board.exec(&argv(&["true"]), T).unwrap().success());
+}
+
+#[test]
 fn reconnect_after_the_serving_sshd_process_is_killed() {
     let sshd = sshd_or_skip!();
     let mut board = connect(&sshd);

@@ -48,6 +48,17 @@ fn main() {
         }
         return;
     }
+    if args.get(5).map(|s| s == "ypass").unwrap_or(false) {
+        for r in [16usize, 32, 64] {
+            let tile = Matrix::random(r, 128, 1, 1.0);
+            let mut y = Matrix::zeros(128, 3072);
+            let mut y2 = Matrix::zeros(128, 3072);
+            let (t1, t2) = time2(|| { for s0 in (0..3072).step_by(r) { kernels::simd::transpose_strided(tile.as_slice(), r, 128, 128, &mut y.as_mut_slice()[s0..], 3072); } },
+                || { for s0 in (0..3072).step_by(r) { kernels::simd::transpose_strided(tile.as_slice(), r, 128, 128, &mut y2.as_mut_slice()[s0..], 3072); } }, 100);
+            println!("y pass strips of {r}: {:.1} us / {:.1} us", t1 * 1e6, t2 * 1e6);
+        }
+        return;
+    }
     if args.get(5).map(|s| s == "tr").unwrap_or(false) {
         for (r, c) in [(128usize, 3072usize), (128, 768), (3072, 128), (768, 128), (16, 128)] {
             let a = Matrix::random(r, c, 1, 1.0);

@@ -607,7 +607,8 @@ impl MemoryEstimate {
 ///   keep fraction `(1-s) / (1-s_base)` of the tile-padded `W` (BP and PP
 ///   independent), or `(1-s)` of it when the base's blocks are whole tiles
 ///   (then no BP zero falls inside a kept tile), at 4 bytes plus about 1 byte
-///   of shared index each.
+///   of shared index each, plus a group header and a run per tile row for
+///   every two tiles.
 pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) -> MemoryEstimate {
     let shapes: Vec<(usize, usize)> = config.linear_ids().map(|id| config.linear_shape(id.slot)).collect();
     let weights: Vec<f64> = shapes.iter().map(|(o, i)| (o * i) as f64).collect();
@@ -652,7 +653,11 @@ pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) ->
                             }
                         })
                         .sum();
-                    5.0 * slots
+                    // Per group of tiles: a header and one index run per tile row;
+                    // groups are assumed half full on average.
+                    let tiles: f64 = shapes.iter().map(|(o, i)| (o.div_ceil(t) * i.div_ceil(t)) as f64).sum();
+                    let per_tile = (12 * t + 48) as f64 * 2.0 / crate::linear::pattern::GROUP_TILES as f64;
+                    5.0 * slots + tiles * per_tile
                 }
             };
             bytes.ceil() as usize + 4096

@@ -480,3 +480,42 @@ fn safetensors_errors_name_the_tensor_shape_and_dtype() {
     let e = EncoderWeights::from_safetensors(&temp_file("does-not-exist"), 4, 10).unwrap_err();
     assert!(e.to_string().contains("does-not-exist"), "{e}");
 }
+
+#[test]
+fn variant_specs_and_infos_are_serde_friendly() {
+    let specs = [
+        VariantSpec::Dense,
+        block(0.64),
+        VariantSpec::Block {
+            sparsity: 0.5,
+            block_rows: 8,
+            block_cols: 2,
+            per_layer: Some(vec![0.1; 12]),
+            global: true,
+        },
+        pattern("bp", 16, 0.75, CandidateMethod::FrequentTopK),
+    ];
+    for spec in &specs {
+        let json = serde_json::to_string(spec).unwrap();
+        assert_eq!(&serde_json::from_str::<VariantSpec>(&json).unwrap(), spec, "{json}");
+    }
+    assert_eq!(serde_json::from_str::<VariantSpec>(r#"{"kind":"dense"}"#).unwrap(), VariantSpec::Dense);
+    let minimal: VariantSpec =
+        serde_json::from_str(r#"{"kind":"block","sparsity":0.5,"block_rows":16,"block_cols":1}"#).unwrap();
+    assert_eq!(
+        minimal,
+        VariantSpec::Block { sparsity: 0.5, block_rows: 16, block_cols: 1, per_layer: None, global: false }
+    );
+    let typo = serde_json::from_str::<VariantSpec>(
+        r#"{"kind":"block","sparsity":0.5,"block_rows":16,"block_cols":1,"globl":true}"#,
+    );
+    assert!(typo.unwrap_err().to_string().contains("globl"));
+
+    let model = model_with_all_kinds();
+    let info = model.variant("pp75").unwrap();
+    let json = serde_json::to_value(info).unwrap();
+    assert_eq!(json["kind"], "pattern");
+    assert_eq!(json["base"], "bp");
+    let preset: Preset = serde_json::from_str(r#""rt3-transformer""#).unwrap();
+    assert_eq!(preset, Preset::Rt3Transformer);
+}

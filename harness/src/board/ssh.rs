@@ -684,6 +684,20 @@ impl Connection {
         Ok(ExecOutput { status, stdout, stderr })
     }
 
+    /// Drops a connection that failed or timed out without a goodbye.
+    ///
+    /// The socket is shut down first: freeing a libssh2 session that still has
+    /// an open channel (a timed-out command) otherwise waits, in blocking mode,
+    /// for the server to close that channel, which a hung command never does.
+    fn abandon(self) {
+        // SAFETY: shutdown(2) on the socket this session owns; it stays open
+        // (and ours) until the session is dropped right after.
+        unsafe {
+            libc::shutdown(self.socket, libc::SHUT_RDWR);
+        }
+        drop(self);
+    }
+
     fn sftp(&mut self) -> Result<&Sftp, ssh2::Error> {
         if self.sftp.is_none() {
             self.sftp = Some(self.session.sftp()?);
@@ -746,7 +760,9 @@ impl SshBoard {
             Ok(v) => Ok(v),
             Err((kind, detail)) => {
                 if kind.is_retryable() {
-                    self.conn = None;
+                    if let Some(conn) = self.conn.take() {
+                        conn.abandon();
+                    }
                 }
                 Err(self.err(kind, what, detail))
             }
@@ -882,7 +898,9 @@ impl Board for SshBoard {
     }
 
     fn reconnect(&mut self) -> Result<(), BoardError> {
-        self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            conn.abandon();
+        }
         let delays = self.config.reconnect.delays();
         let started = Instant::now();
         let mut attempt = 0;
@@ -949,6 +967,7 @@ pub struct SshSession {
     tail: OutputTail,
     eof: bool,
     closed: bool,
+    hung_up: bool,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -977,6 +996,7 @@ impl SshSession {
             tail: OutputTail::with_capacity(STDERR_TAIL_BYTES),
             eof: false,
             closed: false,
+            hung_up: false,
         })
     }
 
@@ -1119,20 +1139,35 @@ impl InteractiveSession for SshSession {
         let status = if self.eof && until_ready(session, socket, deadline, || self.channel.wait_close()).is_ok() {
             channel_status(&self.channel)
         } else {
-            let _ = self.channel.close();
             None
         };
-        let _ = session.disconnect(None, "hil: session closed", None);
+        self.hang_up();
         Ok(status)
+    }
+}
+
+impl SshSession {
+    /// Ends the connection without waiting on the server: a best-effort
+    /// channel close and disconnect message, then the socket is shut down so
+    /// that freeing the libssh2 session cannot wait on a channel the remote
+    /// process keeps open (see `Connection::abandon`).
+    fn hang_up(&mut self) {
+        if self.hung_up {
+            return;
+        }
+        self.hung_up = true;
+        let _ = self.channel.close();
+        let _ = self.conn.session.disconnect(None, "hil: session closed", None);
+        // SAFETY: shutdown(2) on the socket this session owns; it is closed when `conn` drops.
+        unsafe {
+            libc::shutdown(self.conn.socket, libc::SHUT_RDWR);
+        }
     }
 }
 
 impl Drop for SshSession {
     fn drop(&mut self) {
-        if !self.closed {
-            let _ = self.channel.close();
-            let _ = self.conn.session.disconnect(None, "hil: session dropped", None);
-        }
+        self.hang_up();
     }
 }
 

@@ -35,6 +35,9 @@ pub struct RunCmd {
     /// scenario must be the same file content as when the run started.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// Deploy this prebuilt hil-agent instead of building one (it must suit every board).
+    #[arg(long, value_name = "PATH", env = "HIL_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
     /// No progress bars (they are off anyway when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -62,6 +65,7 @@ impl RunCmd {
             out_root: self.out,
             resume: self.resume,
             progress: !self.no_progress && std::io::stderr().is_terminal(),
+            agent_binary: self.agent_bin,
         };
         let outcome = run_scenario(&scenario, &text, &opts, stop)?;
         println!("results: {}", outcome.dir.display());

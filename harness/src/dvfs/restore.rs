@@ -256,6 +256,9 @@ pub struct DvfsGuard<'b> {
     saved: DvfsRestoreFile,
     policies: Vec<CpufreqPolicy>,
     restored: bool,
+    /// Whether `restore()` was called since the last pin: the drop then
+    /// leaves a failure to whoever called it (and the restore file).
+    restore_attempted: bool,
 }
 
 impl std::fmt::Debug for DvfsGuard<'_> {
@@ -266,6 +269,7 @@ impl std::fmt::Debug for DvfsGuard<'_> {
             .field("restore_path", &self.restore_path)
             .field("saved", &self.saved)
             .field("restored", &self.restored)
+            .field("restore_attempted", &self.restore_attempted)
             .finish()
     }
 }
@@ -284,7 +288,15 @@ impl<'b> DvfsGuard<'b> {
             policies.push(read_policy(board, &sysfs, id)?);
         }
         let saved = save_policies(board, &sysfs, policy_ids, restore_path)?;
-        Ok(Self { board, sysfs, restore_path: restore_path.to_string(), saved, policies, restored: false })
+        Ok(Self {
+            board,
+            sysfs,
+            restore_path: restore_path.to_string(),
+            saved,
+            policies,
+            restored: false,
+            restore_attempted: false,
+        })
     }
 
     /// The board, for everything else the runner does meanwhile.
@@ -335,6 +347,7 @@ impl<'b> DvfsGuard<'b> {
             self.saved = save_policies(self.board, &self.sysfs, &ids, &self.restore_path)?;
             self.restored = false;
         }
+        self.restore_attempted = false;
         pin_policy(self.board, &self.sysfs, &policy, target_khz, strategy)
     }
 
@@ -378,11 +391,13 @@ impl<'b> DvfsGuard<'b> {
     /// Puts the saved settings back and removes the restore file. Safe to
     /// call from any path and more than once; after a success, later calls
     /// do nothing. On failure the restore file stays on the board so the
-    /// next connect can try again.
+    /// next connect can try again; calling `restore()` again (say after
+    /// reconnecting) retries, while the drop no longer does.
     pub fn restore(&mut self) -> Result<(), DvfsError> {
         if self.restored {
             return Ok(());
         }
+        self.restore_attempted = true;
         restore_policies(self.board, &self.sysfs, &self.saved.policies)?;
         remove_restore_file(self.board, &self.restore_path)?;
         self.restored = true;
@@ -392,7 +407,9 @@ impl<'b> DvfsGuard<'b> {
 
 impl Drop for DvfsGuard<'_> {
     fn drop(&mut self) {
-        if !self.restored {
+        // A failed explicit restore was already reported by its caller; only
+        // paths that never restored (early returns, panics) restore here.
+        if !self.restored && !self.restore_attempted {
             if let Err(e) = self.restore() {
                 // Drop cannot return the error; the restore file stays on the
                 // board and the next connect retries from it.

@@ -29,6 +29,7 @@ pub mod units;
 mod validate;
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,15 +48,19 @@ pub const MAX_EXPANDED_NODES: u64 = 20_000;
 pub fn load_scenario(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
     let path = path.as_ref();
     let read_error = |source| ScenarioError::Read { path: path.to_path_buf(), source };
-    let metadata = std::fs::metadata(path).map_err(read_error)?;
-    if metadata.len() > MAX_SCENARIO_BYTES as u64 {
+    // Read at most one byte past the limit: the size in the metadata says nothing for a FIFO
+    // or a device such as /dev/zero, which would otherwise be read forever.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SCENARIO_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() > MAX_SCENARIO_BYTES {
         return Err(ScenarioError::TooLarge {
             source_name: path.display().to_string(),
-            bytes: metadata.len(),
+            bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(bytes.len() as u64),
             limit: MAX_SCENARIO_BYTES,
         });
     }
-    let bytes = std::fs::read(path).map_err(read_error)?;
     let text = String::from_utf8(bytes).map_err(|e| ScenarioError::Syntax {
         source_name: path.display().to_string(),
         line: text_line_of_byte(e.as_bytes(), e.utf8_error().valid_up_to()),

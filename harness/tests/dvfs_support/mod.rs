@@ -24,6 +24,8 @@ pub use harness::sim::sysfs;
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use harness::board::local::LocalBoard;
@@ -45,6 +47,11 @@ pub struct KernelLikeBoard {
     pub fail_after_writes: Option<usize>,
     /// Paths last read, for asserting what was read.
     pub reads: Vec<String>,
+    /// While set, every sysfs write fails with `EIO` (shared, so a test can
+    /// flip it while a guard borrows the board).
+    pub writes_blocked: Arc<AtomicBool>,
+    /// Sysfs writes attempted, accepted or not.
+    pub write_attempts: Arc<AtomicUsize>,
 }
 
 impl KernelLikeBoard {
@@ -57,6 +64,8 @@ impl KernelLikeBoard {
             refuse_writes_to: HashSet::new(),
             fail_after_writes: None,
             reads: Vec::new(),
+            writes_blocked: Arc::new(AtomicBool::new(false)),
+            write_attempts: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -168,6 +177,18 @@ impl Board for KernelLikeBoard {
                 format!("write {path}"),
                 "Permission denied (os error 13)",
             ));
+        }
+        let is_restore_file = path.ends_with(".json");
+        if !is_restore_file {
+            self.write_attempts.fetch_add(1, Ordering::SeqCst);
+            if self.writes_blocked.load(Ordering::SeqCst) {
+                return Err(BoardError::new(
+                    &self.name,
+                    ErrorKind::Remote,
+                    format!("write {path}"),
+                    "Input/output error (os error 5)",
+                ));
+            }
         }
         if let Some(limit) = self.fail_after_writes {
             if self.writes.len() >= limit && !path.ends_with(".json") {

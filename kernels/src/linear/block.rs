@@ -304,22 +304,23 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops:
     let chunk_cols = (XT_CHUNK_BYTES / (block_tokens * std::mem::size_of::<f32>())).max(1);
     let floats_per_line = CACHE_LINE_BYTES / std::mem::size_of::<f32>();
     for strip in &layer.strips[range] {
-        // This strip's outputs are one short run per token row of `y`, rows
-        // `out` floats apart: random lines to the hardware prefetchers. Start
-        // fetching them now so the transposing writes at the end hit L2.
-        for t in 0..job.tokens {
-            let run = job.y.0.wrapping_add(t * layer.out_features + strip.row0);
-            for offset in (0..strip.rows).step_by(floats_per_line) {
-                // SAFETY: a prefetch is a hint and never faults.
-                unsafe { V::prefetch_l2_for_write(run.wrapping_add(offset)) };
-            }
-        }
         let cols = &layer.cols[strip.cols_start..strip.cols_start + strip.kept];
         let mut t0 = 0;
         while t0 < job.tokens {
             // Whole blocks of NV vectors, then single vectors for the rest (the
             // token stride is a multiple of the lanes, so a vector never overruns).
             let vectors = if job.tokens - t0 >= block_tokens { NV } else { 1 };
+            // This strip's outputs are one short run per token row of `y`, rows
+            // `out` floats apart: random lines to the hardware prefetchers, written
+            // by the transpose after the strip. Fetch this token block's lines into
+            // L2 now, while the block computes, so those writes do not stall.
+            for t in t0..t0 + vectors * V::LANES {
+                let run = job.y.0.wrapping_add(t.min(job.tokens - 1) * layer.out_features + strip.row0);
+                for offset in (0..strip.rows).step_by(floats_per_line) {
+                    // SAFETY: a prefetch is a hint and never faults.
+                    unsafe { V::prefetch_l2_for_write(run.wrapping_add(offset)) };
+                }
+            }
             let mut chunk0 = 0;
             loop {
                 let chunk_end = (chunk0 + chunk_cols).min(strip.kept);

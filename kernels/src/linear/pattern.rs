@@ -40,11 +40,11 @@ use crate::matrix::{Mask, Matrix};
 use crate::prune::pattern::{assign_patterns, PatternAssignment, PatternSet};
 use crate::simd::{transpose_strided, Backend, F32Vector, ScalarLanes};
 
-/// Tiles per group in the packed format: the accumulator block is
-/// `GROUP_TILES x PANEL_VECTORS` vectors (16 of AVX-512's 32 registers, 20
-/// of NEON's 32 with the `xᵀ` vectors); backends with fewer registers split a
-/// group into passes of [`Backend`]-specific width.
-pub const GROUP_TILES: usize = 4;
+/// Tiles per group in the packed format: AVX-512 keeps all of them in one
+/// pass (`6 x 4` accumulators + 4 `xᵀ` vectors + broadcasts of its 32
+/// registers: 10 loads per 24 FMAs); backends with fewer registers split a
+/// group into passes of at most 4 (NEON) or 2 (AVX2, scalar) tiles.
+pub const GROUP_TILES: usize = 6;
 
 /// Token vectors per panel: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
 /// + 4 weight broadcasts) against 16 FMAs.
@@ -192,20 +192,25 @@ impl PatternSparseLinear {
         let span = span
             .unwrap_or_else(|| band_span(assignment, patterns, packer.stored_per_row(tiles_down, tiles_across)))
             .max(1);
+        let super_rows =
+            std::env::var("PATTERN_SUPER_ROWS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(tiles_down).max(1);
         // Band by band (or pair by pair), so a band's `xᵀ` rows stay in L1 while its groups run.
-        for tc0 in (0..tiles_across).step_by(span) {
-            let width = span.min(tiles_across - tc0);
-            let spans: Vec<SpanTile> =
-                (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
-            if width == 1 {
-                packer.group(spans, true);
-                continue;
-            }
-            // Tile rows left in partial groups: regroup their tiles band by band.
-            let left = packer.group(spans, false);
-            for tc in tc0..tc0 + width {
-                let singles = left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
-                packer.group(singles, true);
+        for sb in (0..tiles_down).step_by(super_rows) {
+            let tile_rows = sb..(sb + super_rows).min(tiles_down);
+            for tc0 in (0..tiles_across).step_by(span) {
+                let width = span.min(tiles_across - tc0);
+                let spans: Vec<SpanTile> =
+                    tile_rows.clone().filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
+                if width == 1 {
+                    packer.group(spans, true);
+                    continue;
+                }
+                // Tile rows left in partial groups: regroup their tiles band by band.
+                let left = packer.group(spans, false);
+                for tc in tc0..tc0 + width {
+                    let singles = left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
+                    packer.group(singles, true);
+                }
             }
         }
         let Packer { runs, cols, groups, weights, .. } = packer;
@@ -584,11 +589,11 @@ mod x86_panels {
     use super::{panel_for_vectors, PatternSparseLinear};
     use crate::simd::x86::{Avx2Fma, Avx512};
 
-    /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors.
+    /// 32 `zmm` registers: 6 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
         // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx512, 4>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Avx512, 6>(layer, xs, ys, vectors) }
     }
 
     /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.

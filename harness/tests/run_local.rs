@@ -1,0 +1,164 @@
+//! End to end on the local transport: a small scenario on a simulated board and on a plain
+//! local board with a static fake sysfs tree; rows, energy, restore and resume are checked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use harness::results::{read_journal, read_parquet, CELLS_PARQUET, JOURNAL, LATENCY_PARQUET, POWER_PARQUET};
+use harness::runner::{run_scenario, RunOptions};
+use harness::scenario::parse_scenario;
+use harness::sim::sysfs::FakeCpufreqTree;
+
+/// The tests share the agent build and the host's CPU: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Builds the debug agent once (kernels are optimised in dev builds, see Cargo.toml).
+fn agent_binary() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+            let status = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args(["build", "-q", "-p", "device-agent", "--bin", "hil-agent"])
+                .status()
+                .expect("running cargo");
+            assert!(status.success(), "building hil-agent failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            let bin = target.join("debug").join("hil-agent");
+            assert!(bin.is_file(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
+}
+
+fn scenario_text(board: &str) -> String {
+    format!(
+        r#"
+name: e2e
+boards:
+{board}
+model:
+  preset: rt3-transformer
+  seq: 8
+  seed: 3
+variants:
+  - name: dense
+    kind: dense
+  - name: bp50
+    kind: block
+    sparsity: 0.5
+    block_rows: 16
+  - name: pp75
+    kind: pattern
+    base: bp50
+    tile: 16
+    sparsity: 0.75
+dvfs:
+  levels: [1500MHz, 600MHz]
+  settle: 30ms
+measure:
+  warmup_iterations: 2
+  min_iterations: 5
+  min_duration: 300ms
+  repeats: 1
+  idle_duration: 200ms
+  max_attempts: 2
+constraints:
+  latency_deadline: 500ms
+"#
+    )
+}
+
+fn run(text: &str, out: &Path, resume: Option<PathBuf>) -> harness::runner::RunOutcome {
+    let scenario = parse_scenario(text, "e2e.yaml").expect("valid scenario");
+    let opts = RunOptions { out_root: out.to_path_buf(), resume, progress: false, agent_binary: Some(agent_binary()) };
+    run_scenario(&scenario, text, &opts, Arc::new(AtomicBool::new(false))).expect("run completes")
+}
+
+#[test]
+fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let board = format!("  - name: simboard\n    sim: true\n    cpus: [0]\n    workdir: {}\n", work.path().join("wd").display());
+    let out = work.path().join("results");
+    let outcome = run(&scenario_text(&board), &out, None);
+    assert!(outcome.all_ok(), "{:?}", outcome.boards);
+    assert_eq!(outcome.boards[0].cells_done, 6);
+
+    let cells = read_parquet(&outcome.dir.join(CELLS_PARQUET)).unwrap();
+    assert_eq!(cells.height(), 6);
+    let verified = cells.column("freq_verified").unwrap().bool().unwrap();
+    assert!(verified.into_iter().all(|v| v == Some(true)), "the simulator follows pinned frequencies");
+    let energy = cells.column("energy_per_inference_mj").unwrap().f64().unwrap();
+    assert!(energy.into_iter().all(|e| e.is_some_and(|e| e > 0.0)), "energy per inference is positive");
+    let idle = cells.column("idle_power_w").unwrap().f64().unwrap();
+    assert!(idle.into_iter().all(|p| p.is_some_and(|p| (1.9..2.1).contains(&p))), "idle power is the model's static 2 W");
+    let simulated = cells.column("simulated").unwrap().bool().unwrap();
+    assert!(simulated.into_iter().all(|s| s == Some(true)));
+    assert_eq!(read_parquet(&outcome.dir.join(POWER_PARQUET)).unwrap().height(), 6);
+    let lat = read_parquet(&outcome.dir.join(LATENCY_PARQUET)).unwrap();
+    assert!(lat.height() >= 6 * 5);
+
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("run.json")).unwrap()).unwrap();
+    let board = &run_json["boards"]["simboard"];
+    assert!(board["simulation"].as_str().unwrap().contains("SIMULATED"));
+    assert_eq!(board["monitor"]["simulated"], true);
+
+    // The simulator's tree is back to what it booted with: ondemand, full range.
+    let policy = work.path().join("wd/sim/sys/devices/system/cpu/cpufreq/policy0");
+    let read = |f: &str| std::fs::read_to_string(policy.join(f)).unwrap().trim().to_string();
+    assert_eq!(read("scaling_governor"), "ondemand");
+    assert_eq!(read("scaling_min_freq"), "600000");
+    assert_eq!(read("scaling_max_freq"), "1500000");
+    assert!(!work.path().join("wd/hil-dvfs-restore.json").exists(), "restore file removed after a clean restore");
+}
+
+#[test]
+fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let sys = work.path().join("sys");
+    let fake = FakeCpufreqTree::raspberry_pi_4().write(&sys).unwrap();
+    let snapshot = |f: &str| fake.read_policy_attr(0, f).unwrap();
+    let before: Vec<String> = ["scaling_governor", "scaling_min_freq", "scaling_max_freq"].iter().map(|f| snapshot(f)).collect();
+    let board = format!(
+        "  - name: bench\n    transport: local\n    workdir: {}\n    sysfs_root: {}\n",
+        work.path().join("wd").display(),
+        sys.display()
+    );
+    let text = scenario_text(&board);
+    let out = work.path().join("results");
+    let outcome = run(&text, &out, None);
+    // Nothing moves scaling_cur_freq in a static tree: the cells are recorded, flagged unverified.
+    assert!(outcome.all_ok(), "{:?}", outcome.boards);
+    let cells = read_parquet(&outcome.dir.join(CELLS_PARQUET)).unwrap();
+    assert_eq!(cells.height(), 6);
+    let verified = cells.column("freq_verified").unwrap().bool().unwrap();
+    assert!(verified.into_iter().any(|v| v == Some(false)));
+    assert!(cells.column("mean_power_w").unwrap().null_count() == 6, "no monitor, no power");
+    let after: Vec<String> = ["scaling_governor", "scaling_min_freq", "scaling_max_freq"].iter().map(|f| snapshot(f)).collect();
+    assert_eq!(before, after, "cpufreq settings restored");
+
+    // Drop the last two cells from the journal, as if the run had been killed, and resume.
+    let journal = outcome.dir.join(JOURNAL);
+    let text_j = std::fs::read_to_string(&journal).unwrap();
+    let kept: Vec<&str> = text_j.lines().take(4).collect();
+    std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
+    let resumed = run(&text, &out, Some(outcome.dir.clone()));
+    assert_eq!(resumed.dir, outcome.dir);
+    assert_eq!(resumed.boards[0].cells_skipped, 4);
+    assert_eq!(resumed.boards[0].cells_done, 2);
+    assert_eq!(read_journal(&outcome.dir).unwrap().len(), 6);
+
+    // A different scenario cannot resume this run.
+    let scenario = parse_scenario(&text.replace("seed: 3", "seed: 4"), "e2e.yaml").unwrap();
+    let opts = RunOptions { out_root: out.clone(), resume: Some(outcome.dir.clone()), progress: false, agent_binary: None };
+    let err = run_scenario(&scenario, &text.replace("seed: 3", "seed: 4"), &opts, Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scenario has changed"), "{err}");
+}
