@@ -7,6 +7,7 @@
 //! - [`sim`]: the simulated board.
 
 pub mod agent_client;
+pub mod analysis;
 pub mod board;
 pub mod cli;
 pub mod connect;

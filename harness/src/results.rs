@@ -213,6 +213,55 @@ pub fn power_windows_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
 }
 
 pub const POWER_PARQUET: &str = "power.parquet";
+/// With raw power on, per-window aggregates move here and `power.parquet` holds the samples.
+pub const POWER_WINDOWS_PARQUET: &str = "power_windows.parquet";
+/// Raw power samples, one part per cell, merged into `power.parquet` at the end of the run.
+pub const POWER_RAW_DIR: &str = "power_raw";
+
+/// Writes one cell's raw samples (times relative to the window start on the host clock) as a part file.
+pub fn write_power_part(dir: &Path, key: &CellKey, samples: &[crate::power::Sample], window_start_ns: i64) -> Result<()> {
+    let parts = dir.join(POWER_RAW_DIR);
+    fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+    let mut df = frame!(samples;
+        "board" => |_s| key.board.clone(),
+        "freq_khz" => |_s| key.freq_khz,
+        "variant" => |_s| key.variant.clone(),
+        "repeat" => |_s| key.repeat,
+        "t_ns" => |s| s.t_ns as i64 - window_start_ns,
+        "current_a" => |s| s.current_a,
+        "voltage_v" => |s| s.voltage_v,
+    )
+    .context("building raw power table")?;
+    let name = format!("{}_{}_{}_r{}.parquet", key.board, key.freq_khz, key.variant, key.repeat);
+    write_parquet_atomic(&parts.join(name), &mut df)
+}
+
+/// Concatenates the raw power parts into `power.parquet` (no-op without parts).
+pub fn merge_power_parts(dir: &Path) -> Result<()> {
+    let parts = dir.join(POWER_RAW_DIR);
+    let Ok(entries) = fs::read_dir(&parts) else { return Ok(()) };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && !p.file_name().unwrap_or_default().to_string_lossy().starts_with('.'))
+        .collect();
+    files.sort();
+    let mut merged: Option<DataFrame> = None;
+    for f in &files {
+        let df = read_parquet(f)?;
+        match &mut merged {
+            None => merged = Some(df),
+            Some(m) => {
+                m.vstack_mut(&df).with_context(|| format!("appending {}", f.display()))?;
+            }
+        }
+    }
+    if let Some(mut m) = merged {
+        m.align_chunks_par();
+        write_parquet_atomic(&dir.join(POWER_PARQUET), &mut m)?;
+    }
+    Ok(())
+}
 pub const JOURNAL: &str = "cells.jsonl";
 pub const CELLS_PARQUET: &str = "cells.parquet";
 pub const LATENCY_PARQUET: &str = "latency.parquet";
@@ -269,7 +318,9 @@ impl ResultsStore {
         write_parquet_atomic(&self.dir.join(LATENCY_PARQUET), &mut lat)?;
         let mut power = power_windows_frame(&self.cells).context("building power table")?;
         if power.height() > 0 {
-            write_parquet_atomic(&self.dir.join(POWER_PARQUET), &mut power)?;
+            // With raw samples kept, power.parquet is theirs (merged at the end of the run).
+            let name = if self.dir.join(POWER_RAW_DIR).is_dir() { POWER_WINDOWS_PARQUET } else { POWER_PARQUET };
+            write_parquet_atomic(&self.dir.join(name), &mut power)?;
         }
         Ok(())
     }

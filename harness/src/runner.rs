@@ -203,6 +203,9 @@ pub fn run_scenario(scenario: &Scenario, scenario_text: &str, opts: &RunOptions,
             .collect()
     });
 
+    if scenario.measure.raw_power {
+        crate::results::merge_power_parts(&dir)?;
+    }
     let mut meta = shared.meta.into_inner().unwrap_or_else(|p| p.into_inner());
     meta.finish(shared.stop.load(Ordering::SeqCst));
     meta.write(&dir)?;
@@ -456,6 +459,7 @@ fn measure_cells(
     let sparsity: HashMap<String, f64> = load.variants.iter().map(|v| (v.name.clone(), v.sparsity)).collect();
     let zone = thermal_zone.as_deref().and_then(|z| z.strip_prefix("thermal_zone")).and_then(|n| n.parse::<u32>().ok());
     let mut pinned_khz: Option<u64> = None;
+    let results_dir = shared.store.lock().unwrap_or_else(|p| p.into_inner()).dir().to_path_buf();
 
     for cell in cells {
         if shared.stopping() {
@@ -466,7 +470,7 @@ fn measure_cells(
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let ctx = CellContext { scenario, spec, zone, sparsity: &sparsity, attempts };
+            let ctx = CellContext { scenario, spec, zone, sparsity: &sparsity, attempts, results_dir: &results_dir };
             if pinned_khz != Some(cell.key.freq_khz) || cell.starts_level_visit {
                 pinned_khz = None;
             }
@@ -517,6 +521,7 @@ struct CellContext<'a> {
     zone: Option<u32>,
     sparsity: &'a HashMap<String, f64>,
     attempts: u32,
+    results_dir: &'a Path,
 }
 
 /// A cell failure: worth a reconnect-and-retry, or not.
@@ -639,6 +644,11 @@ fn measure_cell(
                     cell.key,
                     scenario.measure.max_lost_fraction * 100.0
                 )));
+            }
+            if scenario.measure.raw_power {
+                let range = crate::energy::samples_in_window(&capture.samples, window);
+                crate::results::write_power_part(ctx.results_dir, &cell.key, &capture.samples[range], window.start_ns)
+                    .map_err(CellError::Fatal)?;
             }
             let idle = p.idle_w.get(&khz).copied().unwrap_or(f64::NAN);
             let e = energy_per_inference(&w, if idle.is_nan() { 0.0 } else { idle }, run.iterations)

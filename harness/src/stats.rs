@@ -1,4 +1,22 @@
 //! Statistics over measured samples: pure functions, no I/O.
+//!
+//! How the pieces fit:
+//! - [`percentile_sorted`] and [`LatencySummary`]: the plain per-cell figures the runner
+//!   stores in `cells.parquet`.
+//! - [`Sample`]: an invariant-checked sample (at least two finite points, kept sorted) that
+//!   every estimator below takes, so none of them has to handle empty or NaN input.
+//! - [`summarize`]: median, mean, p90 and p99 with confidence intervals, plus Tukey-fence
+//!   outliers (flagged, never dropped). [`SummaryConfig::method`] is the sentence a report
+//!   prints so readers know how the intervals were made.
+//! - [`mann_whitney_u`] and [`bootstrap_relative_change`]: what `hil compare` uses to call a
+//!   change significant and to put an interval on its size.
+//!
+//! Everything that resamples is seeded (ChaCha8), and resamples the *sorted* sample, so the
+//! results depend only on the multiset of values and the seed, never on input order.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
 /// Percentile of sorted data by linear interpolation between closest ranks
 /// (Hyndman-Fan type 7, what numpy and polars use by default). `q` in [0, 1].
@@ -42,6 +60,448 @@ impl LatencySummary {
     }
 }
 
+/// Why a set of numbers is not a usable [`Sample`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SampleError {
+    #[error("a sample needs at least 2 points, got {0}")]
+    TooFew(usize),
+    #[error("point {index} of the sample is {value}, not a finite number")]
+    NotFinite { index: usize, value: f64 },
+}
+
+/// At least two finite values, stored sorted ascending. The only way to build one is
+/// [`Sample::new`], so every estimator can rely on that.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    sorted: Vec<f64>,
+}
+
+impl Sample {
+    /// Checks the invariant (>= 2 points, all finite) and sorts. Errors name the offending point.
+    pub fn new(values: Vec<f64>) -> Result<Self, SampleError> {
+        if values.len() < 2 {
+            return Err(SampleError::TooFew(values.len()));
+        }
+        if let Some((index, value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(SampleError::NotFinite { index, value: *value });
+        }
+        let mut sorted = values;
+        sorted.sort_by(f64::total_cmp);
+        Ok(Self { sorted })
+    }
+
+    /// Latencies in nanoseconds as milliseconds.
+    pub fn from_ns(latencies_ns: &[u64]) -> Result<Self, SampleError> {
+        Self::new(latencies_ns.iter().map(|ns| *ns as f64 / 1e6).collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Never true (a sample has at least two points); here for API completeness.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// The values, ascending.
+    pub fn sorted(&self) -> &[f64] {
+        &self.sorted
+    }
+
+    pub fn min(&self) -> f64 {
+        self.sorted[0]
+    }
+
+    pub fn max(&self) -> f64 {
+        self.sorted[self.sorted.len() - 1]
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sorted.iter().sum::<f64>() / self.sorted.len() as f64
+    }
+
+    /// Sample standard deviation (n - 1 denominator).
+    pub fn std_dev(&self) -> f64 {
+        let mean = self.mean();
+        let ss: f64 = self.sorted.iter().map(|x| (x - mean) * (x - mean)).sum();
+        (ss / (self.sorted.len() - 1) as f64).sqrt()
+    }
+
+    /// Type-7 percentile, `q` in [0, 1] (clamped).
+    pub fn percentile(&self, q: f64) -> f64 {
+        let q = if q.is_nan() { 0.5 } else { q.clamp(0.0, 1.0) };
+        percentile_sorted(&self.sorted, q).expect("a sample is never empty and q is clamped")
+    }
+
+    pub fn median(&self) -> f64 {
+        self.percentile(0.5)
+    }
+
+    /// Tukey fences at `k` interquartile ranges outside the quartiles (1.5: "outside",
+    /// 3.0: "far out" in Tukey's EDA).
+    pub fn tukey_fences(&self, k: f64) -> (f64, f64) {
+        let q1 = self.percentile(0.25);
+        let q3 = self.percentile(0.75);
+        let iqr = q3 - q1;
+        (q1 - k * iqr, q3 + k * iqr)
+    }
+}
+
+/// A statistic of a sample that gets a confidence interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Statistic {
+    Mean,
+    Median,
+    P90,
+    P99,
+}
+
+impl Statistic {
+    pub fn of(self, s: &Sample) -> f64 {
+        self.of_sorted(s.sorted())
+    }
+
+    /// The statistic of sorted, non-empty data.
+    fn of_sorted(self, sorted: &[f64]) -> f64 {
+        let q = match self {
+            Statistic::Mean => return sorted.iter().sum::<f64>() / sorted.len() as f64,
+            Statistic::Median => 0.5,
+            Statistic::P90 => 0.9,
+            Statistic::P99 => 0.99,
+        };
+        percentile_sorted(sorted, q).unwrap_or(f64::NAN)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Statistic::Mean => "mean",
+            Statistic::Median => "median",
+            Statistic::P90 => "p90",
+            Statistic::P99 => "p99",
+        }
+    }
+}
+
+/// A point estimate with a two-sided confidence interval.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    pub point: f64,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+impl Estimate {
+    pub fn contains(&self, x: f64) -> bool {
+        self.lower <= x && x <= self.upper
+    }
+
+    /// Half the interval's width relative to the point, in percent (for "± x %" columns).
+    pub fn relative_half_width_pct(&self) -> f64 {
+        if self.point == 0.0 {
+            return f64::NAN;
+        }
+        (self.upper - self.lower) / 2.0 / self.point.abs() * 100.0
+    }
+}
+
+/// How [`summarize`] makes its intervals.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SummaryConfig {
+    /// Two-sided confidence level, e.g. 0.95.
+    pub confidence: f64,
+    /// Bootstrap resamples for the percentile intervals.
+    pub resamples: usize,
+    /// Seed of the ChaCha8 generator that draws the resamples.
+    pub seed: u64,
+}
+
+impl Default for SummaryConfig {
+    fn default() -> Self {
+        Self { confidence: 0.95, resamples: 2000, seed: 0x4849_4c5f_5254_3321 }
+    }
+}
+
+impl SummaryConfig {
+    /// The sentence reports print next to intervals made with this configuration.
+    pub fn method(&self) -> String {
+        format!(
+            "{:.0} % confidence intervals: mean by Student's t (n-1 degrees of freedom); median, p90 and p99 by \
+             percentile bootstrap ({} resamples, ChaCha8 seed {:#x}), widened to include the point estimate where \
+             the bootstrap misses it (extreme percentiles of small samples); outliers flagged by Tukey's fences \
+             (1.5 and 3 IQR beyond the quartiles, type-7 quartiles), never removed",
+            self.confidence * 100.0,
+            self.resamples,
+            self.seed
+        )
+    }
+}
+
+/// How far outside the quartiles a point lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutlierSeverity {
+    /// Beyond 1.5 IQR (Tukey's "outside").
+    Mild,
+    /// Beyond 3 IQR (Tukey's "far out").
+    Extreme,
+}
+
+/// A point flagged by Tukey's fences. It stays in the sample and in every statistic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outlier {
+    pub value: f64,
+    pub severity: OutlierSeverity,
+    /// Above the upper fence (slow) or below the lower one.
+    pub high: bool,
+}
+
+/// Tukey's fences of a sample and the points outside them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outliers {
+    pub q1: f64,
+    pub q3: f64,
+    /// Inner fences (1.5 IQR).
+    pub low_fence: f64,
+    pub high_fence: f64,
+    /// Outer fences (3 IQR).
+    pub low_far_fence: f64,
+    pub high_far_fence: f64,
+    /// Ascending by value.
+    pub flagged: Vec<Outlier>,
+}
+
+impl Outliers {
+    pub fn count(&self) -> usize {
+        self.flagged.len()
+    }
+    pub fn count_extreme(&self) -> usize {
+        self.flagged.iter().filter(|o| o.severity == OutlierSeverity::Extreme).count()
+    }
+}
+
+/// Flags the points of `s` outside Tukey's 1.5 IQR fences (and which of those are beyond 3 IQR).
+pub fn tukey_outliers(s: &Sample) -> Outliers {
+    let (low_fence, high_fence) = s.tukey_fences(1.5);
+    let (low_far_fence, high_far_fence) = s.tukey_fences(3.0);
+    let flagged = s
+        .sorted()
+        .iter()
+        .filter(|x| **x < low_fence || **x > high_fence)
+        .map(|&value| Outlier {
+            value,
+            high: value > high_fence,
+            severity: if value < low_far_fence || value > high_far_fence {
+                OutlierSeverity::Extreme
+            } else {
+                OutlierSeverity::Mild
+            },
+        })
+        .collect();
+    Outliers {
+        q1: s.percentile(0.25),
+        q3: s.percentile(0.75),
+        low_fence,
+        high_fence,
+        low_far_fence,
+        high_far_fence,
+        flagged,
+    }
+}
+
+/// Everything a report says about one sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleSummary {
+    pub n: usize,
+    pub mean: Estimate,
+    pub median: Estimate,
+    pub p90: Estimate,
+    pub p99: Estimate,
+    pub std_dev: f64,
+    pub min: f64,
+    pub max: f64,
+    pub outliers: Outliers,
+    /// How the intervals were made ([`SummaryConfig::method`]).
+    pub method: String,
+}
+
+impl SampleSummary {
+    pub fn estimate(&self, statistic: Statistic) -> Estimate {
+        match statistic {
+            Statistic::Mean => self.mean,
+            Statistic::Median => self.median,
+            Statistic::P90 => self.p90,
+            Statistic::P99 => self.p99,
+        }
+    }
+}
+
+/// Student's t interval for the mean. With zero spread the interval is the point.
+pub fn t_interval_mean(s: &Sample, confidence: f64) -> Estimate {
+    let mean = s.mean();
+    let n = s.len() as f64;
+    let se = s.std_dev() / n.sqrt();
+    let alpha = 1.0 - confidence.clamp(0.0, 1.0);
+    let t = StudentsT::new(0.0, 1.0, n - 1.0)
+        .map(|d| d.inverse_cdf(1.0 - alpha / 2.0))
+        .unwrap_or(f64::INFINITY);
+    let half = if se == 0.0 { 0.0 } else { t * se };
+    Estimate { point: mean, lower: mean - half, upper: mean + half }
+}
+
+/// Indices `0..n` drawn with replacement, sorted into `out` as values of `sorted`.
+fn resample_sorted(sorted: &[f64], rng: &mut ChaCha8Rng, out: &mut Vec<f64>) {
+    out.clear();
+    out.extend((0..sorted.len()).map(|_| sorted[rng.random_range(0..sorted.len())]));
+    out.sort_unstable_by(f64::total_cmp);
+}
+
+/// Percentile bootstrap intervals for several statistics from one set of resamples.
+/// Each interval is widened to include its point estimate when the bootstrap misses it.
+pub fn bootstrap_intervals(s: &Sample, statistics: &[Statistic], config: &SummaryConfig) -> Vec<Estimate> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let resamples = config.resamples.max(1);
+    let mut draws: Vec<Vec<f64>> = vec![Vec::with_capacity(resamples); statistics.len()];
+    let mut buf = Vec::with_capacity(s.len());
+    for _ in 0..resamples {
+        resample_sorted(s.sorted(), &mut rng, &mut buf);
+        for (stat, d) in statistics.iter().zip(draws.iter_mut()) {
+            d.push(stat.of_sorted(&buf));
+        }
+    }
+    let alpha = 1.0 - config.confidence.clamp(0.0, 1.0);
+    statistics
+        .iter()
+        .zip(draws.iter_mut())
+        .map(|(stat, d)| {
+            d.sort_unstable_by(f64::total_cmp);
+            let point = stat.of(s);
+            let lower = percentile_sorted(d, alpha / 2.0).unwrap_or(point);
+            let upper = percentile_sorted(d, 1.0 - alpha / 2.0).unwrap_or(point);
+            Estimate { point, lower: lower.min(point), upper: upper.max(point) }
+        })
+        .collect()
+}
+
+/// Median, mean, p90, p99 with intervals, spread and outliers of one sample.
+pub fn summarize(s: &Sample, config: &SummaryConfig) -> SampleSummary {
+    let boot = bootstrap_intervals(s, &[Statistic::Median, Statistic::P90, Statistic::P99], config);
+    SampleSummary {
+        n: s.len(),
+        mean: t_interval_mean(s, config.confidence),
+        median: boot[0],
+        p90: boot[1],
+        p99: boot[2],
+        std_dev: s.std_dev(),
+        min: s.min(),
+        max: s.max(),
+        outliers: tukey_outliers(s),
+        method: config.method(),
+    }
+}
+
+/// Result of a two-sided Mann-Whitney U test of `a` against `b`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MannWhitney {
+    /// U of the first sample: the number of (a, b) pairs with a > b, ties counting one half.
+    pub u_a: f64,
+    pub u_b: f64,
+    /// Standardised statistic (continuity- and tie-corrected); positive when `a` tends larger.
+    pub z: f64,
+    /// Two-sided p-value from the normal approximation. 1 when every value is tied.
+    pub p_value: f64,
+    /// `u_a / (n_a n_b)`: the probability that a random `a` exceeds a random `b` (ties half),
+    /// 0.5 for no effect.
+    pub prob_a_greater: f64,
+}
+
+/// Two-sided Mann-Whitney U test, normal approximation with tie correction and a 0.5
+/// continuity correction (what `scipy.stats.mannwhitneyu(a, b, method="asymptotic")` does).
+/// The approximation is good from about 8 points per side; smaller samples get a
+/// conservative p-value (it cannot reach 0.05 with 2 against 2, as the exact test cannot).
+pub fn mann_whitney_u(a: &Sample, b: &Sample) -> MannWhitney {
+    let (n1, n2) = (a.len(), b.len());
+    // Merge the two sorted samples, assigning mid-ranks to ties.
+    let mut all: Vec<(f64, bool)> = a.sorted().iter().map(|x| (*x, true)).chain(b.sorted().iter().map(|x| (*x, false))).collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let n = (n1 + n2) as f64;
+    let mut rank_sum_a = 0.0;
+    let mut tie_term = 0.0; // sum of t^3 - t over tie groups
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        let mid_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum_a += all[i..=j].iter().filter(|(_, from_a)| *from_a).count() as f64 * mid_rank;
+        tie_term += t * t * t - t;
+        i = j + 1;
+    }
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    let u_a = rank_sum_a - n1f * (n1f + 1.0) / 2.0;
+    let u_b = n1f * n2f - u_a;
+    let mu = n1f * n2f / 2.0;
+    let variance = n1f * n2f / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)));
+    let (z, p_value) = if variance <= 0.0 {
+        (0.0, 1.0)
+    } else {
+        let sigma = variance.sqrt();
+        let diff = u_a - mu;
+        // Continuity correction towards the mean, never past it.
+        let corrected = diff.signum() * (diff.abs() - 0.5).max(0.0);
+        let z = corrected / sigma;
+        let normal = Normal::new(0.0, 1.0).expect("standard normal");
+        (z, (2.0 * normal.sf(z.abs())).min(1.0))
+    };
+    MannWhitney { u_a, u_b, z, p_value, prob_a_greater: u_a / (n1f * n2f) }
+}
+
+/// The relative change of a statistic from `base` to `candidate`, in percent, with a
+/// percentile-bootstrap interval (both samples resampled independently, seeded).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RelativeChange {
+    pub statistic: Statistic,
+    pub base: f64,
+    pub candidate: f64,
+    /// `(candidate / base - 1) * 100`, with its interval.
+    pub change_pct: Estimate,
+}
+
+/// Bootstraps `(stat(candidate) / stat(base) - 1) * 100`. When the base statistic is zero the
+/// change is reported as NaN (no meaningful ratio).
+pub fn bootstrap_relative_change(
+    base: &Sample,
+    candidate: &Sample,
+    statistic: Statistic,
+    config: &SummaryConfig,
+) -> RelativeChange {
+    let pct = |b: f64, c: f64| if b == 0.0 { f64::NAN } else { (c / b - 1.0) * 100.0 };
+    let b0 = statistic.of(base);
+    let c0 = statistic.of(candidate);
+    let point = pct(b0, c0);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let (mut bb, mut cb) = (Vec::with_capacity(base.len()), Vec::with_capacity(candidate.len()));
+    let mut draws: Vec<f64> = (0..config.resamples.max(1))
+        .map(|_| {
+            resample_sorted(base.sorted(), &mut rng, &mut bb);
+            resample_sorted(candidate.sorted(), &mut rng, &mut cb);
+            pct(statistic.of_sorted(&bb), statistic.of_sorted(&cb))
+        })
+        .filter(|x| x.is_finite())
+        .collect();
+    draws.sort_unstable_by(f64::total_cmp);
+    let alpha = 1.0 - config.confidence.clamp(0.0, 1.0);
+    let change_pct = if point.is_nan() {
+        Estimate { point, lower: f64::NAN, upper: f64::NAN }
+    } else {
+        let lower = percentile_sorted(&draws, alpha / 2.0).unwrap_or(point);
+        let upper = percentile_sorted(&draws, 1.0 - alpha / 2.0).unwrap_or(point);
+        Estimate { point, lower: lower.min(point), upper: upper.max(point) }
+    };
+    RelativeChange { statistic, base: b0, candidate: c0, change_pct }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +524,15 @@ mod tests {
         assert_eq!(s.min_ms, 1.0);
         assert_eq!(s.max_ms, 3.0);
         assert!(LatencySummary::from_ns(&[]).is_none());
+    }
+
+    #[test]
+    fn sample_rejects_short_and_non_finite_input() {
+        assert_eq!(Sample::new(vec![]), Err(SampleError::TooFew(0)));
+        assert_eq!(Sample::new(vec![1.0]), Err(SampleError::TooFew(1)));
+        let err = Sample::new(vec![1.0, f64::NAN, 2.0]).unwrap_err();
+        assert!(matches!(err, SampleError::NotFinite { index: 1, .. }), "{err:?}");
+        assert!(Sample::new(vec![1.0, f64::INFINITY]).is_err());
+        assert_eq!(Sample::new(vec![2.0, 1.0]).unwrap().sorted(), &[1.0, 2.0]);
     }
 }

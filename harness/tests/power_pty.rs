@@ -127,20 +127,19 @@ fn ppk2_driver_decodes_the_emulator_stream() {
 #[test]
 fn ppk2_lost_samples_are_counted_and_keep_their_time() {
     let _guard = pty_lock();
-    let config = EmulatorConfig { max_backlog: Duration::from_millis(60), ..EmulatorConfig::default() };
-    let emu = Ppk2Emulator::spawn(|_: f64, _: f64| 0.1, config).unwrap();
+    let emu = Ppk2Emulator::spawn(|_: f64, _: f64| 0.1, patient_emulator()).unwrap();
     let mut ppk = Ppk2::open(&emu.port_path().to_string_lossy(), &source_5v()).unwrap();
     ppk.start().unwrap();
     let (mut samples, mut lost) = read_for(&mut ppk, Duration::from_millis(200));
-    // Stop reading long enough for the pty (the kernel buffers up to 640 KiB, 1.6 s of stream) and the
-    // emulator's backlog to fill: it then drops samples.
-    thread::sleep(Duration::from_millis(2_500));
-    let (more, more_lost) = read_for(&mut ppk, Duration::from_millis(300));
+    // The device drops 0.6 s of samples (as an overflowing PPK2 would), then streams on. 60_001 is
+    // 33 more than a multiple of 64: the counter shows a gap of 33, the host clock the rest.
+    emu.inject_loss(60_001);
+    let (more, more_lost) = read_for(&mut ppk, Duration::from_millis(1_000));
     samples.extend(more);
     lost += more_lost;
     ppk.stop().unwrap();
     let stats = emu.shutdown();
-    assert!(stats.samples_dropped > 10_000, "the emulator dropped samples: {stats:?}");
+    assert_eq!(stats.samples_dropped, 60_001, "{stats:?}");
     // The counter shows the loss modulo 64; the driver finds the whole cycles from the host clock, to
     // within a few cycles of delivery jitter.
     let error = lost.abs_diff(stats.samples_dropped);

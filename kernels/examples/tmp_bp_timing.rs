@@ -55,7 +55,7 @@ fn main() {
             let mut y2 = Matrix::zeros(128, 3072);
             let (t1, t2) = time2(|| { for s0 in (0..3072).step_by(r) { kernels::simd::transpose_strided(tile.as_slice(), r, 128, 128, &mut y.as_mut_slice()[s0..], 3072); } },
                 || { for s0 in (0..3072).step_by(r) { kernels::simd::transpose_strided(tile.as_slice(), r, 128, 128, &mut y2.as_mut_slice()[s0..], 3072); } }, 100);
-            println!("y pass strips of {r}: {:.1} us / {:.1} us", t1 * 1e6, t2 * 1e6);
+            println!("y pass strips of {r}: {:.1} us / {:.1} us (align {} {})", t1 * 1e6, t2 * 1e6, y.as_slice().as_ptr() as usize % 64, y2.as_slice().as_ptr() as usize % 64);
         }
         return;
     }

@@ -824,6 +824,7 @@ impl Encoder {
             input.cols(),
             cfg.d_model
         );
+        assert!(input.rows() > 0, "Encoder::forward: input has no tokens");
         let mut scratch = ForwardScratch::take();
         let ForwardScratch { x, q, k, v, ctx, scores, hidden, out } = &mut scratch;
         x.reshape_uninit(input.rows(), cfg.d_model);

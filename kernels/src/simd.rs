@@ -26,7 +26,18 @@ pub fn detected_features() -> Vec<&'static str> {
                 }
             )*};
         }
-        probe!("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512bf16", "avx512fp16");
+        probe!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512vl",
+            "avx512bw",
+            "avx512dq",
+            "avx512bf16",
+            "avx512fp16"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -125,7 +136,8 @@ impl Backend {
 /// Every method may use instructions of its backend: call them only from code
 /// compiled with (or running under a run-time check for) that backend's
 /// target features. Pointers must be valid for `LANES` consecutive `f32`s;
-/// no alignment is required.
+/// no alignment is required. (This section covers every method.)
+#[allow(clippy::missing_safety_doc)]
 pub trait F32Vector: Copy {
     const LANES: usize;
     /// All lanes zero.
@@ -194,7 +206,10 @@ impl F32Vector for ScalarLanes {
     }
 }
 
+// AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable
+// since Rust 1.89; the workspace's `rust-version` must be at least that.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
 pub mod x86 {
     //! AVX-512F and AVX2+FMA vectors.
     use super::F32Vector;
@@ -536,9 +551,11 @@ mod tests {
 
     #[test]
     fn transpose_matches_naive_on_ragged_shapes_and_strides() {
-        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (17, 9), (33, 70), (64, 16)] {
+        for (rows, cols, dst_stride_extra) in
+            [(1, 1, 5), (3, 5, 5), (8, 8, 5), (17, 9, 5), (33, 70, 5), (64, 16, 5), (21, 19, 3), (40, 24, 8)]
+        {
             let src_stride = cols + 3;
-            let dst_stride = rows + 5;
+            let dst_stride = rows + dst_stride_extra;
             let src: Vec<f32> = (0..rows * src_stride).map(|i| i as f32).collect();
             let mut dst = vec![-1.0; cols * dst_stride];
             transpose_strided(&src, rows, cols, src_stride, &mut dst, dst_stride);
@@ -553,6 +570,24 @@ mod tests {
                     assert_eq!(dst[c * dst_stride + r], -1.0);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn transpose_into_unaligned_destination_offsets() {
+        // Destination rows share their alignment (stride a multiple of 8), starting
+        // mid-vector: the head rows go scalar, the rest vector-aligned.
+        let (rows, cols, dst_stride) = (37, 20, 64);
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        for offset in 0..9 {
+            let mut dst = vec![-1.0; offset + cols * dst_stride];
+            transpose_strided(&src, rows, cols, cols, &mut dst[offset..], dst_stride);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[offset + c * dst_stride + r], src[r * cols + c], "offset {offset} at ({r},{c})");
+                }
+            }
+            assert!(dst[..offset].iter().all(|v| *v == -1.0));
         }
     }
 

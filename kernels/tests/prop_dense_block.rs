@@ -240,7 +240,10 @@ fn distilbert_ffn_shape_at_64_percent() {
     assert!((mask.sparsity() - 0.64).abs() < 1.0 / 768.0, "achieved {}", mask.sparsity());
     let layer = BlockSparseLinear::from_masked(&w, &mask, 32);
     assert_eq!(layer.stats().nnz, mask.kept());
-    assert!(layer.kept_per_strip().iter().all(|k| *k == layer.kept_per_strip()[0]), "per-layer BP keeps equal columns per strip");
+    assert!(
+        layer.kept_per_strip().iter().all(|k| *k == layer.kept_per_strip()[0]),
+        "per-layer BP keeps equal columns per strip"
+    );
     let x = Matrix::random(3, 768, 12, 1.0);
     let mut masked = w.clone();
     masked.apply_mask(&mask);

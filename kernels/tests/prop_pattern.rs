@@ -34,7 +34,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        1usize..90,
+        1usize..200, // Up to 25 tile rows of 8: enough for full groups of one pattern in a band.
         1usize..90,
         tile(),
         sparsity(),

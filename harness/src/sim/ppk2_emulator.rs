@@ -11,11 +11,13 @@
 //!
 //! Like a real PPK2 whose USB buffer overflows, it does not block when the host stops reading: once more
 //! than [`EmulatorConfig::max_backlog`] of stream is waiting unread, new samples are dropped (never
-//! generated) and the counter jumps, so the driver reports them as lost.
+//! generated) and the counter jumps, so the driver reports them as lost. (The kernel buffers several
+//! hundred KiB in a pty before a write blocks, so that takes a second or more of not reading.)
+//! [`Ppk2Emulator::inject_loss`] drops a given number of samples on demand, for fault tests.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -101,6 +103,8 @@ pub struct Ppk2Emulator {
     links: Vec<PathBuf>,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<EmulatorStats>>,
+    /// Samples still to drop as they fall due (fault injection).
+    drop_pending: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -112,7 +116,9 @@ impl Ppk2Emulator {
         device.set_timeout(Duration::from_millis(1)).map_err(io::Error::from)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(EmulatorStats { vdd_mv: config.initial_vdd_mv, ..EmulatorStats::default() }));
+        let drop_pending = Arc::new(AtomicU64::new(0));
         let mut device_state = Device::new(model, config);
+        device_state.drop_pending = drop_pending.clone();
         let (stop2, stats2) = (stop.clone(), stats.clone());
         let thread = std::thread::Builder::new().name("ppk2-emulator".into()).spawn(move || {
             // The host side stays open here so the pty lives while no driver has it open (a slave with
@@ -120,7 +126,7 @@ impl Ppk2Emulator {
             let _keep_open = host_side;
             device_state.serve(&mut device, &stop2, &stats2);
         })?;
-        Ok(Self { path, links: Vec::new(), stop, stats, thread: Some(thread) })
+        Ok(Self { path, links: Vec::new(), stop, stats, drop_pending, thread: Some(thread) })
     }
 
     /// The path the driver opens (`/dev/pts/N`).
@@ -136,6 +142,12 @@ impl Ppk2Emulator {
         std::os::unix::fs::symlink(&self.path, link)?;
         self.links.push(link.to_path_buf());
         Ok(())
+    }
+
+    /// Fault injection: the next `samples` samples to fall due are dropped (the stream goes quiet for
+    /// that long, then resumes with the counter jumped), as when a PPK2's buffer overflows.
+    pub fn inject_loss(&self, samples: u64) {
+        self.drop_pending.fetch_add(samples, Ordering::SeqCst);
     }
 
     /// A snapshot of the counters.
@@ -183,6 +195,7 @@ struct Device<M> {
     out_pos: usize,
     /// Last current encoded and its (range, raw), to skip the inverse for a steady model.
     last: Option<(f64, u32, u8, u16)>,
+    drop_pending: Arc<AtomicU64>,
 }
 
 struct Stream {
@@ -208,6 +221,7 @@ impl<M: PowerModel> Device<M> {
             outbox: Vec::new(),
             out_pos: 0,
             last: None,
+            drop_pending: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -298,6 +312,15 @@ impl<M: PowerModel> Device<M> {
             stats.samples_dropped += due - stream.next_index;
             stream.next_index = due;
             return;
+        }
+        let injected = self.drop_pending.load(Ordering::SeqCst).min(due - stream.next_index);
+        if injected > 0 {
+            self.drop_pending.fetch_sub(injected, Ordering::SeqCst);
+            stats.samples_dropped += injected;
+            stream.next_index += injected;
+            if stream.next_index == due {
+                return;
+            }
         }
         let supply_v = f64::from(self.vdd_mv) / 1000.0;
         self.outbox.reserve(((due - stream.next_index) * 4) as usize);

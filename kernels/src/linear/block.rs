@@ -34,7 +34,7 @@ use crate::simd::{self, Backend, F32Vector, ScalarLanes};
 use std::cell::RefCell;
 
 /// Largest panel height the micro-kernel dispatch is instantiated for.
-const MAX_PANEL_ROWS: usize = 12;
+const MAX_PANEL_ROWS: usize = 8;
 
 /// Register blocking per backend: (panel rows, token vectors per block).
 ///
@@ -46,7 +46,7 @@ const MAX_PANEL_ROWS: usize = 12;
 /// from L2.
 const fn blocking(backend: Backend) -> (usize, usize) {
     match backend {
-        Backend::Avx512 => (12, 2),
+        Backend::Avx512 => (8, 3),
         Backend::Avx2Fma => (6, 2),
         Backend::Neon => (6, 4),
         Backend::Scalar => (4, 2),
@@ -59,7 +59,8 @@ const fn blocking(backend: Backend) -> (usize, usize) {
 /// fraction of the micro-kernel's peak).
 fn panels(rows: usize, max_height: usize) -> impl Iterator<Item = (usize, usize)> {
     let count = rows.div_ceil(max_height);
-    let (base, taller) = if count == 0 { (0, 0) } else { (rows / count, rows % count) };
+    let base = rows.checked_div(count).unwrap_or(0);
+    let taller = rows.checked_rem(count).unwrap_or(0);
     (0..count).map(move |i| (i * base + i.min(taller), base + usize::from(i < taller)))
 }
 
@@ -107,7 +108,11 @@ impl BlockSparseLinear {
     pub fn from_masked_for(w: &Matrix, mask: &Mask, strip_rows: usize, backend: Backend) -> Self {
         assert_eq!(w.shape(), mask.shape(), "BlockSparseLinear::from_masked: weights and mask shapes differ");
         assert!(strip_rows > 0, "BlockSparseLinear::from_masked: strip_rows must be at least 1");
-        assert!(u32::try_from(w.cols()).is_ok(), "BlockSparseLinear::from_masked: {} input features overflow u32", w.cols());
+        assert!(
+            u32::try_from(w.cols()).is_ok(),
+            "BlockSparseLinear::from_masked: {} input features overflow u32",
+            w.cols()
+        );
         let (out_features, in_features) = w.shape();
         let panel_rows = blocking(backend).0;
         let mut strips = Vec::with_capacity(out_features.div_ceil(strip_rows));
@@ -159,7 +164,11 @@ impl BlockSparseLinear {
     pub fn forward_with(&self, x: &Matrix, y: &mut Matrix, threads: Threads, backend: Backend) {
         assert!(backend.is_available(), "BlockSparseLinear: backend {} is not supported by this CPU", backend.name());
         let (tokens, inputs) = x.shape();
-        assert_eq!(inputs, self.in_features, "BlockSparseLinear::forward: x has {inputs} features, the layer expects {}", self.in_features);
+        assert_eq!(
+            inputs, self.in_features,
+            "BlockSparseLinear::forward: x has {inputs} features, the layer expects {}",
+            self.in_features
+        );
         y.reshape_uninit(tokens, self.out_features);
         if tokens == 0 || self.out_features == 0 {
             return;
@@ -167,7 +176,7 @@ impl BlockSparseLinear {
         let lanes = backend.lanes();
         let token_stride = tokens.next_multiple_of(lanes);
         XT_SCRATCH.with_borrow_mut(|xt| {
-            xt.resize(inputs * token_stride, 0.0);
+            let xt = cache_aligned(xt, inputs * token_stride);
             // Padding tokens must be finite (they are multiplied, then discarded).
             if token_stride > tokens {
                 for row in xt.chunks_exact_mut(token_stride) {
@@ -207,6 +216,20 @@ thread_local! {
     static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// `len` floats of `buf` starting on a cache line, growing `buf` if needed.
+///
+/// The micro-kernel loads whole vectors from `xᵀ` rows and the tile: with
+/// the 16-byte alignment a large `Vec` gets from the allocator, a 64-byte
+/// AVX-512 load would straddle two cache lines every time.
+fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    let slack = CACHE_LINE_BYTES / std::mem::size_of::<f32>();
+    if buf.len() < len + slack {
+        buf.resize(len + slack, 0.0);
+    }
+    let offset = buf.as_ptr().align_offset(CACHE_LINE_BYTES).min(slack);
+    &mut buf[offset..offset + len]
+}
+
 /// The output pointer, shared by threads that write disjoint columns of `y`.
 #[derive(Clone, Copy, Debug)]
 struct SharedOut(*mut f32);
@@ -236,7 +259,7 @@ impl StripJob<'_> {
     fn run(&self, range: std::ops::Range<usize>) {
         let rows = self.layer.strip_rows.min(self.layer.out_features);
         TILE_SCRATCH.with_borrow_mut(|tile| {
-            tile.resize(rows * self.token_stride, 0.0);
+            let tile = cache_aligned(tile, rows * self.token_stride);
             // SAFETY: each arm runs only when its backend's features were detected
             // (`forward_with` checked `is_available`); the pointers cover the
             // extents documented on `StripJob`.
@@ -307,9 +330,16 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops:
         let cols = &layer.cols[strip.cols_start..strip.cols_start + strip.kept];
         let mut t0 = 0;
         while t0 < job.tokens {
-            // Whole blocks of NV vectors, then single vectors for the rest (the
+            // Whole blocks of NV vectors, then blocks of 2 and 1 for the rest (the
             // token stride is a multiple of the lanes, so a vector never overruns).
-            let vectors = if job.tokens - t0 >= block_tokens { NV } else { 1 };
+            let remaining = job.tokens - t0;
+            let vectors = if remaining >= block_tokens {
+                NV
+            } else if remaining >= 2 * V::LANES && NV > 2 {
+                2
+            } else {
+                1
+            };
             // This strip's outputs are one short run per token row of `y`, rows
             // `out` floats apart: random lines to the hardware prefetchers, written
             // by the transpose after the strip. Fetch this token block's lines into
@@ -335,6 +365,8 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops:
                     unsafe {
                         if vectors == NV {
                             panel_tile_rows::<V, NV>(height, chunk, w, job.xt, job.token_stride, t0, out, accumulate)
+                        } else if vectors == 2 {
+                            panel_tile_rows::<V, 2>(height, chunk, w, job.xt, job.token_stride, t0, out, accumulate)
                         } else {
                             panel_tile_rows::<V, 1>(height, chunk, w, job.xt, job.token_stride, t0, out, accumulate)
                         }
@@ -383,8 +415,8 @@ unsafe fn panel_tile_rows<V: F32Vector, const NV: usize>(
             }
         };
     }
-    const _: () = assert!(MAX_PANEL_ROWS == 12);
-    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
+    const _: () = assert!(MAX_PANEL_ROWS == 8);
+    dispatch!(1 2 3 4 5 6 7 8)
 }
 
 /// The micro-kernel: `out[r][t0 + i] (+)= Σ_j w[j][r] · xᵀ[cols[j]][t0 + i]`

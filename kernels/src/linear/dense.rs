@@ -56,7 +56,12 @@ impl LinearKernel for DenseLinear {
     fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
         let (tokens, inputs) = x.shape();
         let outputs = self.out_features();
-        assert_eq!(inputs, self.in_features(), "DenseLinear::forward: x has {inputs} features, the layer expects {}", self.in_features());
+        assert_eq!(
+            inputs,
+            self.in_features(),
+            "DenseLinear::forward: x has {inputs} features, the layer expects {}",
+            self.in_features()
+        );
         y.reshape_uninit(tokens, outputs);
         if tokens == 0 || outputs == 0 {
             return;

@@ -44,7 +44,10 @@ use crate::simd::{transpose_strided, Backend, F32Vector, ScalarLanes};
 /// pass (`6 x 4` accumulators + 4 `xᵀ` vectors + broadcasts of its 32
 /// registers: 10 loads per 24 FMAs); backends with fewer registers split a
 /// group into passes of at most 4 (NEON) or 2 (AVX2, scalar) tiles.
-pub const GROUP_TILES: usize = 6;
+pub const GROUP_TILES: usize = 4;
+
+// The dispatch in `panel_groups` has passes of 1 to 6 tiles.
+const _: () = assert!(GROUP_TILES >= 1 && GROUP_TILES <= 6);
 
 /// Token vectors per panel: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
 /// + 4 weight broadcasts) against 16 FMAs.
@@ -192,25 +195,20 @@ impl PatternSparseLinear {
         let span = span
             .unwrap_or_else(|| band_span(assignment, patterns, packer.stored_per_row(tiles_down, tiles_across)))
             .max(1);
-        let super_rows =
-            std::env::var("PATTERN_SUPER_ROWS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(tiles_down).max(1);
         // Band by band (or pair by pair), so a band's `xᵀ` rows stay in L1 while its groups run.
-        for sb in (0..tiles_down).step_by(super_rows) {
-            let tile_rows = sb..(sb + super_rows).min(tiles_down);
-            for tc0 in (0..tiles_across).step_by(span) {
-                let width = span.min(tiles_across - tc0);
-                let spans: Vec<SpanTile> =
-                    tile_rows.clone().filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
-                if width == 1 {
-                    packer.group(spans, true);
-                    continue;
-                }
-                // Tile rows left in partial groups: regroup their tiles band by band.
-                let left = packer.group(spans, false);
-                for tc in tc0..tc0 + width {
-                    let singles = left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
-                    packer.group(singles, true);
-                }
+        for tc0 in (0..tiles_across).step_by(span) {
+            let width = span.min(tiles_across - tc0);
+            let spans: Vec<SpanTile> =
+                (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
+            if width == 1 {
+                packer.group(spans, true);
+                continue;
+            }
+            // Tile rows left in partial groups: regroup their tiles band by band.
+            let left = packer.group(spans, false);
+            for tc in tc0..tc0 + width {
+                let singles = left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
+                packer.group(singles, true);
             }
         }
         let Packer { runs, cols, groups, weights, .. } = packer;
@@ -546,7 +544,7 @@ unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
                         [yp(k0), yp(k0 + 1), yp(k0 + 2)],
                         pw,
                     ),
-                    _ => group_pass::<S, 4, V>(
+                    4 => group_pass::<S, 4, V>(
                         runs,
                         &layer.cols,
                         wk,
@@ -555,6 +553,26 @@ unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
                         [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3)],
                         pw,
                     ),
+                    5 => group_pass::<S, 5, V>(
+                        runs,
+                        &layer.cols,
+                        wk,
+                        kstride,
+                        x_band,
+                        [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4)],
+                        pw,
+                    ),
+                    6 => group_pass::<S, 6, V>(
+                        runs,
+                        &layer.cols,
+                        wk,
+                        kstride,
+                        x_band,
+                        [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4), yp(k0 + 5)],
+                        pw,
+                    ),
+                    // `pack` never makes groups larger than GROUP_TILES, and every backend's KMAX is <= 6.
+                    _ => unreachable!("pattern group pass of {k} tiles"),
                 }
                 k0 += k;
             }
@@ -758,8 +776,8 @@ mod tests {
 
     #[test]
     fn large_sparse_layers_pair_bands_dense_ones_do_not() {
-        let w = Matrix::random(2048, 64, 8, 1.0);
-        let base = Mask::dense(2048, 64);
+        let w = Matrix::random(GROUP_TILES * 2 * 16 * 16, 64, 8, 1.0);
+        let base = Mask::dense(w.rows(), 64);
         let sparse = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
         let dense = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.5)));
         assert_eq!(band_span(&sparse, 4, 2.0), 2);

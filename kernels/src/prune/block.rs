@@ -39,7 +39,12 @@ impl BlockShape {
     }
 
     fn validate(self, caller: &str) {
-        assert!(self.rows > 0 && self.cols > 0, "{caller}: block shape {}x{} must be at least 1x1", self.rows, self.cols);
+        assert!(
+            self.rows > 0 && self.cols > 0,
+            "{caller}: block shape {}x{} must be at least 1x1",
+            self.rows,
+            self.cols
+        );
     }
 }
 
