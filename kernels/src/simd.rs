@@ -156,13 +156,6 @@ pub trait F32Vector: Copy {
     unsafe fn prefetch(p: *const f32) {
         let _ = p;
     }
-    /// Hints that the cache line holding `p` will be written later: fetch it
-    /// into L2 (not L1, where lines at large power-of-two strides would evict
-    /// one another). A hint only: never faults, may do nothing.
-    #[inline(always)]
-    unsafe fn prefetch_l2_for_write(p: *const f32) {
-        let _ = p;
-    }
 }
 
 /// Portable backend: 8 lanes in a plain array. Loops over it auto-vectorise.
@@ -251,11 +244,6 @@ pub mod x86 {
         unsafe fn prefetch(p: *const f32) {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
         }
-
-        #[inline(always)]
-        unsafe fn prefetch_l2_for_write(p: *const f32) {
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
-        }
     }
 
     /// 8 lanes in a `ymm` register, with FMA.
@@ -293,11 +281,6 @@ pub mod x86 {
         #[inline(always)]
         unsafe fn prefetch(p: *const f32) {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
-        }
-
-        #[inline(always)]
-        unsafe fn prefetch_l2_for_write(p: *const f32) {
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
         }
     }
 
@@ -388,11 +371,6 @@ pub mod neon {
         unsafe fn prefetch(p: *const f32) {
             // `prfm` is a hint: it never faults, whatever the address.
             unsafe { std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
-        }
-
-        #[inline(always)]
-        unsafe fn prefetch_l2_for_write(p: *const f32) {
-            unsafe { std::arch::asm!("prfm pstl2keep, [{0}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
         }
     }
 

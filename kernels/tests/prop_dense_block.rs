@@ -83,7 +83,7 @@ fn segments(w: &Matrix, mask: &Mask, shape: BlockShape) -> Result<Vec<(usize, f6
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn dense_matches_reference(

@@ -21,7 +21,6 @@ use super::cells::CellStats;
 use super::schedule::{choose, Candidate, ScheduleRule};
 use crate::scenario::units::format_khz;
 use crate::scenario::Workload;
-use crate::stats::Statistic;
 
 /// RT3's DVFS levels (kHz), highest first.
 pub const RT3_LEVELS_KHZ: [u64; 3] = [1_400_000, 1_000_000, 800_000];
@@ -182,8 +181,9 @@ pub fn model_projection(
     let mut notes = Vec::new();
     fill_gains(&mut table.rows, &mut notes);
     table.notes.push(format!(
-        "Model inputs: mean latency measured at {} scaled by f_top/f; P = f x V^2 x 1e-10 W with {voltage_source} ({}); \
-         {} ({}) latency scaled the same way for the deadline; battery {RT3_BATTERY_J} J, back to back.",
+        "Model inputs: mean latency measured at {} scaled by f_top/f; P = f x V^2 x 1e-10 W with {voltage_source} \
+         ({}); the deadline is checked on the {} latency measured at the top level, scaled the same way; \
+         battery {RT3_BATTERY_J} J, back to back.",
         format_khz(top),
         levels
             .iter()
@@ -191,10 +191,6 @@ pub fn model_projection(
             .collect::<Vec<_>>()
             .join("; "),
         rule.statistic.label(),
-        match rule.statistic {
-            Statistic::Mean => "mean",
-            _ => "measured at the top level",
-        }
     ));
     table.notes.extend(notes);
     table

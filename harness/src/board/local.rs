@@ -285,6 +285,7 @@ impl Board for LocalBoard {
         });
         let tail = Arc::new(Mutex::new(OutputTail::with_capacity(STDERR_TAIL_BYTES)));
         let tail_writer = Arc::clone(&tail);
+        let (stderr_done_tx, stderr_done) = mpsc::channel();
         thread::spawn(move || {
             let mut stderr = stderr;
             let mut buf = [0u8; 4096];
@@ -294,8 +295,18 @@ impl Board for LocalBoard {
                 }
                 tail_writer.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n]);
             }
+            let _ = stderr_done_tx.send(());
         });
-        Ok(Box::new(LocalSession { board: self.name.clone(), what, child, stdin, lines, tail, finished: false }))
+        Ok(Box::new(LocalSession {
+            board: self.name.clone(),
+            what,
+            child,
+            stdin,
+            lines,
+            tail,
+            stderr_done,
+            finished: false,
+        }))
     }
 
     fn upload(&mut self, local: &Path, remote: &str, mode: u32) -> Result<(), BoardError> {
@@ -388,6 +399,8 @@ pub struct LocalSession {
     stdin: Option<ChildStdin>,
     lines: Receiver<LineEvent>,
     tail: Arc<Mutex<OutputTail>>,
+    /// Signalled when stderr reaches EOF, so an exit report includes the last words.
+    stderr_done: Receiver<()>,
     finished: bool,
 }
 
@@ -403,6 +416,10 @@ impl LocalSession {
     fn exited_detail(&mut self) -> String {
         // Give the process a moment to be reapable so the status can be reported.
         let status = wait_until(&mut self.child, Instant::now() + Duration::from_millis(200)).ok().flatten();
+        // stdout and stderr are drained by different threads: stdout's EOF can
+        // be seen before the last stderr bytes are in the tail. Bounded, since a
+        // surviving grandchild may hold stderr open.
+        let _ = self.stderr_done.recv_timeout(Duration::from_millis(500));
         let status = status.map(|s| format!("status {}", status_code(s))).unwrap_or_else(|| "still running".into());
         format!("process closed its stdout ({status}); stderr: {}", self.tail_text().trim_end())
     }

@@ -40,10 +40,11 @@ use crate::matrix::{Mask, Matrix};
 use crate::prune::pattern::{assign_patterns, PatternAssignment, PatternSet};
 use crate::simd::{transpose_strided, Backend, F32Vector, ScalarLanes};
 
-/// Tiles per group in the packed format: AVX-512 keeps all of them in one
-/// pass (`6 x 4` accumulators + 4 `xᵀ` vectors + broadcasts of its 32
-/// registers: 10 loads per 24 FMAs); backends with fewer registers split a
-/// group into passes of at most 4 (NEON) or 2 (AVX2, scalar) tiles.
+/// Tiles per group in the packed format: AVX-512 and NEON run a whole group
+/// in one pass (`4 x 4` accumulators + 4 `xᵀ` vectors: 8 loads per 16 FMAs);
+/// AVX2 and the scalar path, with 16 registers, split it into passes of 2.
+/// Groups of 6 (24 accumulators) measured slower on AVX-512 (register
+/// pressure), so 4 it is; the dispatch supports up to 6.
 pub const GROUP_TILES: usize = 4;
 
 // The dispatch in `panel_groups` has passes of 1 to 6 tiles.
@@ -607,11 +608,11 @@ mod x86_panels {
     use super::{panel_for_vectors, PatternSparseLinear};
     use crate::simd::x86::{Avx2Fma, Avx512};
 
-    /// 32 `zmm` registers: 6 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
+    /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
         // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx512, 6>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Avx512, 4>(layer, xs, ys, vectors) }
     }
 
     /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.
