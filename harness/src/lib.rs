@@ -18,6 +18,7 @@ pub mod plan;
 pub mod power;
 pub mod power_session;
 pub mod probe;
+pub mod report;
 pub mod results;
 pub mod runmeta;
 pub mod runner;

@@ -101,6 +101,10 @@ pub struct BoardMeta {
     pub agent: Option<Deployed>,
     pub agent_hello: Option<HelloReply>,
     pub model: Option<LoadReply>,
+    /// Median time to switch the live model to each variant (pattern-set switching), ns.
+    pub switch_ns: std::collections::BTreeMap<String, u64>,
+    /// Every variant's kernels against the scalar reference on this board's CPU.
+    pub selftest: Option<device_agent::protocol::SelftestReply>,
     pub outcome: Option<BoardOutcome>,
 }
 
@@ -457,6 +461,15 @@ fn measure_cells(
         m.model = Some(load.clone());
     });
     let sparsity: HashMap<String, f64> = load.variants.iter().map(|v| (v.name.clone(), v.sparsity)).collect();
+    let switch_ns = measure_switching(&mut agent, &load).context("measuring variant switching")?;
+    let selftest = agent.selftest().context("agent selftest")?;
+    if !selftest.passed {
+        bar.println(format!("board {name}: WARNING: agent selftest failed: kernels disagree with the scalar reference"));
+    }
+    shared.update_board_meta(name, |m| {
+        m.switch_ns = switch_ns;
+        m.selftest = Some(selftest);
+    });
     let zone = thermal_zone.as_deref().and_then(|z| z.strip_prefix("thermal_zone")).and_then(|n| n.parse::<u32>().ok());
     let mut pinned_khz: Option<u64> = None;
     let results_dir = shared.store.lock().unwrap_or_else(|p| p.into_inner()).dir().to_path_buf();
@@ -843,4 +856,24 @@ fn clock_offset(agent: &mut AgentClient) -> Result<crate::energy::ClockOffset, C
         .map(|x| EnergyExchange { host_send_ns: x.host_send_ns, host_recv_ns: x.host_recv_ns, board_ns: x.board_ns })
         .collect();
     estimate_offset(&exchanges).map_err(|e| CellError::Fatal(anyhow!("clock offset: {e}")))
+}
+
+/// Switches the live model to every variant several times (RT3's run-time reconfiguration)
+/// and returns the median switch time per variant as the agent measured it.
+fn measure_switching(agent: &mut AgentClient, load: &LoadReply) -> Result<std::collections::BTreeMap<String, u64>> {
+    const ROUNDS: usize = 9;
+    let mut times: HashMap<String, Vec<u64>> = HashMap::new();
+    for _ in 0..ROUNDS {
+        for v in &load.variants {
+            let reply = agent.switch(&v.name)?;
+            times.entry(v.name.clone()).or_default().push(reply.switch_ns);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|(name, mut t)| {
+            t.sort_unstable();
+            (name, t[t.len() / 2])
+        })
+        .collect())
 }
