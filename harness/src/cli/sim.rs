@@ -48,7 +48,7 @@ impl SimCmd {
         if let Some(p) = sim.ppk2_port() {
             println!("ppk2 port:  {}", p.display());
         }
-        println!("agent wrapper (exec_prefix): {:?}", sim.agent_exec_prefix());
+        println!("agent wrapper (exec_prefix): {}", sim.run_agent_script().display());
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;

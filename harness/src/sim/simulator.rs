@@ -190,6 +190,10 @@ pub struct Simulator {
     emulator: Option<Ppk2Emulator>,
 }
 
+/// Records the agent's pid in "$1", joins the cgroup whose procs file is "$2" (if any), then
+/// runs the rest of the arguments in its place.
+const RUN_AGENT_SCRIPT: &str = r#"echo $$ > "$1"; if [ -n "$2" ]; then echo $$ > "$2" || exit 97; fi; shift 2; exec "$@""#;
+
 /// Ticker period: how quickly the fake kernel reacts to sysfs writes.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -233,7 +237,9 @@ impl Simulator {
                 .name("sim-kernel".into())
                 .spawn(move || Ticker::new(fake, state, throttle, pidfile, power, threads).run(&stop))?
         };
-        Ok(Self { root: root.to_path_buf(), fake, pidfile, throttle, power: opts.power, state, stop, ticker: Some(ticker), emulator })
+        let sim = Self { root: root.to_path_buf(), fake, pidfile, throttle, power: opts.power, state, stop, ticker: Some(ticker), emulator };
+        sim.write_run_agent_script()?;
+        Ok(sim)
     }
 
     /// The fake sysfs mount point (a board's `sysfs_root`).
@@ -254,15 +260,34 @@ impl Simulator {
     /// pid (for the utilisation the power model uses) and joins the throttling cgroup, then
     /// `exec`s the real command. The script is constant; paths are positional arguments.
     pub fn agent_exec_prefix(&self) -> Vec<String> {
-        let script = r#"echo $$ > "$1"; if [ -n "$2" ]; then echo $$ > "$2" || exit 97; fi; shift 2; exec "$@""#;
         vec![
             "/bin/sh".into(),
             "-c".into(),
-            script.into(),
+            RUN_AGENT_SCRIPT.into(),
             "hil-sim-agent".into(),
             self.pidfile.to_string_lossy().into_owned(),
             self.throttle.procs_file().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
         ]
+    }
+
+    /// `root/run-agent`: the same wrapper as a script, for boards reached over SSH that use a
+    /// simulator started by `hil sim serve` (`exec_prefix: [ROOT/run-agent, ...]`).
+    pub fn run_agent_script(&self) -> PathBuf {
+        self.root.join("run-agent")
+    }
+
+    fn write_run_agent_script(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let procs = self.throttle.procs_file().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = format!(
+            "#!/bin/sh\n# Written by hil's simulator: runs \"$@\" as the simulated board's agent.\nset -- {} {} \"$@\"\n{}\n",
+            crate::board::quote::shell_quote(&self.pidfile.to_string_lossy()),
+            crate::board::quote::shell_quote(&procs),
+            RUN_AGENT_SCRIPT
+        );
+        let path = self.run_agent_script();
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
     }
 
     pub fn throttle(&self) -> &Throttle {

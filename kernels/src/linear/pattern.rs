@@ -193,23 +193,27 @@ impl PatternSparseLinear {
             weights: Vec::new(),
             lists: HashMap::new(),
         };
-        let span = span
-            .unwrap_or_else(|| band_span(assignment, patterns, packer.stored_per_row(tiles_down, tiles_across)))
-            .max(1);
-        // Band by band (or pair by pair), so a band's `xᵀ` rows stay in L1 while its groups run.
-        for tc0 in (0..tiles_across).step_by(span) {
-            let width = span.min(tiles_across - tc0);
-            let spans: Vec<SpanTile> =
-                (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
-            if width == 1 {
-                packer.group(spans, true);
-                continue;
-            }
-            // Tile rows left in partial groups: regroup their tiles band by band.
-            let left = packer.group(spans, false);
-            for tc in tc0..tc0 + width {
-                let singles = left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
-                packer.group(singles, true);
+        let per_row = packer.stored_per_row(tiles_down, tiles_across);
+        let block_rows = std::env::var("PP_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(tiles_down).max(1);
+        let span = span.unwrap_or_else(|| band_span(assignment, patterns, per_row, block_rows.min(tiles_down))).max(1);
+        for tr0 in (0..tiles_down).step_by(block_rows) {
+            let block = tr0..(tr0 + block_rows).min(tiles_down);
+            // Band by band (or pair by pair), so a band's `xᵀ` rows stay in L1 while its groups run.
+            for tc0 in (0..tiles_across).step_by(span) {
+                let width = span.min(tiles_across - tc0);
+                let spans: Vec<SpanTile> =
+                    block.clone().filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
+                if width == 1 {
+                    packer.group(spans, true);
+                    continue;
+                }
+                // Tile rows left in partial groups: regroup their tiles band by band.
+                let left = packer.group(spans, false);
+                for tc in tc0..tc0 + width {
+                    let singles =
+                        left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
+                    packer.group(singles, true);
+                }
             }
         }
         let Packer { runs, cols, groups, weights, .. } = packer;
@@ -318,8 +322,9 @@ const SHORT_RUN_ENTRIES: f64 = 6.0;
 /// bands in registers) but a group needs tiles whose patterns agree in both
 /// bands, so it only pays when runs are short and there are enough tile rows
 /// per pattern pair to fill groups of [`GROUP_TILES`].
-fn band_span(a: &PatternAssignment, patterns: usize, entries_per_row: f64) -> usize {
-    let (tiles_down, tiles_across) = a.tile_grid();
+fn band_span(a: &PatternAssignment, patterns: usize, entries_per_row: f64, tiles_down: usize) -> usize {
+    let (_, tiles_across) = a.tile_grid();
+    if std::env::var("PP_NOSPAN").is_ok() { return 1; }
     let pairs = (patterns * patterns).max(1);
     if entries_per_row < SHORT_RUN_ENTRIES && tiles_across >= 2 && tiles_down >= 2 * GROUP_TILES * pairs {
         2
@@ -781,15 +786,15 @@ mod tests {
         let base = Mask::dense(w.rows(), 64);
         let sparse = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
         let dense = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.5)));
-        assert_eq!(band_span(&sparse, 4, 2.0), 2);
-        assert_eq!(band_span(&dense, 4, 8.0), 1);
+        assert_eq!(band_span(&sparse, 4, 2.0, sparse.tile_grid().0), 2);
+        assert_eq!(band_span(&dense, 4, 8.0, dense.tile_grid().0), 1);
         let small = Matrix::random(64, 64, 8, 1.0);
         let a = assign_patterns(
             &small,
             &Mask::dense(64, 64),
             &generate_pattern_set(&small, &Mask::dense(64, 64), &PatternConfig::new(16, 0.875)),
         );
-        assert_eq!(band_span(&a, 4, 2.0), 1, "too few tile rows to fill groups per pattern pair");
+        assert_eq!(band_span(&a, 4, 2.0, a.tile_grid().0), 1, "too few tile rows to fill groups per pattern pair");
     }
 
     #[test]
