@@ -341,18 +341,62 @@ pub fn t_interval_mean(s: &Sample, confidence: f64) -> Estimate {
     let n = s.len() as f64;
     let se = s.std_dev() / n.sqrt();
     let alpha = 1.0 - confidence.clamp(0.0, 1.0);
-    let t = StudentsT::new(0.0, 1.0, n - 1.0)
-        .map(|d| d.inverse_cdf(1.0 - alpha / 2.0))
-        .unwrap_or(f64::INFINITY);
+    let t = StudentsT::new(0.0, 1.0, n - 1.0).map(|d| d.inverse_cdf(1.0 - alpha / 2.0)).unwrap_or(f64::INFINITY);
     let half = if se == 0.0 { 0.0 } else { t * se };
     Estimate { point: mean, lower: mean - half, upper: mean + half }
 }
 
-/// Indices `0..n` drawn with replacement, sorted into `out` as values of `sorted`.
-fn resample_sorted(sorted: &[f64], rng: &mut ChaCha8Rng, out: &mut Vec<f64>) {
-    out.clear();
-    out.extend((0..sorted.len()).map(|_| sorted[rng.random_range(0..sorted.len())]));
-    out.sort_unstable_by(f64::total_cmp);
+/// One bootstrap resample of a sorted sample, held as a count per original point (how often
+/// it was drawn). Since the original is sorted, order statistics of the resample come from
+/// one scan of the counts: O(n) per resample instead of sorting it.
+struct Resample<'a> {
+    sorted: &'a [f64],
+    counts: Vec<u32>,
+}
+
+impl<'a> Resample<'a> {
+    fn new(sorted: &'a [f64]) -> Self {
+        Self { sorted, counts: vec![0; sorted.len()] }
+    }
+
+    /// Draws `n` points with replacement.
+    fn draw(&mut self, rng: &mut ChaCha8Rng) {
+        self.counts.iter_mut().for_each(|c| *c = 0);
+        let n = self.sorted.len();
+        for _ in 0..n {
+            self.counts[rng.random_range(0..n)] += 1;
+        }
+    }
+
+    /// The `k`-th smallest value of the resample (0-based).
+    fn order_statistic(&self, k: usize) -> f64 {
+        let mut seen = 0usize;
+        for (x, c) in self.sorted.iter().zip(&self.counts) {
+            seen += *c as usize;
+            if seen > k {
+                return *x;
+            }
+        }
+        self.sorted[self.sorted.len() - 1]
+    }
+
+    fn statistic(&self, statistic: Statistic) -> f64 {
+        let n = self.sorted.len();
+        let q = match statistic {
+            Statistic::Mean => {
+                return self.sorted.iter().zip(&self.counts).map(|(x, c)| x * *c as f64).sum::<f64>() / n as f64
+            }
+            Statistic::Median => 0.5,
+            Statistic::P90 => 0.9,
+            Statistic::P99 => 0.99,
+        };
+        // Type 7, as `percentile_sorted`.
+        let pos = q * (n - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        let a = self.order_statistic(lo);
+        let b = if hi == lo { a } else { self.order_statistic(hi) };
+        a + (b - a) * (pos - lo as f64)
+    }
 }
 
 /// Percentile bootstrap intervals for several statistics from one set of resamples.
@@ -361,11 +405,11 @@ pub fn bootstrap_intervals(s: &Sample, statistics: &[Statistic], config: &Summar
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let resamples = config.resamples.max(1);
     let mut draws: Vec<Vec<f64>> = vec![Vec::with_capacity(resamples); statistics.len()];
-    let mut buf = Vec::with_capacity(s.len());
+    let mut resample = Resample::new(s.sorted());
     for _ in 0..resamples {
-        resample_sorted(s.sorted(), &mut rng, &mut buf);
+        resample.draw(&mut rng);
         for (stat, d) in statistics.iter().zip(draws.iter_mut()) {
-            d.push(stat.of_sorted(&buf));
+            d.push(resample.statistic(*stat));
         }
     }
     let alpha = 1.0 - config.confidence.clamp(0.0, 1.0);
@@ -421,7 +465,8 @@ pub struct MannWhitney {
 pub fn mann_whitney_u(a: &Sample, b: &Sample) -> MannWhitney {
     let (n1, n2) = (a.len(), b.len());
     // Merge the two sorted samples, assigning mid-ranks to ties.
-    let mut all: Vec<(f64, bool)> = a.sorted().iter().map(|x| (*x, true)).chain(b.sorted().iter().map(|x| (*x, false))).collect();
+    let mut all: Vec<(f64, bool)> =
+        a.sorted().iter().map(|x| (*x, true)).chain(b.sorted().iter().map(|x| (*x, false))).collect();
     all.sort_by(|x, y| x.0.total_cmp(&y.0));
     let n = (n1 + n2) as f64;
     let mut rank_sum_a = 0.0;
@@ -457,6 +502,21 @@ pub fn mann_whitney_u(a: &Sample, b: &Sample) -> MannWhitney {
     MannWhitney { u_a, u_b, z, p_value, prob_a_greater: u_a / (n1f * n2f) }
 }
 
+/// The smallest two-sided p-value [`mann_whitney_u`] can give for samples of these sizes (complete
+/// separation, no ties). When it is not below the significance level, no data of that size can
+/// be called significant, and a comparison should say so rather than report "unchanged".
+pub fn mann_whitney_min_p(n1: usize, n2: usize) -> f64 {
+    let (n1, n2) = (n1 as f64, n2 as f64);
+    let n = n1 + n2;
+    let sigma = (n1 * n2 * (n + 1.0) / 12.0).sqrt();
+    if sigma == 0.0 {
+        return 1.0;
+    }
+    let z = ((n1 * n2 / 2.0) - 0.5).max(0.0) / sigma;
+    let normal = Normal::new(0.0, 1.0).expect("standard normal");
+    (2.0 * normal.sf(z)).min(1.0)
+}
+
 /// The relative change of a statistic from `base` to `candidate`, in percent, with a
 /// percentile-bootstrap interval (both samples resampled independently, seeded).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -481,12 +541,12 @@ pub fn bootstrap_relative_change(
     let c0 = statistic.of(candidate);
     let point = pct(b0, c0);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let (mut bb, mut cb) = (Vec::with_capacity(base.len()), Vec::with_capacity(candidate.len()));
+    let (mut rb, mut rc) = (Resample::new(base.sorted()), Resample::new(candidate.sorted()));
     let mut draws: Vec<f64> = (0..config.resamples.max(1))
         .map(|_| {
-            resample_sorted(base.sorted(), &mut rng, &mut bb);
-            resample_sorted(candidate.sorted(), &mut rng, &mut cb);
-            pct(statistic.of_sorted(&bb), statistic.of_sorted(&cb))
+            rb.draw(&mut rng);
+            rc.draw(&mut rng);
+            pct(rb.statistic(statistic), rc.statistic(statistic))
         })
         .filter(|x| x.is_finite())
         .collect();
@@ -534,5 +594,24 @@ mod tests {
         assert!(matches!(err, SampleError::NotFinite { index: 1, .. }), "{err:?}");
         assert!(Sample::new(vec![1.0, f64::INFINITY]).is_err());
         assert_eq!(Sample::new(vec![2.0, 1.0]).unwrap().sorted(), &[1.0, 2.0]);
+    }
+
+    #[test]
+    fn counted_resample_statistics_match_sorting_the_resample() {
+        // The O(n) order-statistic scan against the obvious oracle: expand and sort.
+        let data: Vec<f64> = (0..37).map(|i| ((i * 7919) % 101) as f64 / 3.0).collect();
+        let s = Sample::new(data).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut r = Resample::new(s.sorted());
+        for _ in 0..50 {
+            r.draw(&mut rng);
+            let mut expanded: Vec<f64> =
+                s.sorted().iter().zip(&r.counts).flat_map(|(x, c)| std::iter::repeat_n(*x, *c as usize)).collect();
+            expanded.sort_by(f64::total_cmp);
+            assert_eq!(expanded.len(), s.len());
+            for st in [Statistic::Mean, Statistic::Median, Statistic::P90, Statistic::P99] {
+                assert!((r.statistic(st) - st.of_sorted(&expanded)).abs() < 1e-9, "{st:?}");
+            }
+        }
     }
 }

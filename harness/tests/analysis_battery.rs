@@ -21,7 +21,18 @@ fn cells(table: &[(u64, u32, &str, &str, f64, f64, f64)], idle_w: f64) -> Vec<Ce
     let mut out = Vec::new();
     for repeat in 0..2 {
         for &(mhz, level, variant, kind, sparsity, ms, mj) in table {
-            out.push(record("b", mhz * MHZ, level, variant, kind, sparsity, repeat, constant_ns(ms, 20), Some(mj), Some(idle_w)));
+            out.push(record(
+                "b",
+                mhz * MHZ,
+                level,
+                variant,
+                kind,
+                sparsity,
+                repeat,
+                constant_ns(ms, 20),
+                Some(mj),
+                Some(idle_w),
+            ));
         }
     }
     out
@@ -204,7 +215,13 @@ fn incomplete_schedule_is_projected_without_the_missing_share_and_says_so() {
 }
 
 fn op(ms: f64, mj: f64, idle: Option<f64>) -> OperatingPoint {
-    OperatingPoint { freq_khz: 1_500_000, variant: "dense".into(), latency_mean_ms: ms, energy_per_inference_mj: mj, idle_power_w: idle }
+    OperatingPoint {
+        freq_khz: 1_500_000,
+        variant: "dense".into(),
+        latency_mean_ms: ms,
+        energy_per_inference_mj: mj,
+        idle_power_w: idle,
+    }
 }
 
 #[test]
@@ -212,12 +229,14 @@ fn periodic_workload_pays_idle_power_between_inferences() {
     // One inference (8 ms, 24 mJ) every 100 ms, idle at 1 W: 0.024 + 1 x 0.092 = 0.116 J per period;
     // 37,800 / 0.116 = 325,862.07 inferences, x 0.1 s = 9.0517 h.
     let w = Workload::Periodic { period: Duration::from_millis(100) };
-    let p = project(&BatteryModel::rt3_default(), &w, &[Segment { share: 1.0, point: op(8.0, 24.0, Some(1.0)) }]).unwrap();
+    let p =
+        project(&BatteryModel::rt3_default(), &w, &[Segment { share: 1.0, point: op(8.0, 24.0, Some(1.0)) }]).unwrap();
     assert!(close(p.inferences, 325_862.068_965_5, 1e-9), "{p:?}");
     assert!(close(p.hours, 9.051_724_137_9, 1e-9), "{p:?}");
     assert!(close(p.mean_power_w, 1.16, 1e-9));
     // A period shorter than the latency is a clear error.
-    let err = work_cost(&op(8.0, 24.0, Some(1.0)), &Workload::Periodic { period: Duration::from_millis(5) }).unwrap_err();
+    let err =
+        work_cost(&op(8.0, 24.0, Some(1.0)), &Workload::Periodic { period: Duration::from_millis(5) }).unwrap_err();
     assert!(err.contains("period 5 ms is shorter than the mean latency") && err.contains("8.000 ms"), "{err}");
     // No idle power measured: said, not guessed.
     let err = work_cost(&op(8.0, 24.0, None), &w).unwrap_err();
@@ -291,7 +310,9 @@ fn paper_model_projection_from_measured_top_level() {
     let four: Vec<CellRecord> = [1400u64, 1200, 1000, 800]
         .iter()
         .enumerate()
-        .map(|(i, mhz)| record("b", mhz * MHZ, i as u32, "dense", "dense", 0.0, 0, constant_ns(10.0, 5), Some(1.0), None))
+        .map(|(i, mhz)| {
+            record("b", mhz * MHZ, i as u32, "dense", "dense", 0.0, 0, constant_ns(10.0, 5), Some(1.0), None)
+        })
         .collect();
     let s = stats(&four);
     let refs: Vec<&CellStats> = s.iter().collect();
@@ -325,13 +346,19 @@ fn battery_csv_has_a_row_per_policy_and_quotes_fields() {
 
 #[test]
 fn missing_energy_is_reported_per_policy() {
-    let recs: Vec<CellRecord> = (0..2)
-        .map(|r| record("b", 1_500_000, 0, "dense", "dense", 0.0, r, constant_ns(8.0, 10), None, None))
-        .collect();
+    let recs: Vec<CellRecord> =
+        (0..2).map(|r| record("b", 1_500_000, 0, "dense", "dense", 0.0, r, constant_ns(8.0, 10), None, None)).collect();
     let s = stats(&recs);
     let refs: Vec<&CellStats> = s.iter().collect();
     let sched = rt3_schedule("b", &refs, &rule(None));
-    let t = harness::analysis::battery::project_board("b", &refs, &sched, &[1.0], &BatteryModel::rt3_default(), Workload::BackToBack);
+    let t = harness::analysis::battery::project_board(
+        "b",
+        &refs,
+        &sched,
+        &[1.0],
+        &BatteryModel::rt3_default(),
+        Workload::BackToBack,
+    );
     let err = t.row(PolicyKind::DenseAtTop).unwrap().outcome.clone().unwrap_err();
     assert!(err.contains("no energy per inference measured"), "{err}");
     assert!(t.notes.iter().any(|n| n.contains("No policy could be projected")));

@@ -103,6 +103,24 @@ fn a_ten_percent_slowdown_is_a_regression() {
 }
 
 #[test]
+fn too_few_repeats_for_the_energy_test_are_said_not_tested() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, cand) = (tmp.path().join("base"), tmp.path().join("cand"));
+    let two = |cells: Vec<CellRecord>| cells.into_iter().filter(|c| c.repeat < 2).collect::<Vec<_>>();
+    make_run(&base, &two(synthetic_cells(1, 1.0)));
+    make_run(&cand, &two(synthetic_cells(2, 1.10)));
+    let cmp = compare_runs(&load_run(&base).unwrap(), &load_run(&cand).unwrap(), &config()).unwrap();
+    for c in &cmp.cells {
+        assert_eq!(c.latency.verdict, Verdict::Regressed);
+        let Verdict::NotTested(why) = &c.energy.verdict else { panic!("{:?}", c.energy) };
+        assert!(why.contains("2 against 2 values cannot reach p < 0.05"), "{why}");
+        // The change itself is still reported.
+        assert!((c.energy.change_pct.point - 10.0).abs() < 1.0, "{:?}", c.energy.change_pct);
+    }
+    assert!(cmp.to_junit().contains("<skipped message=\"2 against 2 values"));
+}
+
+#[test]
 fn identical_runs_are_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, cand) = (tmp.path().join("base"), tmp.path().join("cand"));
@@ -228,7 +246,10 @@ fn battery_command_prints_and_writes_battery_csv() {
     assert!(csv.lines().any(|l| l.contains(",measured,") && l.contains("rt3_schedule")), "{csv}");
     // One level: RT3's three voltages do not apply, so the model rows are absent.
     assert!(!csv.contains(",rt3_model,"), "{csv}");
-    assert_eq!(parse(&[d, "--capacity-mah", "1000", "--voltage", "3.7", "--voltages", "1.1"]).run().unwrap(), ExitCode::SUCCESS);
+    assert_eq!(
+        parse(&[d, "--capacity-mah", "1000", "--voltage", "3.7", "--voltages", "1.1"]).run().unwrap(),
+        ExitCode::SUCCESS
+    );
     let csv = std::fs::read_to_string(dir.join("battery.csv")).unwrap();
     assert!(csv.contains(",13320,"), "{csv}");
     assert!(csv.contains(",rt3_model,"), "{csv}");
@@ -310,4 +331,19 @@ fn check_well_formed(xml: &str) {
     assert!(rest.trim().is_empty(), "text after the root");
     assert!(stack.is_empty(), "unclosed {stack:?}");
     assert_eq!(roots, 1);
+}
+
+/// `hil battery` and `hil compare RUN RUN` on a real results directory:
+/// `HIL_ANALYSIS_RUN_DIR=/path/to/run cargo test -p harness --test analysis_compare -- --ignored --nocapture`.
+/// (Writes battery.csv into that directory, as `hil battery` does.)
+#[test]
+#[ignore = "needs a real run directory in HIL_ANALYSIS_RUN_DIR"]
+fn on_a_real_run_directory() {
+    let dir = std::env::var("HIL_ANALYSIS_RUN_DIR").expect("set HIL_ANALYSIS_RUN_DIR to a results directory");
+    let cmd = battery_cli::BatteryCmd::augment_args(Command::new("battery"));
+    let m = cmd.try_get_matches_from(["battery", dir.as_str()]).unwrap();
+    let code = battery_cli::BatteryCmd::from_arg_matches(&m).unwrap().run().unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+    let code = compare_cmd(&[dir.as_str(), dir.as_str()]).run().unwrap();
+    assert_eq!(code, ExitCode::SUCCESS, "a run compared with itself has no regressions");
 }

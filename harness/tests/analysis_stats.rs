@@ -6,8 +6,8 @@
 //! 2.364624 from tables, and scipy's asymptotic Mann-Whitney U (tie and continuity corrected).
 
 use harness::stats::{
-    bootstrap_relative_change, mann_whitney_u, summarize, t_interval_mean, tukey_outliers, OutlierSeverity, Sample,
-    SampleError, Statistic, SummaryConfig,
+    bootstrap_relative_change, mann_whitney_min_p, mann_whitney_u, summarize, t_interval_mean, tukey_outliers,
+    OutlierSeverity, Sample, SampleError, Statistic, SummaryConfig,
 };
 use proptest::prelude::*;
 
@@ -81,6 +81,11 @@ fn mann_whitney_matches_scipy_asymptotic() {
     assert_eq!(r.u_a, 2.5);
     assert!(close(r.z, -1.488_351_4, 1e-6), "{r:?}");
     assert!(close(r.p_value, 0.136_658_2, 1e-6), "{r:?}");
+    // The best 5-against-5 can do is that complete separation; 3 against 3 cannot reach 0.05:
+    // z = (4.5 - 0.5) / sqrt(9 x 7 / 12) = 1.7457, p = 0.0809; 4 against 4: z = 7.5 / sqrt(12), p = 0.0304.
+    assert!(close(mann_whitney_min_p(5, 5), 0.012_185_780, 1e-7));
+    assert!(close(mann_whitney_min_p(3, 3), 0.080_856, 1e-5), "{}", mann_whitney_min_p(3, 3));
+    assert!(close(mann_whitney_min_p(4, 4), 0.030_383, 1e-5), "{}", mann_whitney_min_p(4, 4));
     // All values tied: no evidence at all.
     let t = Sample::new(vec![3.0, 3.0, 3.0]).unwrap();
     assert_eq!(mann_whitney_u(&t, &t).p_value, 1.0);

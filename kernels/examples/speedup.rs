@@ -103,7 +103,9 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
         tile: None,
         layer: Box::new(DenseLinear::new(w.clone())),
     }];
+    let experiment = std::env::var("PP_EXPERIMENT").ok();
     for s in [0.5, 0.64, 0.75] {
+        if experiment.is_some() { break; }
         let mask = block_mask(&w, BlockShape::strip(BLOCK_ROWS), s);
         cases.push(Case {
             variant: "block".into(),
@@ -113,6 +115,7 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
         });
     }
     for tile in [8, 16, 32, 100] {
+        if experiment.is_some() { break; }
         for s in [0.5, 0.75, 0.875] {
             let cfg =
                 PatternConfig { tile, patterns_per_set: 4, sparsity: s, method: CandidateMethod::Rt3TileSums, seed: 1 };
@@ -125,9 +128,30 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
             });
         }
     }
+    if let Ok(blocks) = std::env::var("PP_EXPERIMENT") {
+        for b in blocks.split(',') {
+            for s in std::env::var("PP_S").map(|v| vec![v.parse().unwrap()]).unwrap_or(vec![0.5, 0.75, 0.875]) {
+                let parts: Vec<&str> = b.split(':').collect();
+                let (b, ch, sp) = (parts[0], parts[1], parts[2]);
+                if sp != "0" { std::env::set_var("PP_SPAN", sp); } else { std::env::remove_var("PP_SPAN"); }
+                std::env::set_var("PP_BLOCK", b);
+                std::env::set_var("PP_CHUNKS", ch);
+                let cfg = PatternConfig { tile: 16, patterns_per_set: 4, sparsity: s, method: CandidateMethod::Rt3TileSums, seed: 1 };
+                let set = generate_pattern_set(&w, &dense, &cfg);
+                cases.push(Case {
+                    variant: "pattern".into(),
+                    base: format!("blk{b}:{ch}:{sp}"),
+                    tile: Some(16),
+                    layer: Box::new(PatternSparseLinear::new(&w, &dense, &set)),
+                });
+                std::env::remove_var("PP_BLOCK");
+            }
+        }
+    }
     // RT3's combination: a BP base at 64 %, then patterns down to the total target.
     let bp = block_mask(&w, BlockShape::strip(BLOCK_ROWS), 0.64);
     for tile in [16, 32] {
+        if experiment.is_some() { break; }
         for s in [0.75, 0.875] {
             let cfg =
                 PatternConfig { tile, patterns_per_set: 4, sparsity: s, method: CandidateMethod::Rt3TileSums, seed: 1 };

@@ -226,7 +226,11 @@ pub fn project(battery: &BatteryModel, workload: &Workload, segments: &[Segment]
         seconds += runs * cost.seconds;
         energy += usable;
     }
-    Ok(Projection { hours: seconds / 3600.0, inferences, mean_power_w: if seconds > 0.0 { energy / seconds } else { 0.0 } })
+    Ok(Projection {
+        hours: seconds / 3600.0,
+        inferences,
+        mean_power_w: if seconds > 0.0 { energy / seconds } else { 0.0 },
+    })
 }
 
 /// Which policy a row is.
@@ -286,7 +290,13 @@ pub struct PolicyRow {
 }
 
 impl PolicyRow {
-    fn single(kind: PolicyKind, op: Result<OperatingPoint, String>, key: (&str, u64), battery: &BatteryModel, workload: &Workload) -> Self {
+    fn single(
+        kind: PolicyKind,
+        op: Result<OperatingPoint, String>,
+        key: (&str, u64),
+        battery: &BatteryModel,
+        workload: &Workload,
+    ) -> Self {
         let (variant, freq_khz) = key;
         let name = match kind {
             PolicyKind::DenseAtTop => format!("dense at top ({variant}@{})", format_khz(freq_khz)),
@@ -336,7 +346,9 @@ impl BatteryTable {
             self.battery.describe(),
             describe_workload(&self.workload)
         );
-        out.push_str("| policy | hours | inferences per charge | mean power (W) | x dense@top | x block@top | note |\n");
+        out.push_str(
+            "| policy | hours | inferences per charge | mean power (W) | x dense@top | x block@top | note |\n",
+        );
         out.push_str("|---|---:|---:|---:|---:|---:|---|\n");
         for r in &self.rows {
             match &r.outcome {
@@ -502,7 +514,14 @@ pub fn project_board(
     if rows.iter().all(|r| r.outcome.is_err()) {
         notes.push("No policy could be projected (see the notes per row).".into());
     }
-    BatteryTable { board: board.to_string(), source: ProjectionSource::Measured, battery: battery.clone(), workload, rows, notes }
+    BatteryTable {
+        board: board.to_string(),
+        source: ProjectionSource::Measured,
+        battery: battery.clone(),
+        workload,
+        rows,
+        notes,
+    }
 }
 
 /// Quotes a CSV field when needed (RFC 4180).

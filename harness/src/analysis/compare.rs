@@ -6,8 +6,9 @@
 //!   test (normal approximation, tie-corrected) on the pooled inferences;
 //! - **energy per inference** (gross): one value per repeat; the change in the mean across
 //!   repeats with a bootstrap interval and the same test. With fewer than two repeats with
-//!   power on a side it is not tested; with few repeats (about four or fewer per side) the
-//!   test cannot reach significance, so energy regressions need repeats.
+//!   power on a side it is not tested, and when the samples are too small for the test ever
+//!   to reach significance (3 against 3 repeats cannot; 4 against 4 can) the metric is
+//!   reported as "not tested" with the change and its interval, never as "unchanged".
 //!
 //! A metric **regressed** only when the change is significant (p < alpha) AND larger than the
 //! noise threshold (default 3 %): a tiny but significant change from thousands of
@@ -26,7 +27,9 @@ use std::path::PathBuf;
 
 use super::cells::{aggregate_cells, CellGroupKey, CellStats};
 use super::load::{RunData, SelftestFailure};
-use crate::stats::{bootstrap_relative_change, mann_whitney_u, Estimate, Sample, Statistic, SummaryConfig};
+use crate::stats::{
+    bootstrap_relative_change, mann_whitney_min_p, mann_whitney_u, Estimate, Sample, Statistic, SummaryConfig,
+};
 
 /// Thresholds and the bootstrap's configuration.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,7 +114,13 @@ pub struct MetricComparison {
 }
 
 impl MetricComparison {
-    fn not_tested(metric: &'static str, unit: &'static str, statistic: Statistic, n: (usize, usize), why: String) -> Self {
+    fn not_tested(
+        metric: &'static str,
+        unit: &'static str,
+        statistic: Statistic,
+        n: (usize, usize),
+        why: String,
+    ) -> Self {
         let nan = Estimate { point: f64::NAN, lower: f64::NAN, upper: f64::NAN };
         Self {
             metric,
@@ -147,8 +156,14 @@ pub fn compare_metric(
     let test = mann_whitney_u(&c, &b);
     let significant = test.p_value < config.alpha;
     let pct = change.change_pct.point;
+    let min_p = mann_whitney_min_p(b.len(), c.len());
     let verdict = if pct.is_nan() {
         Verdict::NotTested(format!("the base {} is zero", statistic.label()))
+    } else if min_p >= config.alpha {
+        Verdict::NotTested(format!(
+            "{} against {} values cannot reach p < {} (at best p = {min_p:.3}); measure more repeats",
+            n.0, n.1, config.alpha
+        ))
     } else if significant && pct > config.threshold_pct {
         Verdict::Regressed
     } else if significant && pct < -config.threshold_pct {
@@ -197,7 +212,9 @@ pub struct CellComparison {
 
 impl CellComparison {
     pub fn regressed(&self) -> bool {
-        self.latency.verdict == Verdict::Regressed || self.energy.verdict == Verdict::Regressed || self.checksum.regressed()
+        self.latency.verdict == Verdict::Regressed
+            || self.energy.verdict == Verdict::Regressed
+            || self.checksum.regressed()
     }
 }
 
@@ -264,7 +281,9 @@ fn check_same_model(base: &RunData, candidate: &RunData) -> Result<(), CompareEr
         return Err(CompareError::DifferentModels { detail: format!("base scenario model {bm:?}, candidate {cm:?}") });
     }
     for (board, b) in &base.info.boards {
-        if let (Some(bmodel), Some(cmodel)) = (&b.model, candidate.info.boards.get(board).and_then(|c| c.model.as_ref())) {
+        if let (Some(bmodel), Some(cmodel)) =
+            (&b.model, candidate.info.boards.get(board).and_then(|c| c.model.as_ref()))
+        {
             if bmodel != cmodel {
                 return Err(CompareError::DifferentModels {
                     detail: format!("board {board} loaded {bmodel} in the base run and {cmodel} in the candidate"),
@@ -388,7 +407,8 @@ impl Comparison {
             self.config.threshold_pct,
             self.config.alpha
         );
-        let _ = writeln!(out, "| cell | metric | base | candidate | change ({conf:.0} % CI) | p | n base/cand | verdict |");
+        let _ =
+            writeln!(out, "| cell | metric | base | candidate | change ({conf:.0} % CI) | p | n base/cand | verdict |");
         out.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");
         for c in &self.cells {
             for m in [&c.latency, &c.energy] {

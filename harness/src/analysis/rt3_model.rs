@@ -53,7 +53,11 @@ pub fn model_levels(levels_khz: &[u64], voltages_v: Option<&[f64]>) -> Result<(V
     let (volts, source): (Vec<f64>, String) = match voltages_v {
         Some(v) if v.len() == levels_khz.len() => (v.to_vec(), "voltages given on the command line".into()),
         Some(v) => {
-            return Err(format!("{} voltages given for {} levels; give one per level, highest first", v.len(), levels_khz.len()))
+            return Err(format!(
+                "{} voltages given for {} levels; give one per level, highest first",
+                v.len(),
+                levels_khz.len()
+            ))
         }
         None if levels_khz.len() == 3 => (
             RT3_VOLTAGES_V.to_vec(),
@@ -93,10 +97,7 @@ pub fn model_projection(
     voltages_v: Option<&[f64]>,
 ) -> BatteryTable {
     let cells: Vec<&CellStats> = cells.iter().copied().filter(|c| c.key.board == board).collect();
-    let battery = BatteryModel {
-        source: "RT3's battery".into(),
-        ..BatteryModel::rt3_default()
-    };
+    let battery = BatteryModel { source: "RT3's battery".into(), ..BatteryModel::rt3_default() };
     let workload = Workload::BackToBack;
     let mut table = BatteryTable {
         board: board.to_string(),

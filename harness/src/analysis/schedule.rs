@@ -86,7 +86,8 @@ pub fn choose(candidates: &[Candidate], rule: &ScheduleRule, freq_khz: u64) -> C
             .then(ca.latency_ms.total_cmp(&cb.latency_ms))
             .then(ca.variant.cmp(&cb.variant))
     };
-    let all_have_accuracy = !meeting.is_empty() && meeting.iter().all(|i| rule.accuracy.contains_key(&candidates[*i].variant));
+    let all_have_accuracy =
+        !meeting.is_empty() && meeting.iter().all(|i| rule.accuracy.contains_key(&candidates[*i].variant));
     let chosen = if all_have_accuracy {
         meeting.iter().copied().min_by(|a, b| {
             let acc = |i: &usize| rule.accuracy[&candidates[*i].variant];
@@ -98,7 +99,10 @@ pub fn choose(candidates: &[Candidate], rule: &ScheduleRule, freq_khz: u64) -> C
     let stat = rule.statistic.label();
     let note = match (chosen, rule.deadline_ms) {
         (None, Some(d)) => {
-            let fastest = candidates.iter().filter(|c| c.latency_ms.is_finite()).min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms));
+            let fastest = candidates
+                .iter()
+                .filter(|c| c.latency_ms.is_finite())
+                .min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms));
             match fastest {
                 Some(f) => format!(
                     "no variant meets the {d} ms deadline ({stat}) at {}; the fastest, {}, has {stat} {:.2} ms",
@@ -197,7 +201,13 @@ impl Rt3Schedule {
                     );
                 }
                 None => {
-                    let _ = writeln!(out, "| {} | {} | none | - | - | - | - | - | {} |", l.level, format_khz(l.freq_khz), l.note);
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | none | - | - | - | - | - | {} |",
+                        l.level,
+                        format_khz(l.freq_khz),
+                        l.note
+                    );
                 }
             }
         }

@@ -38,7 +38,8 @@ pub struct CompareCmd {
 impl CompareCmd {
     pub fn run(self) -> Result<ExitCode> {
         let base = load_run(&self.base).with_context(|| format!("base run {}", self.base.display()))?;
-        let candidate = load_run(&self.candidate).with_context(|| format!("candidate run {}", self.candidate.display()))?;
+        let candidate =
+            load_run(&self.candidate).with_context(|| format!("candidate run {}", self.candidate.display()))?;
         let mut config = CompareConfig::default();
         if let Some(r) = &candidate.scenario.regression {
             config.threshold_pct = r.threshold_pct;

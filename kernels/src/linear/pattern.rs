@@ -50,9 +50,12 @@ pub const GROUP_TILES: usize = 4;
 // The dispatch in `panel_groups` has passes of 1 to 6 tiles.
 const _: () = assert!(GROUP_TILES >= 1 && GROUP_TILES <= 6);
 
-/// Token vectors per panel: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
+/// Token vectors per chunk: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
 /// + 4 weight broadcasts) against 16 FMAs.
-const PANEL_VECTORS: usize = 4;
+const CHUNK_VECTORS: usize = 4;
+
+/// Chunks per panel.
+const PANEL_CHUNKS: usize = 2;
 
 /// One run of a group's index list: in-tile output row `row` takes the
 /// entries `start..start + len` of the column list.
@@ -99,6 +102,8 @@ pub struct PatternSparseLinear {
     weights: Vec<f32>,
     nnz: usize,
     backend: Backend,
+    /// Chunks of [`CHUNK_VECTORS`] token vectors per panel.
+    panel_chunks: usize,
     /// The set's final mask sparsity (BP and PP zeros together).
     mask_sparsity: f64,
 }
@@ -195,7 +200,7 @@ impl PatternSparseLinear {
         };
         let per_row = packer.stored_per_row(tiles_down, tiles_across);
         let block_rows = std::env::var("PP_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(tiles_down).max(1);
-        let span = span.unwrap_or_else(|| band_span(assignment, patterns, per_row, block_rows.min(tiles_down))).max(1);
+        let span = span.or_else(|| std::env::var("PP_SPAN").ok().and_then(|v| v.parse().ok())).unwrap_or_else(|| band_span(assignment, patterns, per_row, block_rows.min(tiles_down))).max(1);
         for tr0 in (0..tiles_down).step_by(block_rows) {
             let block = tr0..(tr0 + block_rows).min(tiles_down);
             // Band by band (or pair by pair), so a band's `xᵀ` rows stay in L1 while its groups run.
@@ -230,13 +235,14 @@ impl PatternSparseLinear {
             weights,
             nnz,
             backend,
+            panel_chunks: std::env::var("PP_CHUNKS").ok().and_then(|v| v.parse().ok()).unwrap_or(PANEL_CHUNKS),
             mask_sparsity: mask.sparsity(),
         }
     }
 
     /// Tokens per panel for this layer's backend.
     fn panel_width(&self) -> usize {
-        PANEL_VECTORS * self.backend.lanes()
+        self.panel_chunks * CHUNK_VECTORS * self.backend.lanes()
     }
 
     /// Computes one panel: `xs` holds `xᵀ` (`in_padded x pw`, padded rows zero),
@@ -245,7 +251,7 @@ impl PatternSparseLinear {
     fn run_panel(&self, xs: &[f32], ys: &mut [f32], vectors: usize) {
         let pw = self.panel_width();
         assert!(xs.len() >= self.in_padded * pw && ys.len() >= self.out_padded * pw, "pattern panel scratch too small");
-        assert!((1..=PANEL_VECTORS).contains(&vectors));
+        assert!(vectors >= 1 && vectors * self.backend.lanes() <= pw);
         let (xs, ys) = (xs.as_ptr(), ys.as_mut_ptr());
         // SAFETY: `pack` only produces row offsets inside the padded panels (x_row + col < in_padded,
         // y_row + row < out_padded) and weight offsets inside `weights`; the scratch sizes were checked
@@ -253,12 +259,12 @@ impl PatternSparseLinear {
         unsafe {
             match self.backend {
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx512 => x86_panels::avx512(self, xs, ys, vectors),
+                Backend::Avx512 => x86_panels::avx512(self, xs, ys, pw, vectors),
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx2Fma => x86_panels::avx2(self, xs, ys, vectors),
+                Backend::Avx2Fma => x86_panels::avx2(self, xs, ys, pw, vectors),
                 #[cfg(target_arch = "aarch64")]
-                Backend::Neon => neon_panels::neon(self, xs, ys, vectors),
-                _ => panel_for_vectors::<ScalarLanes, 2>(self, xs, ys, vectors),
+                Backend::Neon => neon_panels::neon(self, xs, ys, pw, vectors),
+                _ => panel_groups::<ScalarLanes, 2>(self, xs, ys, pw, vectors),
             }
         }
     }
@@ -514,130 +520,133 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
     }
 }
 
-/// Runs every group of `layer` on one panel with `V` live token vectors,
-/// splitting groups into passes of at most `KMAX` tiles.
+/// Runs every group of `layer` on one panel of `vectors` live token vectors,
+/// chunk by chunk of [`CHUNK_VECTORS`] inside each group (so the group's
+/// weights and index list are read from memory once per panel and come from
+/// L1 for the other chunks), splitting groups into passes of at most `KMAX` tiles.
 ///
 /// # Safety
 /// As [`PatternSparseLinear::run_panel`] documents for its backend call.
 #[inline(always)]
-unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
+unsafe fn panel_groups<S: F32Vector, const KMAX: usize>(
     layer: &PatternSparseLinear,
     xs: *const f32,
     ys: *mut f32,
+    pw: usize,
+    vectors: usize,
 ) {
-    let pw = PANEL_VECTORS * S::LANES;
+    let chunk = CHUNK_VECTORS * S::LANES;
     for g in &layer.groups {
-        // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds.
+        // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds,
+        // and chunk `c` covers token vectors `c * CHUNK_VECTORS..` of at most `vectors` live ones.
         unsafe {
             let runs = layer.runs.get_unchecked(g.runs_start as usize..g.runs_end as usize);
-            let x_band = xs.add(g.x_row as usize * pw);
-            let w = layer.weights.as_ptr().add(g.weights as usize);
-            let kstride = g.tiles as usize;
-            let yp = |k: usize| ys.add(g.y_rows[k] as usize * pw);
-            let mut k0 = 0;
-            while k0 < kstride {
-                let k = (kstride - k0).min(KMAX);
-                let wk = w.add(k0);
-                match k {
-                    1 => group_pass::<S, 1, V>(runs, &layer.cols, wk, kstride, x_band, [yp(k0)], pw),
-                    2 => group_pass::<S, 2, V>(runs, &layer.cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1)], pw),
-                    3 => group_pass::<S, 3, V>(
-                        runs,
-                        &layer.cols,
-                        wk,
-                        kstride,
-                        x_band,
-                        [yp(k0), yp(k0 + 1), yp(k0 + 2)],
-                        pw,
-                    ),
-                    4 => group_pass::<S, 4, V>(
-                        runs,
-                        &layer.cols,
-                        wk,
-                        kstride,
-                        x_band,
-                        [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3)],
-                        pw,
-                    ),
-                    5 => group_pass::<S, 5, V>(
-                        runs,
-                        &layer.cols,
-                        wk,
-                        kstride,
-                        x_band,
-                        [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4)],
-                        pw,
-                    ),
-                    6 => group_pass::<S, 6, V>(
-                        runs,
-                        &layer.cols,
-                        wk,
-                        kstride,
-                        x_band,
-                        [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4), yp(k0 + 5)],
-                        pw,
-                    ),
-                    // `pack` never makes groups larger than GROUP_TILES, and every backend's KMAX is <= 6.
-                    _ => unreachable!("pattern group pass of {k} tiles"),
+            for c in 0..vectors.div_ceil(CHUNK_VECTORS) {
+                let x_band = xs.add(g.x_row as usize * pw + c * chunk);
+                let y = ys.add(c * chunk);
+                match (vectors - c * CHUNK_VECTORS).min(CHUNK_VECTORS) {
+                    1 => group_chunk::<S, 1, KMAX>(layer, g, runs, x_band, y, pw),
+                    2 => group_chunk::<S, 2, KMAX>(layer, g, runs, x_band, y, pw),
+                    3 => group_chunk::<S, 3, KMAX>(layer, g, runs, x_band, y, pw),
+                    _ => group_chunk::<S, CHUNK_VECTORS, KMAX>(layer, g, runs, x_band, y, pw),
                 }
-                k0 += k;
             }
         }
     }
 }
 
-/// Dispatches on the number of live token vectors (the last panel may be narrower).
+/// One group on one chunk of `V` token vectors, in passes of at most `KMAX` tiles.
 ///
 /// # Safety
-/// As [`panel_groups`].
+/// As [`panel_groups`]; `x_band` and `ys` point at the chunk's first token.
 #[inline(always)]
-unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(
+unsafe fn group_chunk<S: F32Vector, const V: usize, const KMAX: usize>(
     layer: &PatternSparseLinear,
-    xs: *const f32,
+    g: &TileGroup,
+    runs: &[RowRun],
+    x_band: *const f32,
     ys: *mut f32,
-    vectors: usize,
+    pw: usize,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        match vectors {
-            1 => panel_groups::<S, 1, KMAX>(layer, xs, ys),
-            2 => panel_groups::<S, 2, KMAX>(layer, xs, ys),
-            3 => panel_groups::<S, 3, KMAX>(layer, xs, ys),
-            _ => panel_groups::<S, 4, KMAX>(layer, xs, ys),
+        let w = layer.weights.as_ptr().add(g.weights as usize);
+        let kstride = g.tiles as usize;
+        let yp = |k: usize| ys.add(g.y_rows[k] as usize * pw);
+        let cols = &layer.cols;
+        let mut k0 = 0;
+        while k0 < kstride {
+            let k = (kstride - k0).min(KMAX);
+            let wk = w.add(k0);
+            match k {
+                1 => group_pass::<S, 1, V>(runs, cols, wk, kstride, x_band, [yp(k0)], pw),
+                2 => group_pass::<S, 2, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1)], pw),
+                3 => group_pass::<S, 3, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1), yp(k0 + 2)], pw),
+                4 => group_pass::<S, 4, V>(
+                    runs,
+                    cols,
+                    wk,
+                    kstride,
+                    x_band,
+                    [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3)],
+                    pw,
+                ),
+                5 => group_pass::<S, 5, V>(
+                    runs,
+                    cols,
+                    wk,
+                    kstride,
+                    x_band,
+                    [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4)],
+                    pw,
+                ),
+                6 => group_pass::<S, 6, V>(
+                    runs,
+                    cols,
+                    wk,
+                    kstride,
+                    x_band,
+                    [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4), yp(k0 + 5)],
+                    pw,
+                ),
+                // `pack` never makes groups larger than GROUP_TILES, and every backend's KMAX is <= 6.
+                _ => unreachable!("pattern group pass of {k} tiles"),
+            }
+            k0 += k;
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86_panels {
-    use super::{panel_for_vectors, PatternSparseLinear};
+    use super::{panel_groups, PatternSparseLinear};
     use crate::simd::x86::{Avx2Fma, Avx512};
 
     /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, pw: usize, vectors: usize) {
         // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx512, 4>(layer, xs, ys, vectors) }
+        unsafe { panel_groups::<Avx512, 4>(layer, xs, ys, pw, vectors) }
     }
 
     /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, pw: usize, vectors: usize) {
         // SAFETY: AVX2 and FMA are enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, xs, ys, vectors) }
+        unsafe { panel_groups::<Avx2Fma, 2>(layer, xs, ys, pw, vectors) }
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 mod neon_panels {
-    use super::{panel_for_vectors, PatternSparseLinear};
+    use super::{panel_groups, PatternSparseLinear};
     use crate::simd::neon::Neon;
 
     /// 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn neon(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn neon(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, pw: usize, vectors: usize) {
         // SAFETY: NEON is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Neon, 4>(layer, xs, ys, vectors) }
+        unsafe { panel_groups::<Neon, 4>(layer, xs, ys, pw, vectors) }
     }
 }
 

@@ -1,0 +1,1040 @@
+//! What the report says: builds the [`Document`] from a loaded run, its analysis and its
+//! power traces. Pure: no I/O, no clock, everything sorted, so the same directory gives the
+//! same report bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::document::{Align, BannerKind, Block, Document, Figure, Table};
+use super::plots::{self, Bar, BarPlot, ReferenceLine, Series, SeriesStyle, Whisker, XyPlot};
+use super::power_trace::{PowerTrace, TRACE_BINS};
+use crate::analysis::battery::describe_workload;
+use crate::analysis::{BatteryTable, CellStats, PolicyKind, ProjectionSource, Rt3Schedule, RunAnalysis, RunData};
+use crate::results::CellRecord;
+use crate::scenario::units::format_khz;
+use crate::scenario::Workload;
+use crate::stats::{Estimate, Statistic};
+
+/// RT3's claim: pattern sets switch "within 45 ms" (abstract, arXiv 2102.06336).
+pub const RT3_SWITCH_BUDGET_MS: f64 = 45.0;
+
+/// `v` with `decimals`, `-` when missing or not finite.
+pub(crate) fn num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "-".into(),
+    }
+}
+
+/// `point [lower, upper]`.
+fn with_ci(e: &Estimate, decimals: usize) -> String {
+    format!("{} [{}, {}]", num(Some(e.point), decimals), num(Some(e.lower), decimals), num(Some(e.upper), decimals))
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+fn str_at(v: &Value, pointer: &str) -> Option<String> {
+    match v.pointer(pointer)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn mhz(freq_khz: u64) -> f64 {
+    freq_khz as f64 / 1e3
+}
+
+/// Variants in the scenario's order, then any the journal has that the scenario does not.
+fn variant_order(run: &RunData) -> Vec<String> {
+    let mut order: Vec<String> = run.scenario.variants.iter().map(|v| v.name.clone()).collect();
+    for c in &run.cells {
+        if !order.contains(&c.variant) {
+            order.push(c.variant.clone());
+        }
+    }
+    order
+}
+
+/// Every board the run knows of (run.json and journal), in name order.
+pub(crate) fn board_names(run: &RunData) -> Vec<String> {
+    let set: BTreeSet<String> = run.info.boards.keys().cloned().chain(run.cells.iter().map(|c| c.board.clone())).collect();
+    set.into_iter().collect()
+}
+
+/// Whether `board` was simulated (run.json says so, or any of its cells does).
+pub(crate) fn board_simulated(run: &RunData, board: &str) -> bool {
+    run.info.boards.get(board).is_some_and(|b| b.simulated) || run.cells.iter().any(|c| c.board == board && c.simulated)
+}
+
+/// The builder's shared context.
+struct Ctx<'a> {
+    run: &'a RunData,
+    analysis: &'a RunAnalysis,
+    variants: Vec<String>,
+    boards: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn color_of(&self, variant: &str) -> usize {
+        self.variants.iter().position(|v| v == variant).unwrap_or(self.variants.len())
+    }
+    fn board_json(&self, board: &str) -> &Value {
+        self.run.info.raw.pointer(&format!("/boards/{}", board.replace('~', "~0").replace('/', "~1"))).unwrap_or(&Value::Null)
+    }
+    fn cells_of(&self, board: &str) -> Vec<&CellStats> {
+        self.analysis.cells.iter().filter(|c| c.key.board == board).collect()
+    }
+}
+
+/// Builds the whole report.
+pub fn build_document(run: &RunData, analysis: &RunAnalysis, traces: &[PowerTrace]) -> Document {
+    let ctx = Ctx { run, analysis, variants: variant_order(run), boards: board_names(run) };
+    let mut doc = Document { title: format!("hil report: {}", run.scenario.name), blocks: Vec::new() };
+    banners(&ctx, &mut doc);
+    run_section(&ctx, &mut doc);
+    boards_section(&ctx, &mut doc);
+    cells_section(&ctx, &mut doc);
+    frequency_plots(&ctx, &mut doc);
+    schedule_section(&ctx, &mut doc);
+    battery_section(&ctx, &mut doc);
+    switching_section(&ctx, &mut doc);
+    power_section(&ctx, traces, &mut doc);
+    method_section(&ctx, &mut doc);
+    doc
+}
+
+fn banners(ctx: &Ctx, doc: &mut Document) {
+    let simulated: Vec<&String> = ctx.boards.iter().filter(|b| board_simulated(ctx.run, b)).collect();
+    if !simulated.is_empty() {
+        let mut lines = vec![
+            "This run measured a simulated board, not ARM hardware: latency comes from this host's CPU (throttled to \
+             follow the simulated frequency) and power from the simulator's model, read through an emulated monitor. \
+             Use these numbers to check the tooling, not to judge a board."
+                .to_string(),
+        ];
+        for b in simulated {
+            let what = ctx
+                .run
+                .info
+                .boards
+                .get(b.as_str())
+                .and_then(|i| i.simulation.clone())
+                .unwrap_or_else(|| "simulated (no description recorded in run.json)".into());
+            lines.push(format!("Board {b}: {what}"));
+        }
+        doc.blocks.push(Block::Banner { kind: BannerKind::Warning, title: "SIMULATED".into(), lines });
+    }
+    if ctx.run.info.interrupted {
+        doc.blocks.push(Block::Banner {
+            kind: BannerKind::Warning,
+            title: "INTERRUPTED".into(),
+            lines: vec!["The run was interrupted: only the cells that finished are reported. `hil run --resume RUN_DIR` \
+                         completes it."
+                .into()],
+        });
+    }
+    if ctx.run.cells.is_empty() {
+        doc.blocks.push(Block::Banner {
+            kind: BannerKind::Note,
+            title: "NO CELLS".into(),
+            lines: vec!["The journal (cells.jsonl) holds no finished cell: there is nothing to report yet.".into()],
+        });
+    }
+}
+
+fn run_section(ctx: &Ctx, doc: &mut Document) {
+    let run = ctx.run;
+    let info = &run.info;
+    doc.heading(2, "Run");
+    if let Some(d) = &run.scenario.description {
+        doc.paragraph(d.trim());
+    }
+    let levels: BTreeSet<u64> = run.cells.iter().map(|c| c.freq_khz).collect();
+    let repeats: BTreeSet<u32> = run.cells.iter().map(|c| c.repeat).collect();
+    let measured_variants: BTreeSet<&str> = run.cells.iter().map(|c| c.variant.as_str()).collect();
+    let deadline = match run.scenario.constraints.latency_deadline {
+        Some(d) => format!("{} ms, judged on the p99 latency of each cell", d.as_secs_f64() * 1e3),
+        None => "none".into(),
+    };
+    let unknown = || "unknown".to_string();
+    let facts = vec![
+        ("scenario".to_string(), run.scenario.name.clone()),
+        ("scenario SHA-256".into(), info.scenario_sha256.clone().unwrap_or_else(unknown)),
+        ("harness version".into(), info.harness_version.clone().unwrap_or_else(unknown)),
+        ("git commit".into(), info.git_commit.clone().unwrap_or_else(unknown)),
+        ("host".into(), info.host.clone().unwrap_or_else(unknown)),
+        ("started".into(), info.started_at.clone().unwrap_or_else(unknown)),
+        ("finished".into(), info.finished_at.clone().unwrap_or_else(|| "not finished".into())),
+        ("interrupted".into(), yes_no(info.interrupted)),
+        (
+            "cells".into(),
+            format!(
+                "{} finished ({} boards, {} frequencies, {} variants, {} repeats)",
+                run.cells.len(),
+                ctx.boards.len(),
+                levels.len(),
+                measured_variants.len(),
+                repeats.len()
+            ),
+        ),
+        ("latency deadline".into(), deadline),
+        ("workload".into(), describe_workload(&run.scenario.policy.workload)),
+    ];
+    doc.facts(facts);
+}
+
+/// `k=v, k=v` from a `[[k, v], ...]` array.
+fn pairs(v: Option<&Value>) -> Option<String> {
+    let items = v?.as_array()?;
+    let text: Vec<String> = items
+        .iter()
+        .filter_map(|p| {
+            let p = p.as_array()?;
+            let k = p.first()?.as_str()?;
+            let v = match p.get(1)? {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Some(format!("{k}={v}"))
+        })
+        .collect();
+    (!text.is_empty()).then(|| text.join(", "))
+}
+
+fn string_list(v: Option<&Value>) -> Option<String> {
+    let items = v?.as_array()?;
+    let text: Vec<String> = items
+        .iter()
+        .map(|i| match i {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    (!text.is_empty()).then(|| text.join(", "))
+}
+
+fn boards_section(ctx: &Ctx, doc: &mut Document) {
+    doc.heading(2, "Boards");
+    for board in &ctx.boards {
+        let b = ctx.board_json(board);
+        let info = ctx.run.info.boards.get(board.as_str()).cloned().unwrap_or_default();
+        let simulated = board_simulated(ctx.run, board);
+        doc.heading(3, format!("Board {board}{}", if simulated { " (SIMULATED)" } else { "" }));
+        let mut facts: Vec<(String, String)> = Vec::new();
+        let mut fact = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                facts.push((k.to_string(), v));
+            }
+        };
+        fact(
+            "hardware",
+            Some(if simulated {
+                format!("SIMULATED: {}", info.simulation.clone().unwrap_or_else(|| "no description recorded".into()))
+            } else {
+                "real board".into()
+            }),
+        );
+        fact("transport", str_at(b, "/transport"));
+        fact("architecture", str_at(b, "/agent_hello/arch").or_else(|| str_at(b, "/probe/arch")));
+        fact("kernel", info.kernel_release.clone().or_else(|| str_at(b, "/probe/kernel")));
+        fact("CPU", info.cpu_model.clone().or_else(|| str_at(b, "/probe/cpu/model")));
+        fact("board model", str_at(b, "/probe/cpu/board_model").or_else(|| str_at(b, "/agent_hello/board_model")));
+        fact("cores", str_at(b, "/agent_hello/cores").or_else(|| str_at(b, "/probe/cpu/cores")));
+        fact("agent CPUs", string_list(b.pointer("/agent_hello/allowed_cpus")));
+        fact("SIMD", string_list(b.pointer("/agent_hello/simd")));
+        fact("cpufreq policies", string_list(b.get("policies")));
+        fact(
+            "levels measured",
+            b.get("levels_khz").and_then(Value::as_array).map(|l| {
+                l.iter().filter_map(Value::as_u64).map(format_khz).collect::<Vec<_>>().join(", ")
+            }),
+        );
+        fact(
+            "cpufreq before the run",
+            b.pointer("/saved_dvfs/policies").and_then(Value::as_array).map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "policy{}: {} {}-{}",
+                            str_at(p, "/policy").unwrap_or_else(|| "?".into()),
+                            str_at(p, "/governor").unwrap_or_else(|| "?".into()),
+                            p.get("min_khz").and_then(Value::as_u64).map(format_khz).unwrap_or_else(|| "?".into()),
+                            p.get("max_khz").and_then(Value::as_u64).map(format_khz).unwrap_or_else(|| "?".into()),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+        );
+        fact(
+            "thermal zones",
+            b.pointer("/probe/thermal_zones").and_then(Value::as_array).and_then(|zs| {
+                let text: Vec<String> = zs
+                    .iter()
+                    .map(|z| {
+                        let temp = z.get("temp_millicelsius").and_then(Value::as_f64).map(|t| format!(" {:.1} °C at probe", t / 1e3));
+                        format!("{}{}", str_at(z, "/type").unwrap_or_else(|| "?".into()), temp.unwrap_or_default())
+                    })
+                    .collect();
+                (!text.is_empty()).then(|| text.join(", "))
+            }),
+        );
+        fact("agent version", info.agent_version.clone());
+        fact("agent SHA-256", str_at(b, "/agent/sha256"));
+        fact("agent path", str_at(b, "/agent/remote_path"));
+        match b.get("monitor").filter(|m| m.is_object()) {
+            Some(m) => {
+                fact("power monitor", str_at(m, "/model"));
+                fact("monitor serial", Some(str_at(m, "/serial").unwrap_or_else(|| "not reported".into())));
+                fact("monitor sample rate", m.get("sample_rate_hz").and_then(Value::as_f64).map(|r| format!("{r} Hz")));
+                fact("monitor sample clock", str_at(m, "/clock"));
+                fact("monitor calibration", Some(pairs(m.get("calibration")).unwrap_or_else(|| "none reported".into())));
+            }
+            None => fact("power monitor", Some("none: no energy or power figures".into())),
+        }
+        if let Some(model) = &info.model {
+            let text: Vec<String> = ["preset", "source", "path", "layers", "d_model", "heads", "ffn", "seq", "seed"]
+                .iter()
+                .filter_map(|k| model.get(*k).filter(|v| !v.is_null()).map(|v| (k, v)))
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k} {s}"),
+                    other => format!("{k} {other}"),
+                })
+                .collect();
+            fact("model", Some(text.join(", ")));
+        }
+        if let Some(st) = &info.selftest {
+            let text = if st.passed {
+                "passed".to_string()
+            } else {
+                let failed: Vec<String> = st
+                    .failures
+                    .iter()
+                    .map(|f| format!("{} (worst {}, max abs err {})", f.variant, f.worst, num(f.max_abs_err, 6)))
+                    .collect();
+                format!("FAILED: {}", failed.join("; "))
+            };
+            fact("kernel selftest", Some(text));
+        }
+        doc.facts(facts);
+        if let Some(variants) = b.pointer("/model/variants").and_then(Value::as_array).filter(|v| !v.is_empty()) {
+            let mut t = Table::new(&[
+                ("variant", Align::Left),
+                ("kind", Align::Left),
+                ("base", Align::Left),
+                ("sparsity", Align::Right),
+                ("non-zero weights", Align::Right),
+                ("bytes", Align::Right),
+                ("prepare (ms)", Align::Right),
+                ("pattern generation (ms)", Align::Right),
+            ]);
+            let ms = |v: &Value, k: &str| num(v.get(k).and_then(Value::as_f64).map(|ns| ns / 1e6), 1);
+            for v in variants {
+                t.push(vec![
+                    str_at(v, "/name").unwrap_or_default(),
+                    str_at(v, "/kind").unwrap_or_default(),
+                    str_at(v, "/base").unwrap_or_else(|| "-".into()),
+                    num(v.get("sparsity").and_then(Value::as_f64), 3),
+                    str_at(v, "/nnz").unwrap_or_else(|| "-".into()),
+                    str_at(v, "/bytes").unwrap_or_else(|| "-".into()),
+                    ms(v, "prepare_ns"),
+                    ms(v, "pattern_generation_ns"),
+                ]);
+            }
+            doc.paragraph(format!("Variants the agent loaded on {board}:"));
+            doc.table(t);
+        }
+    }
+}
+
+fn flags(c: &CellStats) -> String {
+    let mut out = Vec::new();
+    if c.unverified_freq_repeats > 0 {
+        out.push(format!("frequency not verified in {} repeat(s)", c.unverified_freq_repeats));
+    }
+    if c.throttled_repeats > 0 {
+        out.push(format!("throttled in {} repeat(s)", c.throttled_repeats));
+    }
+    if c.power_flagged_repeats > 0 {
+        out.push(format!("power flagged in {} repeat(s)", c.power_flagged_repeats));
+    }
+    if let Some(l) = &c.latency {
+        if l.outliers.count() > 0 {
+            out.push(format!("{} latency outlier(s), {} extreme (kept)", l.outliers.count(), l.outliers.count_extreme()));
+        }
+    }
+    if c.checksums.len() > 1 {
+        out.push(format!("{} different output checksums across repeats", c.checksums.len()));
+    }
+    if out.is_empty() {
+        "-".into()
+    } else {
+        out.join("; ")
+    }
+}
+
+fn cells_section(ctx: &Ctx, doc: &mut Document) {
+    let run = ctx.run;
+    doc.heading(2, "Results per cell");
+    let deadline = run.scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3);
+    doc.paragraph(
+        "One row per (board, frequency, variant), repeats pooled: latency over every timed inference of every \
+         repeat, energy per inference across repeats (gross: window energy over inferences, the board's idle power \
+         included; net: idle power at the same frequency subtracted). Brackets are 95 % confidence intervals (see \
+         Method). The deadline is met when the pooled p99 latency is at most the deadline.",
+    );
+    for board in &ctx.boards {
+        let cells = ctx.cells_of(board);
+        if cells.is_empty() {
+            continue;
+        }
+        doc.heading(3, format!("Board {board}"));
+        let mut t = Table::new(&[
+            ("level", Align::Right),
+            ("frequency", Align::Right),
+            ("variant", Align::Left),
+            ("kind", Align::Left),
+            ("sparsity", Align::Right),
+            ("repeats", Align::Right),
+            ("inferences", Align::Right),
+            ("median latency (ms)", Align::Right),
+            ("p99 latency (ms)", Align::Right),
+            ("deadline", Align::Left),
+            ("energy/inference (mJ)", Align::Right),
+            ("net energy/inference (mJ)", Align::Right),
+            ("mean power (W)", Align::Right),
+            ("idle power (W)", Align::Right),
+            ("flags", Align::Left),
+        ]);
+        for c in cells {
+            let (median, p99) = match &c.latency {
+                Some(l) => (with_ci(&l.median, 3), with_ci(&l.p99, 3)),
+                None => (num(Some(c.latency_ms(Statistic::Median)), 3), num(Some(c.latency_ms(Statistic::P99)), 3)),
+            };
+            let met = match deadline {
+                Some(d) => {
+                    let p = c.latency_ms(Statistic::P99);
+                    if !p.is_finite() {
+                        "-".to_string()
+                    } else if p <= d {
+                        "met".into()
+                    } else {
+                        "MISSED".into()
+                    }
+                }
+                None => "-".into(),
+            };
+            let energy = match &c.energy {
+                Some(e) => with_ci(&e.mean, 3),
+                None => num(c.energy_mean_mj(), 3),
+            };
+            t.push(vec![
+                c.level.to_string(),
+                format_khz(c.key.freq_khz),
+                c.key.variant.clone(),
+                c.variant_kind.clone(),
+                num(Some(c.sparsity), 3),
+                c.repeats.to_string(),
+                c.iterations.to_string(),
+                median,
+                p99,
+                met,
+                energy,
+                num(c.net_energy_mean_mj(), 3),
+                num(c.mean_power_mean_w(), 3),
+                num(c.idle_power_mean_w(), 3),
+                flags(c),
+            ]);
+        }
+        doc.table(t);
+        doc.paragraph(format!("Every repeat on {board}, as journaled (cells.jsonl):"));
+        doc.table(repeat_table(ctx, board));
+    }
+}
+
+fn repeat_table(ctx: &Ctx, board: &str) -> Table {
+    let mut rows: Vec<&CellRecord> = ctx.run.cells.iter().filter(|c| c.board == board).collect();
+    rows.sort_by(|a, b| {
+        (std::cmp::Reverse(a.freq_khz), ctx.color_of(&a.variant), &a.variant, a.repeat).cmp(&(
+            std::cmp::Reverse(b.freq_khz),
+            ctx.color_of(&b.variant),
+            &b.variant,
+            b.repeat,
+        ))
+    });
+    let mut t = Table::new(&[
+        ("frequency", Align::Right),
+        ("variant", Align::Left),
+        ("repeat", Align::Right),
+        ("inferences", Align::Right),
+        ("median (ms)", Align::Right),
+        ("p99 (ms)", Align::Right),
+        ("deadline met", Align::Left),
+        ("energy/inference (mJ)", Align::Right),
+        ("net (mJ)", Align::Right),
+        ("mean power (W)", Align::Right),
+        ("idle (W)", Align::Right),
+        ("frequency verified", Align::Left),
+        ("throttled", Align::Left),
+        ("temperature (°C)", Align::Right),
+        ("lost samples", Align::Right),
+        ("clock offset ± (µs)", Align::Right),
+        ("checksum", Align::Left),
+    ]);
+    for c in rows {
+        let temp = match (c.temp_before_c, c.temp_after_c) {
+            (None, None) => "-".to_string(),
+            (a, b) => format!("{} → {}", num(a, 1), num(b, 1)),
+        };
+        let freq_verified = match c.cur_freq_khz {
+            Some(cur) if !c.freq_verified => format!("no (read {})", format_khz(cur)),
+            _ => yes_no(c.freq_verified),
+        };
+        t.push(vec![
+            format_khz(c.freq_khz),
+            c.variant.clone(),
+            c.repeat.to_string(),
+            c.iterations.to_string(),
+            num(Some(c.latency_median_ms), 3),
+            num(Some(c.latency_p99_ms), 3),
+            c.deadline_met.map(yes_no).unwrap_or_else(|| "-".into()),
+            num(c.energy_per_inference_mj, 3),
+            num(c.net_energy_per_inference_mj, 3),
+            num(c.mean_power_w, 3),
+            num(c.idle_power_w, 3),
+            freq_verified,
+            yes_no(c.throttled),
+            temp,
+            c.lost_samples.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            num(c.clock_offset_uncertainty_us, 1),
+            c.checksum.clone(),
+        ]);
+    }
+    t
+}
+
+/// A plot, or a paragraph saying why there is none.
+fn push_plot(doc: &mut Document, file: String, caption: String, svg: Result<String, plots::PlotError>) {
+    match svg {
+        Ok(svg) => doc.figure(Figure { file, svg, caption }),
+        Err(e) => doc.paragraph(format!("No plot: {e}.")),
+    }
+}
+
+/// One series per variant of `cells`: `value` against frequency (MHz), with whiskers.
+fn frequency_series(ctx: &Ctx, cells: &[&CellStats], value: impl Fn(&CellStats) -> Option<Estimate>) -> Vec<Series> {
+    let mut by_variant: BTreeMap<(usize, String), Vec<(f64, Estimate)>> = BTreeMap::new();
+    for c in cells {
+        if let Some(e) = value(c).filter(|e| e.point.is_finite()) {
+            by_variant.entry((ctx.color_of(&c.key.variant), c.key.variant.clone())).or_default().push((mhz(c.key.freq_khz), e));
+        }
+    }
+    by_variant
+        .into_iter()
+        .map(|((color, name), mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series {
+                name,
+                color,
+                style: SeriesStyle::LineAndPoints,
+                paths: vec![points.iter().map(|(x, e)| (*x, e.point)).collect()],
+                whiskers: points
+                    .iter()
+                    .filter(|(_, e)| e.lower.is_finite() && e.upper.is_finite() && e.upper > e.lower)
+                    .map(|(x, e)| Whisker { x: *x, low: e.lower, high: e.upper })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
+    if ctx.analysis.cells.is_empty() {
+        return;
+    }
+    doc.heading(2, "Latency and energy against frequency");
+    let deadline = ctx.run.scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3);
+    for board in &ctx.boards {
+        let cells = ctx.cells_of(board);
+        if cells.is_empty() {
+            continue;
+        }
+        let latency = XyPlot {
+            title: format!("Median latency per inference, board {board}"),
+            x_label: "CPU frequency (MHz)".into(),
+            y_label: "latency (ms)".into(),
+            series: frequency_series(ctx, &cells, |c| match &c.latency {
+                Some(l) => Some(l.median),
+                None => {
+                    let p = c.latency_ms(Statistic::Median);
+                    Some(Estimate { point: p, lower: p, upper: p })
+                }
+            }),
+            horizontal: deadline.map(|d| ReferenceLine { value: d, label: format!("deadline {d} ms (on p99)") }).into_iter().collect(),
+            vertical: vec![],
+            y_from_zero: true,
+        };
+        push_plot(
+            doc,
+            format!("latency_{board}.svg"),
+            format!(
+                "Median latency per inference against CPU frequency, one line per variant, board {board}. Whiskers: \
+                 95 % confidence interval of the median (bootstrap). Dashed: the latency deadline, which is judged on \
+                 the p99 latency."
+            ),
+            plots::xy_plot_svg(&latency),
+        );
+        if cells.iter().any(|c| c.energy_mean_mj().is_some()) {
+            let energy = XyPlot {
+                title: format!("Energy per inference, board {board}"),
+                x_label: "CPU frequency (MHz)".into(),
+                y_label: "energy per inference (mJ)".into(),
+                series: frequency_series(ctx, &cells, |c| match &c.energy {
+                    Some(e) => Some(e.mean),
+                    None => c.energy_mean_mj().map(|p| Estimate { point: p, lower: p, upper: p }),
+                }),
+                horizontal: vec![],
+                vertical: vec![],
+                y_from_zero: true,
+            };
+            push_plot(
+                doc,
+                format!("energy_{board}.svg"),
+                format!(
+                    "Gross energy per inference (board idle power included) against CPU frequency, mean over repeats, \
+                     one line per variant, board {board}. Whiskers: 95 % Student-t interval of the mean across repeats."
+                ),
+                plots::xy_plot_svg(&energy),
+            );
+        } else {
+            doc.paragraph(format!("Board {board}: no energy measured (no power monitor), so no energy plot."));
+        }
+    }
+}
+
+fn schedule_section(ctx: &Ctx, doc: &mut Document) {
+    if ctx.analysis.schedules.is_empty() {
+        return;
+    }
+    doc.heading(2, "RT3 schedule");
+    for s in &ctx.analysis.schedules {
+        doc.heading(3, format!("Board {}", s.board));
+        doc.paragraph(format!("Rule: {}.", s.rule.describe()));
+        doc.table(schedule_table(s));
+        if !s.is_complete() {
+            let missing: Vec<String> =
+                s.levels.iter().filter(|l| l.selected.is_none()).map(|l| format_khz(l.freq_khz)).collect();
+            doc.paragraph(format!(
+                "Nothing meets the deadline at {}: the schedule has no variant there.",
+                missing.join(", ")
+            ));
+        }
+    }
+}
+
+fn schedule_table(s: &Rt3Schedule) -> Table {
+    let stat = s.rule.statistic.label();
+    let has_accuracy = !s.rule.accuracy.is_empty();
+    let mut cols = vec![
+        ("level", Align::Right),
+        ("frequency", Align::Right),
+        ("variant", Align::Left),
+        ("kind", Align::Left),
+        ("sparsity", Align::Right),
+    ];
+    if has_accuracy {
+        cols.push(("accuracy", Align::Right));
+    }
+    let lat = format!("{stat} latency (ms)");
+    cols.extend([
+        (lat.as_str(), Align::Right),
+        ("median latency (ms)", Align::Right),
+        ("energy/inference (mJ)", Align::Right),
+        ("net energy/inference (mJ)", Align::Right),
+        ("meeting the deadline", Align::Left),
+        ("note", Align::Left),
+    ]);
+    let mut t = Table::new(&cols);
+    for l in &s.levels {
+        let meeting = if l.meeting.is_empty() { "none".to_string() } else { l.meeting.join(", ") };
+        let mut row = vec![l.level.to_string(), format_khz(l.freq_khz)];
+        match &l.selected {
+            Some(v) => {
+                row.extend([v.variant.clone(), v.kind.clone(), num(Some(v.sparsity), 3)]);
+                if has_accuracy {
+                    row.push(num(v.accuracy, 4));
+                }
+                row.extend([
+                    num(Some(v.latency_ms), 3),
+                    num(Some(v.latency_median_ms), 3),
+                    num(v.energy_per_inference_mj, 3),
+                    num(v.net_energy_per_inference_mj, 3),
+                ]);
+            }
+            None => {
+                row.extend(["none".to_string(), "-".into(), "-".into()]);
+                if has_accuracy {
+                    row.push("-".into());
+                }
+                row.extend(["-".to_string(), "-".into(), "-".into(), "-".into()]);
+            }
+        }
+        row.extend([meeting, l.note.clone()]);
+        t.push(row);
+    }
+    t
+}
+
+fn battery_table(t: &BatteryTable) -> Table {
+    let mut table = Table::new(&[
+        ("policy", Align::Left),
+        ("hours", Align::Right),
+        ("inferences per charge", Align::Right),
+        ("mean power (W)", Align::Right),
+        ("× dense at top", Align::Right),
+        ("× block at top", Align::Right),
+        ("note", Align::Left),
+    ]);
+    for r in &t.rows {
+        match &r.outcome {
+            Ok(p) => table.push(vec![
+                r.name.clone(),
+                num(Some(p.hours), 2),
+                num(Some(p.inferences), 0),
+                num(Some(p.mean_power_w), 3),
+                num(r.gain_vs_dense_top, 2),
+                num(r.gain_vs_block_top, 2),
+                if r.note.is_empty() { "-".into() } else { r.note.clone() },
+            ]),
+            Err(e) => table.push(vec![
+                r.name.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                format!("not projected: {e}"),
+            ]),
+        }
+    }
+    table
+}
+
+/// The measured table's policies beside the paper model's, matched by policy name.
+fn model_vs_measurement(measured: &BatteryTable, model: &BatteryTable) -> Table {
+    let mut t = Table::new(&[
+        ("policy", Align::Left),
+        ("measured inferences", Align::Right),
+        ("model inferences", Align::Right),
+        ("model / measured", Align::Right),
+        ("measured × dense", Align::Right),
+        ("model × dense", Align::Right),
+        ("measured × block", Align::Right),
+        ("model × block", Align::Right),
+    ]);
+    for r in &measured.rows {
+        let Some(m) = model.rows.iter().find(|m| m.name == r.name) else { continue };
+        let (a, b) = (r.outcome.as_ref().ok().map(|p| p.inferences), m.outcome.as_ref().ok().map(|p| p.inferences));
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+            _ => None,
+        };
+        t.push(vec![
+            r.name.clone(),
+            num(a, 0),
+            num(b, 0),
+            num(ratio, 2),
+            num(r.gain_vs_dense_top, 2),
+            num(m.gain_vs_dense_top, 2),
+            num(r.gain_vs_block_top, 2),
+            num(m.gain_vs_block_top, 2),
+        ]);
+    }
+    t
+}
+
+fn battery_plot(ctx: &Ctx, t: &BatteryTable) -> BarPlot {
+    let bars = t
+        .rows
+        .iter()
+        .map(|r| {
+            let color = match (r.kind, &r.variant) {
+                (PolicyKind::Rt3Schedule, _) | (_, None) => ctx.variants.len(),
+                (_, Some(v)) => ctx.color_of(v),
+            };
+            let (value, value_text) = match &r.outcome {
+                Ok(p) => (p.hours, format!("{:.2} h{}", p.hours, if r.complete { "" } else { " (incomplete)" })),
+                Err(_) => (f64::NAN, "not projected".into()),
+            };
+            Bar { label: r.name.clone(), value, color, value_text }
+        })
+        .collect();
+    BarPlot {
+        title: format!("Battery life per policy, board {} ({})", t.board, describe_workload(&t.workload)),
+        value_label: "hours of battery life".into(),
+        bars,
+        reference: None,
+        log_scale: false,
+    }
+}
+
+fn battery_section(ctx: &Ctx, doc: &mut Document) {
+    if ctx.analysis.battery.is_empty() {
+        return;
+    }
+    doc.heading(2, "Battery life");
+    let shares = ctx.run.scenario.policy.battery_shares.clone();
+    doc.paragraph(format!(
+        "Projected from measured energy per inference, idle power and latency per cell. Policies: dense and block at \
+         the top frequency, every measured (frequency, variant) pair, and the RT3 schedule with the battery's energy \
+         split across its levels (highest first) {}. Gains are ratios of inferences per charge.",
+        match shares {
+            Some(s) => format!("as the scenario says: {}", s.iter().map(|x| format!("{:.0} %", x * 100.0)).collect::<Vec<_>>().join(" / ")),
+            None => "by RT3's 50 / 30 / 20 % for three levels, equal shares otherwise".into(),
+        }
+    ));
+    for board in &ctx.boards {
+        let measured = ctx.analysis.battery.iter().find(|t| &t.board == board && t.source == ProjectionSource::Measured);
+        let model = ctx.analysis.battery.iter().find(|t| &t.board == board && t.source == ProjectionSource::Rt3Model);
+        if measured.is_none() && model.is_none() {
+            continue;
+        }
+        doc.heading(3, format!("Board {board}"));
+        if let Some(m) = measured {
+            doc.paragraph(format!(
+                "Measured: battery {}; workload: {}.",
+                m.battery.describe(),
+                describe_workload(&m.workload)
+            ));
+            doc.table(battery_table(m));
+            if !m.notes.is_empty() {
+                doc.list(m.notes.clone());
+            }
+            if m.rows.iter().any(|r| r.outcome.is_ok()) {
+                push_plot(
+                    doc,
+                    format!("battery_{board}.svg"),
+                    format!(
+                        "Projected hours of battery life per policy on board {board} (measured energy, {}).",
+                        m.battery.describe()
+                    ),
+                    plots::bar_plot_svg(&battery_plot(ctx, m)),
+                );
+            }
+        }
+        if let Some(model) = model {
+            doc.heading(3, format!("RT3 paper's analytic model, board {board}"));
+            doc.paragraph(
+                "The paper's own estimate from the same inputs: power P = f × V² × 1e-10 W per level, latency scaled \
+                 by 1/f from the top level, a 37,800 J battery, back-to-back inference.",
+            );
+            doc.table(battery_table(model));
+            if !model.notes.is_empty() {
+                doc.list(model.notes.clone());
+            }
+            if let Some(m) = measured {
+                let vs = model_vs_measurement(m, model);
+                if !vs.rows.is_empty() {
+                    doc.paragraph(format!(
+                        "Model against measurement, board {board} (absolute numbers differ by the batteries and \
+                         workloads used; compare the gains):"
+                    ));
+                    doc.table(vs);
+                }
+            }
+        }
+    }
+}
+
+/// Median switch time per variant (ns) from `run.json`'s `boards.<board>.switch_ns`.
+pub(crate) fn switch_times(board_json: &Value) -> BTreeMap<String, u64> {
+    board_json
+        .get("switch_ns")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
+        .unwrap_or_default()
+}
+
+fn switching_section(ctx: &Ctx, doc: &mut Document) {
+    doc.heading(2, "Pattern-set switching");
+    doc.paragraph(format!(
+        "Time for the live agent to switch the active variant (RT3's run-time reconfiguration), median of repeated \
+         switches as timed by the agent, against the paper's claim of switching within {RT3_SWITCH_BUDGET_MS} ms."
+    ));
+    for board in &ctx.boards {
+        let times = switch_times(ctx.board_json(board));
+        if times.is_empty() {
+            doc.paragraph(format!("Board {board}: switching time not measured in this run."));
+            continue;
+        }
+        let mut ordered: Vec<(&String, &u64)> = times.iter().collect();
+        ordered.sort_by_key(|(v, _)| (ctx.color_of(v), v.to_string()));
+        let kinds: BTreeMap<&str, &str> =
+            ctx.run.cells.iter().map(|c| (c.variant.as_str(), c.variant_kind.as_str())).collect();
+        let mut t = Table::new(&[
+            ("variant", Align::Left),
+            ("kind", Align::Left),
+            ("switch time (ms)", Align::Right),
+            (&format!("within {RT3_SWITCH_BUDGET_MS} ms"), Align::Left),
+        ]);
+        for (v, ns) in &ordered {
+            let ms = **ns as f64 / 1e6;
+            t.push(vec![
+                v.to_string(),
+                kinds.get(v.as_str()).map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+                format!("{ms:.4}"),
+                yes_no(ms <= RT3_SWITCH_BUDGET_MS),
+            ]);
+        }
+        doc.heading(3, format!("Board {board}"));
+        doc.table(t);
+        let plot = BarPlot {
+            title: format!("Switch time per variant, board {board}"),
+            value_label: "switch time (ms, log scale)".into(),
+            bars: ordered
+                .iter()
+                .map(|(v, ns)| {
+                    let ms = **ns as f64 / 1e6;
+                    Bar { label: v.to_string(), value: ms, color: ctx.color_of(v), value_text: format!("{ms:.4} ms") }
+                })
+                .collect(),
+            reference: Some(ReferenceLine { value: RT3_SWITCH_BUDGET_MS, label: format!("RT3: {RT3_SWITCH_BUDGET_MS} ms") }),
+            log_scale: true,
+        };
+        push_plot(
+            doc,
+            format!("switch_{board}.svg"),
+            format!(
+                "Median time to switch the live model to each variant on board {board} (log scale), against RT3's \
+                 {RT3_SWITCH_BUDGET_MS} ms (dashed)."
+            ),
+            plots::bar_plot_svg(&plot),
+        );
+    }
+}
+
+fn power_section(ctx: &Ctx, traces: &[PowerTrace], doc: &mut Document) {
+    doc.heading(2, "Power trace");
+    for board in &ctx.boards {
+        let Some(trace) = traces.iter().find(|t| t.board() == board) else {
+            doc.paragraph(format!("Board {board}: no power measured (no monitor), so no trace."));
+            continue;
+        };
+        match trace {
+            PowerTrace::Raw(r) => {
+                let points = |f: fn(&super::power_trace::TraceBin) -> f64| -> Vec<(f64, f64)> {
+                    r.bins.iter().map(|b| (b.t_s, f(b))).collect()
+                };
+                let color = ctx.color_of(&r.cell.variant);
+                let plot = XyPlot {
+                    title: format!(
+                        "{} at {}, repeat {}, board {board}",
+                        r.cell.variant,
+                        format_khz(r.cell.freq_khz),
+                        r.cell.repeat
+                    ),
+                    x_label: "time from window start (s)".into(),
+                    y_label: r.quantity.axis_label().into(),
+                    series: vec![
+                        Series {
+                            name: "min-max per bin".into(),
+                            color,
+                            style: SeriesStyle::Faint,
+                            paths: vec![points(|b| b.min), points(|b| b.max)],
+                            whiskers: vec![],
+                        },
+                        Series {
+                            name: "mean per bin".into(),
+                            color,
+                            style: SeriesStyle::Line,
+                            paths: vec![points(|b| b.mean)],
+                            whiskers: vec![],
+                        },
+                    ],
+                    horizontal: vec![],
+                    vertical: r
+                        .window_s
+                        .map(|w| ReferenceLine { value: w, label: format!("window end ({w:.3} s)") })
+                        .into_iter()
+                        .collect(),
+                    y_from_zero: false,
+                };
+                push_plot(
+                    doc,
+                    format!("power_{board}.svg"),
+                    format!(
+                        "{} drawn by board {board} during the timed window of {} at {}, repeat {}: {} raw samples \
+                         from {} reduced to at most {TRACE_BINS} time bins, each drawn as its mean (line) and its \
+                         minimum and maximum (light).",
+                        if r.quantity == super::power_trace::TraceQuantity::PowerW { "Power" } else { "Current" },
+                        r.cell.variant,
+                        format_khz(r.cell.freq_khz),
+                        r.cell.repeat,
+                        r.samples,
+                        r.source
+                    ),
+                    plots::xy_plot_svg(&plot),
+                );
+            }
+            PowerTrace::Windows(w) => {
+                let mut by_variant: BTreeMap<(usize, String), Vec<Vec<(f64, f64)>>> = BTreeMap::new();
+                for s in &w.segments {
+                    by_variant
+                        .entry((ctx.color_of(&s.variant), s.variant.clone()))
+                        .or_default()
+                        .push(vec![(s.start_s, s.mean_power_w), (s.end_s, s.mean_power_w)]);
+                }
+                let plot = XyPlot {
+                    title: format!("Mean power per timed window, board {board}"),
+                    x_label: "time from the first window (s)".into(),
+                    y_label: "mean power (W)".into(),
+                    series: by_variant
+                        .into_iter()
+                        .map(|((color, name), paths)| Series { name, color, style: SeriesStyle::Line, paths, whiskers: vec![] })
+                        .collect(),
+                    horizontal: vec![],
+                    vertical: vec![],
+                    y_from_zero: false,
+                };
+                push_plot(
+                    doc,
+                    format!("power_{board}.svg"),
+                    format!(
+                        "Per-window mean power over the run on board {board}: one segment per timed window (frequency \
+                         levels and variants in the order run), coloured by variant. Raw samples were not kept, so \
+                         this shows per-window means, not the sample-level trace (set measure.raw_power: true to keep \
+                         the samples)."
+                    ),
+                    plots::xy_plot_svg(&plot),
+                );
+            }
+        }
+    }
+}
+
+fn method_section(ctx: &Ctx, doc: &mut Document) {
+    doc.heading(2, "Method");
+    let mut items = vec![format!("Confidence intervals: {}.", ctx.analysis.method)];
+    if let Some(s) = ctx.analysis.schedules.first() {
+        items.push(format!("RT3 schedule: {}.", s.rule.describe()));
+    }
+    items.push(
+        "Energy per inference: the energy the monitor measured over the agent's timed window (samples placed by the \
+         monitor's own clock, window aligned to the host clock by the smallest-round-trip clock exchange) divided by \
+         the inferences in it; net subtracts the idle power measured at the same frequency before the cell."
+            .into(),
+    );
+    if ctx.run.scenario.policy.workload != Workload::BackToBack {
+        items.push(format!("Battery workload: {}.", describe_workload(&ctx.run.scenario.policy.workload)));
+    }
+    items.push(
+        "This report is regenerated from the results directory alone (cells.jsonl, run.json, scenario.yaml and the \
+         power files) by `hil report RUN_DIR`; the same directory gives byte-identical files."
+            .into(),
+    );
+    doc.list(items);
+}

@@ -1,0 +1,49 @@
+//! Checks a finished run directory named by `HIL_CHECK_RUN_DIR` (CI sets it after running
+//! `scenarios/ci-ssh.yaml` over real SSH): every planned cell is present, energy per inference
+//! is positive, every frequency was verified, nothing was lost. Without the variable the test
+//! has nothing to check and says so.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use harness::plan::plan_board;
+use harness::results::read_journal;
+use harness::scenario::parse_scenario;
+
+#[test]
+fn ci_run_directory_is_complete_and_plausible() {
+    let Some(dir) = std::env::var_os("HIL_CHECK_RUN_DIR").map(PathBuf::from) else {
+        eprintln!("HIL_CHECK_RUN_DIR not set: no run directory to check (CI sets it after the SSH run)");
+        return;
+    };
+    let text = std::fs::read_to_string(dir.join("scenario.yaml")).expect("scenario copy in the run directory");
+    let scenario = parse_scenario(&text, "scenario.yaml").expect("scenario copy parses");
+    let cells = read_journal(&dir).expect("journal readable");
+    let done: HashSet<_> = cells.iter().map(|c| c.key()).collect();
+    for board in &scenario.boards {
+        let levels = match &scenario.dvfs.levels {
+            harness::scenario::LevelsSpec::Khz(k) => k.clone(),
+            harness::scenario::LevelsSpec::All => panic!("the CI scenario lists its levels"),
+        };
+        for cell in plan_board(&scenario, board, &levels).cells {
+            assert!(done.contains(&cell.key), "cell {} missing from {}", cell.key, dir.display());
+        }
+    }
+    assert_eq!(cells.len(), done.len(), "no cell recorded twice");
+    for c in &cells {
+        let key = c.key();
+        assert!(c.freq_verified, "{key}: frequency not verified");
+        assert!(c.energy_per_inference_mj.is_some_and(|e| e > 0.0), "{key}: energy per inference {:?}", c.energy_per_inference_mj);
+        assert!(c.idle_power_w.is_some_and(|p| p > 0.0), "{key}: idle power {:?}", c.idle_power_w);
+        assert_eq!(c.power_flagged, Some(false), "{key}: power window flagged");
+        assert!(c.iterations >= scenario.measure.min_iterations, "{key}: {} iterations", c.iterations);
+    }
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    for board in &scenario.boards {
+        let b = &run["boards"][&board.name];
+        assert_eq!(b["transport"], "ssh", "{}: reached over SSH", board.name);
+        assert_eq!(b["agent_hello"]["arch"], "aarch64", "{}: the aarch64 agent ran", board.name);
+        assert_eq!(b["selftest"]["passed"], true, "{}: selftest", board.name);
+        assert_eq!(b["monitor"]["simulated"], true, "{}: the emulated PPK2 is labelled simulated", board.name);
+    }
+}
