@@ -212,6 +212,10 @@ fn unusable_input_is_refused_with_a_clear_message() {
     let err = compare_runs(&load_run(&base).unwrap(), &load_run(&cand).unwrap(), &config()).unwrap_err();
     assert!(matches!(err, CompareError::DifferentModels { .. }), "{err}");
     assert!(err.to_string().contains("different models"));
+    assert!(
+        err.to_string().contains("preset rt3-transformer, sequence length the preset's, seed 7; candidate: "),
+        "{err}"
+    );
     let err = compare_cmd(&[base.to_str().unwrap(), cand.to_str().unwrap()]).run().unwrap_err();
     assert!(format!("{err:#}").contains("different models"), "{err:#}");
     // Same scenario, but the agent reported a different model.

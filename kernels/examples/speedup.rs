@@ -103,9 +103,7 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
         tile: None,
         layer: Box::new(DenseLinear::new(w.clone())),
     }];
-    let experiment = std::env::var("PP_EXPERIMENT").ok();
     for s in [0.5, 0.64, 0.75] {
-        if experiment.is_some() { break; }
         let mask = block_mask(&w, BlockShape::strip(BLOCK_ROWS), s);
         cases.push(Case {
             variant: "block".into(),
@@ -115,7 +113,6 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
         });
     }
     for tile in [8, 16, 32, 100] {
-        if experiment.is_some() { break; }
         for s in [0.5, 0.75, 0.875] {
             let cfg =
                 PatternConfig { tile, patterns_per_set: 4, sparsity: s, method: CandidateMethod::Rt3TileSums, seed: 1 };
@@ -128,41 +125,33 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
             });
         }
     }
-    if let Ok(blocks) = std::env::var("PP_EXPERIMENT") {
-        for b in blocks.split(',') {
-            for s in std::env::var("PP_S").map(|v| vec![v.parse().unwrap()]).unwrap_or(vec![0.5, 0.75, 0.875]) {
-                let parts: Vec<&str> = b.split(':').collect();
-                let (b, ch, sp) = (parts[0], parts[1], parts[2]);
-                if sp != "0" { std::env::set_var("PP_SPAN", sp); } else { std::env::remove_var("PP_SPAN"); }
-                std::env::set_var("PP_BLOCK", b);
-                std::env::set_var("PP_CHUNKS", ch);
-                let cfg = PatternConfig { tile: 16, patterns_per_set: 4, sparsity: s, method: CandidateMethod::Rt3TileSums, seed: 1 };
-                let set = generate_pattern_set(&w, &dense, &cfg);
+    // RT3's combination: a BP base at 64 %, then patterns down to the total target. Two bases:
+    // 16x1 strips (`s`, as the block rows above) and blocks as wide as they are tall (`t`), which
+    // are tile-aligned under tiles of that size (whole tiles pruned, the rest keep exactly their
+    // pattern) and otherwise leave each tile its own BP columns like the strips do.
+    let bases = [
+        ("s", block_mask(&w, BlockShape::strip(BLOCK_ROWS), 0.64)),
+        ("t", block_mask(&w, BlockShape { rows: BLOCK_ROWS, cols: BLOCK_ROWS }, 0.64)),
+    ];
+    for (label, bp) in &bases {
+        for tile in [16, 32] {
+            for s in [0.75, 0.875] {
+                let cfg = PatternConfig {
+                    tile,
+                    patterns_per_set: 4,
+                    sparsity: s,
+                    method: CandidateMethod::Rt3TileSums,
+                    seed: 1,
+                };
+                let set = generate_pattern_set(&w, bp, &cfg);
+                let a = assign_patterns(&w, bp, &set);
                 cases.push(Case {
                     variant: "pattern".into(),
-                    base: format!("blk{b}:{ch}:{sp}"),
-                    tile: Some(16),
-                    layer: Box::new(PatternSparseLinear::new(&w, &dense, &set)),
+                    base: format!("BP64%{label}+PP"),
+                    tile: Some(tile),
+                    layer: Box::new(PatternSparseLinear::from_assignment(&w, &a, set.len())),
                 });
-                std::env::remove_var("PP_BLOCK");
             }
-        }
-    }
-    // RT3's combination: a BP base at 64 %, then patterns down to the total target.
-    let bp = block_mask(&w, BlockShape::strip(BLOCK_ROWS), 0.64);
-    for tile in [16, 32] {
-        if experiment.is_some() { break; }
-        for s in [0.75, 0.875] {
-            let cfg =
-                PatternConfig { tile, patterns_per_set: 4, sparsity: s, method: CandidateMethod::Rt3TileSums, seed: 1 };
-            let set = generate_pattern_set(&w, &bp, &cfg);
-            let a = assign_patterns(&w, &bp, &set);
-            cases.push(Case {
-                variant: "pattern".into(),
-                base: "BP64%+PP".into(),
-                tile: Some(tile),
-                layer: Box::new(PatternSparseLinear::from_assignment(&w, &a, set.len())),
-            });
         }
     }
     cases
@@ -285,6 +274,9 @@ fn print_header(args: &Args) {
         "# sparsity = achieved (BP and PP zeros together); GFLOP/s counts useful work 2*nnz*tokens; ideal = 1/(1-s)"
     );
     println!(
+        "# BP64%s+PP / BP64%t+PP: patterns on a 64 % BP base of {BLOCK_ROWS}x1 strips / {BLOCK_ROWS}x{BLOCK_ROWS} blocks"
+    );
+    println!(
         "{:<10} {:<16} {:<14} {:>8} {:>5} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
         "shape",
         "variant",
@@ -378,15 +370,22 @@ fn run_shape(args: &Args, shape: &Shape) {
 
 /// The whole `distilbert` encoder: dense vs BP+PP at 75 % on every linear
 /// layer, and the time to switch the active pattern set.
+///
+/// Two BP bases, labelled by their block shape: `bp64t` prunes whole 16x16
+/// blocks, aligned with the 16x16 pattern tiles, so a tile is either gone or
+/// keeps exactly its pattern and tiles sharing a pattern share an index list;
+/// `bp64s` prunes column segments of 16x1 strips (the block rows of the
+/// per-layer table), which leaves each tile its own BP columns, so the pattern
+/// groups multiply the union of their tiles' columns (stored zeros).
 fn run_model(args: &Args) -> Result<(), String> {
     let preset = Preset::DistilBert;
     let config = preset.config();
     let weights = kernels::encoder::EncoderWeights::random(config, 1).map_err(|e| e.to_string())?;
     let mut model = ReconfigurableModel::new(weights);
-    let block = |s: f64| VariantSpec::Block {
+    let block = |s: f64, block_cols: usize| VariantSpec::Block {
         sparsity: s,
         block_rows: BLOCK_ROWS,
-        block_cols: 1,
+        block_cols,
         per_layer: None,
         global: false,
     };
@@ -398,20 +397,28 @@ fn run_model(args: &Args) -> Result<(), String> {
         method: CandidateMethod::Rt3TileSums,
         seed: 1,
     };
-    let variants: [(&str, VariantSpec); 6] = [
+    let variants: [(&str, VariantSpec); 8] = [
         ("dense", VariantSpec::Dense),
-        ("bp0", block(0.0)),
-        ("bp64", block(0.64)),
+        ("bp0", block(0.0, 1)),
+        ("bp64s", block(0.64, 1)),
+        ("bp64t", block(0.64, BLOCK_ROWS)),
         ("bp0+pp75", pattern("bp0", 0.75)),
         ("bp0+pp87.5", pattern("bp0", 0.875)),
-        ("bp64+pp75", pattern("bp64", 0.75)),
+        ("bp64t+pp75", pattern("bp64t", 0.75)),
+        ("bp64s+pp75", pattern("bp64s", 0.75)),
     ];
     let mut infos = Vec::new();
     for (name, spec) in &variants {
         infos.push(model.add_variant(name, spec).map_err(|e| format!("add_variant {name}: {e}"))?);
     }
     let input = random_input(&config, 3);
-    let timed = ["dense", "bp64", "bp0+pp75", "bp0+pp87.5", "bp64+pp75"];
+    let timed = ["dense", "bp64s", "bp64t", "bp0+pp75", "bp0+pp87.5", "bp64t+pp75", "bp64s+pp75"];
+    if !args.json {
+        println!(
+            "# encoder: bp64t = BP 64 % in {BLOCK_ROWS}x{BLOCK_ROWS} blocks (tile-aligned); bp64s = BP 64 % in \
+             {BLOCK_ROWS}x1 strips; +ppN = 16x16 pattern tiles, 4 per set, down to N % in total"
+        );
+    }
     let mut wall = vec![Vec::new(); timed.len()];
     let mut cpu = vec![Vec::new(); timed.len()];
     for name in timed {

@@ -89,7 +89,7 @@ impl EncoderConfig {
                 return Err(ConfigError::Zero { field });
             }
         }
-        if self.d_model % self.heads != 0 {
+        if !self.d_model.is_multiple_of(self.heads) {
             return Err(ConfigError::HeadsDoNotDivide { d_model: self.d_model, heads: self.heads });
         }
         Ok(())

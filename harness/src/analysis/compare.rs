@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 use super::cells::{aggregate_cells, CellGroupKey, CellStats};
 use super::load::{RunData, SelftestFailure};
+use crate::scenario::{ModelSource, ModelSpec};
 use crate::stats::{
     bootstrap_relative_change, mann_whitney_min_p, mann_whitney_u, Estimate, Sample, Statistic, SummaryConfig,
 };
@@ -273,12 +274,23 @@ pub fn compare_cells(
     (matched, only_in_base, only_in_candidate)
 }
 
+fn describe_model(m: &ModelSpec) -> String {
+    let source = match &m.source {
+        ModelSource::Preset(p) => format!("preset {}", p.as_str()),
+        ModelSource::Safetensors { path } => format!("safetensors {path}"),
+    };
+    let seq = m.seq.map(|s| s.to_string()).unwrap_or_else(|| "the preset's".into());
+    format!("{source}, sequence length {seq}, seed {}", m.seed)
+}
+
 /// Refuses runs of different models: the scenario's model section, and the model each
 /// board's agent reported loading, must agree.
 fn check_same_model(base: &RunData, candidate: &RunData) -> Result<(), CompareError> {
     let (bm, cm) = (&base.scenario.model, &candidate.scenario.model);
     if bm != cm {
-        return Err(CompareError::DifferentModels { detail: format!("base scenario model {bm:?}, candidate {cm:?}") });
+        return Err(CompareError::DifferentModels {
+            detail: format!("base scenario model: {}; candidate: {}", describe_model(bm), describe_model(cm)),
+        });
     }
     for (board, b) in &base.info.boards {
         if let (Some(bmodel), Some(cmodel)) =

@@ -34,7 +34,7 @@ use crate::stats::SummaryConfig;
 
 /// Choices that are not in the scenario (battery overrides from the command line, the
 /// bootstrap's size and seed).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AnalysisOptions {
     pub summary: SummaryConfig,
     /// Overrides every board's battery (`hil battery --capacity-mah N --voltage V`).
@@ -46,18 +46,6 @@ pub struct AnalysisOptions {
     /// Core voltages per level, highest first, for the paper's power model (`--voltages`);
     /// `None`: RT3's own three voltages when there are three levels.
     pub voltages_v: Option<Vec<f64>>,
-}
-
-impl Default for AnalysisOptions {
-    fn default() -> Self {
-        Self {
-            summary: SummaryConfig::default(),
-            battery_override: None,
-            workload_override: None,
-            peukert_override: None,
-            voltages_v: None,
-        }
-    }
 }
 
 /// Everything derived from one run, per board.

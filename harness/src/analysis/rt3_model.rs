@@ -109,7 +109,7 @@ pub fn model_projection(
     };
     debug_assert_eq!(battery.energy_j, RT3_BATTERY_J);
     let mut levels_khz: Vec<u64> = cells.iter().map(|c| c.key.freq_khz).collect();
-    levels_khz.sort_by(|a, b| b.cmp(a));
+    levels_khz.sort_by_key(|f| std::cmp::Reverse(*f));
     levels_khz.dedup();
     let Some(&top) = levels_khz.first() else {
         table.notes.push("No cells: the model has nothing to scale.".into());

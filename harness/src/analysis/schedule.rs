@@ -220,7 +220,7 @@ impl Rt3Schedule {
 pub fn rt3_schedule(board: &str, cells: &[&CellStats], rule: &ScheduleRule) -> Rt3Schedule {
     let mut freqs: Vec<(u64, u32)> =
         cells.iter().filter(|c| c.key.board == board).map(|c| (c.key.freq_khz, c.level)).collect();
-    freqs.sort_by(|a, b| b.0.cmp(&a.0));
+    freqs.sort_by_key(|f| std::cmp::Reverse(f.0));
     freqs.dedup_by_key(|f| f.0);
     let levels = freqs
         .into_iter()

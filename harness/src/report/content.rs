@@ -132,7 +132,7 @@ fn banners(ctx: &Ctx, doc: &mut Document) {
         doc.blocks.push(Block::Banner {
             kind: BannerKind::Warning,
             title: "INTERRUPTED".into(),
-            lines: vec!["The run was interrupted: only the cells that finished are reported. `hil run --resume RUN_DIR` \
+            lines: vec!["The run was interrupted: only the cells that finished are reported; hil run --resume RUN_DIR \
                          completes it."
                 .into()],
         });
@@ -230,14 +230,10 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
                 facts.push((k.to_string(), v));
             }
         };
-        fact(
-            "hardware",
-            Some(if simulated {
-                format!("SIMULATED: {}", info.simulation.clone().unwrap_or_else(|| "no description recorded".into()))
-            } else {
-                "real board".into()
-            }),
-        );
+        fact("hardware", Some(if simulated { "SIMULATED".into() } else { "real board".into() }));
+        if simulated {
+            fact("simulation", Some(info.simulation.clone().unwrap_or_else(|| "no description recorded".into())));
+        }
         fact("transport", str_at(b, "/transport"));
         fact("architecture", str_at(b, "/agent_hello/arch").or_else(|| str_at(b, "/probe/arch")));
         fact("kernel", info.kernel_release.clone().or_else(|| str_at(b, "/probe/kernel")));
@@ -577,6 +573,7 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
             horizontal: deadline.map(|d| ReferenceLine { value: d, label: format!("deadline {d} ms (on p99)") }).into_iter().collect(),
             vertical: vec![],
             y_from_zero: true,
+            x_decimals: 0,
         };
         push_plot(
             doc,
@@ -600,6 +597,7 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
                 horizontal: vec![],
                 vertical: vec![],
                 y_from_zero: true,
+                x_decimals: 0,
             };
             push_plot(
                 doc,
@@ -962,6 +960,7 @@ fn power_section(ctx: &Ctx, traces: &[PowerTrace], doc: &mut Document) {
                         .into_iter()
                         .collect(),
                     y_from_zero: false,
+                    x_decimals: 2,
                 };
                 push_plot(
                     doc,
@@ -999,6 +998,7 @@ fn power_section(ctx: &Ctx, traces: &[PowerTrace], doc: &mut Document) {
                     horizontal: vec![],
                     vertical: vec![],
                     y_from_zero: false,
+                    x_decimals: 0,
                 };
                 push_plot(
                     doc,
@@ -1018,7 +1018,7 @@ fn power_section(ctx: &Ctx, traces: &[PowerTrace], doc: &mut Document) {
 
 fn method_section(ctx: &Ctx, doc: &mut Document) {
     doc.heading(2, "Method");
-    let mut items = vec![format!("Confidence intervals: {}.", ctx.analysis.method)];
+    let mut items = vec![format!("{}.", ctx.analysis.method)];
     if let Some(s) = ctx.analysis.schedules.first() {
         items.push(format!("RT3 schedule: {}.", s.rule.describe()));
     }
@@ -1033,7 +1033,7 @@ fn method_section(ctx: &Ctx, doc: &mut Document) {
     }
     items.push(
         "This report is regenerated from the results directory alone (cells.jsonl, run.json, scenario.yaml and the \
-         power files) by `hil report RUN_DIR`; the same directory gives byte-identical files."
+         power files) by hil report RUN_DIR; the same directory gives byte-identical files."
             .into(),
     );
     doc.list(items);

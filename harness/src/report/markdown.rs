@@ -7,19 +7,34 @@ use std::fmt::Write as _;
 
 use super::document::{Align, BannerKind, Block, Document, Table};
 
-/// Backslash-escapes the characters Markdown would read as markup, so names and messages
-/// (a variant called `pp_62*`, an error quoting `<path>`) show literally. Newlines become
-/// spaces: every use is one line (a paragraph, a table cell, a list item).
+/// Backslash-escapes what Markdown would read as markup, so names and messages (a variant
+/// called `pp*62`, an error quoting `<path>`) show literally, while leaving what cannot be
+/// markup alone so the file stays readable as text: `_` inside a word (`x86_64`, GFM never
+/// reads it as emphasis), `[` and `]` unless a `]` is followed by `(`, `[` or `:` (the only
+/// ways brackets become a link, since the report defines no link references), `#` except at
+/// the start. Newlines become spaces: every use is one line (paragraph, table cell, item).
 pub fn escape(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|j| chars[j]);
+        let next = chars.get(i + 1).copied();
+        let word = |ch: Option<char>| ch.is_some_and(char::is_alphanumeric);
+        let escape = match c {
+            '\\' | '`' | '*' | '<' | '>' | '|' => true,
+            '_' => !(word(prev) && word(next)),
+            ']' => matches!(next, Some('(' | '[' | ':')),
+            '#' => i == 0,
+            _ => false,
+        };
         match c {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#' => {
-                out.push('\\');
+            '\n' | '\r' => out.push(' '),
+            _ => {
+                if escape {
+                    out.push('\\');
+                }
                 out.push(c);
             }
-            '\n' | '\r' => out.push(' '),
-            _ => out.push(c),
         }
     }
     out
@@ -81,8 +96,9 @@ pub fn render(doc: &Document) -> String {
             }
             Block::Table(t) => table(&mut out, t),
             Block::Figure(f) => {
-                // The file name is a safe path (see `Figure::file`); the alt text is escaped.
-                let _ = writeln!(out, "![{}](plots/{})\n\n*{}*\n", escape(&f.caption), f.file, escape(&f.caption));
+                // The file name is a safe path (see `Figure::file`); the caption follows in italics.
+                let alt = f.file.trim_end_matches(".svg").replace('_', " ");
+                let _ = writeln!(out, "![{}](plots/{})\n\n*{}*\n", escape(&alt), f.file, escape(&f.caption));
             }
         }
     }
@@ -96,7 +112,10 @@ mod tests {
 
     #[test]
     fn markup_characters_in_text_are_escaped() {
-        assert_eq!(escape("pp_62 *x* [a](b) <c> |d| #e `f` \\"), "pp\\_62 \\*x\\* \\[a\\](b) \\<c\\> \\|d\\| \\#e \\`f\\` \\\\");
+        assert_eq!(escape("*x* [a](b) <c> |d| `f` \\"), "\\*x\\* [a\\](b) \\<c\\> \\|d\\| \\`f\\` \\\\");
+        assert_eq!(escape("#1 not # 2"), "\\#1 not # 2");
+        assert_eq!(escape("x86_64 _lead trail_ a__b"), "x86_64 \\_lead trail\\_ a\\_\\_b");
+        assert_eq!(escape("[1.0, 2.0] ![i][r] [d]: u"), "[1.0, 2.0] ![i\\][r] [d\\]: u");
         assert_eq!(escape("two\nlines"), "two lines");
     }
 
@@ -115,7 +134,7 @@ mod tests {
         let md = render(&doc);
         assert!(md.starts_with("# T\n\n> **⚠ SIMULATED**\n>\n> board sim\n"), "{md}");
         assert!(md.contains("| variant | ms |\n|---|---:|\n| a\\|b | 1.00 |\n"), "{md}");
-        assert!(md.contains("![Cap](plots/x.svg)"), "{md}");
+        assert!(md.contains("![x](plots/x.svg)\n\n*Cap*\n"), "{md}");
         assert!(!md.contains("<svg"), "SVGs are linked, not inlined: {md}");
     }
 }

@@ -95,6 +95,8 @@ pub struct XyPlot {
     pub vertical: Vec<ReferenceLine>,
     /// Start the y axis at zero (quantities where the ratio to zero matters).
     pub y_from_zero: bool,
+    /// Decimals of the x tick labels (0 for MHz).
+    pub x_decimals: usize,
 }
 
 /// Smallest and largest finite value.
@@ -115,10 +117,6 @@ fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
         let d = (hi - lo) * frac;
         (lo - d, hi + d)
     }
-}
-
-fn legend_line(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
-    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style)
 }
 
 /// Draws `plot` as SVG. An error when nothing in it is finite.
@@ -147,7 +145,20 @@ pub fn xy_plot_svg(plot: &XyPlot) -> Result<String, PlotError> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut legend: Vec<(String, ShapeStyle)> = Vec::new();
+        // The legend gets its own panel on the right, so it never hides data.
+        let longest = plot
+            .series
+            .iter()
+            .map(|s| s.name.chars().count())
+            .chain(plot.horizontal.iter().chain(&plot.vertical).map(|r| r.label.chars().count()))
+            .max()
+            .unwrap_or(0);
+        let legend_width = (longest as u32 * 7 + 44).clamp(90, 260);
+        let (plot_area, legend_area) = root.split_horizontally(WIDTH - legend_width);
+        let x_decimals = plot.x_decimals;
+        let x_format = move |v: &f64| format!("{v:.x_decimals$}");
+        let mut chart = ChartBuilder::on(&plot_area)
             .caption(&plot.title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(44)
@@ -158,27 +169,23 @@ pub fn xy_plot_svg(plot: &XyPlot) -> Result<String, PlotError> {
             .configure_mesh()
             .x_desc(plot.x_label.as_str())
             .y_desc(plot.y_label.as_str())
+            .x_label_formatter(&x_format)
             .light_line_style(RGBColor(238, 238, 238))
             .draw()
             .map_err(|e| err(&e))?;
-        let mut labelled = false;
         for r in &plot.horizontal {
             let style = BLACK.stroke_width(1);
             chart
                 .draw_series(DashedLineSeries::new([(x0, r.value), (x1, r.value)], 8, 5, style))
-                .map_err(|e| err(&e))?
-                .label(r.label.as_str())
-                .legend(legend_line(style));
-            labelled = true;
+                .map_err(|e| err(&e))?;
+            legend.push((r.label.clone(), style));
         }
         for r in &plot.vertical {
             let style = RGBColor(110, 110, 110).stroke_width(1);
             chart
                 .draw_series(DashedLineSeries::new([(r.value, y0), (r.value, y1)], 6, 4, style))
-                .map_err(|e| err(&e))?
-                .label(r.label.as_str())
-                .legend(legend_line(style));
-            labelled = true;
+                .map_err(|e| err(&e))?;
+            legend.push((r.label.clone(), style));
         }
         for s in &plot.series {
             let c = color(s.color);
@@ -186,12 +193,11 @@ pub fn xy_plot_svg(plot: &XyPlot) -> Result<String, PlotError> {
                 SeriesStyle::LineAndPoints | SeriesStyle::Line => c.stroke_width(2),
                 SeriesStyle::Faint => c.mix(0.35).stroke_width(1),
             };
-            let anno = chart
+            chart
                 .draw_series(s.paths.iter().map(|p| PathElement::new(p.clone(), style)))
                 .map_err(|e| err(&e))?;
             if !s.name.is_empty() {
-                anno.label(s.name.as_str()).legend(legend_line(style));
-                labelled = true;
+                legend.push((s.name.clone(), style));
             }
             if s.style == SeriesStyle::LineAndPoints {
                 chart
@@ -210,15 +216,10 @@ pub fn xy_plot_svg(plot: &XyPlot) -> Result<String, PlotError> {
                 }))
                 .map_err(|e| err(&e))?;
         }
-        if labelled {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .label_font(("sans-serif", 13))
-                .draw()
-                .map_err(|e| err(&e))?;
+        for (i, (label, style)) in legend.iter().enumerate() {
+            let y = 50 + 20 * i as i32;
+            legend_area.draw(&PathElement::new(vec![(4, y), (24, y)], *style)).map_err(|e| err(&e))?;
+            legend_area.draw(&Text::new(label.as_str(), (30, y - 7), ("sans-serif", 13))).map_err(|e| err(&e))?;
         }
         root.present().map_err(|e| err(&e))?;
     }
@@ -307,16 +308,13 @@ macro_rules! draw_bars {
                     5,
                     style,
                 ))
-                .map_err(|e| err(&e))?
-                .label(r.label.as_str())
-                .legend(legend_line(style));
+                .map_err(|e| err(&e))?;
+            // Labelled at the top of the line rather than in a legend box that could cover a bar.
             chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .label_font(("sans-serif", 13))
-                .draw()
+                .draw_series(std::iter::once(
+                    EmptyElement::at((r.value, SegmentValue::Exact(n)))
+                        + Text::new(r.label.clone(), (4, 2), ("sans-serif", 12).into_font().color(&RGBColor(192, 57, 43))),
+                ))
                 .map_err(|e| err(&e))?;
         }
     }};
@@ -369,6 +367,7 @@ mod tests {
             horizontal: vec![ReferenceLine { value: 10.0, label: "deadline 10 ms".into() }],
             vertical: vec![],
             y_from_zero: true,
+            x_decimals: 0,
         }
     }
 

@@ -17,10 +17,21 @@
 //! (embedded) broadcast load. With 4 tiles and 4 vectors (64 tokens) that is
 //! 8 loads per 16 FMAs instead of 32.
 //!
+//! Each run (one in-tile row of a group) starts its accumulators from `yᵀ`
+//! and stores them back: `tiles x vectors` loads and stores wrapped around
+//! the row's entries. With short rows (2 entries per row of a 16x16 tile at
+//! 87.5 % sparsity) that read-modify-write costs as much as the FMAs, so when
+//! rows are short two adjacent column bands form one virtual `tile x 2*tile`
+//! tile ([`band_span`]): a group is then up to 4 tile rows whose patterns
+//! agree in both bands, and each run covers both bands' entries of its row.
+//!
 //! Blocking: tokens go in panels of `4 x lanes` (64 on AVX-512); groups run
-//! column band by column band, so the band's `xᵀ` rows (`tile x 64` floats,
-//! 4 KiB for 16x16 tiles) stay in L1 while the whole `yᵀ` panel (`out x 64`,
-//! at most 768 KiB for DistilBERT's 3072 outputs) stays in L2.
+//! column band (pair) by band (pair), so the band's `xᵀ` rows (`2 x 16 x 64`
+//! floats, 8 KiB for paired 16x16 tiles) stay in L1 while the whole `yᵀ`
+//! panel (`out x 64`, at most 768 KiB for DistilBERT's 3072 outputs) stays in
+//! L2. (Blocking the output too, so a block of tile rows' `yᵀ` stays in L1
+//! across all bands, measured no better: the groups, formed per block, got
+//! too small.)
 //!
 //! The BP base is honoured inside the same format: a group's index list is
 //! the union of its tiles' kept positions (pattern AND base AND non-zero
@@ -50,12 +61,12 @@ pub const GROUP_TILES: usize = 4;
 // The dispatch in `panel_groups` has passes of 1 to 6 tiles.
 const _: () = assert!(GROUP_TILES >= 1 && GROUP_TILES <= 6);
 
-/// Token vectors per chunk: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
-/// + 4 weight broadcasts) against 16 FMAs.
-const CHUNK_VECTORS: usize = 4;
-
-/// Chunks per panel.
-const PANEL_CHUNKS: usize = 2;
+/// Token vectors per panel: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
+/// + 4 weight broadcasts) against 16 FMAs. (Panels of 2 x 4 vectors, each
+/// group running both halves back to back so its weights come from L1 the
+/// second time, measured 5-15 % slower: the doubled `xᵀ`/`yᵀ` panels no
+/// longer fit L2 next to the streamed weights.)
+const PANEL_VECTORS: usize = 4;
 
 /// One run of a group's index list: in-tile output row `row` takes the
 /// entries `start..start + len` of the column list.
@@ -66,10 +77,10 @@ struct RowRun {
     len: u32,
 }
 
-/// Up to [`GROUP_TILES`] tiles of one column band sharing an index list.
+/// Up to [`GROUP_TILES`] (virtual) tiles of one column band (or band pair) sharing an index list.
 #[derive(Clone, Copy, Debug)]
 struct TileGroup {
-    /// First input feature of the band (`band * tile`).
+    /// First input feature of the band (`band * tile`); index-list columns count from it.
     x_row: u32,
     /// The shared index list: `runs[runs_start..runs_end]`.
     runs_start: u32,
@@ -102,8 +113,6 @@ pub struct PatternSparseLinear {
     weights: Vec<f32>,
     nnz: usize,
     backend: Backend,
-    /// Chunks of [`CHUNK_VECTORS`] token vectors per panel.
-    panel_chunks: usize,
     /// The set's final mask sparsity (BP and PP zeros together).
     mask_sparsity: f64,
 }
@@ -198,28 +207,12 @@ impl PatternSparseLinear {
             weights: Vec::new(),
             lists: HashMap::new(),
         };
-        let per_row = packer.stored_per_row(tiles_down, tiles_across);
-        let block_rows = std::env::var("PP_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(tiles_down).max(1);
-        let span = span.or_else(|| std::env::var("PP_SPAN").ok().and_then(|v| v.parse().ok())).unwrap_or_else(|| band_span(assignment, patterns, per_row, block_rows.min(tiles_down))).max(1);
-        for tr0 in (0..tiles_down).step_by(block_rows) {
-            let block = tr0..(tr0 + block_rows).min(tiles_down);
-            // Band by band (or pair by pair), so a band's `xᵀ` rows stay in L1 while its groups run.
-            for tc0 in (0..tiles_across).step_by(span) {
-                let width = span.min(tiles_across - tc0);
-                let spans: Vec<SpanTile> =
-                    block.clone().filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
-                if width == 1 {
-                    packer.group(spans, true);
-                    continue;
-                }
-                // Tile rows left in partial groups: regroup their tiles band by band.
-                let left = packer.group(spans, false);
-                for tc in tc0..tc0 + width {
-                    let singles =
-                        left.iter().filter_map(|t| packer.span_tile(assignment, t.tile_row, tc, 1)).collect();
-                    packer.group(singles, true);
-                }
-            }
+        let span = span.unwrap_or_else(|| band_span(tiles_across, packer.stored_per_row(tiles_down, tiles_across)));
+        // Band pair by band pair, so the pair's `xᵀ` rows stay in L1 while its groups run.
+        for tc0 in (0..tiles_across).step_by(span.max(1)) {
+            let width = span.max(1).min(tiles_across - tc0);
+            let spans = (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
+            packer.group(spans);
         }
         let Packer { runs, cols, groups, weights, .. } = packer;
         Self {
@@ -235,14 +228,13 @@ impl PatternSparseLinear {
             weights,
             nnz,
             backend,
-            panel_chunks: std::env::var("PP_CHUNKS").ok().and_then(|v| v.parse().ok()).unwrap_or(PANEL_CHUNKS),
             mask_sparsity: mask.sparsity(),
         }
     }
 
     /// Tokens per panel for this layer's backend.
     fn panel_width(&self) -> usize {
-        self.panel_chunks * CHUNK_VECTORS * self.backend.lanes()
+        PANEL_VECTORS * self.backend.lanes()
     }
 
     /// Computes one panel: `xs` holds `xᵀ` (`in_padded x pw`, padded rows zero),
@@ -251,7 +243,7 @@ impl PatternSparseLinear {
     fn run_panel(&self, xs: &[f32], ys: &mut [f32], vectors: usize) {
         let pw = self.panel_width();
         assert!(xs.len() >= self.in_padded * pw && ys.len() >= self.out_padded * pw, "pattern panel scratch too small");
-        assert!(vectors >= 1 && vectors * self.backend.lanes() <= pw);
+        assert!((1..=PANEL_VECTORS).contains(&vectors));
         let (xs, ys) = (xs.as_ptr(), ys.as_mut_ptr());
         // SAFETY: `pack` only produces row offsets inside the padded panels (x_row + col < in_padded,
         // y_row + row < out_padded) and weight offsets inside `weights`; the scratch sizes were checked
@@ -259,12 +251,12 @@ impl PatternSparseLinear {
         unsafe {
             match self.backend {
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx512 => x86_panels::avx512(self, xs, ys, pw, vectors),
+                Backend::Avx512 => x86_panels::avx512(self, xs, ys, vectors),
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx2Fma => x86_panels::avx2(self, xs, ys, pw, vectors),
+                Backend::Avx2Fma => x86_panels::avx2(self, xs, ys, vectors),
                 #[cfg(target_arch = "aarch64")]
-                Backend::Neon => neon_panels::neon(self, xs, ys, pw, vectors),
-                _ => panel_groups::<ScalarLanes, 2>(self, xs, ys, pw, vectors),
+                Backend::Neon => neon_panels::neon(self, xs, ys, vectors),
+                _ => panel_for_vectors::<ScalarLanes, 2>(self, xs, ys, vectors),
             }
         }
     }
@@ -298,8 +290,10 @@ struct SpanTile {
     tile_row: usize,
     tile_col0: usize,
     width: usize,
-    /// The tiles' patterns, left to right: tiles group only with equal patterns.
-    patterns: Vec<usize>,
+    /// The tiles' patterns, left to right, `None` for a tile that keeps nothing
+    /// (e.g. pruned whole by the BP base): tiles group only with equal patterns,
+    /// so a group never pays for a band one of its tiles does not have.
+    patterns: Vec<Option<usize>>,
     /// Kept positions `row * span * tile + col`, ascending (row-major over the virtual tile).
     kept: Vec<u32>,
 }
@@ -317,22 +311,25 @@ struct Packer<'a> {
     lists: HashMap<(usize, Vec<u32>), (u32, u32)>,
 }
 
-/// Entries per in-tile row below which one read-modify-write of `yᵀ` per
-/// (row, band) costs more than the FMAs it wraps (measured on 16x16 tiles:
-/// 50 % sparsity, 8 entries per row, gets slower with paired bands; 75 % and
-/// 87.5 %, 4 and 2 entries, get faster).
-const SHORT_RUN_ENTRIES: f64 = 6.0;
+/// Stored entries per in-tile row below which adjacent column bands are
+/// paired into one virtual tile (see [`band_span`]). Measured on 16x16 tiles
+/// (DistilBERT shapes, AVX-512): pairs win at 87.5 % and 75 % sparsity (2 and
+/// 4 entries per row) by 15-30 %, and at 50 % (8 entries) by up to 10 % on
+/// 768->3072 and break even on 3072->768; 32x32 tiles at 50 % (16 entries)
+/// already amortise the read-modify-write over long runs.
+const SHORT_RUN_ENTRIES: f64 = 12.0;
 
-/// How many adjacent column bands form one virtual tile. Pairing bands halves
-/// the `yᵀ` read-modify-writes (each in-tile row then accumulates over both
-/// bands in registers) but a group needs tiles whose patterns agree in both
-/// bands, so it only pays when runs are short and there are enough tile rows
-/// per pattern pair to fill groups of [`GROUP_TILES`].
-fn band_span(a: &PatternAssignment, patterns: usize, entries_per_row: f64, tiles_down: usize) -> usize {
-    let (_, tiles_across) = a.tile_grid();
-    if std::env::var("PP_NOSPAN").is_ok() { return 1; }
-    let pairs = (patterns * patterns).max(1);
-    if entries_per_row < SHORT_RUN_ENTRIES && tiles_across >= 2 && tiles_down >= 2 * GROUP_TILES * pairs {
+/// How many adjacent column bands form one virtual tile. Each run's `yᵀ`
+/// read-modify-write (`tiles x vectors` loads and stores) wraps the entries of
+/// one in-tile row; pairing bands doubles those entries, halving the
+/// read-modify-writes per FMA. A group then needs tiles whose patterns agree
+/// in both bands, so groups are smaller (16 pattern pairs instead of 4
+/// patterns); even groups of one or two virtual tiles measured faster than
+/// regrouping them band by band into fuller groups, since the stores of the
+/// read-modify-write bound short runs more than the loads a fuller group saves.
+/// Spans of 3 and 4 measured slower than 2 (groups too fragmented).
+fn band_span(tiles_across: usize, entries_per_row: f64) -> usize {
+    if entries_per_row < SHORT_RUN_ENTRIES && tiles_across >= 2 {
         2
     } else {
         1
@@ -373,27 +370,25 @@ impl Packer<'_> {
             .filter(|&p| self.keeps(tile_row * t + p / row_len, tile_col0 * t + p % row_len))
             .map(|p| p as u32)
             .collect();
-        let patterns = (tile_col0..tile_col0 + width).map(|tc| a.pattern_of(tile_row, tc)).collect();
+        let patterns = (0..width)
+            .map(|i| {
+                let in_tile_i = kept.iter().any(|&p| (p as usize % row_len) / t == i);
+                in_tile_i.then(|| a.pattern_of(tile_row, tile_col0 + i))
+            })
+            .collect();
         (!kept.is_empty()).then_some(SpanTile { tile_row, tile_col0, width, patterns, kept })
     }
 
     /// Sorts `spans` (all starting at the same tile column and of the same
     /// width) so equal patterns and equal kept positions are adjacent, and
-    /// emits groups of up to [`GROUP_TILES`]. With `emit_partial == false`,
-    /// the last, partial group of each pattern combination is returned instead.
-    fn group(&mut self, mut spans: Vec<SpanTile>, emit_partial: bool) -> Vec<SpanTile> {
+    /// emits groups of up to [`GROUP_TILES`] with equal patterns.
+    fn group(&mut self, mut spans: Vec<SpanTile>) {
         spans.sort_by(|a, b| (&a.patterns, &a.kept, a.tile_row).cmp(&(&b.patterns, &b.kept, b.tile_row)));
-        let mut left = Vec::new();
         for same in spans.chunk_by(|a, b| a.patterns == b.patterns) {
             for chunk in same.chunks(GROUP_TILES) {
-                if chunk.len() < GROUP_TILES && !emit_partial {
-                    left.extend_from_slice(chunk);
-                } else {
-                    self.emit(chunk);
-                }
+                self.emit(chunk);
             }
         }
-        left
     }
 
     /// One group: the union of the tiles' kept positions as its index list, weights interleaved.
@@ -520,47 +515,54 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
     }
 }
 
-/// Runs every group of `layer` on one panel of `vectors` live token vectors,
-/// chunk by chunk of [`CHUNK_VECTORS`] inside each group (so the group's
-/// weights and index list are read from memory once per panel and come from
-/// L1 for the other chunks), splitting groups into passes of at most `KMAX` tiles.
+/// Runs every group of `layer` on one panel with `V` live token vectors.
 ///
 /// # Safety
 /// As [`PatternSparseLinear::run_panel`] documents for its backend call.
 #[inline(always)]
-unsafe fn panel_groups<S: F32Vector, const KMAX: usize>(
+unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
     layer: &PatternSparseLinear,
     xs: *const f32,
     ys: *mut f32,
-    pw: usize,
-    vectors: usize,
 ) {
-    let chunk = CHUNK_VECTORS * S::LANES;
+    let pw = PANEL_VECTORS * S::LANES;
     for g in &layer.groups {
-        // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds,
-        // and chunk `c` covers token vectors `c * CHUNK_VECTORS..` of at most `vectors` live ones.
+        // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds.
         unsafe {
             let runs = layer.runs.get_unchecked(g.runs_start as usize..g.runs_end as usize);
-            for c in 0..vectors.div_ceil(CHUNK_VECTORS) {
-                let x_band = xs.add(g.x_row as usize * pw + c * chunk);
-                let y = ys.add(c * chunk);
-                match (vectors - c * CHUNK_VECTORS).min(CHUNK_VECTORS) {
-                    1 => group_chunk::<S, 1, KMAX>(layer, g, runs, x_band, y, pw),
-                    2 => group_chunk::<S, 2, KMAX>(layer, g, runs, x_band, y, pw),
-                    3 => group_chunk::<S, 3, KMAX>(layer, g, runs, x_band, y, pw),
-                    _ => group_chunk::<S, CHUNK_VECTORS, KMAX>(layer, g, runs, x_band, y, pw),
-                }
-            }
+            group_passes::<S, V, KMAX>(layer, g, runs, xs.add(g.x_row as usize * pw), ys, pw);
         }
     }
 }
 
-/// One group on one chunk of `V` token vectors, in passes of at most `KMAX` tiles.
+/// Dispatches on the number of live token vectors (the last panel may be narrower).
 ///
 /// # Safety
-/// As [`panel_groups`]; `x_band` and `ys` point at the chunk's first token.
+/// As [`panel_groups`].
 #[inline(always)]
-unsafe fn group_chunk<S: F32Vector, const V: usize, const KMAX: usize>(
+unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(
+    layer: &PatternSparseLinear,
+    xs: *const f32,
+    ys: *mut f32,
+    vectors: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match vectors {
+            1 => panel_groups::<S, 1, KMAX>(layer, xs, ys),
+            2 => panel_groups::<S, 2, KMAX>(layer, xs, ys),
+            3 => panel_groups::<S, 3, KMAX>(layer, xs, ys),
+            _ => panel_groups::<S, 4, KMAX>(layer, xs, ys),
+        }
+    }
+}
+
+/// One group on `V` token vectors, in passes of at most `KMAX` tiles.
+///
+/// # Safety
+/// As [`panel_groups`]; `x_band` points at the group's first `xᵀ` row, `ys` at the `yᵀ` panel.
+#[inline(always)]
+unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
     layer: &PatternSparseLinear,
     g: &TileGroup,
     runs: &[RowRun],
@@ -619,34 +621,34 @@ unsafe fn group_chunk<S: F32Vector, const V: usize, const KMAX: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86_panels {
-    use super::{panel_groups, PatternSparseLinear};
+    use super::{panel_for_vectors, PatternSparseLinear};
     use crate::simd::x86::{Avx2Fma, Avx512};
 
     /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, pw: usize, vectors: usize) {
+    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
         // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_groups::<Avx512, 4>(layer, xs, ys, pw, vectors) }
+        unsafe { panel_for_vectors::<Avx512, 4>(layer, xs, ys, vectors) }
     }
 
     /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, pw: usize, vectors: usize) {
+    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
         // SAFETY: AVX2 and FMA are enabled here; the rest is forwarded from the caller.
-        unsafe { panel_groups::<Avx2Fma, 2>(layer, xs, ys, pw, vectors) }
+        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, xs, ys, vectors) }
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 mod neon_panels {
-    use super::{panel_groups, PatternSparseLinear};
+    use super::{panel_for_vectors, PatternSparseLinear};
     use crate::simd::neon::Neon;
 
     /// 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn neon(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, pw: usize, vectors: usize) {
+    pub(super) unsafe fn neon(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
         // SAFETY: NEON is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_groups::<Neon, 4>(layer, xs, ys, pw, vectors) }
+        unsafe { panel_for_vectors::<Neon, 4>(layer, xs, ys, vectors) }
     }
 }
 
@@ -790,20 +792,39 @@ mod tests {
     }
 
     #[test]
-    fn large_sparse_layers_pair_bands_dense_ones_do_not() {
-        let w = Matrix::random(GROUP_TILES * 2 * 16 * 16, 64, 8, 1.0);
-        let base = Mask::dense(w.rows(), 64);
-        let sparse = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
-        let dense = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.5)));
-        assert_eq!(band_span(&sparse, 4, 2.0, sparse.tile_grid().0), 2);
-        assert_eq!(band_span(&dense, 4, 8.0, dense.tile_grid().0), 1);
-        let small = Matrix::random(64, 64, 8, 1.0);
-        let a = assign_patterns(
-            &small,
-            &Mask::dense(64, 64),
-            &generate_pattern_set(&small, &Mask::dense(64, 64), &PatternConfig::new(16, 0.875)),
-        );
-        assert_eq!(band_span(&a, 4, 2.0, a.tile_grid().0), 1, "too few tile rows to fill groups per pattern pair");
+    fn short_runs_pair_bands_long_runs_and_single_bands_do_not() {
+        assert_eq!(band_span(48, 2.0), 2, "87.5 % of 16x16");
+        assert_eq!(band_span(48, 8.0), 2, "50 % of 16x16");
+        assert_eq!(band_span(48, 16.0), 1, "50 % of 32x32");
+        assert_eq!(band_span(1, 2.0), 1, "a single band has nothing to pair with");
+    }
+
+    #[test]
+    fn pairs_group_by_both_patterns_and_empty_halves_stay_apart() {
+        // A BP base of whole 16x16 blocks: virtual 16x32 tiles are often half empty, and a
+        // half-empty one must not share a group (and an index list union) with a full one.
+        let w = Matrix::random(256, 64, 9, 1.0);
+        let shape = crate::prune::block::BlockShape { rows: 16, cols: 16 };
+        let base = crate::prune::block::block_mask(&w, shape, 0.5);
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875));
+        let a = assign_patterns(&w, &base, &set);
+        let layer = PatternSparseLinear::pack(&w, &a, set.len(), Backend::best(), Some(2));
+        assert_eq!(layer.stored_weights(), layer.stats().nnz, "no union zeros: every group shares its kept positions");
+        let mut expected = w.clone();
+        expected.apply_mask(a.mask());
+        assert_eq!(layer.effective_weights(), expected);
+        let keeps_any = |tr: usize, tc: usize| (0..256).any(|p| a.mask().get(tr * 16 + p / 16, tc * 16 + p % 16));
+        let mut half_empty_groups = 0;
+        for g in &layer.groups {
+            let tile_rows: Vec<usize> = (0..g.tiles as usize).map(|k| g.y_rows[k] as usize / 16).collect();
+            for tc in [g.x_row as usize / 16, g.x_row as usize / 16 + 1] {
+                let used: Vec<Option<usize>> =
+                    tile_rows.iter().map(|&tr| keeps_any(tr, tc).then(|| a.pattern_of(tr, tc))).collect();
+                assert!(used.iter().all(|u| *u == used[0]), "group mixes patterns or empty halves in band {tc}");
+                half_empty_groups += usize::from(used[0].is_none());
+            }
+        }
+        assert!(half_empty_groups > 0, "the BP base should leave some half-empty pairs");
     }
 
     #[test]

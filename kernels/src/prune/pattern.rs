@@ -480,7 +480,7 @@ pub fn generate_pattern_set(w: &Matrix, base: &Mask, cfg: &PatternConfig) -> Pat
     let target_kept = ((1.0 - cfg.sparsity) * total as f64).round() as usize;
     let evaluate = |k: usize| choose_set(&layer, &candidates.with_kept(&layer, k), cfg.patterns_per_set);
 
-    let no_padding = w.rows() % tile == 0 && w.cols() % tile == 0;
+    let no_padding = w.rows().is_multiple_of(tile) && w.cols().is_multiple_of(tile);
     let choice = if no_padding && base.kept() == total {
         // Every tile keeps exactly k weights whichever pattern it takes.
         let k = ((1.0 - cfg.sparsity) * area as f64).round() as usize;

@@ -1,0 +1,433 @@
+//! Faults injected into whole runs (issue 7, item 2): each test breaks something a real lab
+//! breaks (an SSH link, a power monitor's USB, the operator's Ctrl-C, a `kill -9`, a dead or
+//! impostor board) and checks that nothing is lost: every finished cell stays in the journal
+//! exactly once, and the board's cpufreq settings end as they started.
+//!
+//! The "boards" are this host: SSH boards are the `common::Sshd` fixture on 127.0.0.1, and every
+//! board's hardware is an in-process [`harness::sim::simulator::Simulator`] (fake sysfs tree kept
+//! consistent by its ticker, agent wrapper). The power monitor of the monitor faults is a
+//! [`Ppk2Emulator`] the test owns, so it can be "unplugged" and "plugged back" mid-cell. The agent
+//! is the host's debug build, deployed with `--agent-bin`.
+//!
+//! The tests run one at a time (`faults_support::serial`). Without `/usr/sbin/sshd` the SSH ones
+//! print why and pass, unless `HIL_REQUIRE_SSHD=1`. Every wait is bounded.
+
+mod common;
+mod faults_support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use common::Sshd;
+use faults_support::{
+    cpufreq_settings, find_run_dir, local_board_yaml, restore_file, run_bounded, scenario_yaml, serial, ssh_board_yaml,
+    start_simulator, unique_journal, wait_for_journaled, HilRun, SshLogin, Timing, CELLS_PER_BOARD,
+};
+use harness::sim::ppk2_emulator::{EmulatorConfig, Ppk2Emulator};
+
+/// Upper bound of one whole run of the small scenario (agent load, switching, 4 cells, retries).
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+/// Upper bound until the first cell of a run is journaled.
+const FIRST_CELL_LIMIT: Duration = Duration::from_secs(120);
+
+macro_rules! sshd_or_skip {
+    () => {
+        match Sshd::start() {
+            Some(sshd) => sshd,
+            None => return,
+        }
+    };
+}
+
+fn login(sshd: &Sshd) -> SshLogin {
+    SshLogin {
+        port: sshd.port,
+        user: sshd.user.clone(),
+        identity: sshd.client_key.clone(),
+        known_hosts: sshd.known_hosts.clone(),
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("hil-faults-").tempdir().expect("tempdir")
+}
+
+/// An emulated PPK2 drawing a steady 2.5 W from its 5 V rail, linked at `port`.
+fn plug_in_ppk2(port: &Path) -> Ppk2Emulator {
+    let model = |_t_s: f64, supply_v: f64| 2.5 / supply_v.max(0.8);
+    let config = EmulatorConfig { initial_vdd_mv: 5000, ..EmulatorConfig::default() };
+    let mut emulator = Ppk2Emulator::spawn(model, config).expect("spawning the PPK2 emulator");
+    emulator.link_at(port).unwrap_or_else(|e| panic!("linking the emulator at {}: {e}", port.display()));
+    emulator
+}
+
+fn run_json(run_dir: &Path) -> serde_json::Value {
+    let path = run_dir.join(harness::runmeta::RUN_JSON);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A board "site": the simulator's tree under `<work>/<name>-sim`, the workdir under `<work>/<name>-wd`.
+struct Site {
+    sim_root: PathBuf,
+    workdir: PathBuf,
+    _sim: harness::sim::simulator::Simulator,
+}
+
+impl Site {
+    fn new(work: &Path, name: &str) -> Site {
+        let sim_root = work.join(format!("{name}-sim"));
+        let sim = start_simulator(&sim_root, name);
+        Site { workdir: work.join(format!("{name}-wd")), sim_root, _sim: sim }
+    }
+
+    fn sys(&self) -> PathBuf {
+        self.sim_root.join("sys")
+    }
+}
+
+#[test]
+fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
+    let _serial = serial();
+    let sshd = sshd_or_skip!();
+    let work = tempdir();
+    let site = Site::new(work.path(), "drop");
+    let before = cpufreq_settings(&site.sys());
+    let timing = Timing { window: Duration::from_millis(2000), ..Timing::SHORT };
+    let text =
+        scenario_yaml("ssh-drop", &[ssh_board_yaml("sshboard", &login(&sshd), &site.sim_root, &site.workdir)], timing);
+    let out = work.path().join("results");
+
+    let (outcome, killed) = thread::scope(|s| {
+        let killer = s.spawn(|| {
+            wait_for_journaled(&out, "ssh-drop", 1, FIRST_CELL_LIMIT);
+            // The next cell is at the same level (no re-pin): its 2 s window starts within a few
+            // sysfs reads, so 600 ms later the agent is mid-window.
+            thread::sleep(Duration::from_millis(600));
+            sshd.kill_connections()
+        });
+        let outcome = run_bounded(&text, &out, None, RUN_LIMIT);
+        (outcome, killer.join().expect("killer thread"))
+    });
+    let outcome = outcome.unwrap_or_else(|e| panic!("run failed: {e:#}\nsshd log:\n{}", sshd.log_text()));
+    assert!(killed >= 1, "no sshd connection process to kill mid-cell");
+    assert!(outcome.all_ok(), "{:?}", outcome.boards);
+
+    let cells = unique_journal(&outcome.dir);
+    assert_eq!(cells.len(), CELLS_PER_BOARD, "every cell journaled once");
+    assert_eq!(cells[0].attempts, 1, "the first cell finished before the fault");
+    let retried: Vec<_> = cells.iter().filter(|c| c.attempts >= 2).map(|c| c.key().to_string()).collect();
+    assert!(!retried.is_empty(), "the cell running when the link dropped records a retry: {cells:#?}");
+    assert!(sshd.accepted_logins() >= 2, "a second login (the reconnect) happened:\n{}", sshd.log_text());
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq settings restored");
+    assert!(!restore_file(&site.workdir).exists(), "restore file removed after the clean restore");
+}
+
+#[test]
+fn power_monitor_closed_mid_cell_is_reopened_when_it_comes_back_and_the_cell_retried() {
+    let _serial = serial();
+    let work = tempdir();
+    let site = Site::new(work.path(), "ppk");
+    let port = site.sim_root.join("ppk2");
+    let emulator = plug_in_ppk2(&port);
+    let before = cpufreq_settings(&site.sys());
+    let text = scenario_yaml(
+        "monitor-back",
+        &[local_board_yaml("bench", &site.sim_root, &site.workdir, Some(&port))],
+        Timing::SHORT,
+    );
+    let out = work.path().join("results");
+
+    let (outcome, replugged) = thread::scope(|s| {
+        let fault = s.spawn(|| {
+            wait_for_journaled(&out, "monitor-back", 1, FIRST_CELL_LIMIT);
+            thread::sleep(Duration::from_millis(400));
+            // Unplugged: the pty closes and the link disappears, as a USB device node would.
+            let unplugged = emulator.shutdown();
+            assert!(unplugged.streams_started >= 1, "the harness was streaming from the monitor");
+            thread::sleep(Duration::from_millis(1500));
+            plug_in_ppk2(&port)
+        });
+        let outcome = run_bounded(&text, &out, None, RUN_LIMIT);
+        (outcome, fault.join().expect("fault thread"))
+    });
+    let outcome = outcome.unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    assert!(outcome.all_ok(), "{:?}", outcome.boards);
+    assert!(
+        replugged.stats().streams_started >= 1,
+        "the harness reopened the monitor that came back and streamed from it"
+    );
+
+    let cells = unique_journal(&outcome.dir);
+    assert_eq!(cells.len(), CELLS_PER_BOARD, "every cell journaled once");
+    assert!(
+        cells.iter().any(|c| c.attempts >= 2),
+        "the cell running when the monitor closed records a retry: {cells:#?}"
+    );
+    for c in &cells {
+        let energy = c.energy_per_inference_mj.unwrap_or(f64::NAN);
+        assert!(energy > 0.0, "cell {} has energy from the monitor: {energy}", c.key());
+        assert!(c.idle_power_w.is_some(), "cell {} has idle power (re-measured after the reopen)", c.key());
+    }
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq settings restored");
+    assert!(!restore_file(&site.workdir).exists(), "restore file removed after the clean restore");
+}
+
+#[test]
+fn power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_it() {
+    let _serial = serial();
+    let work = tempdir();
+    let site = Site::new(work.path(), "gone");
+    let port = site.sim_root.join("ppk2");
+    let emulator = plug_in_ppk2(&port);
+    let before = cpufreq_settings(&site.sys());
+    let text = scenario_yaml(
+        "monitor-gone",
+        &[local_board_yaml("bench", &site.sim_root, &site.workdir, Some(&port))],
+        Timing::SHORT,
+    );
+    let out = work.path().join("results");
+
+    // The runner waits 30 s (runner::MONITOR_RETURN_TIMEOUT) for the monitor before giving up.
+    let outcome = thread::scope(|s| {
+        s.spawn(|| {
+            wait_for_journaled(&out, "monitor-gone", 1, FIRST_CELL_LIMIT);
+            thread::sleep(Duration::from_millis(400));
+            emulator.shutdown();
+        });
+        run_bounded(&text, &out, None, RUN_LIMIT)
+    })
+    .unwrap_or_else(|e| panic!("run failed outside the board: {e:#}"));
+    assert!(!outcome.all_ok());
+    let board = &outcome.boards[0];
+    let error = board.error.as_deref().unwrap_or_else(|| panic!("the board must fail: {board:?}"));
+    assert!(error.contains("power monitor"), "the message names the power monitor: {error}");
+    assert!(error.contains("did not come back"), "the message says what happened: {error}");
+    assert!(
+        error.contains(&port.display().to_string()),
+        "the message names the monitor's port {}: {error}",
+        port.display()
+    );
+
+    let cells = unique_journal(&outcome.dir);
+    assert!(
+        !cells.is_empty() && cells.len() < CELLS_PER_BOARD,
+        "cells finished before the fault are kept: {}",
+        cells.len()
+    );
+    assert!(cells.iter().all(|c| c.energy_per_inference_mj.is_some_and(|e| e > 0.0)), "kept cells are complete");
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq settings restored after the failure");
+    assert!(!restore_file(&site.workdir).exists(), "restore file removed after the restore");
+}
+
+#[test]
+fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
+    let _serial = serial();
+    let sshd = sshd_or_skip!();
+    let work = tempdir();
+    let site = Site::new(work.path(), "int");
+    let before = cpufreq_settings(&site.sys());
+    let scenario = work.path().join("sigint.yaml");
+    let text = scenario_yaml(
+        "sigint",
+        &[ssh_board_yaml("sshboard", &login(&sshd), &site.sim_root, &site.workdir)],
+        Timing::SHORT,
+    );
+    std::fs::write(&scenario, &text).unwrap();
+    let out = work.path().join("results");
+
+    let mut first = HilRun::start(&scenario, &out, None, &work.path().join("first"));
+    wait_for_journaled(&out, "sigint", 1, FIRST_CELL_LIMIT);
+    assert!(first.running(), "the run is still going when interrupted:\n{}", first.output());
+    first.signal(libc::SIGINT);
+    let (status, took) = first.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "an interrupted run exits 1 (after {took:?}):\n{}", first.output());
+    let stdout = first.stdout_text();
+    assert!(stdout.contains("interrupted"), "the board is reported interrupted:\n{}", first.output());
+    assert!(stdout.contains("resume with:") && stdout.contains("--resume"), "says how to resume:\n{}", first.output());
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq restored on Ctrl-C");
+    assert!(!restore_file(&site.workdir).exists(), "restore file removed after the restore on Ctrl-C");
+
+    let run_dir = find_run_dir(&out, "sigint").expect("run directory");
+    let kept = unique_journal(&run_dir);
+    assert!(!kept.is_empty() && kept.len() < CELLS_PER_BOARD, "stopped early with finished cells kept: {}", kept.len());
+    assert_eq!(run_json(&run_dir)["interrupted"], true, "run.json records the interruption");
+
+    let mut resumed = HilRun::start(&scenario, &out, Some(&run_dir), &work.path().join("resumed"));
+    let (status, _) = resumed.wait(RUN_LIMIT);
+    assert!(status.success(), "--resume completes the run:\n{}", resumed.output());
+    let expected = format!("{} cells measured, {} already done", CELLS_PER_BOARD - kept.len(), kept.len());
+    assert!(
+        resumed.stdout_text().contains(&expected),
+        "resume measured only the rest ({expected}):\n{}",
+        resumed.output()
+    );
+    let cells = unique_journal(&run_dir);
+    assert_eq!(cells.len(), CELLS_PER_BOARD, "all cells present after --resume");
+    for (old, now) in kept.iter().zip(&cells) {
+        assert_eq!((old.key(), &old.started_at), (now.key(), &now.started_at), "finished cells are kept as they were");
+    }
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq restored after the resumed run");
+    assert!(!restore_file(&site.workdir).exists());
+}
+
+#[test]
+fn sigkill_leaves_the_restore_file_and_resume_restores_cpufreq_first_then_completes() {
+    let _serial = serial();
+    let sshd = sshd_or_skip!();
+    let work = tempdir();
+    let site = Site::new(work.path(), "kill");
+    let before = cpufreq_settings(&site.sys());
+    let scenario = work.path().join("sigkill.yaml");
+    let text = scenario_yaml(
+        "sigkill",
+        &[ssh_board_yaml("sshboard", &login(&sshd), &site.sim_root, &site.workdir)],
+        Timing::SHORT,
+    );
+    std::fs::write(&scenario, &text).unwrap();
+    let out = work.path().join("results");
+
+    let mut first = HilRun::start(&scenario, &out, None, &work.path().join("first"));
+    wait_for_journaled(&out, "sigkill", 1, FIRST_CELL_LIMIT);
+    first.signal(libc::SIGKILL);
+    let (status, _) = first.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), None, "killed by a signal");
+
+    // Nothing ran after the kill: the board is left pinned, with its restore file.
+    let pinned = cpufreq_settings(&site.sys());
+    assert_ne!(pinned, before, "a killed run leaves the board pinned");
+    assert!(restore_file(&site.workdir).is_file(), "the restore file stays on the board");
+    let run_dir = find_run_dir(&out, "sigkill").expect("run directory");
+    let kept = unique_journal(&run_dir);
+    assert!(!kept.is_empty() && kept.len() < CELLS_PER_BOARD, "finished cells are kept: {}", kept.len());
+
+    let mut resumed = HilRun::start(&scenario, &out, Some(&run_dir), &work.path().join("resumed"));
+    let (status, _) = resumed.wait(RUN_LIMIT);
+    assert!(status.success(), "--resume completes the run:\n{}", resumed.output());
+    assert!(
+        resumed.stderr_text().contains("restored cpufreq settings left by an interrupted run"),
+        "the resumed run says it restored the board:\n{}",
+        resumed.output()
+    );
+    let meta = run_json(&run_dir);
+    let board = &meta["boards"]["sshboard"];
+    assert_eq!(board["restored_from_previous_crash"], true, "run.json: {board:#}");
+    // The settings this run saved (before its own first write) are the original ones, not the
+    // pinned ones the killed run left: the restore file was applied before anything else.
+    for policy in board["saved_dvfs"]["policies"].as_array().expect("saved_dvfs.policies") {
+        let name = format!("policy{}", policy["policy"]);
+        assert_eq!(policy["governor"].as_str(), Some(before[&format!("{name}/scaling_governor")].as_str()), "{policy}");
+        assert_eq!(policy["min_khz"].to_string(), before[&format!("{name}/scaling_min_freq")], "{policy}");
+        assert_eq!(policy["max_khz"].to_string(), before[&format!("{name}/scaling_max_freq")], "{policy}");
+    }
+    let expected = format!("{} cells measured, {} already done", CELLS_PER_BOARD - kept.len(), kept.len());
+    assert!(
+        resumed.stdout_text().contains(&expected),
+        "resume measured only the rest ({expected}):\n{}",
+        resumed.output()
+    );
+    assert_eq!(unique_journal(&run_dir).len(), CELLS_PER_BOARD, "all cells present after --resume");
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq back to the original after the resumed run");
+    assert!(!restore_file(&site.workdir).exists(), "restore file removed");
+}
+
+#[test]
+fn boards_that_do_not_answer_fail_with_clear_messages_while_the_other_completes() {
+    let _serial = serial();
+    let sshd = sshd_or_skip!();
+    let work = tempdir();
+    let good = Site::new(work.path(), "good");
+    let before = cpufreq_settings(&good.sys());
+    // Accepts TCP connections (the kernel completes them into the backlog) and never speaks SSH.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().unwrap().port();
+    // A port nobody listens on (bound, then released).
+    let closed_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let with_port = |port| SshLogin { port, ..login(&sshd) };
+    let boards = [
+        ssh_board_yaml("silent", &with_port(silent_port), &good.sim_root, &work.path().join("silent-wd")),
+        ssh_board_yaml("refused", &with_port(closed_port), &good.sim_root, &work.path().join("refused-wd")),
+        ssh_board_yaml("good", &login(&sshd), &good.sim_root, &good.workdir),
+    ];
+    let text = scenario_yaml("unanswered", &boards, Timing::SHORT);
+    let out = work.path().join("results");
+
+    let outcome = run_bounded(&text, &out, None, RUN_LIMIT).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    drop(silent);
+    let by_name =
+        |name: &str| outcome.boards.iter().find(|b| b.board == name).unwrap_or_else(|| panic!("no outcome for {name}"));
+    let silent_error = by_name("silent").error.clone().expect("the silent board fails");
+    assert!(silent_error.contains(&format!("127.0.0.1:{silent_port}")), "names the address: {silent_error}");
+    assert!(silent_error.contains("silent"), "names the board: {silent_error}");
+    assert!(
+        silent_error.contains("handshake") || silent_error.to_lowercase().contains("timed out"),
+        "says the board did not answer: {silent_error}"
+    );
+    let refused_error = by_name("refused").error.clone().expect("the unreachable board fails");
+    assert!(refused_error.contains(&format!("127.0.0.1:{closed_port}")), "names the address: {refused_error}");
+    assert!(refused_error.contains("refused"), "says the connection was refused: {refused_error}");
+
+    let ok = by_name("good");
+    assert!(ok.error.is_none() && ok.cells_done == CELLS_PER_BOARD, "the answering board completes: {ok:?}");
+    let cells = unique_journal(&outcome.dir);
+    assert_eq!(cells.len(), CELLS_PER_BOARD);
+    assert!(cells.iter().all(|c| c.board == "good"));
+    assert_eq!(cpufreq_settings(&good.sys()), before, "cpufreq restored on the board that ran");
+    for dead in ["silent-wd", "refused-wd"] {
+        assert!(!work.path().join(dead).exists(), "nothing was deployed for {dead}");
+    }
+}
+
+#[test]
+fn wrong_or_unknown_host_key_is_refused_and_nothing_runs_on_the_board() {
+    let _serial = serial();
+    let sshd = sshd_or_skip!();
+    let work = tempdir();
+    let site = Site::new(work.path(), "keys");
+    let before = cpufreq_settings(&site.sys());
+    let impostor = SshLogin {
+        known_hosts: sshd.write_known_hosts("known_hosts_wrong", &format!("{}\n", sshd.wrong_key_line())),
+        ..login(&sshd)
+    };
+    let unknown = SshLogin { known_hosts: sshd.write_known_hosts("known_hosts_empty", ""), ..login(&sshd) };
+    let boards = [
+        ssh_board_yaml("changed", &impostor, &site.sim_root, &work.path().join("changed-wd")),
+        ssh_board_yaml("unknown", &unknown, &site.sim_root, &work.path().join("unknown-wd")),
+    ];
+    let text = scenario_yaml("hostkey", &boards, Timing::SHORT);
+    let out = work.path().join("results");
+
+    let outcome = run_bounded(&text, &out, None, RUN_LIMIT).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    assert!(!outcome.all_ok());
+    for board in &outcome.boards {
+        let error =
+            board.error.as_deref().unwrap_or_else(|| panic!("board {} must be refused: {board:?}", board.board));
+        assert!(
+            error.to_lowercase().contains("host key"),
+            "board {}: the message is about the host key: {error}",
+            board.board
+        );
+        assert!(
+            error.contains(&format!("127.0.0.1:{}", sshd.port)) || error.contains("127.0.0.1"),
+            "names the host: {error}"
+        );
+        assert_eq!(board.cells_done, 0);
+    }
+    let changed = &outcome.boards.iter().find(|b| b.board == "changed").unwrap().error;
+    assert!(changed.as_deref().is_some_and(|e| e.contains("CHANGED")), "a changed key is called out: {changed:?}");
+
+    assert_eq!(sshd.accepted_logins(), 0, "no login was attempted past the host key check:\n{}", sshd.log_text());
+    for wd in ["changed-wd", "unknown-wd"] {
+        let dir = work.path().join(wd);
+        assert!(
+            !dir.join("hil-agent").exists() && !restore_file(&dir).exists(),
+            "nothing deployed in {}",
+            dir.display()
+        );
+    }
+    assert!(!site.sim_root.join("agent.pid").exists(), "no agent was started");
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq untouched");
+    assert!(unique_journal(&outcome.dir).is_empty(), "no cells");
+}

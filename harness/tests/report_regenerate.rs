@@ -1,0 +1,362 @@
+//! `hil report` on synthetic run directories: byte-identical regeneration, well-formed HTML
+//! and SVG, the SIMULATED label exactly when a board was simulated, raw power traces, and
+//! escaping of text that comes from the results.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use harness::power::Sample;
+use harness::report::{terminal_summary, write_reports, ReportPaths};
+use harness::results::{write_power_part, CellKey, CellRecord};
+use quick_xml::events::Event;
+use quick_xml::Reader;
+use serde_json::json;
+
+const LEVELS_KHZ: [u64; 3] = [1_500_000, 1_000_000, 600_000];
+/// (name, kind, sparsity, latency at the top level in ms).
+const VARIANTS: [(&str, &str, f64, f64); 3] = [("dense", "dense", 0.0, 12.0), ("bp50", "block", 0.5, 7.0), ("pp75", "pattern", 0.75, 4.0)];
+
+fn scenario_yaml(simulated: bool) -> String {
+    let board: &[&str] = if simulated {
+        &["  - name: sim", "    sim: true", "    cpus: [0]", "    workdir: /tmp/hil-sim", "    battery:", "      capacity_wh: 10.5"]
+    } else {
+        &[
+            "  - name: pi4",
+            "    host: 127.0.0.1",
+            "    user: pi",
+            "    workdir: /tmp/hil",
+            "    cpus: [0]",
+            "    monitor:",
+            "      kind: ppk2",
+            "      port: /dev/ttyACM0",
+            "      mode: ampere",
+        ]
+    };
+    let mut lines = vec!["name: synth", "description: a synthetic run for the report tests", "boards:"];
+    lines.extend_from_slice(board);
+    lines.extend_from_slice(&[
+        "model:",
+        "  preset: rt3-transformer",
+        "  seq: 35",
+        "  seed: 7",
+        "variants:",
+        "  - name: dense",
+        "    kind: dense",
+        "  - name: bp50",
+        "    kind: block",
+        "    sparsity: 0.5",
+        "    block_rows: 32",
+        "  - name: pp75",
+        "    kind: pattern",
+        "    base: bp50",
+        "    tile: 16",
+        "    patterns: 4",
+        "    sparsity: 0.75",
+        "dvfs:",
+        "  levels: [1500MHz, 1000MHz, 600MHz]",
+        "measure:",
+        "  repeats: 2",
+        "constraints:",
+        "  latency_deadline: 15ms",
+    ]);
+    lines.join("\n") + "\n"
+}
+
+/// A deterministic spread of latencies around `ms` (no randomness: the test data must be fixed).
+fn latencies(ms: f64, n: usize, salt: u64) -> Vec<u64> {
+    (0..n as u64).map(|i| ((ms * 1e6) as u64) + ((i * 7919 + salt * 104_729) % 1000) * 1000).collect()
+}
+
+fn cell(board: &str, simulated: bool, level: usize, variant: usize, repeat: u32, t0_ns: i64) -> CellRecord {
+    let freq_khz = LEVELS_KHZ[level];
+    let (name, kind, sparsity, top_ms) = VARIANTS[variant];
+    let ms = top_ms * LEVELS_KHZ[0] as f64 / freq_khz as f64;
+    let lat = latencies(ms, 40, (level * 10 + variant) as u64 + u64::from(repeat));
+    let s = harness::stats::LatencySummary::from_ns(&lat).unwrap();
+    let power_w = 2.0 + freq_khz as f64 / 3e6 - sparsity * 0.1 + f64::from(repeat) * 0.01;
+    let idle_w = 2.0;
+    let window_ns: u64 = lat.iter().sum();
+    let energy_mj = power_w * s.mean_ms;
+    CellRecord {
+        board: board.into(),
+        freq_khz,
+        variant: name.into(),
+        repeat,
+        level: level as u32,
+        variant_kind: kind.into(),
+        sparsity,
+        simulated,
+        started_at: "2026-11-28T10:00:00Z".into(),
+        attempts: 1,
+        iterations: lat.len() as u64,
+        window_ns,
+        latency_median_ms: s.median_ms,
+        latency_mean_ms: s.mean_ms,
+        latency_p90_ms: s.p90_ms,
+        latency_p99_ms: s.p99_ms,
+        latency_min_ms: s.min_ms,
+        latency_max_ms: s.max_ms,
+        deadline_ms: Some(15.0),
+        deadline_met: Some(s.p99_ms <= 15.0),
+        cur_freq_khz: Some(freq_khz),
+        freq_verified: true,
+        off_target_ms: Some(0.0),
+        throttled: false,
+        temp_before_c: Some(45.0),
+        temp_after_c: Some(47.5),
+        checksum: format!("{name}-0123abcd"),
+        mean_power_w: Some(power_w),
+        idle_power_w: Some(idle_w),
+        energy_per_inference_mj: Some(energy_mj),
+        net_energy_per_inference_mj: Some(energy_mj - idle_w * s.mean_ms),
+        power_samples: Some(1000),
+        lost_samples: Some(0),
+        clock_offset_uncertainty_us: Some(12.5),
+        power_flagged: Some(false),
+        window_host_start_ns: Some(t0_ns),
+        window_host_end_ns: Some(t0_ns + window_ns as i64),
+        window_energy_j: Some(energy_mj * lat.len() as f64 / 1e3),
+        latencies_ns: lat,
+    }
+}
+
+fn board_json(simulated: bool, simulation: &str) -> serde_json::Value {
+    let mut b = json!({
+        "transport": if simulated { "local" } else { "ssh" },
+        "simulated": simulated,
+        "probe": {"arch": "aarch64", "kernel": "6.6.31-v8+", "cpu": {"model": "Cortex-A72", "cores": 4}, "thermal_zones": [{"index": 0, "type": "cpu-thermal", "temp_millicelsius": 45000}]},
+        "policies": ["policy0"],
+        "levels_khz": LEVELS_KHZ,
+        "agent": {"remote_path": "/tmp/hil/hil-agent", "sha256": "ab".repeat(32)},
+        "agent_hello": {"agent_version": "0.1.0", "arch": "aarch64", "simd": ["neon"], "cpu_model": "Cortex-A72", "kernel": {"release": "6.6.31-v8+"}},
+        "monitor": {"model": "PPK2", "serial": "C1A2B3", "calibration": [["R0", "1003.35"], ["GS1", "112.789"]], "sample_rate_hz": 100000.0, "simulated": simulated},
+        "model": {"model": {"preset": "rt3-transformer", "seq": 35, "seed": 7, "layers": 2}, "variants": [
+            {"name": "dense", "kind": "dense", "sparsity": 0.0, "nnz": 5760000, "bytes": 23040000, "prepare_ns": 82719266},
+            {"name": "bp50", "kind": "block", "sparsity": 0.5, "nnz": 2880000, "bytes": 11892960, "prepare_ns": 109716944},
+            {"name": "pp75", "kind": "pattern", "base": "bp50", "sparsity": 0.75, "nnz": 1439355, "bytes": 10447004, "prepare_ns": 951400000, "pattern_generation_ns": 497800000}
+        ]}
+    });
+    if simulated {
+        b["simulation"] = json!(simulation);
+        b["switch_ns"] = json!({"dense": 1_200_000u64, "bp50": 850_000u64, "pp75": 310_000u64});
+    }
+    b
+}
+
+/// A finished run of one board: 3 levels x 3 variants x 2 repeats, with power.
+fn make_run(dir: &Path, simulated: bool, simulation: &str) -> String {
+    let board = if simulated { "sim" } else { "pi4" };
+    fs::write(dir.join("scenario.yaml"), scenario_yaml(simulated)).unwrap();
+    let run = json!({
+        "harness_version": "0.1.0",
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "scenario": "synth",
+        "scenario_sha256": "cd".repeat(32),
+        "host": "lab-host",
+        "started_at": "2026-11-28T10:00:00Z",
+        "finished_at": "2026-11-28T10:05:00Z",
+        "interrupted": false,
+        "boards": {board: board_json(simulated, simulation)}
+    });
+    fs::write(dir.join("run.json"), serde_json::to_string_pretty(&run).unwrap()).unwrap();
+    let mut journal = String::new();
+    let mut t0 = 1_000_000_000_i64;
+    for repeat in 0..2 {
+        for level in 0..3 {
+            for variant in 0..3 {
+                let c = cell(board, simulated, level, variant, repeat, t0);
+                t0 = c.window_host_end_ns.unwrap() + 500_000_000;
+                journal.push_str(&serde_json::to_string(&c).unwrap());
+                journal.push('\n');
+            }
+        }
+    }
+    fs::write(dir.join("cells.jsonl"), journal).unwrap();
+    board.to_string()
+}
+
+/// Every file the report wrote, by path, with its bytes.
+fn snapshot(paths: &ReportPaths) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut all = vec![paths.markdown.clone(), paths.html.clone()];
+    all.extend(paths.plots.iter().cloned());
+    all.extend(paths.battery_csv.iter().cloned());
+    all.into_iter().map(|p| (p.clone(), fs::read(&p).unwrap())).collect()
+}
+
+/// Fails unless `text` is well-formed XML with one root element (entities and attributes
+/// checked, end tags matched).
+fn assert_well_formed(name: &str, text: &str) {
+    let mut reader = Reader::from_str(text);
+    reader.config_mut().check_end_names = true;
+    reader.config_mut().check_comments = true;
+    let (mut depth, mut roots) = (0i64, 0);
+    let check_attributes = |e: &quick_xml::events::BytesStart, pos: u64| {
+        for a in e.attributes() {
+            let a = a.unwrap_or_else(|err| panic!("{name}: bad attribute at byte {pos}: {err}"));
+            a.unescape_value().unwrap_or_else(|err| panic!("{name}: bad attribute value at byte {pos}: {err}"));
+        }
+    };
+    loop {
+        let pos = reader.buffer_position();
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                check_attributes(&e, pos);
+                roots += i32::from(depth == 0);
+                depth += 1;
+            }
+            Ok(Event::Empty(e)) => {
+                check_attributes(&e, pos);
+                roots += i32::from(depth == 0);
+            }
+            Ok(Event::End(_)) => depth -= 1,
+            Ok(Event::Text(t)) => {
+                let text = t.decode().unwrap_or_else(|err| panic!("{name}: bad text at byte {pos}: {err}"));
+                assert!(depth > 0 || text.trim().is_empty(), "{name}: text outside the root at byte {pos}: {text:?}");
+            }
+            Ok(Event::GeneralRef(r)) => {
+                let known = r.is_char_ref() || matches!(&*r.decode().unwrap(), "amp" | "lt" | "gt" | "quot" | "apos");
+                assert!(known, "{name}: unknown entity &{}; at byte {pos}", r.decode().unwrap());
+                if r.is_char_ref() {
+                    assert!(r.resolve_char_ref().unwrap().is_some(), "{name}: bad character reference at byte {pos}");
+                }
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{name} is not well-formed at byte {}: {e}", reader.buffer_position()),
+        }
+    }
+    assert_eq!(depth, 0, "{name}: unclosed elements");
+    assert_eq!(roots, 1, "{name}: {roots} root elements");
+}
+
+#[test]
+fn simulated_run_regenerates_byte_identically_with_well_formed_html_and_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run(dir.path(), true, "SIMULATED board: fake sysfs at /tmp/x; P = 2 W + k * V^2 * f <model & emulated PPK2>");
+    let first = write_reports(dir.path()).unwrap();
+    let before = snapshot(&first);
+    let second = write_reports(dir.path()).unwrap();
+    assert_eq!(first, second, "the same files are written");
+    let after = snapshot(&second);
+    for (path, bytes) in &before {
+        assert!(after[path] == *bytes, "{} changed on regeneration", path.display());
+    }
+
+    let names: Vec<String> = first.plots.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for expected in ["latency_sim.svg", "energy_sim.svg", "battery_sim.svg", "switch_sim.svg", "power_sim.svg"] {
+        assert!(names.contains(&expected.to_string()), "{expected} missing from {names:?}");
+    }
+    assert!(first.plots.iter().all(|p| p.parent().unwrap().ends_with("plots")));
+
+    let html = fs::read_to_string(&first.html).unwrap();
+    assert_well_formed("report.html", &html);
+    for p in &first.plots {
+        assert_well_formed(&p.display().to_string(), &fs::read_to_string(p).unwrap());
+    }
+    // Self-contained: every plot inline, nothing to fetch, no scripts.
+    assert_eq!(html.matches("<svg").count(), first.plots.len(), "every plot is inlined");
+    for forbidden in ["<script", " src=", " href=", "<link", "url("] {
+        assert!(!html.contains(forbidden), "report.html contains {forbidden}");
+    }
+
+    let md = fs::read_to_string(&first.markdown).unwrap();
+    assert!(html.contains("<div class=\"title\">SIMULATED</div>"), "prominent banner in the HTML");
+    assert!(md.contains("**⚠ SIMULATED**"), "prominent banner in the Markdown");
+    // The simulation description, escaped for each format.
+    assert!(html.contains("k * V^2 * f &lt;model &amp; emulated PPK2&gt;"), "simulation text escaped in HTML");
+    assert!(md.contains("k \\* V^2 \\* f \\<model & emulated PPK2\\>"), "simulation text escaped in Markdown");
+    assert!(terminal_summary(dir.path()).unwrap().starts_with("*** SIMULATED"));
+
+    // Provenance and the analysis tables are there.
+    for text in [
+        "abababababababababababababababababababababababababababababababab",
+        "PPK2",
+        "C1A2B3",
+        "R0=1003.35, GS1=112.789",
+        "6.6.31-v8+",
+        "RT3 schedule",
+        "RT3 paper's analytic model",
+        "Model against measurement",
+        "95 % confidence intervals",
+        "within 45 ms",
+        "Per-window mean power",
+    ] {
+        assert!(md.contains(text), "report.md lacks {text:?}");
+    }
+    assert!(md.contains("![latency sim](plots/latency_sim.svg)"), "Markdown links its plots");
+    assert!(!md.contains("<svg"), "Markdown does not inline SVG");
+}
+
+#[test]
+fn real_run_has_no_simulated_label_and_says_what_was_not_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run(dir.path(), false, "");
+    let paths = write_reports(dir.path()).unwrap();
+    let html = fs::read_to_string(&paths.html).unwrap();
+    let md = fs::read_to_string(&paths.markdown).unwrap();
+    let summary = terminal_summary(dir.path()).unwrap();
+    for (name, text) in [("report.html", &html), ("report.md", &md), ("summary", &summary)] {
+        assert!(!text.contains("SIMULATED"), "{name} of a real run says SIMULATED");
+    }
+    assert!(md.contains("| hardware | real board |"), "{md}");
+    assert!(md.contains("Board pi4: switching time not measured in this run."));
+    assert!(!paths.plots.iter().any(|p| p.ends_with("switch_pi4.svg")));
+    assert_well_formed("report.html", &html);
+    // The summary has one row per (level, variant) with the deadline verdict and energy.
+    let rows: Vec<&str> = summary.lines().filter(|l| l.starts_with("pi4 ")).collect();
+    assert_eq!(rows.len(), 9, "{summary}");
+    assert!(rows.iter().any(|r| r.contains("MISSED")) && rows.iter().any(|r| r.contains(" met ")), "{summary}");
+}
+
+#[test]
+fn raw_power_parts_give_a_sample_level_trace_of_the_dense_top_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let board = make_run(dir.path(), true, "SIMULATED board");
+    let key = CellKey { board: board.clone(), freq_khz: LEVELS_KHZ[0], variant: "dense".into(), repeat: 0 };
+    let start = 5_000_000_000_i64;
+    let samples: Vec<Sample> = (0..20_000u64)
+        .map(|i| Sample {
+            t_ns: start as u64 + i * 10_000,
+            current_a: 0.4 + if i % 1000 < 500 { 0.1 } else { 0.0 },
+            voltage_v: 5.0,
+            logic: None,
+        })
+        .collect();
+    write_power_part(dir.path(), &key, &samples, start).unwrap();
+    let paths = write_reports(dir.path()).unwrap();
+    let md = fs::read_to_string(&paths.markdown).unwrap();
+    assert!(md.contains("20000 raw samples from power\\_raw/sim\\_1500000\\_dense\\_r0.parquet") || md.contains("20000 raw samples from power_raw/sim_1500000_dense_r0.parquet"), "{md}");
+    assert!(!md.contains("Per-window mean power"), "raw samples replace the per-window trace");
+    let svg = fs::read_to_string(paths.plots.iter().find(|p| p.ends_with("power_sim.svg")).unwrap()).unwrap();
+    assert_well_formed("power_sim.svg", &svg);
+    assert!(svg.contains("power (W)") && svg.contains("window end"), "axis and window marker");
+    // Regeneration with raw power is still byte-identical.
+    let again = write_reports(dir.path()).unwrap();
+    assert_eq!(snapshot(&paths), snapshot(&again));
+}
+
+#[test]
+fn stale_plots_are_removed_and_other_files_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run(dir.path(), true, "SIMULATED board");
+    fs::create_dir_all(dir.path().join("plots")).unwrap();
+    fs::write(dir.path().join("plots/latency_oldboard.svg"), "<svg/>").unwrap();
+    fs::write(dir.path().join("plots/notes.txt"), "mine").unwrap();
+    write_reports(dir.path()).unwrap();
+    assert!(!dir.path().join("plots/latency_oldboard.svg").exists());
+    assert!(dir.path().join("plots/notes.txt").exists());
+}
+
+#[test]
+fn an_unreadable_run_directory_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-run");
+    let err = format!("{:#}", write_reports(&missing).unwrap_err());
+    assert!(err.contains("no-such-run"), "{err}");
+    // A directory without run.json names run.json.
+    make_run(dir.path(), true, "SIMULATED board");
+    fs::remove_file(dir.path().join("run.json")).unwrap();
+    let err = format!("{:#}", write_reports(dir.path()).unwrap_err());
+    assert!(err.contains("run.json"), "{err}");
+}
