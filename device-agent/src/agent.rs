@@ -683,7 +683,7 @@ mod tests {
             );
         }
         let mut header = serde_json::to_vec(&header).unwrap();
-        while header.len() % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(b' ');
         }
         let mut file = (header.len() as u64).to_le_bytes().to_vec();

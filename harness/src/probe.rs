@@ -364,7 +364,7 @@ fn format_cpu_list(cpus: &[u32]) -> String {
 
 /// kHz as MHz without trailing zeros (`1500000` -> `1500`, `1512500` -> `1512.5`).
 fn format_mhz(khz: u64) -> String {
-    if khz % 1000 == 0 {
+    if khz.is_multiple_of(1000) {
         (khz / 1000).to_string()
     } else {
         format!("{}", khz as f64 / 1000.0)

@@ -23,7 +23,7 @@ use std::time::Duration;
 use common::Sshd;
 use faults_support::{
     cpufreq_settings, find_run_dir, local_board_yaml, restore_file, run_bounded, scenario_yaml, serial, ssh_board_yaml,
-    start_simulator, unique_journal, wait_for_journaled, HilRun, SshLogin, Timing, CELLS_PER_BOARD,
+    start_simulator, unique_journal, wait_for_journaled, Binaries, HilRun, SshLogin, Timing, CELLS_PER_BOARD,
 };
 use harness::sim::ppk2_emulator::{EmulatorConfig, Ppk2Emulator};
 
@@ -90,9 +90,10 @@ impl Site {
 
 #[test]
 fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
-    let _serial = serial();
+    let _serial = serial("ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried");
     let sshd = sshd_or_skip!();
     let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
     let site = Site::new(work.path(), "drop");
     let before = cpufreq_settings(&site.sys());
     let timing = Timing { window: Duration::from_millis(2000), ..Timing::SHORT };
@@ -108,7 +109,7 @@ fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
             thread::sleep(Duration::from_millis(600));
             sshd.kill_connections()
         });
-        let outcome = run_bounded(&text, &out, None, RUN_LIMIT);
+        let outcome = run_bounded(&text, &out, &bins.agent, RUN_LIMIT);
         (outcome, killer.join().expect("killer thread"))
     });
     let outcome = outcome.unwrap_or_else(|e| panic!("run failed: {e:#}\nsshd log:\n{}", sshd.log_text()));
@@ -127,8 +128,9 @@ fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
 
 #[test]
 fn power_monitor_closed_mid_cell_is_reopened_when_it_comes_back_and_the_cell_retried() {
-    let _serial = serial();
+    let _serial = serial("power_monitor_closed_mid_cell_is_reopened_when_it_comes_back_and_the_cell_retried");
     let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
     let site = Site::new(work.path(), "ppk");
     let port = site.sim_root.join("ppk2");
     let emulator = plug_in_ppk2(&port);
@@ -150,7 +152,7 @@ fn power_monitor_closed_mid_cell_is_reopened_when_it_comes_back_and_the_cell_ret
             thread::sleep(Duration::from_millis(1500));
             plug_in_ppk2(&port)
         });
-        let outcome = run_bounded(&text, &out, None, RUN_LIMIT);
+        let outcome = run_bounded(&text, &out, &bins.agent, RUN_LIMIT);
         (outcome, fault.join().expect("fault thread"))
     });
     let outcome = outcome.unwrap_or_else(|e| panic!("run failed: {e:#}"));
@@ -177,8 +179,9 @@ fn power_monitor_closed_mid_cell_is_reopened_when_it_comes_back_and_the_cell_ret
 
 #[test]
 fn power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_it() {
-    let _serial = serial();
+    let _serial = serial("power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_it");
     let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
     let site = Site::new(work.path(), "gone");
     let port = site.sim_root.join("ppk2");
     let emulator = plug_in_ppk2(&port);
@@ -197,7 +200,7 @@ fn power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_i
             thread::sleep(Duration::from_millis(400));
             emulator.shutdown();
         });
-        run_bounded(&text, &out, None, RUN_LIMIT)
+        run_bounded(&text, &out, &bins.agent, RUN_LIMIT)
     })
     .unwrap_or_else(|e| panic!("run failed outside the board: {e:#}"));
     assert!(!outcome.all_ok());
@@ -224,9 +227,10 @@ fn power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_i
 
 #[test]
 fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
-    let _serial = serial();
+    let _serial = serial("sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes");
     let sshd = sshd_or_skip!();
     let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
     let site = Site::new(work.path(), "int");
     let before = cpufreq_settings(&site.sys());
     let scenario = work.path().join("sigint.yaml");
@@ -238,8 +242,8 @@ fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
     std::fs::write(&scenario, &text).unwrap();
     let out = work.path().join("results");
 
-    let mut first = HilRun::start(&scenario, &out, None, &work.path().join("first"));
-    wait_for_journaled(&out, "sigint", 1, FIRST_CELL_LIMIT);
+    let mut first = HilRun::start(&bins, &scenario, &out, None, &work.path().join("first"));
+    first.wait_for_journaled(&out, "sigint", 1, FIRST_CELL_LIMIT);
     assert!(first.running(), "the run is still going when interrupted:\n{}", first.output());
     first.signal(libc::SIGINT);
     let (status, took) = first.wait(Duration::from_secs(30));
@@ -255,7 +259,7 @@ fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
     assert!(!kept.is_empty() && kept.len() < CELLS_PER_BOARD, "stopped early with finished cells kept: {}", kept.len());
     assert_eq!(run_json(&run_dir)["interrupted"], true, "run.json records the interruption");
 
-    let mut resumed = HilRun::start(&scenario, &out, Some(&run_dir), &work.path().join("resumed"));
+    let mut resumed = HilRun::start(&bins, &scenario, &out, Some(&run_dir), &work.path().join("resumed"));
     let (status, _) = resumed.wait(RUN_LIMIT);
     assert!(status.success(), "--resume completes the run:\n{}", resumed.output());
     let expected = format!("{} cells measured, {} already done", CELLS_PER_BOARD - kept.len(), kept.len());
@@ -275,9 +279,10 @@ fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
 
 #[test]
 fn sigkill_leaves_the_restore_file_and_resume_restores_cpufreq_first_then_completes() {
-    let _serial = serial();
+    let _serial = serial("sigkill_leaves_the_restore_file_and_resume_restores_cpufreq_first_then_completes");
     let sshd = sshd_or_skip!();
     let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
     let site = Site::new(work.path(), "kill");
     let before = cpufreq_settings(&site.sys());
     let scenario = work.path().join("sigkill.yaml");
@@ -289,8 +294,8 @@ fn sigkill_leaves_the_restore_file_and_resume_restores_cpufreq_first_then_comple
     std::fs::write(&scenario, &text).unwrap();
     let out = work.path().join("results");
 
-    let mut first = HilRun::start(&scenario, &out, None, &work.path().join("first"));
-    wait_for_journaled(&out, "sigkill", 1, FIRST_CELL_LIMIT);
+    let mut first = HilRun::start(&bins, &scenario, &out, None, &work.path().join("first"));
+    first.wait_for_journaled(&out, "sigkill", 1, FIRST_CELL_LIMIT);
     first.signal(libc::SIGKILL);
     let (status, _) = first.wait(Duration::from_secs(10));
     assert_eq!(status.code(), None, "killed by a signal");
@@ -303,7 +308,7 @@ fn sigkill_leaves_the_restore_file_and_resume_restores_cpufreq_first_then_comple
     let kept = unique_journal(&run_dir);
     assert!(!kept.is_empty() && kept.len() < CELLS_PER_BOARD, "finished cells are kept: {}", kept.len());
 
-    let mut resumed = HilRun::start(&scenario, &out, Some(&run_dir), &work.path().join("resumed"));
+    let mut resumed = HilRun::start(&bins, &scenario, &out, Some(&run_dir), &work.path().join("resumed"));
     let (status, _) = resumed.wait(RUN_LIMIT);
     assert!(status.success(), "--resume completes the run:\n{}", resumed.output());
     assert!(
@@ -335,9 +340,10 @@ fn sigkill_leaves_the_restore_file_and_resume_restores_cpufreq_first_then_comple
 
 #[test]
 fn boards_that_do_not_answer_fail_with_clear_messages_while_the_other_completes() {
-    let _serial = serial();
+    let _serial = serial("boards_that_do_not_answer_fail_with_clear_messages_while_the_other_completes");
     let sshd = sshd_or_skip!();
     let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
     let good = Site::new(work.path(), "good");
     let before = cpufreq_settings(&good.sys());
     // Accepts TCP connections (the kernel completes them into the backlog) and never speaks SSH.
@@ -354,7 +360,7 @@ fn boards_that_do_not_answer_fail_with_clear_messages_while_the_other_completes(
     let text = scenario_yaml("unanswered", &boards, Timing::SHORT);
     let out = work.path().join("results");
 
-    let outcome = run_bounded(&text, &out, None, RUN_LIMIT).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    let outcome = run_bounded(&text, &out, &bins.agent, RUN_LIMIT).unwrap_or_else(|e| panic!("run failed: {e:#}"));
     drop(silent);
     let by_name =
         |name: &str| outcome.boards.iter().find(|b| b.board == name).unwrap_or_else(|| panic!("no outcome for {name}"));
@@ -382,9 +388,10 @@ fn boards_that_do_not_answer_fail_with_clear_messages_while_the_other_completes(
 
 #[test]
 fn wrong_or_unknown_host_key_is_refused_and_nothing_runs_on_the_board() {
-    let _serial = serial();
+    let _serial = serial("wrong_or_unknown_host_key_is_refused_and_nothing_runs_on_the_board");
     let sshd = sshd_or_skip!();
     let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
     let site = Site::new(work.path(), "keys");
     let before = cpufreq_settings(&site.sys());
     let impostor = SshLogin {
@@ -399,7 +406,7 @@ fn wrong_or_unknown_host_key_is_refused_and_nothing_runs_on_the_board() {
     let text = scenario_yaml("hostkey", &boards, Timing::SHORT);
     let out = work.path().join("results");
 
-    let outcome = run_bounded(&text, &out, None, RUN_LIMIT).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    let outcome = run_bounded(&text, &out, &bins.agent, RUN_LIMIT).unwrap_or_else(|e| panic!("run failed: {e:#}"));
     assert!(!outcome.all_ok());
     for board in &outcome.boards {
         let error =

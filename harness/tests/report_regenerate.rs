@@ -15,11 +15,19 @@ use serde_json::json;
 
 const LEVELS_KHZ: [u64; 3] = [1_500_000, 1_000_000, 600_000];
 /// (name, kind, sparsity, latency at the top level in ms).
-const VARIANTS: [(&str, &str, f64, f64); 3] = [("dense", "dense", 0.0, 12.0), ("bp50", "block", 0.5, 7.0), ("pp75", "pattern", 0.75, 4.0)];
+const VARIANTS: [(&str, &str, f64, f64); 3] =
+    [("dense", "dense", 0.0, 12.0), ("bp50", "block", 0.5, 7.0), ("pp75", "pattern", 0.75, 4.0)];
 
 fn scenario_yaml(simulated: bool) -> String {
     let board: &[&str] = if simulated {
-        &["  - name: sim", "    sim: true", "    cpus: [0]", "    workdir: /tmp/hil-sim", "    battery:", "      capacity_wh: 10.5"]
+        &[
+            "  - name: sim",
+            "    sim: true",
+            "    cpus: [0]",
+            "    workdir: /tmp/hil-sim",
+            "    battery:",
+            "      capacity_wh: 10.5",
+        ]
     } else {
         &[
             "  - name: pi4",
@@ -243,7 +251,8 @@ fn simulated_run_regenerates_byte_identically_with_well_formed_html_and_svg() {
         assert!(after[path] == *bytes, "{} changed on regeneration", path.display());
     }
 
-    let names: Vec<String> = first.plots.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        first.plots.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     for expected in ["latency_sim.svg", "energy_sim.svg", "battery_sim.svg", "switch_sim.svg", "power_sim.svg"] {
         assert!(names.contains(&expected.to_string()), "{expected} missing from {names:?}");
     }
@@ -326,7 +335,11 @@ fn raw_power_parts_give_a_sample_level_trace_of_the_dense_top_cell() {
     write_power_part(dir.path(), &key, &samples, start).unwrap();
     let paths = write_reports(dir.path()).unwrap();
     let md = fs::read_to_string(&paths.markdown).unwrap();
-    assert!(md.contains("20000 raw samples from power\\_raw/sim\\_1500000\\_dense\\_r0.parquet") || md.contains("20000 raw samples from power_raw/sim_1500000_dense_r0.parquet"), "{md}");
+    assert!(
+        md.contains("20000 raw samples from power\\_raw/sim\\_1500000\\_dense\\_r0.parquet")
+            || md.contains("20000 raw samples from power_raw/sim_1500000_dense_r0.parquet"),
+        "{md}"
+    );
     assert!(!md.contains("Per-window mean power"), "raw samples replace the per-window trace");
     let svg = fs::read_to_string(paths.plots.iter().find(|p| p.ends_with("power_sim.svg")).unwrap()).unwrap();
     assert_well_formed("power_sim.svg", &svg);

@@ -39,6 +39,10 @@ fn layers_for(inputs: usize, outputs: usize) -> Vec<(String, Box<dyn LinearKerne
             Box::new(PatternSparseLinear::new(&w, &dense_mask, &set)),
         ));
     }
+    // The encoder's BP+PP combination: a 64 % BP base of tile-aligned 16x16 blocks, patterns to 75 %.
+    let aligned = block_mask(&w, BlockShape { rows: 16, cols: 16 }, 0.64);
+    let set = generate_pattern_set(&w, &aligned, &PatternConfig::new(16, 0.75));
+    layers.push(("bp64t-pattern-75-t16".into(), Box::new(PatternSparseLinear::new(&w, &aligned, &set))));
     layers
 }
 

@@ -40,10 +40,12 @@ struct Shape {
     tokens: usize,
 }
 
-const SHAPES: [Shape; 5] = [
+const SHAPES: [Shape; 6] = [
     // DistilBERT's feed-forward pair at sequence length 128.
     Shape { name: "768->3072", inputs: 768, outputs: 3072, tokens: 128 },
     Shape { name: "3072->768", inputs: 3072, outputs: 768, tokens: 128 },
+    // DistilBERT's attention projections (Q, K, V, output): 4 of the 6 linear layers per block.
+    Shape { name: "768->768", inputs: 768, outputs: 768, tokens: 128 },
     // RT3's Transformer (d=800, FFN 200, sequence 35).
     Shape { name: "800->200", inputs: 800, outputs: 200, tokens: 35 },
     Shape { name: "200->800", inputs: 200, outputs: 800, tokens: 35 },

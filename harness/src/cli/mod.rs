@@ -3,8 +3,11 @@
 //! prints errors.
 
 mod agent;
+mod battery;
 mod board;
+mod compare;
 mod monitor;
+mod report;
 mod run;
 mod sim;
 mod validate;
@@ -33,6 +36,9 @@ enum Commands {
     Board(board::BoardCmd),
     Agent(agent::AgentCmd),
     Monitor(monitor::MonitorCmd),
+    Report(report::ReportCmd),
+    Battery(battery::BatteryCmd),
+    Compare(compare::CompareCmd),
     Sim(sim::SimCmd),
 }
 
@@ -45,6 +51,9 @@ pub fn main() -> ExitCode {
         Commands::Board(c) => c.run(),
         Commands::Agent(c) => c.run(),
         Commands::Monitor(c) => c.run(),
+        Commands::Report(c) => c.run(),
+        Commands::Battery(c) => c.run(),
+        Commands::Compare(c) => c.run(),
         Commands::Sim(c) => c.run(),
     };
     match result {

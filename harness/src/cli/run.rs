@@ -80,6 +80,13 @@ impl RunCmd {
                 b.board, b.cells_done, b.cells_skipped, b.cells_failed, status
             );
         }
+        match crate::report::write_reports_with_summary(&outcome.dir) {
+            Ok((paths, summary)) => {
+                println!("report: {} ({})", paths.html.display(), paths.markdown.display());
+                print!("{summary}");
+            }
+            Err(e) => eprintln!("warning: could not write the report: {e:#}"),
+        }
         if outcome.all_ok() {
             Ok(ExitCode::SUCCESS)
         } else {

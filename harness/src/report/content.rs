@@ -61,7 +61,8 @@ fn variant_order(run: &RunData) -> Vec<String> {
 
 /// Every board the run knows of (run.json and journal), in name order.
 pub(crate) fn board_names(run: &RunData) -> Vec<String> {
-    let set: BTreeSet<String> = run.info.boards.keys().cloned().chain(run.cells.iter().map(|c| c.board.clone())).collect();
+    let set: BTreeSet<String> =
+        run.info.boards.keys().cloned().chain(run.cells.iter().map(|c| c.board.clone())).collect();
     set.into_iter().collect()
 }
 
@@ -83,7 +84,11 @@ impl Ctx<'_> {
         self.variants.iter().position(|v| v == variant).unwrap_or(self.variants.len())
     }
     fn board_json(&self, board: &str) -> &Value {
-        self.run.info.raw.pointer(&format!("/boards/{}", board.replace('~', "~0").replace('/', "~1"))).unwrap_or(&Value::Null)
+        self.run
+            .info
+            .raw
+            .pointer(&format!("/boards/{}", board.replace('~', "~0").replace('/', "~1")))
+            .unwrap_or(&Value::Null)
     }
     fn cells_of(&self, board: &str) -> Vec<&CellStats> {
         self.analysis.cells.iter().filter(|c| c.key.board == board).collect()
@@ -132,9 +137,11 @@ fn banners(ctx: &Ctx, doc: &mut Document) {
         doc.blocks.push(Block::Banner {
             kind: BannerKind::Warning,
             title: "INTERRUPTED".into(),
-            lines: vec!["The run was interrupted: only the cells that finished are reported; hil run --resume RUN_DIR \
+            lines: vec![
+                "The run was interrupted: only the cells that finished are reported; hil run --resume RUN_DIR \
                          completes it."
-                .into()],
+                    .into(),
+            ],
         });
     }
     if ctx.run.cells.is_empty() {
@@ -245,9 +252,9 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
         fact("cpufreq policies", string_list(b.get("policies")));
         fact(
             "levels measured",
-            b.get("levels_khz").and_then(Value::as_array).map(|l| {
-                l.iter().filter_map(Value::as_u64).map(format_khz).collect::<Vec<_>>().join(", ")
-            }),
+            b.get("levels_khz")
+                .and_then(Value::as_array)
+                .map(|l| l.iter().filter_map(Value::as_u64).map(format_khz).collect::<Vec<_>>().join(", ")),
         );
         fact(
             "cpufreq before the run",
@@ -272,7 +279,10 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
                 let text: Vec<String> = zs
                     .iter()
                     .map(|z| {
-                        let temp = z.get("temp_millicelsius").and_then(Value::as_f64).map(|t| format!(" {:.1} °C at probe", t / 1e3));
+                        let temp = z
+                            .get("temp_millicelsius")
+                            .and_then(Value::as_f64)
+                            .map(|t| format!(" {:.1} °C at probe", t / 1e3));
                         format!("{}{}", str_at(z, "/type").unwrap_or_else(|| "?".into()), temp.unwrap_or_default())
                     })
                     .collect();
@@ -288,7 +298,10 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
                 fact("monitor serial", Some(str_at(m, "/serial").unwrap_or_else(|| "not reported".into())));
                 fact("monitor sample rate", m.get("sample_rate_hz").and_then(Value::as_f64).map(|r| format!("{r} Hz")));
                 fact("monitor sample clock", str_at(m, "/clock"));
-                fact("monitor calibration", Some(pairs(m.get("calibration")).unwrap_or_else(|| "none reported".into())));
+                fact(
+                    "monitor calibration",
+                    Some(pairs(m.get("calibration")).unwrap_or_else(|| "none reported".into())),
+                );
             }
             None => fact("power monitor", Some("none: no energy or power figures".into())),
         }
@@ -360,7 +373,11 @@ fn flags(c: &CellStats) -> String {
     }
     if let Some(l) = &c.latency {
         if l.outliers.count() > 0 {
-            out.push(format!("{} latency outlier(s), {} extreme (kept)", l.outliers.count(), l.outliers.count_extreme()));
+            out.push(format!(
+                "{} latency outlier(s), {} extreme (kept)",
+                l.outliers.count(),
+                l.outliers.count_extreme()
+            ));
         }
     }
     if c.checksums.len() > 1 {
@@ -526,7 +543,10 @@ fn frequency_series(ctx: &Ctx, cells: &[&CellStats], value: impl Fn(&CellStats) 
     let mut by_variant: BTreeMap<(usize, String), Vec<(f64, Estimate)>> = BTreeMap::new();
     for c in cells {
         if let Some(e) = value(c).filter(|e| e.point.is_finite()) {
-            by_variant.entry((ctx.color_of(&c.key.variant), c.key.variant.clone())).or_default().push((mhz(c.key.freq_khz), e));
+            by_variant
+                .entry((ctx.color_of(&c.key.variant), c.key.variant.clone()))
+                .or_default()
+                .push((mhz(c.key.freq_khz), e));
         }
     }
     by_variant
@@ -570,7 +590,10 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
                     Some(Estimate { point: p, lower: p, upper: p })
                 }
             }),
-            horizontal: deadline.map(|d| ReferenceLine { value: d, label: format!("deadline {d} ms (on p99)") }).into_iter().collect(),
+            horizontal: deadline
+                .map(|d| ReferenceLine { value: d, label: format!("deadline {d} ms (on p99)") })
+                .into_iter()
+                .collect(),
             vertical: vec![],
             y_from_zero: true,
             x_decimals: 0,
@@ -791,12 +814,16 @@ fn battery_section(ctx: &Ctx, doc: &mut Document) {
          the top frequency, every measured (frequency, variant) pair, and the RT3 schedule with the battery's energy \
          split across its levels (highest first) {}. Gains are ratios of inferences per charge.",
         match shares {
-            Some(s) => format!("as the scenario says: {}", s.iter().map(|x| format!("{:.0} %", x * 100.0)).collect::<Vec<_>>().join(" / ")),
+            Some(s) => format!(
+                "as the scenario says: {}",
+                s.iter().map(|x| format!("{:.0} %", x * 100.0)).collect::<Vec<_>>().join(" / ")
+            ),
             None => "by RT3's 50 / 30 / 20 % for three levels, equal shares otherwise".into(),
         }
     ));
     for board in &ctx.boards {
-        let measured = ctx.analysis.battery.iter().find(|t| &t.board == board && t.source == ProjectionSource::Measured);
+        let measured =
+            ctx.analysis.battery.iter().find(|t| &t.board == board && t.source == ProjectionSource::Measured);
         let model = ctx.analysis.battery.iter().find(|t| &t.board == board && t.source == ProjectionSource::Rt3Model);
         if measured.is_none() && model.is_none() {
             continue;
@@ -848,6 +875,15 @@ fn battery_section(ctx: &Ctx, doc: &mut Document) {
     }
 }
 
+/// A duration in the unit that keeps it readable: `206 ns`, `12.4 µs`, `1.20 ms`.
+pub(crate) fn human_ns(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns} ns"),
+        1_000..=999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        _ => format!("{:.2} ms", ns as f64 / 1e6),
+    }
+}
+
 /// Median switch time per variant (ns) from `run.json`'s `boards.<board>.switch_ns`.
 pub(crate) fn switch_times(board_json: &Value) -> BTreeMap<String, u64> {
     board_json
@@ -876,16 +912,17 @@ fn switching_section(ctx: &Ctx, doc: &mut Document) {
         let mut t = Table::new(&[
             ("variant", Align::Left),
             ("kind", Align::Left),
-            ("switch time (ms)", Align::Right),
+            ("switch time", Align::Right),
+            ("switch time (ns)", Align::Right),
             (&format!("within {RT3_SWITCH_BUDGET_MS} ms"), Align::Left),
         ]);
         for (v, ns) in &ordered {
-            let ms = **ns as f64 / 1e6;
             t.push(vec![
                 v.to_string(),
                 kinds.get(v.as_str()).map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
-                format!("{ms:.4}"),
-                yes_no(ms <= RT3_SWITCH_BUDGET_MS),
+                human_ns(**ns),
+                ns.to_string(),
+                yes_no(**ns as f64 / 1e6 <= RT3_SWITCH_BUDGET_MS),
             ]);
         }
         doc.heading(3, format!("Board {board}"));
@@ -895,12 +932,17 @@ fn switching_section(ctx: &Ctx, doc: &mut Document) {
             value_label: "switch time (ms, log scale)".into(),
             bars: ordered
                 .iter()
-                .map(|(v, ns)| {
-                    let ms = **ns as f64 / 1e6;
-                    Bar { label: v.to_string(), value: ms, color: ctx.color_of(v), value_text: format!("{ms:.4} ms") }
+                .map(|(v, ns)| Bar {
+                    label: v.to_string(),
+                    value: **ns as f64 / 1e6,
+                    color: ctx.color_of(v),
+                    value_text: human_ns(**ns),
                 })
                 .collect(),
-            reference: Some(ReferenceLine { value: RT3_SWITCH_BUDGET_MS, label: format!("RT3: {RT3_SWITCH_BUDGET_MS} ms") }),
+            reference: Some(ReferenceLine {
+                value: RT3_SWITCH_BUDGET_MS,
+                label: format!("RT3: {RT3_SWITCH_BUDGET_MS} ms"),
+            }),
             log_scale: true,
         };
         push_plot(
@@ -980,7 +1022,7 @@ fn power_section(ctx: &Ctx, traces: &[PowerTrace], doc: &mut Document) {
                 );
             }
             PowerTrace::Windows(w) => {
-                let mut by_variant: BTreeMap<(usize, String), Vec<Vec<(f64, f64)>>> = BTreeMap::new();
+                let mut by_variant: BTreeMap<(usize, String), Vec<plots::Polyline>> = BTreeMap::new();
                 for s in &w.segments {
                     by_variant
                         .entry((ctx.color_of(&s.variant), s.variant.clone()))
@@ -993,7 +1035,13 @@ fn power_section(ctx: &Ctx, traces: &[PowerTrace], doc: &mut Document) {
                     y_label: "mean power (W)".into(),
                     series: by_variant
                         .into_iter()
-                        .map(|((color, name), paths)| Series { name, color, style: SeriesStyle::Line, paths, whiskers: vec![] })
+                        .map(|((color, name), paths)| Series {
+                            name,
+                            color,
+                            style: SeriesStyle::Line,
+                            paths,
+                            whiskers: vec![],
+                        })
                         .collect(),
                     horizontal: vec![],
                     vertical: vec![],
@@ -1037,4 +1085,37 @@ fn method_section(ctx: &Ctx, doc: &mut Document) {
             .into(),
     );
     doc.list(items);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_intervals_format_with_dashes_for_missing_values() {
+        assert_eq!(num(Some(1.23456), 2), "1.23");
+        assert_eq!(num(None, 2), "-");
+        assert_eq!(num(Some(f64::NAN), 2), "-");
+        assert_eq!(with_ci(&Estimate { point: 2.0, lower: 1.5, upper: 2.25 }, 2), "2.00 [1.50, 2.25]");
+    }
+
+    #[test]
+    fn switch_times_are_read_from_run_json_and_shown_in_a_readable_unit() {
+        let b = serde_json::json!({"switch_ns": {"pp75": 310_000, "dense": 206, "bad": "x"}});
+        let t = switch_times(&b);
+        assert_eq!(t.into_iter().collect::<Vec<_>>(), vec![("dense".to_string(), 206), ("pp75".to_string(), 310_000)]);
+        assert!(switch_times(&serde_json::json!({})).is_empty());
+        assert!(switch_times(&serde_json::json!({"switch_ns": {}})).is_empty());
+        assert_eq!(human_ns(206), "206 ns");
+        assert_eq!(human_ns(12_400), "12.4 µs");
+        assert_eq!(human_ns(45_000_000), "45.00 ms");
+    }
+
+    #[test]
+    fn calibration_pairs_and_lists_are_flattened_for_provenance() {
+        let v = serde_json::json!([["R0", "1003.35"], ["GS1", 112.789], ["broken"]]);
+        assert_eq!(pairs(Some(&v)).as_deref(), Some("R0=1003.35, GS1=112.789"));
+        assert_eq!(pairs(Some(&serde_json::json!([]))), None);
+        assert_eq!(string_list(Some(&serde_json::json!(["neon", 2]))).as_deref(), Some("neon, 2"));
+    }
 }

@@ -28,7 +28,10 @@ impl Table {
     /// Columns from `(title, align)` pairs.
     pub fn new(columns: &[(&str, Align)]) -> Self {
         Self {
-            columns: columns.iter().map(|(title, align)| Column { title: (*title).to_string(), align: *align }).collect(),
+            columns: columns
+                .iter()
+                .map(|(title, align)| Column { title: (*title).to_string(), align: *align })
+                .collect(),
             rows: Vec::new(),
         }
     }
@@ -52,10 +55,17 @@ pub enum BannerKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Block {
     /// `level` 2 or 3 (the title is level 1).
-    Heading { level: u8, text: String },
+    Heading {
+        level: u8,
+        text: String,
+    },
     Paragraph(String),
     /// A prominent box: `title` in capitals leads, then one line per fact.
-    Banner { kind: BannerKind, title: String, lines: Vec<String> },
+    Banner {
+        kind: BannerKind,
+        title: String,
+        lines: Vec<String>,
+    },
     /// Two-column facts (`key: value`).
     Facts(Vec<(String, String)>),
     List(Vec<String>),

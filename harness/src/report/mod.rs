@@ -105,11 +105,8 @@ pub fn write_reports_with_summary(run_dir: &Path) -> Result<(ReportPaths, String
         write_atomic(&path, svg.as_bytes())?;
         plots.push(path);
     }
-    let battery_csv = if analysis.battery.is_empty() {
-        None
-    } else {
-        Some(write_battery_csv(run_dir, &analysis.battery)?)
-    };
+    let battery_csv =
+        if analysis.battery.is_empty() { None } else { Some(write_battery_csv(run_dir, &analysis.battery)?) };
     let markdown = run_dir.join(REPORT_MD);
     write_atomic(&markdown, rendered.markdown.as_bytes())?;
     let html = run_dir.join(REPORT_HTML);

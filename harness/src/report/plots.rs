@@ -65,6 +65,9 @@ pub struct Whisker {
     pub high: f64,
 }
 
+/// Points joined by straight lines, in data coordinates.
+pub type Polyline = Vec<(f64, f64)>;
+
 /// One legend entry: one or more polylines in one colour, with optional whiskers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
@@ -73,7 +76,7 @@ pub struct Series {
     /// Index into the palette.
     pub color: usize,
     pub style: SeriesStyle,
-    pub paths: Vec<Vec<(f64, f64)>>,
+    pub paths: Vec<Polyline>,
     pub whiskers: Vec<Whisker>,
 }
 
@@ -193,16 +196,18 @@ pub fn xy_plot_svg(plot: &XyPlot) -> Result<String, PlotError> {
                 SeriesStyle::LineAndPoints | SeriesStyle::Line => c.stroke_width(2),
                 SeriesStyle::Faint => c.mix(0.35).stroke_width(1),
             };
-            chart
-                .draw_series(s.paths.iter().map(|p| PathElement::new(p.clone(), style)))
-                .map_err(|e| err(&e))?;
+            chart.draw_series(s.paths.iter().map(|p| PathElement::new(p.clone(), style))).map_err(|e| err(&e))?;
             if !s.name.is_empty() {
                 legend.push((s.name.clone(), style));
             }
             if s.style == SeriesStyle::LineAndPoints {
                 chart
                     .draw_series(
-                        s.paths.iter().flatten().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&p| Circle::new(p, 3, c.filled())),
+                        s.paths
+                            .iter()
+                            .flatten()
+                            .filter(|p| p.0.is_finite() && p.1.is_finite())
+                            .map(|&p| Circle::new(p, 3, c.filled())),
                     )
                     .map_err(|e| err(&e))?;
             }
@@ -212,7 +217,8 @@ pub fn xy_plot_svg(plot: &XyPlot) -> Result<String, PlotError> {
                 .map_err(|e| err(&e))?;
             chart
                 .draw_series(s.whiskers.iter().flat_map(|w| {
-                    [w.low, w.high].map(|y| EmptyElement::at((w.x, y)) + PathElement::new(vec![(-4, 0), (4, 0)], whisker))
+                    [w.low, w.high]
+                        .map(|y| EmptyElement::at((w.x, y)) + PathElement::new(vec![(-4, 0), (4, 0)], whisker))
                 }))
                 .map_err(|e| err(&e))?;
         }
@@ -313,7 +319,11 @@ macro_rules! draw_bars {
             chart
                 .draw_series(std::iter::once(
                     EmptyElement::at((r.value, SegmentValue::Exact(n)))
-                        + Text::new(r.label.clone(), (4, 2), ("sans-serif", 12).into_font().color(&RGBColor(192, 57, 43))),
+                        + Text::new(
+                            r.label.clone(),
+                            (4, 2),
+                            ("sans-serif", 12).into_font().color(&RGBColor(192, 57, 43)),
+                        ),
                 ))
                 .map_err(|e| err(&e))?;
         }
@@ -402,7 +412,8 @@ mod tests {
             Bar { label: "RT3 schedule".into(), value: 9.0, color: 1, value_text: "9.00 h".into() },
             Bar { label: "missing".into(), value: f64::NAN, color: 2, value_text: "n/a".into() },
         ];
-        let mut plot = BarPlot { title: "battery".into(), value_label: "hours".into(), bars, reference: None, log_scale: false };
+        let mut plot =
+            BarPlot { title: "battery".into(), value_label: "hours".into(), bars, reference: None, log_scale: false };
         let svg = bar_plot_svg(&plot).unwrap();
         for text in ["dense@1500 MHz", "RT3 schedule", "missing", "9.00 h", "n/a"] {
             assert!(svg.contains(text), "{text} missing");

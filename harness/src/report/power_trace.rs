@@ -117,7 +117,11 @@ pub fn bin_samples(samples: &[(i64, f64)], bins: usize) -> Vec<TraceBin> {
     let span = i128::from(last) - i128::from(first);
     let mut acc: Vec<(f64, usize, f64, f64)> = vec![(0.0, 0, f64::INFINITY, f64::NEG_INFINITY); bins];
     for (t, v) in finite {
-        let i = if span == 0 { 0 } else { ((i128::from(t) - i128::from(first)) * bins as i128 / span).min(bins as i128 - 1) as usize };
+        let i = if span == 0 {
+            0
+        } else {
+            ((i128::from(t) - i128::from(first)) * bins as i128 / span).min(bins as i128 - 1) as usize
+        };
         let a = &mut acc[i];
         a.0 += v;
         a.1 += 1;
@@ -168,9 +172,19 @@ pub fn raw_part_path(dir: &Path, key: &CellKey) -> PathBuf {
     dir.join(POWER_RAW_DIR).join(format!("{}_{}_{}_r{}.parquet", key.board, key.freq_khz, key.variant, key.repeat))
 }
 
-/// Raw samples of one cell as `(t_ns, value)`, sorted by time, from its part file or else
-/// from a merged `power.parquet` that holds samples. `None` when the run kept no raw power.
-pub fn read_raw_samples(dir: &Path, key: &CellKey) -> Result<Option<(Vec<(i64, f64)>, TraceQuantity, String)>> {
+/// One cell's raw samples as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawSamples {
+    /// `(t_ns from the window start, value)`, sorted by time.
+    pub samples: Vec<(i64, f64)>,
+    pub quantity: TraceQuantity,
+    /// The file, relative to the run directory.
+    pub source: String,
+}
+
+/// Raw samples of one cell from its part file or else from a merged `power.parquet` that
+/// holds samples. `None` when the run kept no raw power.
+pub fn read_raw_samples(dir: &Path, key: &CellKey) -> Result<Option<RawSamples>> {
     let part = raw_part_path(dir, key);
     let (df, filter, source) = if part.is_file() {
         let source = format!("{POWER_RAW_DIR}/{}", part.file_name().unwrap_or_default().to_string_lossy());
@@ -195,7 +209,8 @@ pub fn read_raw_samples(dir: &Path, key: &CellKey) -> Result<Option<(Vec<(i64, f
     let keep: Vec<bool> = if filter {
         let board = col("board")?.str().with_context(|| format!("{}: board is not text", path.display()))?.clone();
         let freq = col("freq_khz")?.u64().with_context(|| format!("{}: freq_khz is not u64", path.display()))?.clone();
-        let variant = col("variant")?.str().with_context(|| format!("{}: variant is not text", path.display()))?.clone();
+        let variant =
+            col("variant")?.str().with_context(|| format!("{}: variant is not text", path.display()))?.clone();
         let repeat = col("repeat")?.u32().with_context(|| format!("{}: repeat is not u32", path.display()))?.clone();
         (0..df.height())
             .map(|i| {
@@ -215,13 +230,12 @@ pub fn read_raw_samples(dir: &Path, key: &CellKey) -> Result<Option<(Vec<(i64, f
     if rows.is_empty() {
         return Ok(None);
     }
-    let quantity = if rows.iter().any(|r| (r.1 * r.2).is_finite()) { TraceQuantity::PowerW } else { TraceQuantity::CurrentA };
-    let mut samples: Vec<(i64, f64)> = rows
-        .into_iter()
-        .map(|(t, i, v)| (t, if quantity == TraceQuantity::PowerW { i * v } else { i }))
-        .collect();
+    let quantity =
+        if rows.iter().any(|r| (r.1 * r.2).is_finite()) { TraceQuantity::PowerW } else { TraceQuantity::CurrentA };
+    let mut samples: Vec<(i64, f64)> =
+        rows.into_iter().map(|(t, i, v)| (t, if quantity == TraceQuantity::PowerW { i * v } else { i })).collect();
     samples.sort_by_key(|s| s.0);
-    Ok(Some((samples, quantity, source)))
+    Ok(Some(RawSamples { samples, quantity, source }))
 }
 
 /// One trace per board (boards in name order): raw when kept, else per-window means.
@@ -234,7 +248,7 @@ pub fn load_power_traces(dir: &Path, cells: &[CellRecord]) -> Result<Vec<PowerTr
     for board in boards {
         if let Some(cell) = trace_cell(cells, board) {
             let key = cell.key();
-            if let Some((samples, quantity, source)) = read_raw_samples(dir, &key)? {
+            if let Some(RawSamples { samples, quantity, source }) = read_raw_samples(dir, &key)? {
                 let window_s = match (cell.window_host_start_ns, cell.window_host_end_ns) {
                     (Some(s), Some(e)) if e >= s => Some((e - s) as f64 / 1e9),
                     _ => Some(cell.window_ns as f64 / 1e9),
@@ -310,7 +324,10 @@ mod tests {
 
     #[test]
     fn window_trace_puts_windows_on_one_time_line_in_time_order() {
-        let cells = vec![cell(600_000, "dense", "dense", 0, 7_000_000_000, 2.1), cell(1_500_000, "dense", "dense", 0, 3_000_000_000, 2.5)];
+        let cells = vec![
+            cell(600_000, "dense", "dense", 0, 7_000_000_000, 2.1),
+            cell(1_500_000, "dense", "dense", 0, 3_000_000_000, 2.5),
+        ];
         let w = window_trace(&cells, "b").unwrap();
         assert_eq!(w.segments.len(), 2);
         assert_eq!((w.segments[0].start_s, w.segments[0].end_s, w.segments[0].freq_khz), (0.0, 2.0, 1_500_000));

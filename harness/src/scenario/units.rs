@@ -121,7 +121,7 @@ pub fn parse_frequency_khz(text: &str) -> Result<u64, String> {
 
 /// `1500000` kHz -> `"1500 MHz"`, `600500` -> `"600.5 MHz"`: how levels are printed everywhere.
 pub fn format_khz(khz: u64) -> String {
-    if khz % 1000 == 0 {
+    if khz.is_multiple_of(1000) {
         format!("{} MHz", khz / 1000)
     } else {
         let mhz = format!("{}.{:03}", khz / 1000, khz % 1000);
@@ -133,7 +133,7 @@ pub fn format_khz(khz: u64) -> String {
 pub fn format_duration(d: Duration) -> String {
     let total_ms = d.as_millis();
     if total_ms < 1000 {
-        if d.as_nanos() % 1_000_000 == 0 {
+        if d.as_nanos().is_multiple_of(1_000_000) {
             return format!("{total_ms}ms");
         }
         return format!("{}us", d.as_micros());

@@ -24,9 +24,23 @@ use harness::sim::simulator::{SimOptions, Simulator};
 /// The fault tests share sshd ports, the agent build and two CPU cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The global test lock, held for one test; prints the test's wall time when released.
+pub struct Serial {
+    test: &'static str,
+    started: Instant,
+    _lock: MutexGuard<'static, ()>,
+}
+
 /// Takes the global test lock (a panicked earlier test does not poison the others).
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+pub fn serial(test: &'static str) -> Serial {
+    let lock = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    Serial { test, started: Instant::now(), _lock: lock }
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        eprintln!("[faults] {} took {:.1?}", self.test, self.started.elapsed());
+    }
 }
 
 /// Builds the host's debug agent once per test binary (kernels are optimised in dev builds).
@@ -52,6 +66,30 @@ pub fn agent_binary() -> PathBuf {
 /// The `hil` binary of this crate.
 pub fn hil_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hil"))
+}
+
+/// The binaries one test runs, pinned for its duration.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub hil: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Binaries {
+    /// Hard-links (or, across filesystems, copies) `hil` and the agent into `dir`: the target
+    /// directory may be shared with other builds, and a rebuild that replaces `debug/hil` while a
+    /// test is between its first run and its `--resume` must not change what the test runs.
+    pub fn pin_into(dir: &Path) -> Binaries {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let pin = |from: PathBuf, name: &str| {
+            let to = dir.join(name);
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
+            }
+            to
+        };
+        Binaries { hil: pin(hil_binary(), "hil"), agent: pin(agent_binary(), "hil-agent") }
+    }
 }
 
 /// Polls `probe` every `every` until it returns `Some`, or panics after `limit` naming `what`.
@@ -224,7 +262,7 @@ pub fn unique_journal(run_dir: &Path) -> Vec<CellRecord> {
     cells
 }
 
-/// Runs `text` in this process on a thread of its own and returns its outcome, or panics when it
+/// Runs `text` (a new run, agent `agent`) in this process on a thread of its own and returns its outcome, or panics when it
 /// has not finished within `limit` (a hang is a finding, not a reason to hang the test binary).
 pub fn run_bounded(
     text: &str,
@@ -239,7 +277,7 @@ pub fn run_bounded(
         .name("faults-run".into())
         .spawn(move || {
             let result = parse_scenario(&text, "faults.yaml").map_err(anyhow::Error::from).and_then(|scenario| {
-                let opts = RunOptions { out_root, resume, progress: false, agent_binary: Some(agent) };
+                let opts = RunOptions { out_root, resume: None, progress: false, agent_binary: Some(agent) };
                 run_scenario(&scenario, &text, &opts, Arc::new(AtomicBool::new(false)))
             });
             let _ = tx.send(result);
@@ -262,16 +300,16 @@ pub struct HilRun {
 impl HilRun {
     /// Starts `hil run SCENARIO --out OUT --agent-bin AGENT --no-progress [--resume DIR]`;
     /// `logs` names the files (`<logs>.stdout`, `<logs>.stderr`).
-    pub fn start(scenario: &Path, out_root: &Path, resume: Option<&Path>, logs: &Path) -> HilRun {
+    pub fn start(bins: &Binaries, scenario: &Path, out_root: &Path, resume: Option<&Path>, logs: &Path) -> HilRun {
         let stdout = logs.with_extension("stdout");
         let stderr = logs.with_extension("stderr");
-        let mut cmd = Command::new(hil_binary());
+        let mut cmd = Command::new(&bins.hil);
         cmd.arg("run")
             .arg(scenario)
             .arg("--out")
             .arg(out_root)
             .arg("--agent-bin")
-            .arg(agent_binary())
+            .arg(&bins.agent)
             .arg("--no-progress");
         if let Some(dir) = resume {
             cmd.arg("--resume").arg(dir);
@@ -309,6 +347,24 @@ impl HilRun {
                 panic!("hil run did not exit within {limit:?}\n{}", self.output());
             }
             thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until the run under `out_root` has journaled `n` cells while this process
+    /// is still running; panics with its output when it exits first or the limit passes.
+    pub fn wait_for_journaled(&mut self, out_root: &Path, scenario: &str, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if journaled_cells(out_root, scenario) >= n {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("polling hil") {
+                panic!("hil run exited ({status}) before {n} cell(s) were journaled\n{}", self.output());
+            }
+            if Instant::now() >= deadline {
+                panic!("no {n} journaled cell(s) within {limit:?}\n{}", self.output());
+            }
+            thread::sleep(Duration::from_millis(50));
         }
     }
 

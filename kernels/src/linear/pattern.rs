@@ -58,14 +58,14 @@ use crate::simd::{transpose_strided, Backend, F32Vector, ScalarLanes};
 /// pressure), so 4 it is; the dispatch supports up to 6.
 pub const GROUP_TILES: usize = 4;
 
-// The dispatch in `panel_groups` has passes of 1 to 6 tiles.
+// The dispatch in `group_passes` has passes of 1 to 6 tiles.
 const _: () = assert!(GROUP_TILES >= 1 && GROUP_TILES <= 6);
 
 /// Token vectors per panel: with 4 tiles, 4 vectors balance loads (4 `xᵀ`
-/// + 4 weight broadcasts) against 16 FMAs. (Panels of 2 x 4 vectors, each
-/// group running both halves back to back so its weights come from L1 the
-/// second time, measured 5-15 % slower: the doubled `xᵀ`/`yᵀ` panels no
-/// longer fit L2 next to the streamed weights.)
+/// vectors and 4 weight broadcasts) against 16 FMAs. Panels of 2 x 4
+/// vectors, each group running both halves back to back so its weights come
+/// from L1 the second time, measured 5-15 % slower: the doubled `xᵀ` and
+/// `yᵀ` panels no longer fit L2 next to the streamed weights.
 const PANEL_VECTORS: usize = 4;
 
 /// One run of a group's index list: in-tile output row `row` takes the
@@ -93,6 +93,9 @@ struct TileGroup {
     weights: u32,
     /// First output feature of each tile (`tile_row * tile`).
     y_rows: [u32; GROUP_TILES],
+    /// Bit `k` set: this is the first group (in run order) to write tile `k`'s
+    /// tile row, so the kernel zeroes those `yᵀ` rows first (see [`PatternSparseLinear::idle_tile_rows`]).
+    fresh: u8,
 }
 
 /// A linear layer whose weights are BP base AND one pattern per tile.
@@ -115,6 +118,12 @@ pub struct PatternSparseLinear {
     backend: Backend,
     /// The set's final mask sparsity (BP and PP zeros together).
     mask_sparsity: f64,
+    /// Tile rows no group writes (all their weights pruned). `forward` does not
+    /// clear the whole `yᵀ` panel before each panel (a separate pass over up
+    /// to 768 KiB, ~4 % of the time at 87.5 % sparsity); instead each tile row
+    /// is zeroed just before its first group accumulates into it, while its
+    /// lines are about to be used anyway, and these rows are zeroed up front.
+    idle_tile_rows: Vec<u32>,
 }
 
 impl PatternSparseLinear {
@@ -207,14 +216,26 @@ impl PatternSparseLinear {
             weights: Vec::new(),
             lists: HashMap::new(),
         };
-        let span = span.unwrap_or_else(|| band_span(tiles_across, packer.stored_per_row(tiles_down, tiles_across)));
-        // Band pair by band pair, so the pair's `xᵀ` rows stay in L1 while its groups run.
+        let span = span.unwrap_or_else(|| {
+            band_span(tiles_down, tiles_across, patterns, packer.stored_per_row(tiles_down, tiles_across))
+        });
+        // Band (pair) by band (pair), so its `xᵀ` rows stay in L1 while its groups run.
         for tc0 in (0..tiles_across).step_by(span.max(1)) {
             let width = span.max(1).min(tiles_across - tc0);
             let spans = (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
             packer.group(spans);
         }
-        let Packer { runs, cols, groups, weights, .. } = packer;
+        let Packer { runs, cols, mut groups, weights, .. } = packer;
+        let mut touched = vec![false; tiles_down];
+        for g in &mut groups {
+            for k in 0..g.tiles as usize {
+                let tile_row = g.y_rows[k] as usize / tile;
+                if !std::mem::replace(&mut touched[tile_row], true) {
+                    g.fresh |= 1 << k;
+                }
+            }
+        }
+        let idle_tile_rows = (0..tiles_down).filter(|&tr| !touched[tr]).map(|tr| tr as u32).collect();
         Self {
             out_features,
             in_features,
@@ -229,6 +250,7 @@ impl PatternSparseLinear {
             nnz,
             backend,
             mask_sparsity: mask.sparsity(),
+            idle_tile_rows,
         }
     }
 
@@ -238,12 +260,16 @@ impl PatternSparseLinear {
     }
 
     /// Computes one panel: `xs` holds `xᵀ` (`in_padded x pw`, padded rows zero),
-    /// `ys` receives `yᵀ` (`out_padded x pw`, zeroed by the caller); `vectors`
-    /// token vectors of each row are live.
+    /// `ys` receives `yᵀ` (`out_padded x pw`, any previous contents are overwritten);
+    /// `vectors` token vectors of each row are live.
     fn run_panel(&self, xs: &[f32], ys: &mut [f32], vectors: usize) {
         let pw = self.panel_width();
         assert!(xs.len() >= self.in_padded * pw && ys.len() >= self.out_padded * pw, "pattern panel scratch too small");
         assert!((1..=PANEL_VECTORS).contains(&vectors));
+        let rows = self.tile * pw;
+        for &tile_row in &self.idle_tile_rows {
+            ys[tile_row as usize * rows..(tile_row as usize + 1) * rows].fill(0.0);
+        }
         let (xs, ys) = (xs.as_ptr(), ys.as_mut_ptr());
         // SAFETY: `pack` only produces row offsets inside the padded panels (x_row + col < in_padded,
         // y_row + row < out_padded) and weight offsets inside `weights`; the scratch sizes were checked
@@ -274,7 +300,6 @@ impl PatternSparseLinear {
                 let width = pw.min(tokens - p0);
                 let x_rows = &x.as_slice()[(t0 + p0) * self.in_features..(t0 + p0 + width) * self.in_features];
                 transpose_strided(x_rows, width, self.in_features, self.in_features, xs, pw);
-                ys.fill(0.0);
                 self.run_panel(xs, ys, width.div_ceil(self.backend.lanes()));
                 let out = &mut y_rows[p0 * self.out_features..(p0 + width) * self.out_features];
                 transpose_strided(ys, self.out_features, width, pw, out, self.out_features);
@@ -327,9 +352,12 @@ const SHORT_RUN_ENTRIES: f64 = 12.0;
 /// patterns); even groups of one or two virtual tiles measured faster than
 /// regrouping them band by band into fuller groups, since the stores of the
 /// read-modify-write bound short runs more than the loads a fuller group saves.
-/// Spans of 3 and 4 measured slower than 2 (groups too fragmented).
-fn band_span(tiles_across: usize, entries_per_row: f64) -> usize {
-    if entries_per_row < SHORT_RUN_ENTRIES && tiles_across >= 2 {
+/// Spans of 3 and 4 measured slower than 2 (groups too fragmented). With
+/// fewer tile rows than pattern pairs, nearly every paired group would be a
+/// single tile with its own index list (no sharing, more index bytes), so
+/// small layers keep single bands.
+fn band_span(tiles_down: usize, tiles_across: usize, patterns: usize, entries_per_row: f64) -> usize {
+    if entries_per_row < SHORT_RUN_ENTRIES && tiles_across >= 2 && tiles_down >= patterns * patterns {
         2
     } else {
         1
@@ -433,6 +461,7 @@ impl Packer<'_> {
             tiles: chunk.len() as u32,
             weights: u32::try_from(offset).expect("PatternSparseLinear: more than 2^32 weights"),
             y_rows,
+            fresh: 0,
         });
     }
 }
@@ -575,6 +604,15 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
         let w = layer.weights.as_ptr().add(g.weights as usize);
         let kstride = g.tiles as usize;
         let yp = |k: usize| ys.add(g.y_rows[k] as usize * pw);
+        for k in (0..kstride).filter(|k| g.fresh & (1 << k) != 0) {
+            // First writer of this tile row in the panel: clear its `tile` rows of `V` live vectors.
+            let y = yp(k);
+            for row in 0..layer.tile {
+                for v in 0..V {
+                    S::zero().store(y.add(row * pw + v * S::LANES));
+                }
+            }
+        }
         let cols = &layer.cols;
         let mut k0 = 0;
         while k0 < kstride {
@@ -792,11 +830,12 @@ mod tests {
     }
 
     #[test]
-    fn short_runs_pair_bands_long_runs_and_single_bands_do_not() {
-        assert_eq!(band_span(48, 2.0), 2, "87.5 % of 16x16");
-        assert_eq!(band_span(48, 8.0), 2, "50 % of 16x16");
-        assert_eq!(band_span(48, 16.0), 1, "50 % of 32x32");
-        assert_eq!(band_span(1, 2.0), 1, "a single band has nothing to pair with");
+    fn short_runs_pair_bands_long_runs_single_bands_and_few_rows_do_not() {
+        assert_eq!(band_span(48, 192, 4, 2.0), 2, "87.5 % of 16x16");
+        assert_eq!(band_span(192, 48, 4, 8.0), 2, "50 % of 16x16");
+        assert_eq!(band_span(48, 48, 4, 16.0), 1, "50 % of 32x32");
+        assert_eq!(band_span(48, 1, 4, 2.0), 1, "a single band has nothing to pair with");
+        assert_eq!(band_span(13, 50, 4, 2.0), 1, "fewer tile rows than pattern pairs");
     }
 
     #[test]
@@ -825,6 +864,33 @@ mod tests {
             }
         }
         assert!(half_empty_groups > 0, "the BP base should leave some half-empty pairs");
+    }
+
+    #[test]
+    fn idle_and_fresh_tile_rows_are_cleared_in_a_dirty_scratch_panel() {
+        // Rows 16..32 pruned whole: tile row 1 is idle. Running another layer first leaves
+        // non-zero `yᵀ` in this thread's scratch, which neither layer may pick up.
+        let w = Matrix::random(48, 40, 11, 1.0);
+        let mut base = Mask::dense(48, 40);
+        for r in 16..32 {
+            for c in 0..40 {
+                base.set(r, c, false);
+            }
+        }
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.5));
+        let x = Matrix::random(70, 40, 12, 1.0);
+        for backend in Backend::available() {
+            let dirtying = PatternSparseLinear::with_backend(&w, &Mask::dense(48, 40), &set, backend);
+            let layer = PatternSparseLinear::with_backend(&w, &base, &set, backend);
+            assert_eq!(layer.idle_tile_rows, vec![1]);
+            let mut y = Matrix::zeros(0, 0);
+            for _ in 0..2 {
+                dirtying.forward(&x, &mut y, Threads::One);
+                layer.forward(&x, &mut y, Threads::One);
+                let (abs, _) = reference::errors(&y, &reference::linear(&x, &layer.effective_weights()));
+                assert!(abs < 1e-4, "{}: max error {abs}", backend.name());
+            }
+        }
     }
 
     #[test]
