@@ -38,6 +38,9 @@ fn ci_run_directory_is_complete_and_plausible() {
         assert_eq!(c.power_flagged, Some(false), "{key}: power window flagged");
         assert!(c.iterations >= scenario.measure.min_iterations, "{key}: {} iterations", c.iterations);
     }
+    for file in ["report.md", "report.html", "cells.parquet", "latency.parquet", "power.parquet"] {
+        assert!(dir.join(file).is_file(), "{file} missing from {}", dir.display());
+    }
     let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
     for board in &scenario.boards {
         let b = &run["boards"][&board.name];

@@ -22,8 +22,12 @@ use crate::scenario::parse_scenario;
 /// latency.parquet), written after every cell. Ctrl-C stops after the current cell and
 /// restores the boards' cpufreq settings; `--resume` completes the run later.
 ///
-/// Exit code: 0 when every cell of every board finished, 1 when a board failed or the run
-/// was interrupted (finished cells are kept), 2 on unusable input.
+/// At the end it writes report.md/report.html (and battery.csv) into the run directory and
+/// prints a summary; when the scenario names `regression.baseline`, it compares against it.
+///
+/// Exit code: 0 when every cell of every board finished (and nothing regressed against the
+/// baseline), 1 when a board failed, the run was interrupted (finished cells are kept) or a
+/// regression was found, 2 on unusable input.
 #[derive(Debug, Args)]
 pub struct RunCmd {
     /// Scenario YAML file.
@@ -87,8 +91,30 @@ impl RunCmd {
             }
             Err(e) => eprintln!("warning: could not write the report: {e:#}"),
         }
-        if outcome.all_ok() {
+        let mut regressed = false;
+        if let Some(baseline) = scenario.regression.as_ref().and_then(|r| r.baseline.as_ref().map(|b| (r, b))) {
+            let (spec, base_dir) = baseline;
+            let config = crate::analysis::CompareConfig {
+                threshold_pct: spec.threshold_pct,
+                alpha: spec.alpha,
+                ..Default::default()
+            };
+            let compared = crate::analysis::load_run(base_dir)
+                .and_then(|base| Ok((base, crate::analysis::load_run(&outcome.dir)?)))
+                .and_then(|(base, cand)| Ok(crate::analysis::compare_runs(&base, &cand, &config)?));
+            match compared {
+                Ok(c) => {
+                    println!("\ncompared with the baseline {}:\n{}", base_dir.display(), c.to_markdown());
+                    regressed = c.regressed();
+                }
+                Err(e) => eprintln!("warning: could not compare with the baseline {}: {e:#}", base_dir.display()),
+            }
+        }
+        if outcome.all_ok() && !regressed {
             Ok(ExitCode::SUCCESS)
+        } else if outcome.all_ok() {
+            println!("REGRESSED against the baseline (see the table above)");
+            Ok(ExitCode::from(1))
         } else {
             println!("resume with: hil run {} --resume {}", self.scenario.display(), outcome.dir.display());
             Ok(ExitCode::from(1))
