@@ -206,6 +206,7 @@ fn power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_i
     assert!(!outcome.all_ok());
     let board = &outcome.boards[0];
     let error = board.error.as_deref().unwrap_or_else(|| panic!("the board must fail: {board:?}"));
+    eprintln!("[faults] monitor gone, board error: {error}");
     assert!(error.contains("power monitor"), "the message names the power monitor: {error}");
     assert!(error.contains("did not come back"), "the message says what happened: {error}");
     assert!(
@@ -247,6 +248,7 @@ fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
     assert!(first.running(), "the run is still going when interrupted:\n{}", first.output());
     first.signal(libc::SIGINT);
     let (status, took) = first.wait(Duration::from_secs(30));
+    eprintln!("[faults] hil run exited {took:.1?} after SIGINT");
     assert_eq!(status.code(), Some(1), "an interrupted run exits 1 (after {took:?}):\n{}", first.output());
     let stdout = first.stdout_text();
     assert!(stdout.contains("interrupted"), "the board is reported interrupted:\n{}", first.output());
@@ -365,6 +367,7 @@ fn boards_that_do_not_answer_fail_with_clear_messages_while_the_other_completes(
     let by_name =
         |name: &str| outcome.boards.iter().find(|b| b.board == name).unwrap_or_else(|| panic!("no outcome for {name}"));
     let silent_error = by_name("silent").error.clone().expect("the silent board fails");
+    eprintln!("[faults] silent board: {silent_error}");
     assert!(silent_error.contains(&format!("127.0.0.1:{silent_port}")), "names the address: {silent_error}");
     assert!(silent_error.contains("silent"), "names the board: {silent_error}");
     assert!(
@@ -372,6 +375,7 @@ fn boards_that_do_not_answer_fail_with_clear_messages_while_the_other_completes(
         "says the board did not answer: {silent_error}"
     );
     let refused_error = by_name("refused").error.clone().expect("the unreachable board fails");
+    eprintln!("[faults] refused board: {refused_error}");
     assert!(refused_error.contains(&format!("127.0.0.1:{closed_port}")), "names the address: {refused_error}");
     assert!(refused_error.contains("refused"), "says the connection was refused: {refused_error}");
 
@@ -411,6 +415,7 @@ fn wrong_or_unknown_host_key_is_refused_and_nothing_runs_on_the_board() {
     for board in &outcome.boards {
         let error =
             board.error.as_deref().unwrap_or_else(|| panic!("board {} must be refused: {board:?}", board.board));
+        eprintln!("[faults] board {}: {error}", board.board);
         assert!(
             error.to_lowercase().contains("host key"),
             "board {}: the message is about the host key: {error}",

@@ -262,17 +262,12 @@ pub fn unique_journal(run_dir: &Path) -> Vec<CellRecord> {
     cells
 }
 
-/// Runs `text` (a new run, agent `agent`) in this process on a thread of its own and returns its outcome, or panics when it
-/// has not finished within `limit` (a hang is a finding, not a reason to hang the test binary).
-pub fn run_bounded(
-    text: &str,
-    out_root: &Path,
-    resume: Option<PathBuf>,
-    limit: Duration,
-) -> anyhow::Result<RunOutcome> {
+/// Runs `text` as a new run (deploying `agent`) in this process on a thread of its own and
+/// returns its outcome, or panics when it has not finished within `limit` (a hang is a finding,
+/// not a reason to hang the test binary).
+pub fn run_bounded(text: &str, out_root: &Path, agent: &Path, limit: Duration) -> anyhow::Result<RunOutcome> {
     let (tx, rx) = mpsc::channel();
-    let (text, out_root) = (text.to_string(), out_root.to_path_buf());
-    let agent = agent_binary();
+    let (text, out_root, agent) = (text.to_string(), out_root.to_path_buf(), agent.to_path_buf());
     thread::Builder::new()
         .name("faults-run".into())
         .spawn(move || {
