@@ -17,13 +17,15 @@ mod faults_support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use common::Sshd;
 use faults_support::{
-    cpufreq_settings, find_run_dir, local_board_yaml, restore_file, run_bounded, scenario_yaml, serial, ssh_board_yaml,
-    start_simulator, unique_journal, wait_for_journaled, Binaries, HilRun, SshLogin, Timing, CELLS_PER_BOARD,
+    cpufreq_settings, find_run_dir, local_board_yaml, restore_file, run_bounded, sample_overlap, scenario_yaml, serial,
+    ssh_board_yaml, start_simulator, unique_journal, wait_for_journaled, Binaries, HilRun, SshLogin, Timing,
+    CELLS_PER_BOARD,
 };
 use harness::sim::ppk2_emulator::{EmulatorConfig, Ppk2Emulator};
 
@@ -101,17 +103,26 @@ fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
         scenario_yaml("ssh-drop", &[ssh_board_yaml("sshboard", &login(&sshd), &site.sim_root, &site.workdir)], timing);
     let out = work.path().join("results");
 
-    let (outcome, killed) = thread::scope(|s| {
+    let run_done = AtomicBool::new(false);
+    let (outcome, (killed, agents)) = thread::scope(|s| {
         let killer = s.spawn(|| {
             wait_for_journaled(&out, "ssh-drop", 1, FIRST_CELL_LIMIT);
-            // The next cell is at the same level (no re-pin): its 2 s window starts within a few
-            // sysfs reads, so 600 ms later the agent is mid-window.
+            // Cell 2 is at the same level (no re-pin): its 2 s window starts after a few sysfs
+            // reads, so 600 ms after cell 1 is journaled cell 2 is running, most likely mid-window.
             thread::sleep(Duration::from_millis(600));
-            sshd.kill_connections()
+            let killed = sshd.kill_connections();
+            // The agent of the dropped session only notices when it next writes (end of its
+            // window); see how long it overlaps the agent the reconnect starts.
+            (killed, sample_overlap(&site.workdir.join("hil-agent"), &run_done))
         });
         let outcome = run_bounded(&text, &out, &bins.agent, RUN_LIMIT);
+        run_done.store(true, Ordering::SeqCst);
         (outcome, killer.join().expect("killer thread"))
     });
+    eprintln!(
+        "[faults] agents after the drop: at most {} at once, {:.1?} overlapped",
+        agents.max_running, agents.overlapped
+    );
     let outcome = outcome.unwrap_or_else(|e| panic!("run failed: {e:#}\nsshd log:\n{}", sshd.log_text()));
     assert!(killed >= 1, "no sshd connection process to kill mid-cell");
     assert!(outcome.all_ok(), "{:?}", outcome.boards);
@@ -119,8 +130,7 @@ fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
     let cells = unique_journal(&outcome.dir);
     assert_eq!(cells.len(), CELLS_PER_BOARD, "every cell journaled once");
     assert_eq!(cells[0].attempts, 1, "the first cell finished before the fault");
-    let retried: Vec<_> = cells.iter().filter(|c| c.attempts >= 2).map(|c| c.key().to_string()).collect();
-    assert!(!retried.is_empty(), "the cell running when the link dropped records a retry: {cells:#?}");
+    assert!(cells[1].attempts >= 2, "the cell running when the link dropped records a retry: {cells:#?}");
     assert!(sshd.accepted_logins() >= 2, "a second login (the reconnect) happened:\n{}", sshd.log_text());
     assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq settings restored");
     assert!(!restore_file(&site.workdir).exists(), "restore file removed after the clean restore");
@@ -164,10 +174,8 @@ fn power_monitor_closed_mid_cell_is_reopened_when_it_comes_back_and_the_cell_ret
 
     let cells = unique_journal(&outcome.dir);
     assert_eq!(cells.len(), CELLS_PER_BOARD, "every cell journaled once");
-    assert!(
-        cells.iter().any(|c| c.attempts >= 2),
-        "the cell running when the monitor closed records a retry: {cells:#?}"
-    );
+    assert_eq!(cells[0].attempts, 1, "the first cell finished before the fault");
+    assert!(cells[1].attempts >= 2, "the cell running when the monitor closed records a retry: {cells:#?}");
     for c in &cells {
         let energy = c.energy_per_inference_mj.unwrap_or(f64::NAN);
         assert!(energy > 0.0, "cell {} has energy from the monitor: {energy}", c.key());
@@ -226,6 +234,49 @@ fn power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_i
     assert!(!restore_file(&site.workdir).exists(), "restore file removed after the restore");
 }
 
+/// A monitor that stops streaming without hanging up (a PPK2 whose firmware stalls while its USB
+/// port stays open): the emulator drops every sample from mid-cell on. The power session records
+/// no failure for a silent stream, so the runner retries without reopening it and the board fails
+/// with "no power samples during the idle measurement", which names neither the monitor nor its
+/// port; see the report of issue 7 item 2 for the proposed stall detection.
+#[test]
+#[ignore = "product bug: a stalled power monitor (silent, not hung up) is not detected as a monitor failure"]
+fn power_monitor_that_stops_streaming_fails_the_board_with_a_message_naming_it() {
+    let _serial = serial("power_monitor_that_stops_streaming_fails_the_board_with_a_message_naming_it");
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "stall");
+    let port = site.sim_root.join("ppk2");
+    let emulator = plug_in_ppk2(&port);
+    let before = cpufreq_settings(&site.sys());
+    let text = scenario_yaml(
+        "monitor-stall",
+        &[local_board_yaml("bench", &site.sim_root, &site.workdir, Some(&port))],
+        Timing::SHORT,
+    );
+    let out = work.path().join("results");
+
+    let outcome = thread::scope(|s| {
+        s.spawn(|| {
+            wait_for_journaled(&out, "monitor-stall", 1, FIRST_CELL_LIMIT);
+            thread::sleep(Duration::from_millis(400));
+            // Every sample from now on is dropped: the port stays open and silent.
+            emulator.inject_loss(u64::MAX / 2);
+        });
+        run_bounded(&text, &out, &bins.agent, RUN_LIMIT)
+    })
+    .unwrap_or_else(|e| panic!("run failed outside the board: {e:#}"));
+    let board = &outcome.boards[0];
+    let error = board.error.as_deref().unwrap_or_else(|| panic!("the board must fail: {board:?}"));
+    eprintln!("[faults] monitor stalled, board error: {error}");
+    assert!(error.contains("power monitor"), "the message names the power monitor: {error}");
+    assert!(error.contains(&port.display().to_string()), "the message names the port {}: {error}", port.display());
+    let cells = unique_journal(&outcome.dir);
+    assert!(!cells.is_empty() && cells.len() < CELLS_PER_BOARD, "cells before the fault are kept: {}", cells.len());
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq settings restored after the failure");
+    assert!(!restore_file(&site.workdir).exists());
+}
+
 #[test]
 fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
     let _serial = serial("sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes");
@@ -277,6 +328,54 @@ fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
     }
     assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq restored after the resumed run");
     assert!(!restore_file(&site.workdir).exists());
+}
+
+/// Ctrl-C while the runner waits for an unplugged monitor to come back. The runner's wait
+/// (`PowerState::ensure_healthy`, up to 30 s) does not look at the stop flag, so `hil` only stops
+/// when the wait gives up; see the report of issue 7 item 2 for the proposed fix.
+#[test]
+#[ignore = "product bug: Ctrl-C is not noticed while waiting up to 30 s for a lost power monitor"]
+fn sigint_while_waiting_for_a_lost_monitor_stops_promptly_and_resume_completes() {
+    let _serial = serial("sigint_while_waiting_for_a_lost_monitor_stops_promptly_and_resume_completes");
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "wait");
+    let port = site.sim_root.join("ppk2");
+    let emulator = plug_in_ppk2(&port);
+    let before = cpufreq_settings(&site.sys());
+    let scenario = work.path().join("monitor-sigint.yaml");
+    let text = scenario_yaml(
+        "monitor-sigint",
+        &[local_board_yaml("bench", &site.sim_root, &site.workdir, Some(&port))],
+        Timing::SHORT,
+    );
+    std::fs::write(&scenario, &text).unwrap();
+    let out = work.path().join("results");
+
+    let mut first = HilRun::start(&bins, &scenario, &out, None, &work.path().join("first"));
+    first.wait_for_journaled(&out, "monitor-sigint", 1, FIRST_CELL_LIMIT);
+    thread::sleep(Duration::from_millis(400));
+    emulator.shutdown();
+    // The cell notices at the end of its window (1.2 s) and the runner starts waiting.
+    thread::sleep(Duration::from_millis(2500));
+    assert!(first.running(), "hil is waiting for the monitor:\n{}", first.output());
+    first.signal(libc::SIGINT);
+    let (status, took) = first.wait(Duration::from_secs(60));
+    eprintln!("[faults] hil run exited {took:.1?} after SIGINT while waiting for the monitor\n{}", first.output());
+    assert_eq!(status.code(), Some(1), "{}", first.output());
+    assert!(took < Duration::from_secs(10), "Ctrl-C is acted on promptly, took {took:?}:\n{}", first.output());
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq restored on Ctrl-C");
+    assert!(!restore_file(&site.workdir).exists());
+
+    let run_dir = find_run_dir(&out, "monitor-sigint").expect("run directory");
+    let kept = unique_journal(&run_dir);
+    assert!(!kept.is_empty(), "finished cells are kept");
+    let _back = plug_in_ppk2(&port);
+    let mut resumed = HilRun::start(&bins, &scenario, &out, Some(&run_dir), &work.path().join("resumed"));
+    let (status, _) = resumed.wait(RUN_LIMIT);
+    assert!(status.success(), "--resume completes the run:\n{}", resumed.output());
+    assert_eq!(unique_journal(&run_dir).len(), CELLS_PER_BOARD);
+    assert_eq!(cpufreq_settings(&site.sys()), before);
 }
 
 #[test]

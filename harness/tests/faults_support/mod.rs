@@ -296,6 +296,7 @@ impl HilRun {
     /// Starts `hil run SCENARIO --out OUT --agent-bin AGENT --no-progress [--resume DIR]`;
     /// `logs` names the files (`<logs>.stdout`, `<logs>.stderr`).
     pub fn start(bins: &Binaries, scenario: &Path, out_root: &Path, resume: Option<&Path>, logs: &Path) -> HilRun {
+        close_inherited_descriptors_on_exec();
         let stdout = logs.with_extension("stdout");
         let stderr = logs.with_extension("stderr");
         let mut cmd = Command::new(&bins.hil);
@@ -387,6 +388,64 @@ impl Drop for HilRun {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// Pids of live processes whose executable is `exe` (the deployed agent), from `/proc/*/exe`.
+pub fn processes_running(exe: &Path) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|target| target == exe))
+        .collect()
+}
+
+/// How many copies of one program ran at once while sampled.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overlap {
+    /// Most copies seen in one sample.
+    pub max_running: usize,
+    /// Time during which two or more ran (sum of sample intervals).
+    pub overlapped: Duration,
+}
+
+/// Samples [`processes_running`] every 20 ms until `stop` is set.
+pub fn sample_overlap(exe: &Path, stop: &AtomicBool) -> Overlap {
+    let mut overlap = Overlap::default();
+    let mut last = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let running = processes_running(exe).len();
+        let now = Instant::now();
+        overlap.max_running = overlap.max_running.max(running);
+        if running >= 2 {
+            overlap.overlapped += now - last;
+        }
+        last = now;
+        thread::sleep(Duration::from_millis(20));
+    }
+    overlap
+}
+
+/// Marks every descriptor of this process above stderr close-on-exec.
+///
+/// The PPK2 emulator's pseudo-terminal pair (`serialport::TTYPort::pair`) is opened without
+/// `O_CLOEXEC`, so a `hil` spawned afterwards inherits the emulator's master side. Closing the
+/// emulator in the test then no longer hangs up the port `hil` reads (the child holds the master
+/// open itself): the stream just stops, which is a different fault from an unplug. Rust's own
+/// descriptors are already close-on-exec; this only affects such leaks.
+pub fn close_inherited_descriptors_on_exec() {
+    let Ok(entries) = fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> =
+        entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number of this process; F_GETFD/F_SETFD only change the
+        // close-on-exec flag (a descriptor closed meanwhile, e.g. read_dir's own, just fails).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }

@@ -349,9 +349,10 @@ const SHORT_RUN_ENTRIES: f64 = 12.0;
 /// one in-tile row; pairing bands doubles those entries, halving the
 /// read-modify-writes per FMA. A group then needs tiles whose patterns agree
 /// in both bands, so groups are smaller (16 pattern pairs instead of 4
-/// patterns); even groups of one or two virtual tiles measured faster than
-/// regrouping them band by band into fuller groups, since the stores of the
-/// read-modify-write bound short runs more than the loads a fuller group saves.
+/// patterns). Partial groups of 1 to 3 virtual tiles are kept as they are:
+/// they measured as fast as or faster than splitting them and regrouping
+/// their tiles band by band into fuller groups (the read-modify-write stores
+/// they halve cost more than the `xᵀ` loads fuller groups would share).
 /// Spans of 3 and 4 measured slower than 2 (groups too fragmented). With
 /// fewer tile rows than pattern pairs, nearly every paired group would be a
 /// single tile with its own index list (no sharing, more index bytes), so
