@@ -96,8 +96,13 @@ fn parse_hex(v: &str) -> Option<u64> {
 /// `/proc/cpuinfo`. Values from Arm's Technical Reference Manuals (MIDR_EL1
 /// "Primary part number") and the table in util-linux `lscpu-arm.c`.
 /// Unknown combinations keep the raw numbers, so nothing is lost.
-pub fn arm_core_name(implementer: u64, part: u64) -> String {
-    let name = match (implementer, part) {
+pub fn known_arm_core(implementer: u64, part: u64) -> Option<&'static str> {
+    Some(match (implementer, part) {
+        (0x41, 0xc05) => "Cortex-A5",
+        (0x41, 0xd01) => "Cortex-A32",
+        (0x41, 0xd0e) => "Cortex-A76AE",
+        (0x41, 0xd42) => "Cortex-A78AE",
+        (0x41, 0xd4a) => "Neoverse-E1",
         (0x41, 0xc07) => "Cortex-A7",
         (0x41, 0xc08) => "Cortex-A8",
         (0x41, 0xc09) => "Cortex-A9",
@@ -137,9 +142,17 @@ pub fn arm_core_name(implementer: u64, part: u64) -> String {
         (0x51, 0x805) => "Kryo 4xx Silver",
         (0x61, 0x022 | 0x023) => "Apple M1",
         (0x61, 0x032 | 0x033) => "Apple M2",
-        _ => return format!("ARM implementer 0x{implementer:02x} part 0x{part:03x}"),
-    };
-    name.to_owned()
+        _ => return None,
+    })
+}
+
+/// Names an ARM core from its MIDR implementer and part number; unknown combinations keep
+/// the raw numbers, so nothing is lost.
+pub fn arm_core_name(implementer: u64, part: u64) -> String {
+    match known_arm_core(implementer, part) {
+        Some(name) => name.to_string(),
+        None => format!("ARM implementer 0x{implementer:02x} part 0x{part:03x}"),
+    }
 }
 
 /// Memory figures from `/proc/meminfo`, in bytes.

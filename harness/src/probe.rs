@@ -203,46 +203,8 @@ fn read_proc(board: &mut dyn Board, path: &str) -> Result<String, ProbeError> {
 /// kernel's `arch/arm64/include/asm/cputype.h` and util-linux's
 /// `sys-utils/lscpu-arm.c`.
 fn arm_core_name(implementer: u32, part: u32) -> Option<&'static str> {
-    let name = match (implementer, part) {
-        (0x41, 0xc05) => "Cortex-A5",
-        (0x41, 0xc07) => "Cortex-A7",
-        (0x41, 0xc08) => "Cortex-A8",
-        (0x41, 0xc09) => "Cortex-A9",
-        (0x41, 0xc0d) => "Cortex-A12",
-        (0x41, 0xc0e) => "Cortex-A17",
-        (0x41, 0xc0f) => "Cortex-A15",
-        (0x41, 0xd01) => "Cortex-A32",
-        (0x41, 0xd03) => "Cortex-A53",
-        (0x41, 0xd04) => "Cortex-A35",
-        (0x41, 0xd05) => "Cortex-A55",
-        (0x41, 0xd06) => "Cortex-A65",
-        (0x41, 0xd07) => "Cortex-A57",
-        (0x41, 0xd08) => "Cortex-A72",
-        (0x41, 0xd09) => "Cortex-A73",
-        (0x41, 0xd0a) => "Cortex-A75",
-        (0x41, 0xd0b) => "Cortex-A76",
-        (0x41, 0xd0c) => "Neoverse-N1",
-        (0x41, 0xd0d) => "Cortex-A77",
-        (0x41, 0xd0e) => "Cortex-A76AE",
-        (0x41, 0xd40) => "Neoverse-V1",
-        (0x41, 0xd41) => "Cortex-A78",
-        (0x41, 0xd42) => "Cortex-A78AE",
-        (0x41, 0xd44) => "Cortex-X1",
-        (0x41, 0xd46) => "Cortex-A510",
-        (0x41, 0xd47) => "Cortex-A710",
-        (0x41, 0xd48) => "Cortex-X2",
-        (0x41, 0xd49) => "Neoverse-N2",
-        (0x41, 0xd4a) => "Neoverse-E1",
-        (0x41, 0xd4b) => "Cortex-A78C",
-        (0x41, 0xd4d) => "Cortex-A715",
-        (0x41, 0xd4e) => "Cortex-X3",
-        (0x41, 0xd4f) => "Neoverse-V2",
-        (0x41, 0xd80) => "Cortex-A520",
-        (0x41, 0xd81) => "Cortex-A720",
-        (0x41, 0xd82) => "Cortex-X4",
-        _ => return None,
-    };
-    Some(name)
+    // One table for the agent's `hello` and the probe: the agent's.
+    device_agent::sysinfo::known_arm_core(implementer as u64, part as u64)
 }
 
 fn arm_implementer_name(implementer: u32) -> Option<&'static str> {
@@ -465,8 +427,10 @@ Hardware\t: BCM2835\nRevision\t: c03114\nSerial\t\t: 10000000abcdef\nModel\t\t: 
 processor\t: 1\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n";
         let info = parse_cpuinfo(x86);
         assert_eq!((info.cores, info.model.as_deref()), (2, Some("Intel(R) Xeon(R) CPU @ 2.20GHz")));
-        let qcom = "processor\t: 0\nCPU implementer\t: 0x51\nCPU part\t: 0x805\n";
-        assert_eq!(parse_cpuinfo(qcom).model.as_deref(), Some("1x Qualcomm part 0x805"));
+        let kryo = "processor\t: 0\nCPU implementer\t: 0x51\nCPU part\t: 0x805\n";
+        assert_eq!(parse_cpuinfo(kryo).model.as_deref(), Some("1x Qualcomm Kryo 4xx Silver"));
+        let qcom = "processor\t: 0\nCPU implementer\t: 0x51\nCPU part\t: 0x8ff\n";
+        assert_eq!(parse_cpuinfo(qcom).model.as_deref(), Some("1x Qualcomm part 0x8ff"));
         let old = "Processor\t: ARMv6-compatible processor rev 7 (v6l)\nBogoMIPS\t: 697.95\nHardware\t: BCM2708\n";
         let info = parse_cpuinfo(old);
         assert_eq!(info.model.as_deref(), Some("ARMv6-compatible processor rev 7 (v6l)"));

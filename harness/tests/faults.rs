@@ -90,17 +90,24 @@ impl Site {
     }
 }
 
-#[test]
-fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
-    let _serial = serial("ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried");
-    let sshd = sshd_or_skip!();
+/// What the SSH-drop run left behind.
+struct SshDrop {
+    cells: Vec<harness::results::CellRecord>,
+    /// Copies of the deployed agent seen running at once from the drop to the end of the run.
+    agents: faults_support::Overlap,
+}
+
+/// Runs the small scenario on an SSH board and kills the sshd processes serving it while cell 2's
+/// window runs; checks what every SSH drop must leave (all cells once, a retry, a reconnect,
+/// cpufreq restored) and returns the journal and the agent overlap for further checks.
+fn ssh_drop_run(sshd: &Sshd) -> SshDrop {
     let work = tempdir();
     let bins = Binaries::pin_into(&work.path().join("bin"));
     let site = Site::new(work.path(), "drop");
     let before = cpufreq_settings(&site.sys());
     let timing = Timing { window: Duration::from_millis(2000), ..Timing::SHORT };
     let text =
-        scenario_yaml("ssh-drop", &[ssh_board_yaml("sshboard", &login(&sshd), &site.sim_root, &site.workdir)], timing);
+        scenario_yaml("ssh-drop", &[ssh_board_yaml("sshboard", &login(sshd), &site.sim_root, &site.workdir)], timing);
     let out = work.path().join("results");
 
     let run_done = AtomicBool::new(false);
@@ -111,8 +118,8 @@ fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
             // reads, so 600 ms after cell 1 is journaled cell 2 is running, most likely mid-window.
             thread::sleep(Duration::from_millis(600));
             let killed = sshd.kill_connections();
-            // The agent of the dropped session only notices when it next writes (end of its
-            // window); see how long it overlaps the agent the reconnect starts.
+            // Without a pty, sshd does not signal the command of a dropped session: its agent only
+            // notices when it next writes (the end of its window). Watch it against the new one.
             (killed, sample_overlap(&site.workdir.join("hil-agent"), &run_done))
         });
         let outcome = run_bounded(&text, &out, &bins.agent, RUN_LIMIT);
@@ -134,6 +141,44 @@ fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
     assert!(sshd.accepted_logins() >= 2, "a second login (the reconnect) happened:\n{}", sshd.log_text());
     assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq settings restored");
     assert!(!restore_file(&site.workdir).exists(), "restore file removed after the clean restore");
+    SshDrop { cells, agents }
+}
+
+/// How long after the retried attempt of cell 2 began the dropped session's agent was last seen
+/// running (negative: it had exited before).
+fn orphan_after_retry_start(drop: &SshDrop) -> Option<chrono::Duration> {
+    let last = drop.agents.last_overlap?;
+    let retry_started = chrono::DateTime::parse_from_rfc3339(&drop.cells[1].started_at).ok()?;
+    Some(chrono::DateTime::<chrono::Utc>::from(last) - retry_started.to_utc())
+}
+
+#[test]
+fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
+    let _serial = serial("ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried");
+    let sshd = sshd_or_skip!();
+    let drop = ssh_drop_run(&sshd);
+    if let Some(late) = orphan_after_retry_start(&drop) {
+        eprintln!("[faults] orphan agent last seen {} ms after the retried attempt started", late.num_milliseconds());
+    }
+}
+
+/// The agent of a dropped SSH session keeps computing its window until it next writes, on the
+/// same pinned CPU as the agent the reconnect starts, so the retried window is measured with a
+/// competitor. The runner should stop the old agent before retrying (see the report of issue 7
+/// item 2).
+#[test]
+#[ignore = "product bug: the dropped session's agent still runs into the retried cell's window"]
+fn ssh_drop_leaves_no_agent_running_into_the_retried_window() {
+    let _serial = serial("ssh_drop_leaves_no_agent_running_into_the_retried_window");
+    let sshd = sshd_or_skip!();
+    let drop = ssh_drop_run(&sshd);
+    if let Some(late) = orphan_after_retry_start(&drop) {
+        assert!(
+            late <= chrono::Duration::zero(),
+            "the dropped session's agent ran {} ms into the retried attempt",
+            late.num_milliseconds()
+        );
+    }
 }
 
 #[test]

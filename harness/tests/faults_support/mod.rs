@@ -408,6 +408,8 @@ pub struct Overlap {
     pub max_running: usize,
     /// Time during which two or more ran (sum of sample intervals).
     pub overlapped: Duration,
+    /// Wall-clock time of the last sample that saw two or more.
+    pub last_overlap: Option<std::time::SystemTime>,
 }
 
 /// Samples [`processes_running`] every 20 ms until `stop` is set.
@@ -420,6 +422,7 @@ pub fn sample_overlap(exe: &Path, stop: &AtomicBool) -> Overlap {
         overlap.max_running = overlap.max_running.max(running);
         if running >= 2 {
             overlap.overlapped += now - last;
+            overlap.last_overlap = Some(std::time::SystemTime::now());
         }
         last = now;
         thread::sleep(Duration::from_millis(20));
