@@ -70,6 +70,20 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--help" | "-h" => {
+                println!(
+                    "speedup: end-to-end layer and encoder speedups of the sparse kernels over the dense baseline\n\n\
+                     usage: cargo run --release -p kernels --example speedup -- [options]\n\
+                     \x20 --json          one JSON object per row (shape, variant, sparsity, tile, time_us, speedup, ...)\n\
+                     \x20 --shapes LIST   e.g. '768->3072,3072->768' (quote it: > is a shell redirect)\n\
+                     \x20 --filter TEXT   only rows whose \"variant base tile\" contains TEXT (dense always stays)\n\
+                     \x20 --rounds N      interleaved rounds per shape (median over rounds)\n\
+                     \x20 --threads N     kernel threads (default 1: DVFS experiments pin one core)\n\
+                     \x20 --cpu-min       report the minimum thread CPU time over rounds, not the median\n\
+                     \x20 --no-model      skip the whole-encoder rows and the switching row"
+                );
+                std::process::exit(0);
+            }
             "--json" => args.json = true,
             "--no-model" => args.model = false,
             "--cpu-min" => args.cpu_min = true,
