@@ -7,7 +7,8 @@ use crate::board::Board;
 use crate::power::ppk2::Ppk2Mode;
 use crate::power::{open_monitor, MonitorKind, MonitorOptions, PowerMonitor, AUTO_PORT};
 use crate::scenario::{
-    BoardSpec, MonitorKind as ScenarioMonitorKind, MonitorPort, MonitorSettings, MonitorSpec, Ppk2Settings, TransportSpec,
+    BoardSpec, MonitorKind as ScenarioMonitorKind, MonitorPort, MonitorSettings, MonitorSpec, Ppk2Settings,
+    TransportSpec,
 };
 
 /// Connects to the board a scenario entry describes.
@@ -28,7 +29,19 @@ pub fn open_scenario_monitor(spec: &MonitorSpec) -> Result<Box<dyn PowerMonitor>
         MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter) => {
             options.ppk2.mode = Ppk2Mode::Ampere { voltage_v: None };
         }
-        MonitorSettings::Ina(_) => {}
+        MonitorSettings::Ina(ina) => {
+            use crate::power::ina::Quantity;
+            let cols = &ina.columns;
+            options.ina.names = [
+                (&cols.time, Quantity::Time),
+                (&cols.current, Quantity::Current),
+                (&cols.voltage, Quantity::BusVoltage),
+                (&cols.power, Quantity::Power),
+            ]
+            .into_iter()
+            .filter_map(|(name, q)| name.clone().map(|n| (n, q)))
+            .collect();
+        }
         MonitorSettings::Scpi(s) => {
             options.scpi.current_query = s.current_query.clone();
             options.scpi.voltage_query = Some(s.voltage_query.clone());

@@ -72,6 +72,10 @@ pub struct InaOptions {
     /// A header to assume for headerless lines, in the header syntax, e.g. `t[ms],I[A],V[V]` or
     /// `-,Current[mA],BusV[V]` (`-` skips a column). Separator: comma, tab or semicolon.
     pub columns: Option<String>,
+    /// Explicit meanings for header fields or keys the built-in names do not cover (or cover
+    /// wrongly): the field text as printed (case-insensitive), e.g. `("Strom[mA]", Current)`.
+    /// A unit in the field is still read from it.
+    pub names: Vec<(String, Quantity)>,
     pub voltage: VoltagePick,
     /// Read timeout of the serial port.
     pub read_timeout: Duration,
@@ -79,7 +83,7 @@ pub struct InaOptions {
 
 impl Default for InaOptions {
     fn default() -> Self {
-        Self { columns: None, voltage: VoltagePick::Auto, read_timeout: Duration::from_millis(20) }
+        Self { columns: None, names: Vec::new(), voltage: VoltagePick::Auto, read_timeout: Duration::from_millis(20) }
     }
 }
 
@@ -129,6 +133,16 @@ pub fn parse_unit(unit: &str) -> Option<(char, f64)> {
 
 /// Classifies a header field or a key: `Current[mA]`, `BusV`, `Bus Voltage`, `Current_mA`, `millis`.
 pub fn classify_field(field: &str) -> Option<Column> {
+    classify_field_as(field, None)
+}
+
+/// Like [`classify_field`], but a field named in `names` takes the quantity given there.
+pub fn classify_field_with(field: &str, names: &[(String, Quantity)]) -> Option<Column> {
+    let forced = names.iter().find(|(n, _)| n.trim().eq_ignore_ascii_case(field.trim())).map(|(_, q)| *q);
+    classify_field_as(field, forced)
+}
+
+fn classify_field_as(field: &str, forced: Option<Quantity>) -> Option<Column> {
     let field = field.trim();
     if field == "-" || field == "_" || field.eq_ignore_ascii_case("ignore") {
         return Some(Column { quantity: Quantity::Ignore, scale: 1.0 });
@@ -146,8 +160,9 @@ pub fn classify_field(field: &str) -> Option<Column> {
     if key.is_empty() {
         return None;
     }
-    let quantity = if matches!(key.as_str(), "millis" | "ms" | "time" | "t" | "timestamp" | "micros" | "us" | "uptime")
-    {
+    let quantity = if let Some(q) = forced {
+        q
+    } else if matches!(key.as_str(), "millis" | "ms" | "time" | "t" | "timestamp" | "micros" | "us" | "uptime") {
         Quantity::Time
     } else if key.contains("shunt") {
         Quantity::ShuntVoltage
@@ -239,13 +254,17 @@ struct Layout {
     format: InaFormat,
 }
 
-fn parse_header(line: &str, format_if_header: impl Fn(char) -> InaFormat) -> Option<Layout> {
+fn parse_header(
+    line: &str,
+    names: &[(String, Quantity)],
+    format_if_header: impl Fn(char) -> InaFormat,
+) -> Option<Layout> {
     let sep = guess_separator(line);
     let fields: Vec<&str> = if sep == ' ' { line.split_whitespace().collect() } else { split_fields(line, sep) };
     if fields.len() < 2 || fields.iter().any(|f| parse_value(f, 1.0).is_some()) {
         return None;
     }
-    let columns: Option<Vec<Column>> = fields.iter().map(|f| classify_field(f)).collect();
+    let columns: Option<Vec<Column>> = fields.iter().map(|f| classify_field_with(f, names)).collect();
     let columns = columns?;
     let has = |q| columns.iter().any(|c| c.quantity == q);
     if !has(Quantity::Current) && !has(Quantity::Power) {
@@ -349,7 +368,7 @@ impl InaParser {
         }
         // Key-value: `Bus Voltage:   5.01 V`.
         if let Some((key, value)) = line.split_once(':') {
-            if let Some(col) = classify_field(key) {
+            if let Some(col) = classify_field_with(key, &self.options.names) {
                 if let Some(v) = parse_value(value, col.scale) {
                     self.kv_seen = true;
                     let mut done = None;
@@ -365,16 +384,20 @@ impl InaParser {
             }
         }
         // A (new) header.
-        if let Some(layout) =
-            parse_header(line, |sep| if sep == '\t' { InaFormat::TsvHeader } else { InaFormat::CsvHeader })
-        {
+        if let Some(layout) = parse_header(line, &self.options.names, |sep| {
+            if sep == '\t' {
+                InaFormat::TsvHeader
+            } else {
+                InaFormat::CsvHeader
+            }
+        }) {
             self.layout = Some(layout);
             return None;
         }
         // A data row.
         if self.layout.is_none() && line.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.') {
             let mapping = self.options.columns.clone().unwrap_or_else(|| DEFAULT_HEADERLESS_COLUMNS.to_string());
-            match parse_header(&mapping, |_| InaFormat::CsvHeaderless) {
+            match parse_header(&mapping, &self.options.names, |_| InaFormat::CsvHeaderless) {
                 Some(layout) => {
                     let fields = split_row(line, guess_separator(line));
                     if fields.len() == layout.columns.len() {
@@ -602,6 +625,15 @@ mod tests {
         assert_eq!(classify_field("Bus Voltage").unwrap().quantity, Quantity::BusVoltage);
         assert_eq!(classify_field("micros").unwrap().scale, 1e-6);
         assert!(classify_field("Current[V]").is_none(), "a current in volts is not a current");
+        // A sketch with its own names: mapped explicitly, units still read from the field.
+        let names = vec![("Strom[mA]".to_string(), Quantity::Current), ("Spannung".to_string(), Quantity::BusVoltage)];
+        assert!(classify_field("Strom[mA]").is_none());
+        assert_eq!(classify_field_with("strom[mA]", &names), Some(Column { quantity: Quantity::Current, scale: 1e-3 }));
+        assert_eq!(classify_field_with("Spannung", &names).unwrap().quantity, Quantity::BusVoltage);
+        let mut parser = InaParser::new(InaOptions { names, ..InaOptions::default() });
+        assert!(parser.push_line("Strom[mA],Spannung").is_none());
+        let r = parser.push_line("250.0,5.0").expect("a reading");
+        assert!((r.current_a - 0.25).abs() < 1e-12 && r.voltage_v == Some(5.0));
         assert!(classify_field("Temperature").is_none());
     }
 
