@@ -150,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{} serving protocol {PROTO_VERSION} on stdin/stdout",
                 device_agent::AGENT_VERSION
             ));
+            device_agent::platform::exit_when_orphaned(std::time::Duration::from_millis(100));
             let mut agent = Agent::new(options);
             let stdin = io::stdin();
             let end = serve(&mut agent, BufReader::new(stdin.lock()), io::stdout().lock())

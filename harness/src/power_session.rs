@@ -38,6 +38,16 @@ pub struct PowerSession {
     reader: Option<JoinHandle<Box<dyn PowerMonitor>>>,
 }
 
+/// How long a stream may stay silent before the monitor counts as gone: 2 s for streaming
+/// instruments, ten sample periods (at least 5 s) for slow polled ones.
+fn stall_limit(sample_rate_hz: Option<f64>) -> Duration {
+    match sample_rate_hz {
+        Some(r) if r >= 10.0 => Duration::from_secs(2),
+        Some(r) if r > 0.0 => Duration::from_secs_f64((10.0 / r).max(5.0)),
+        _ => Duration::from_secs(5),
+    }
+}
+
 fn copy_error(e: &MonitorError) -> MonitorError {
     MonitorError::new(e.kind, e.port.clone(), e.what.clone(), e.detail.clone())
 }
@@ -56,14 +66,30 @@ impl PowerSession {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (sh, st) = (shared.clone(), stop.clone());
+        let stall_limit = stall_limit(info.sample_rate_hz);
+        let port = info.port.clone();
         let reader = std::thread::Builder::new()
             .name("power-reader".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(1 << 16);
+                let mut last_sample = std::time::Instant::now();
                 while !st.load(Ordering::SeqCst) {
                     buf.clear();
                     match monitor.read(&mut buf, Duration::from_millis(50)) {
                         Ok(outcome) => {
+                            if !buf.is_empty() {
+                                last_sample = std::time::Instant::now();
+                            } else if last_sample.elapsed() > stall_limit {
+                                // A monitor that stops streaming without hanging up (stalled
+                                // firmware, a sketch that crashed) is as good as unplugged.
+                                sh.lock().unwrap_or_else(|p| p.into_inner()).failed = Some(MonitorError::new(
+                                    crate::power::MonitorErrorKind::Disconnected,
+                                    port.clone(),
+                                    "reading the sample stream",
+                                    format!("no samples for {stall_limit:?}: the monitor stopped streaming"),
+                                ));
+                                break;
+                            }
                             let mut s = sh.lock().unwrap_or_else(|p| p.into_inner());
                             if s.capturing {
                                 s.capture.samples.extend_from_slice(&buf);

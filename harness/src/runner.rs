@@ -439,6 +439,16 @@ fn run_board_inner(
     }
 }
 
+/// Prints a line above the board's progress bar, or to stderr when there are no bars
+/// (`--no-progress`, or stderr is not a terminal), so retries show in CI logs too.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Runs the cells in order, retrying retryable failures after reconnecting.
 #[allow(clippy::too_many_arguments)]
 fn measure_cells(
@@ -464,7 +474,7 @@ fn measure_cells(
     let switch_ns = measure_switching(&mut agent, &load).context("measuring variant switching")?;
     let selftest = agent.selftest().context("agent selftest")?;
     if !selftest.passed {
-        bar.println(format!("board {name}: WARNING: agent selftest failed: kernels disagree with the scalar reference"));
+        say(bar, format!("board {name}: WARNING: agent selftest failed: kernels disagree with the scalar reference"));
     }
     shared.update_board_meta(name, |m| {
         m.switch_ns = switch_ns;
@@ -495,13 +505,25 @@ fn measure_cells(
                     break;
                 }
                 Err(CellError::Retryable(e)) if attempts < scenario.measure.max_attempts && !shared.stopping() => {
-                    bar.println(format!("board {name}: cell {} attempt {attempts} failed: {e:#}; reconnecting", cell.key));
+                    say(bar, format!("board {name}: cell {} attempt {attempts} failed: {e:#}; reconnecting", cell.key));
                     pinned_khz = None;
                     if let Some(p) = power.as_deref_mut() {
-                        p.ensure_healthy(bar).with_context(|| format!("board {name}: after: {e:#}"))?;
+                        match p.ensure_healthy(bar, &shared.stop) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                outcome.interrupted = true;
+                                return Ok(());
+                            }
+                            Err(err) => {
+                                outcome.cells_failed += 1;
+                                return Err(err.context(format!("board {name}: after: {e:#}")));
+                            }
+                        }
                     }
-                    reconnect_with_agent(guard, spec, scenario, &deployed.remote_path, &mut agent)
-                        .with_context(|| format!("board {name}: reconnecting after: {e:#}"))?;
+                    if let Err(err) = reconnect_with_agent(guard, spec, scenario, &deployed.remote_path, &mut agent) {
+                        outcome.cells_failed += 1;
+                        return Err(err.context(format!("board {name}: reconnecting after: {e:#}")));
+                    }
                 }
                 Err(CellError::Retryable(e)) | Err(CellError::Fatal(e)) => {
                     outcome.cells_failed += 1;
@@ -645,7 +667,13 @@ fn measure_cell(
             let window = board_window_to_host(&map, run.window_start_ns, run.window_end_ns)
                 .map_err(|e| CellError::Fatal(anyhow!("aligning the window of {}: {e}", cell.key)))?;
             let w = window_energy(&capture.samples, window)
-                .map_err(|e| CellError::Retryable(anyhow!("power samples for {}: {e}", cell.key)))?;
+                .map_err(|e| {
+                    CellError::Retryable(anyhow!(
+                        "power samples from the power monitor on {} for {}: {e}",
+                        p.session().map(|s| s.info().port.clone()).unwrap_or_default(),
+                        cell.key
+                    ))
+                })?;
             let rate = p.session()?.info().sample_rate_hz;
             let lost = capture.lost + rate.map(|r| missing_samples(&w, r)).unwrap_or(0);
             let expected = rate.map(|r| r * w.duration_s).unwrap_or(w.samples_in_window as f64).max(1.0);
@@ -795,24 +823,28 @@ impl PowerState {
         std::thread::sleep(duration);
         let capture = session.end(Duration::from_millis(50)).map_err(|e| CellError::Retryable(e.into()))?;
         let (Some(first), Some(last)) = (capture.samples.first(), capture.samples.last()) else {
-            return Err(CellError::Retryable(anyhow!("no power samples during the idle measurement")));
+            return Err(CellError::Retryable(anyhow!(
+                "the power monitor on {} delivered no samples during the idle measurement (did it stop streaming?)",
+                session.info().port
+            )));
         };
         let window = HostWindow { start_ns: first.t_ns as i64, end_ns: last.t_ns as i64 };
         let w = window_energy(&capture.samples, window).map_err(|e| CellError::Retryable(anyhow!("idle power: {e}")))?;
         Ok(w.mean_power_w)
     }
 
-    /// Reopens the monitor if its reader stopped (unplugged, pty closed), waiting for it to come back.
-    fn ensure_healthy(&mut self, bar: &ProgressBar) -> Result<()> {
+    /// Reopens the monitor if its reader stopped (unplugged, pty closed, stalled), waiting for it
+    /// to come back. `Ok(false)` when the run was asked to stop meanwhile.
+    fn ensure_healthy(&mut self, bar: &ProgressBar, stop: &AtomicBool) -> Result<bool> {
         let failed = match &self.session {
             Some(s) => s.failure().map(|e| e.to_string()),
             None => Some("not open".into()),
         };
-        let Some(reason) = failed else { return Ok(()) };
+        let Some(reason) = failed else { return Ok(true) };
         if let Some(s) = self.session.take() {
             s.stop();
         }
-        bar.println(format!("power monitor failed ({reason}); waiting up to {MONITOR_RETURN_TIMEOUT:?} for it to come back"));
+        say(bar, format!("power monitor failed ({reason}); waiting up to {MONITOR_RETURN_TIMEOUT:?} for it to come back"));
         let start = std::time::Instant::now();
         let mut delay = Duration::from_millis(250);
         loop {
@@ -820,13 +852,20 @@ impl PowerState {
                 Ok(s) => {
                     self.session = Some(s);
                     self.idle_w.clear();
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) if start.elapsed() >= MONITOR_RETURN_TIMEOUT => {
                     bail!("the power monitor did not come back within {MONITOR_RETURN_TIMEOUT:?}: {e:#} (first failure: {reason})")
                 }
                 Err(_) => {
-                    std::thread::sleep(delay);
+                    // Sleep in short slices so Ctrl-C is honoured while waiting.
+                    let until = std::time::Instant::now() + delay;
+                    while std::time::Instant::now() < until {
+                        if stop.load(Ordering::SeqCst) {
+                            return Ok(false);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                     delay = (delay * 2).min(Duration::from_secs(4));
                 }
             }

@@ -11,6 +11,10 @@
 //!
 //! The tests run one at a time (`faults_support::serial`). Without `/usr/sbin/sshd` the SSH ones
 //! print why and pass, unless `HIL_REQUIRE_SSHD=1`. Every wait is bounded.
+//!
+//! Three tests pin down behaviour these faults first revealed as missing: a stalled monitor is
+//! detected, Ctrl-C is honoured during the wait for a lost monitor, and the agent of a dropped
+//! session exits instead of running into the retried window.
 
 mod common;
 mod faults_support;
@@ -162,12 +166,9 @@ fn ssh_connection_dropped_mid_cell_is_reconnected_and_the_cell_retried() {
     }
 }
 
-/// The agent of a dropped SSH session keeps computing its window until it next writes, on the
-/// same pinned CPU as the agent the reconnect starts, so the retried window is measured with a
-/// competitor. The runner should stop the old agent before retrying (see the report of issue 7
-/// item 2).
+/// The agent of a dropped SSH session must not keep computing its window into the retried one
+/// (sshd does not signal a command without a pty): the agent exits when it is orphaned.
 #[test]
-#[ignore = "product bug: the dropped session's agent still runs into the retried cell's window"]
 fn ssh_drop_leaves_no_agent_running_into_the_retried_window() {
     let _serial = serial("ssh_drop_leaves_no_agent_running_into_the_retried_window");
     let sshd = sshd_or_skip!();
@@ -280,12 +281,9 @@ fn power_monitor_that_does_not_come_back_fails_the_board_with_a_message_naming_i
 }
 
 /// A monitor that stops streaming without hanging up (a PPK2 whose firmware stalls while its USB
-/// port stays open): the emulator drops every sample from mid-cell on. The power session records
-/// no failure for a silent stream, so the runner retries without reopening it and the board fails
-/// with "no power samples during the idle measurement", which names neither the monitor nor its
-/// port; see the report of issue 7 item 2 for the proposed stall detection.
+/// port stays open): the emulator drops every sample from mid-cell on. The board fails with a
+/// message naming the power monitor and its port.
 #[test]
-#[ignore = "product bug: a stalled power monitor (silent, not hung up) is not detected as a monitor failure"]
 fn power_monitor_that_stops_streaming_fails_the_board_with_a_message_naming_it() {
     let _serial = serial("power_monitor_that_stops_streaming_fails_the_board_with_a_message_naming_it");
     let work = tempdir();
@@ -375,11 +373,8 @@ fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
     assert!(!restore_file(&site.workdir).exists());
 }
 
-/// Ctrl-C while the runner waits for an unplugged monitor to come back. The runner's wait
-/// (`PowerState::ensure_healthy`, up to 30 s) does not look at the stop flag, so `hil` only stops
-/// when the wait gives up; see the report of issue 7 item 2 for the proposed fix.
+/// Ctrl-C while the runner waits for an unplugged monitor to come back: `hil` stops promptly.
 #[test]
-#[ignore = "product bug: Ctrl-C is not noticed while waiting up to 30 s for a lost power monitor"]
 fn sigint_while_waiting_for_a_lost_monitor_stops_promptly_and_resume_completes() {
     let _serial = serial("sigint_while_waiting_for_a_lost_monitor_stops_promptly_and_resume_completes");
     let work = tempdir();

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
 use serialport::{SerialPort, TTYPort};
 
 use crate::power::ppk2::{
@@ -112,6 +114,12 @@ impl Ppk2Emulator {
     /// Creates the pty pair and starts serving on a thread of its own.
     pub fn spawn(model: impl PowerModel, config: EmulatorConfig) -> io::Result<Self> {
         let (mut device, host_side) = TTYPort::pair().map_err(io::Error::from)?;
+        // Neither end may leak into child processes (e.g. a simulated board's agent): a child
+        // holding the master open would hide the hang-up that tells the driver it was unplugged.
+        for fd in [device.as_raw_fd(), host_side.as_raw_fd()] {
+            // SAFETY: fcntl on descriptors we own; F_SETFD with FD_CLOEXEC has no other effect.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
         let path = PathBuf::from(host_side.name().ok_or_else(|| io::Error::other("pty pair has no slave name"))?);
         device.set_timeout(Duration::from_millis(1)).map_err(io::Error::from)?;
         let stop = Arc::new(AtomicBool::new(false));
