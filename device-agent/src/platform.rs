@@ -122,6 +122,33 @@ pub fn current_affinity() -> CpuList {
     CpuList((0..=MAX_CPU).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect())
 }
 
+/// Exits the process when its parent goes away (checked every `period` on a thread of its own).
+///
+/// The harness drives the agent through an SSH channel or a pipe. When that session dies
+/// (a dropped connection, `hil` killed), sshd does not signal a command that has no pty, and
+/// an agent in the middle of a timed window would not notice the closed stdin until its next
+/// write: it would keep computing on the pinned core, into the window of the retried cell.
+/// Being re-parented (the parent pid changes) is the reliable sign, and it costs one
+/// `getppid` per period.
+pub fn exit_when_orphaned(period: std::time::Duration) {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if parent <= 1 {
+        return; // started by init or a subreaper-less daemon: nothing to watch
+    }
+    let spawned = std::thread::Builder::new().name("orphan-watch".into()).spawn(move || loop {
+        std::thread::sleep(period);
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } != parent {
+            crate::log(format_args!("the session that started the agent is gone (parent {parent} exited); exiting"));
+            std::process::exit(3);
+        }
+    });
+    if let Err(e) = spawned {
+        crate::log(format_args!("cannot watch the parent process: {e}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,32 +193,5 @@ mod tests {
         })
         .join()
         .unwrap();
-    }
-}
-
-/// Exits the process when its parent goes away (checked every `period` on a thread of its own).
-///
-/// The harness drives the agent through an SSH channel or a pipe. When that session dies
-/// (a dropped connection, `hil` killed), sshd does not signal a command that has no pty, and
-/// an agent in the middle of a timed window would not notice the closed stdin until its next
-/// write: it would keep computing on the pinned core, into the window of the retried cell.
-/// Being re-parented (the parent pid changes) is the reliable sign, and it costs one
-/// `getppid` per period.
-pub fn exit_when_orphaned(period: std::time::Duration) {
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let parent = unsafe { libc::getppid() };
-    if parent <= 1 {
-        return; // started by init or a subreaper-less daemon: nothing to watch
-    }
-    let spawned = std::thread::Builder::new().name("orphan-watch".into()).spawn(move || loop {
-        std::thread::sleep(period);
-        // SAFETY: as above.
-        if unsafe { libc::getppid() } != parent {
-            crate::log(format_args!("the session that started the agent is gone (parent {parent} exited); exiting"));
-            std::process::exit(3);
-        }
-    });
-    if let Err(e) = spawned {
-        crate::log(format_args!("cannot watch the parent process: {e}"));
     }
 }

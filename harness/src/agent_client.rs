@@ -113,9 +113,11 @@ impl AgentClient {
                     detail: format!("agent speaks protocol {}, harness speaks {PROTO_VERSION}", response.proto),
                 });
             }
-            return response
-                .expect::<T>()
-                .map_err(|e| AgentError::Protocol { board: self.board.clone(), cmd, detail: e.to_string() });
+            return response.expect::<T>().map_err(|e| AgentError::Protocol {
+                board: self.board.clone(),
+                cmd,
+                detail: e.to_string(),
+            });
         }
     }
 

@@ -81,7 +81,12 @@ pub struct CellRecord {
 
 impl CellRecord {
     pub fn key(&self) -> CellKey {
-        CellKey { board: self.board.clone(), freq_khz: self.freq_khz, variant: self.variant.clone(), repeat: self.repeat }
+        CellKey {
+            board: self.board.clone(),
+            freq_khz: self.freq_khz,
+            variant: self.variant.clone(),
+            repeat: self.repeat,
+        }
     }
 }
 
@@ -147,7 +152,11 @@ pub fn latency_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
     let flat: Vec<LatencyRow> = rows
         .iter()
         .flat_map(|cell| {
-            cell.latencies_ns.iter().enumerate().map(move |(i, ns)| LatencyRow { cell, iteration: i as u32, latency_ns: *ns })
+            cell.latencies_ns.iter().enumerate().map(move |(i, ns)| LatencyRow {
+                cell,
+                iteration: i as u32,
+                latency_ns: *ns,
+            })
         })
         .collect();
     frame!(flat;
@@ -219,7 +228,12 @@ pub const POWER_WINDOWS_PARQUET: &str = "power_windows.parquet";
 pub const POWER_RAW_DIR: &str = "power_raw";
 
 /// Writes one cell's raw samples (times relative to the window start on the host clock) as a part file.
-pub fn write_power_part(dir: &Path, key: &CellKey, samples: &[crate::power::Sample], window_start_ns: i64) -> Result<()> {
+pub fn write_power_part(
+    dir: &Path,
+    key: &CellKey,
+    samples: &[crate::power::Sample],
+    window_start_ns: i64,
+) -> Result<()> {
     let parts = dir.join(POWER_RAW_DIR);
     fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
     let mut df = frame!(samples;
@@ -243,7 +257,10 @@ pub fn merge_power_parts(dir: &Path) -> Result<()> {
     let mut files: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && !p.file_name().unwrap_or_default().to_string_lossy().starts_with('.'))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "parquet")
+                && !p.file_name().unwrap_or_default().to_string_lossy().starts_with('.')
+        })
         .collect();
     files.sort();
     let mut merged: Option<DataFrame> = None;
@@ -335,8 +352,10 @@ pub fn read_journal(dir: &Path) -> Result<Vec<CellRecord>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    let lines: Vec<String> =
-        BufReader::new(f).lines().collect::<std::io::Result<_>>().with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<String> = BufReader::new(f)
+        .lines()
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", path.display()))?;
     let mut cells = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {

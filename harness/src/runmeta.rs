@@ -67,7 +67,9 @@ fn git_commit() -> Option<String> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Creates `out_root/<scenario>/<UTC stamp>/` (or reopens `--resume DIR` after checking the
@@ -92,8 +94,8 @@ pub fn open_run_dir(scenario: &Scenario, scenario_text: &str, opts: &RunOptions)
             let path = dir.join(RUN_JSON);
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("--resume {}: cannot read {}", dir.display(), path.display()))?;
-            let head: RunJsonHead =
-                serde_json::from_str(&text).with_context(|| format!("--resume: {} is not a hil run.json", path.display()))?;
+            let head: RunJsonHead = serde_json::from_str(&text)
+                .with_context(|| format!("--resume: {} is not a hil run.json", path.display()))?;
             if head.scenario_sha256 != sha {
                 bail!(
                     "--resume {}: the scenario has changed since that run (SHA-256 {} then, {} now); \

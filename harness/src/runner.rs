@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use device_agent::protocol::{
-    HelloReply, LoadReply, LoadRequest, ModelSpec as WireModel, PatternMethod as WireMethod, RunRequest, VariantSpecWire,
+    HelloReply, LoadReply, LoadRequest, ModelSpec as WireModel, PatternMethod as WireMethod, RunRequest,
+    VariantSpecWire,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -27,25 +28,26 @@ use serde::Serialize;
 use crate::agent_client::{AgentClient, AgentError};
 use crate::board::Board;
 use crate::connect::{open_board, open_scenario_monitor};
-use crate::energy::{
-    board_window_to_host, energy_per_inference, estimate_offset, missing_samples, window_energy, ClockExchange as EnergyExchange,
-    ClockMap, HostWindow,
-};
-use crate::power::MonitorInfo;
-use crate::power_session::PowerSession;
-use crate::sim::simulator::{SimOptions, Simulator};
 use crate::deploy::{build_agent, deploy_agent, target_for_machine, Deployed};
 use crate::dvfs::{
     read_time_in_state, recover_from_restore_file, residency_between, restore_file_path, DvfsGuard, PinStrategy, Sysfs,
     DEFAULT_FREQ_TOLERANCE_KHZ,
 };
+use crate::energy::{
+    board_window_to_host, energy_per_inference, estimate_offset, missing_samples, window_energy,
+    ClockExchange as EnergyExchange, ClockMap, HostWindow,
+};
 use crate::plan::{plan_board, Cell};
+use crate::power::MonitorInfo;
+use crate::power_session::PowerSession;
 use crate::probe::{probe, ProbeReport};
 use crate::results::{CellRecord, ResultsStore};
 use crate::scenario::probe_check::{BoardFacts, PolicyFacts, ThermalZoneFacts};
 use crate::scenario::{
-    validate_against_probe, BoardSpec, MonitorKind, MonitorPort, MonitorSettings, MonitorSpec, Ppk2Settings, GovernorChoice, ModelSource, PatternMethod, Scenario, TargetSpec, VariantKind,
+    validate_against_probe, BoardSpec, GovernorChoice, ModelSource, MonitorKind, MonitorPort, MonitorSettings,
+    MonitorSpec, PatternMethod, Ppk2Settings, Scenario, TargetSpec, VariantKind,
 };
+use crate::sim::simulator::{SimOptions, Simulator};
 use crate::stats::LatencySummary;
 
 /// What `hil run` was asked to do beyond the scenario.
@@ -148,7 +150,12 @@ impl RunShared<'_> {
 }
 
 /// Runs `scenario`; `stop` is set by the Ctrl-C/SIGTERM handler.
-pub fn run_scenario(scenario: &Scenario, scenario_text: &str, opts: &RunOptions, stop: Arc<AtomicBool>) -> Result<RunOutcome> {
+pub fn run_scenario(
+    scenario: &Scenario,
+    scenario_text: &str,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<RunOutcome> {
     let (dir, meta) = crate::runmeta::open_run_dir(scenario, scenario_text, opts)?;
     let store = ResultsStore::open(&dir)?;
     let done: HashSet<_> = store.finished();
@@ -163,7 +170,11 @@ pub fn run_scenario(scenario: &Scenario, scenario_text: &str, opts: &RunOptions,
         agent_builds: Mutex::new(HashMap::new()),
         agent_override: opts.agent_binary.clone(),
     };
-    let progress = if opts.progress { MultiProgress::new() } else { MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()) };
+    let progress = if opts.progress {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
 
     let outcomes: Vec<BoardOutcome> = std::thread::scope(|s| {
         let handles: Vec<_> = scenario
@@ -239,7 +250,9 @@ pub fn facts_from_probe(report: &ProbeReport) -> BoardFacts {
 }
 
 fn policy_id(name: &str) -> Result<u32> {
-    name.strip_prefix("policy").and_then(|n| n.parse().ok()).ok_or_else(|| anyhow!("not a cpufreq policy name: {name:?}"))
+    name.strip_prefix("policy")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("not a cpufreq policy name: {name:?}"))
 }
 
 fn pin_strategy(g: &GovernorChoice) -> PinStrategy {
@@ -326,7 +339,12 @@ fn start_agent(
     Ok((agent, hello, load))
 }
 
-fn run_board(shared: &RunShared, spec: &BoardSpec, done: &HashSet<crate::plan::CellKey>, bar: &ProgressBar) -> BoardOutcome {
+fn run_board(
+    shared: &RunShared,
+    spec: &BoardSpec,
+    done: &HashSet<crate::plan::CellKey>,
+    bar: &ProgressBar,
+) -> BoardOutcome {
     let mut outcome = BoardOutcome {
         board: spec.name.clone(),
         cells_done: 0,
@@ -360,7 +378,8 @@ fn run_board_inner(
             agent_threads: scenario.measure.threads,
             with_monitor: true,
         };
-        let sim = Simulator::start(&root, opts).with_context(|| format!("board {name}: starting the simulated board in {}", root.display()))?;
+        let sim = Simulator::start(&root, opts)
+            .with_context(|| format!("board {name}: starting the simulated board in {}", root.display()))?;
         shared.update_board_meta(name, |m| m.simulation = Some(sim.describe()));
         Some(sim)
     } else {
@@ -426,8 +445,17 @@ fn run_board_inner(
         }
         None => None,
     };
-    let result =
-        measure_cells(shared, spec, &resolved.thermal_zone, &deployed, &mut guard, &cells, bar, outcome, power.as_mut());
+    let result = measure_cells(
+        shared,
+        spec,
+        &resolved.thermal_zone,
+        &deployed,
+        &mut guard,
+        &cells,
+        bar,
+        outcome,
+        power.as_mut(),
+    );
     // Restore whatever happened above; report both errors if both fail.
     bar.set_message("restoring cpufreq");
     let restored = guard.restore();
@@ -666,14 +694,13 @@ fn measure_cell(
             let map = ClockMap::new(before, Some(after));
             let window = board_window_to_host(&map, run.window_start_ns, run.window_end_ns)
                 .map_err(|e| CellError::Fatal(anyhow!("aligning the window of {}: {e}", cell.key)))?;
-            let w = window_energy(&capture.samples, window)
-                .map_err(|e| {
-                    CellError::Retryable(anyhow!(
-                        "power samples from the power monitor on {} for {}: {e}",
-                        p.session().map(|s| s.info().port.clone()).unwrap_or_default(),
-                        cell.key
-                    ))
-                })?;
+            let w = window_energy(&capture.samples, window).map_err(|e| {
+                CellError::Retryable(anyhow!(
+                    "power samples from the power monitor on {} for {}: {e}",
+                    p.session().map(|s| s.info().port.clone()).unwrap_or_default(),
+                    cell.key
+                ))
+            })?;
             let rate = p.session()?.info().sample_rate_hz;
             let lost = capture.lost + rate.map(|r| missing_samples(&w, r)).unwrap_or(0);
             let expected = rate.map(|r| r * w.duration_s).unwrap_or(w.samples_in_window as f64).max(1.0);
@@ -777,7 +804,6 @@ pub fn check_run_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-
 /// The board's entry as the runner uses it: for a simulated board, pointed at the simulator's
 /// fake sysfs, with the agent started inside the simulator and the emulated PPK2 as monitor.
 fn effective_spec(spec: &BoardSpec, sim: Option<&Simulator>) -> BoardSpec {
@@ -829,7 +855,8 @@ impl PowerState {
             )));
         };
         let window = HostWindow { start_ns: first.t_ns as i64, end_ns: last.t_ns as i64 };
-        let w = window_energy(&capture.samples, window).map_err(|e| CellError::Retryable(anyhow!("idle power: {e}")))?;
+        let w =
+            window_energy(&capture.samples, window).map_err(|e| CellError::Retryable(anyhow!("idle power: {e}")))?;
         Ok(w.mean_power_w)
     }
 
@@ -844,7 +871,10 @@ impl PowerState {
         if let Some(s) = self.session.take() {
             s.stop();
         }
-        say(bar, format!("power monitor failed ({reason}); waiting up to {MONITOR_RETURN_TIMEOUT:?} for it to come back"));
+        say(
+            bar,
+            format!("power monitor failed ({reason}); waiting up to {MONITOR_RETURN_TIMEOUT:?} for it to come back"),
+        );
         let start = std::time::Instant::now();
         let mut delay = Duration::from_millis(250);
         loop {

@@ -33,7 +33,11 @@ fn ci_run_directory_is_complete_and_plausible() {
     for c in &cells {
         let key = c.key();
         assert!(c.freq_verified, "{key}: frequency not verified");
-        assert!(c.energy_per_inference_mj.is_some_and(|e| e > 0.0), "{key}: energy per inference {:?}", c.energy_per_inference_mj);
+        assert!(
+            c.energy_per_inference_mj.is_some_and(|e| e > 0.0),
+            "{key}: energy per inference {:?}",
+            c.energy_per_inference_mj
+        );
         assert!(c.idle_power_w.is_some_and(|p| p > 0.0), "{key}: idle power {:?}", c.idle_power_w);
         assert_eq!(c.power_flagged, Some(false), "{key}: power window flagged");
         assert!(c.iterations >= scenario.measure.min_iterations, "{key}: {} iterations", c.iterations);

@@ -18,7 +18,8 @@ fn hil_run(yaml: &str) -> (i32, String, bool) {
     (out.status.code().unwrap_or(-1), stderr, out_dir.exists())
 }
 
-const TAIL: &str = "model:\n  preset: rt3-transformer\nvariants:\n  - name: dense\n    kind: dense\ndvfs:\n  levels: [600MHz]\n";
+const TAIL: &str =
+    "model:\n  preset: rt3-transformer\nvariants:\n  - name: dense\n    kind: dense\ndvfs:\n  levels: [600MHz]\n";
 
 fn board(fields: &str) -> String {
     format!("name: hostile\nboards:\n  - name: b1\n    host: 127.0.0.1\n    user: pi\n    workdir: /tmp/hil\n{fields}{TAIL}")
@@ -34,7 +35,11 @@ fn hostile_scenarios_are_refused_before_anything_runs() {
         (board("").replace("name: b1", "name: \"b1 && rm -rf /\""), "boards[0].name"),
         (board("").replace("  - name: dense\n", "  - name: \"dense|sh\"\n"), "variants[0].name"),
         (board("").replace("levels: [600MHz]", "levels: [99999999999999999999GHz]"), "dvfs.levels"),
-        (board("measure:\n  min_duration: -5s\n").replace("measure:\n  min_duration: -5s\n", "") + "measure:\n  min_duration: -5s\n", "measure.min_duration"),
+        (
+            board("measure:\n  min_duration: -5s\n").replace("measure:\n  min_duration: -5s\n", "")
+                + "measure:\n  min_duration: -5s\n",
+            "measure.min_duration",
+        ),
         (board("").replace("levels: [600MHz]", "levels: [600MHz, 600MHz]"), "dvfs.levels"),
         (board("    exec_prefix: [\"sh -c 'id'\"]\n"), "boards[0].exec_prefix"),
     ];

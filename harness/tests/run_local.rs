@@ -82,7 +82,10 @@ fn run(text: &str, out: &Path, resume: Option<PathBuf>) -> harness::runner::RunO
 fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let work = tempfile::tempdir().unwrap();
-    let board = format!("  - name: simboard\n    sim: true\n    cpus: [0]\n    workdir: {}\n", work.path().join("wd").display());
+    let board = format!(
+        "  - name: simboard\n    sim: true\n    cpus: [0]\n    workdir: {}\n",
+        work.path().join("wd").display()
+    );
     let out = work.path().join("results");
     let outcome = run(&scenario_text(&board), &out, None);
     assert!(outcome.all_ok(), "{:?}", outcome.boards);
@@ -95,7 +98,10 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     let energy = cells.column("energy_per_inference_mj").unwrap().f64().unwrap();
     assert!(energy.into_iter().all(|e| e.is_some_and(|e| e > 0.0)), "energy per inference is positive");
     let idle = cells.column("idle_power_w").unwrap().f64().unwrap();
-    assert!(idle.into_iter().all(|p| p.is_some_and(|p| (1.9..2.1).contains(&p))), "idle power is the model's static 2 W");
+    assert!(
+        idle.into_iter().all(|p| p.is_some_and(|p| (1.9..2.1).contains(&p))),
+        "idle power is the model's static 2 W"
+    );
     let simulated = cells.column("simulated").unwrap().bool().unwrap();
     assert!(simulated.into_iter().all(|s| s == Some(true)));
     assert_eq!(read_parquet(&outcome.dir.join(POWER_PARQUET)).unwrap().height(), 6);
@@ -124,7 +130,8 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
     let sys = work.path().join("sys");
     let fake = FakeCpufreqTree::raspberry_pi_4().write(&sys).unwrap();
     let snapshot = |f: &str| fake.read_policy_attr(0, f).unwrap();
-    let before: Vec<String> = ["scaling_governor", "scaling_min_freq", "scaling_max_freq"].iter().map(|f| snapshot(f)).collect();
+    let before: Vec<String> =
+        ["scaling_governor", "scaling_min_freq", "scaling_max_freq"].iter().map(|f| snapshot(f)).collect();
     let board = format!(
         "  - name: bench\n    transport: local\n    workdir: {}\n    sysfs_root: {}\n",
         work.path().join("wd").display(),
@@ -140,7 +147,8 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
     let verified = cells.column("freq_verified").unwrap().bool().unwrap();
     assert!(verified.into_iter().any(|v| v == Some(false)));
     assert!(cells.column("mean_power_w").unwrap().null_count() == 6, "no monitor, no power");
-    let after: Vec<String> = ["scaling_governor", "scaling_min_freq", "scaling_max_freq"].iter().map(|f| snapshot(f)).collect();
+    let after: Vec<String> =
+        ["scaling_governor", "scaling_min_freq", "scaling_max_freq"].iter().map(|f| snapshot(f)).collect();
     assert_eq!(before, after, "cpufreq settings restored");
 
     // Drop the last two cells from the journal, as if the run had been killed, and resume.
@@ -156,7 +164,8 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
 
     // A different scenario cannot resume this run.
     let scenario = parse_scenario(&text.replace("seed: 3", "seed: 4"), "e2e.yaml").unwrap();
-    let opts = RunOptions { out_root: out.clone(), resume: Some(outcome.dir.clone()), progress: false, agent_binary: None };
+    let opts =
+        RunOptions { out_root: out.clone(), resume: Some(outcome.dir.clone()), progress: false, agent_binary: None };
     let err = run_scenario(&scenario, &text.replace("seed: 3", "seed: 4"), &opts, Arc::new(AtomicBool::new(false)))
         .unwrap_err()
         .to_string();

@@ -24,7 +24,13 @@ impl Matrix {
 
     /// Wraps `data` (row-major). Panics when the length is not `rows * cols`.
     pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Self {
-        assert_eq!(data.len(), rows * cols, "Matrix::from_vec: {rows}x{cols} needs {} values, got {}", rows * cols, data.len());
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "Matrix::from_vec: {rows}x{cols} needs {} values, got {}",
+            rows * cols,
+            data.len()
+        );
         Self { rows, cols, data }
     }
 
@@ -116,7 +122,13 @@ impl Matrix {
         if self.shape() != other.shape() {
             return f32::NAN;
         }
-        self.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) })
+        self.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
     }
 
     /// Sets every element where `mask` drops the weight to zero.
@@ -211,7 +223,11 @@ impl Mask {
     /// Element-wise AND: kept only where both keep.
     pub fn and(&self, other: &Mask) -> Mask {
         assert_eq!(self.shape(), other.shape(), "Mask::and: shape mismatch");
-        Mask { rows: self.rows, cols: self.cols, keep: self.keep.iter().zip(&other.keep).map(|(a, b)| *a && *b).collect() }
+        Mask {
+            rows: self.rows,
+            cols: self.cols,
+            keep: self.keep.iter().zip(&other.keep).map(|(a, b)| *a && *b).collect(),
+        }
     }
 }
 

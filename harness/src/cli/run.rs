@@ -61,7 +61,9 @@ impl RunCmd {
             if handler_stop.swap(true, Ordering::SeqCst) {
                 eprintln!("\nhil: still restoring the boards' cpufreq settings; please wait");
             } else {
-                eprintln!("\nhil: stopping after the current cell; restoring cpufreq settings (finished cells are kept)");
+                eprintln!(
+                    "\nhil: stopping after the current cell; restoring cpufreq settings (finished cells are kept)"
+                );
             }
         })
         .context("installing the Ctrl-C/SIGTERM handler")?;

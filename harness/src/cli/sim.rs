@@ -41,8 +41,11 @@ impl SimCmd {
     pub fn run(self) -> Result<ExitCode> {
         let SimCommands::Serve { root, name, seconds } = self.command;
         let root = std::path::absolute(&root).with_context(|| format!("resolving {}", root.display()))?;
-        let sim = Simulator::start(&root, SimOptions { name, power: Default::default(), agent_threads: 1, with_monitor: true })
-            .with_context(|| format!("starting the simulator in {}", root.display()))?;
+        let sim = Simulator::start(
+            &root,
+            SimOptions { name, power: Default::default(), agent_threads: 1, with_monitor: true },
+        )
+        .with_context(|| format!("starting the simulator in {}", root.display()))?;
         println!("{}", sim.describe());
         println!("sysfs_root: {}", sim.sysfs_root());
         if let Some(p) = sim.ppk2_port() {

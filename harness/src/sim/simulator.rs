@@ -65,7 +65,14 @@ impl PowerParams {
 /// What frequency a policy runs at, given its governor and limits, as the kernel decides.
 /// `userspace` follows `scaling_setspeed` (clamped to the limits); `performance` and
 /// `powersave` take the max/min; load-driven governors go to max when busy, min when idle.
-pub fn governed_frequency(governor: &str, min_khz: u64, max_khz: u64, setspeed_khz: Option<u64>, cur_khz: u64, busy: bool) -> u64 {
+pub fn governed_frequency(
+    governor: &str,
+    min_khz: u64,
+    max_khz: u64,
+    setspeed_khz: Option<u64>,
+    cur_khz: u64,
+    busy: bool,
+) -> u64 {
     let (lo, hi) = (min_khz.min(max_khz), max_khz.max(min_khz));
     match governor {
         "userspace" => setspeed_khz.unwrap_or(cur_khz).clamp(lo, hi),
@@ -79,10 +86,16 @@ pub fn governed_frequency(governor: &str, min_khz: u64, max_khz: u64, setspeed_k
 /// How the agent's speed follows the simulated frequency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Throttle {
-    CgroupV2 { dir: PathBuf },
-    CgroupV1 { dir: PathBuf },
+    CgroupV2 {
+        dir: PathBuf,
+    },
+    CgroupV1 {
+        dir: PathBuf,
+    },
     /// No writable cgroup: the agent runs at the host's full speed whatever the level.
-    Unthrottled { reason: String },
+    Unthrottled {
+        reason: String,
+    },
 }
 
 /// CFS bandwidth period: short, so a few-millisecond inference sees a smooth slowdown.
@@ -92,7 +105,8 @@ impl Throttle {
     /// Creates a cgroup named `name` with the CPU controller, v2 first, then v1.
     pub fn setup(name: &str) -> Throttle {
         let v2 = Path::new("/sys/fs/cgroup");
-        let v2_ok = std::fs::read_to_string(v2.join("cgroup.controllers")).is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
+        let v2_ok = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
         let mut reasons = Vec::new();
         if v2_ok {
             let dir = v2.join(name);
@@ -137,7 +151,9 @@ impl Throttle {
 
     pub fn describe(&self) -> String {
         match self {
-            Throttle::CgroupV2 { dir } => format!("agent CPU bandwidth throttled to f/f_max via cgroup v2 cpu.max ({})", dir.display()),
+            Throttle::CgroupV2 { dir } => {
+                format!("agent CPU bandwidth throttled to f/f_max via cgroup v2 cpu.max ({})", dir.display())
+            }
             Throttle::CgroupV1 { dir } => {
                 format!("agent CPU bandwidth throttled to f/f_max via cgroup v1 cpu.cfs_quota_us ({})", dir.display())
             }
@@ -192,7 +208,8 @@ pub struct Simulator {
 
 /// Records the agent's pid in "$1", joins the cgroup whose procs file is "$2" (if any), then
 /// runs the rest of the arguments in its place.
-const RUN_AGENT_SCRIPT: &str = r#"echo $$ > "$1"; if [ -n "$2" ]; then echo $$ > "$2" || exit 97; fi; shift 2; exec "$@""#;
+const RUN_AGENT_SCRIPT: &str =
+    r#"echo $$ > "$1"; if [ -n "$2" ]; then echo $$ > "$2" || exit 97; fi; shift 2; exec "$@""#;
 
 /// Ticker period: how quickly the fake kernel reacts to sysfs writes.
 const TICK: Duration = Duration::from_millis(5);
@@ -220,7 +237,8 @@ impl Simulator {
                 let u = st.util_micro.load(Ordering::Relaxed) as f64 / 1e6;
                 power.power_w(f, u) / supply_v.max(0.8)
             };
-            let config = EmulatorConfig { initial_vdd_mv: (opts.power.supply_v * 1000.0) as u32, ..EmulatorConfig::default() };
+            let config =
+                EmulatorConfig { initial_vdd_mv: (opts.power.supply_v * 1000.0) as u32, ..EmulatorConfig::default() };
             let mut emu = Ppk2Emulator::spawn(model, config)?;
             emu.link_at(&root.join("ppk2"))?;
             Some(emu)
@@ -237,7 +255,17 @@ impl Simulator {
                 .name("sim-kernel".into())
                 .spawn(move || Ticker::new(fake, state, throttle, pidfile, power, threads).run(&stop))?
         };
-        let sim = Self { root: root.to_path_buf(), fake, pidfile, throttle, power: opts.power, state, stop, ticker: Some(ticker), emulator };
+        let sim = Self {
+            root: root.to_path_buf(),
+            fake,
+            pidfile,
+            throttle,
+            power: opts.power,
+            state,
+            stop,
+            ticker: Some(ticker),
+            emulator,
+        };
         sim.write_run_agent_script()?;
         Ok(sim)
     }
@@ -355,7 +383,14 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn new(fake: FakeSysfs, state: Arc<SimState>, throttle: Throttle, pidfile: PathBuf, power: PowerParams, threads: u32) -> Self {
+    fn new(
+        fake: FakeSysfs,
+        state: Arc<SimState>,
+        throttle: Throttle,
+        pidfile: PathBuf,
+        power: PowerParams,
+        threads: u32,
+    ) -> Self {
         let policy = fake.policy_ids()[0];
         let residency = fake
             .read_policy_attr(policy, "scaling_available_frequencies")
@@ -379,7 +414,8 @@ impl Ticker {
             let freq = self.step_cpufreq(dt);
             let max = self.residency.iter().map(|r| r.0).max().unwrap_or(freq).max(1);
             let fraction = freq as f64 / max as f64;
-            if (fraction - applied_fraction).abs() > 1e-9 && self.throttle.set_fraction(fraction, self.threads).is_ok() {
+            if (fraction - applied_fraction).abs() > 1e-9 && self.throttle.set_fraction(fraction, self.threads).is_ok()
+            {
                 applied_fraction = fraction;
             }
             self.step_thermal(freq, dt);
@@ -419,7 +455,9 @@ impl Ticker {
             let read = |f: &str| self.fake.read_policy_attr(id, f).ok();
             let governor = read("scaling_governor").unwrap_or_default();
             let num = |f: &str| read(f).and_then(|v| v.parse::<u64>().ok());
-            let (Some(min), Some(max), Some(cur)) = (num("scaling_min_freq"), num("scaling_max_freq"), num("scaling_cur_freq")) else {
+            let (Some(min), Some(max), Some(cur)) =
+                (num("scaling_min_freq"), num("scaling_max_freq"), num("scaling_cur_freq"))
+            else {
                 continue;
             };
             let want = governed_frequency(&governor, min, max, num("scaling_setspeed"), cur, self.util > 0.3);
