@@ -295,11 +295,11 @@ mod tests {
 
     #[test]
     fn random_values_are_pinned_across_platforms() {
+        const PINNED_BITS: [u32; 3] = [3208139130, 3207542106, 3206728110];
         // These exact bits must be the same on x86-64 and aarch64 (checked under qemu in CI).
         let m = Matrix::random(1, 3, 7, 1.0);
         let bits: Vec<u32> = m.as_slice().iter().map(|v| v.to_bits()).collect();
-        let again: Vec<u32> = Matrix::random(1, 3, 7, 1.0).as_slice().iter().map(|v| v.to_bits()).collect();
-        assert_eq!(bits, again);
+        assert_eq!(bits, PINNED_BITS.to_vec(), "values {:?}", m.as_slice());
     }
 
     #[test]
