@@ -9,6 +9,8 @@ use device_agent::protocol::{
 };
 
 use crate::board::{BoardError, ErrorKind, InteractiveSession};
+use crate::energy::ClockExchange;
+use crate::power::host_monotonic_ns;
 
 /// Why a request to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +33,6 @@ impl AgentError {
     }
 }
 
-/// One round trip of a `clock` exchange: host monotonic send/receive times and the board's reading.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ClockExchange {
-    pub host_send_ns: u64,
-    pub board_ns: u64,
-    pub host_recv_ns: u64,
-}
-
 /// A live agent process on a board.
 pub struct AgentClient {
     board: String,
@@ -52,14 +46,6 @@ impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentClient").field("board", &self.board).field("next_id", &self.next_id).finish()
     }
-}
-
-/// The host's monotonic clock in ns (same clock family as the agent's CLOCK_MONOTONIC on a local board).
-pub fn host_monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC is always available on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl AgentClient {

@@ -34,8 +34,7 @@ use crate::dvfs::{
     DEFAULT_FREQ_TOLERANCE_KHZ,
 };
 use crate::energy::{
-    board_window_to_host, energy_per_inference, estimate_offset, missing_samples, window_energy,
-    ClockExchange as EnergyExchange, ClockMap, HostWindow,
+    board_window_to_host, energy_per_inference, estimate_offset, missing_samples, window_energy, ClockMap, HostWindow,
 };
 use crate::plan::{plan_board, Cell};
 use crate::power::MonitorInfo;
@@ -796,14 +795,6 @@ fn measure_cell(
     })
 }
 
-/// Bails when the run directory does not look like one of ours.
-pub fn check_run_dir(dir: &Path) -> Result<()> {
-    if !dir.join(crate::runmeta::RUN_JSON).is_file() {
-        bail!("{} is not a hil run directory (no {})", dir.display(), crate::runmeta::RUN_JSON);
-    }
-    Ok(())
-}
-
 /// The board's entry as the runner uses it: for a simulated board, pointed at the simulator's
 /// fake sysfs, with the agent started inside the simulator and the emulated PPK2 as monitor.
 fn effective_spec(spec: &BoardSpec, sim: Option<&Simulator>) -> BoardSpec {
@@ -919,11 +910,7 @@ struct PowerFigures {
 
 /// Board-to-host clock offset from several `clock` exchanges (the smallest round trip wins).
 fn clock_offset(agent: &mut AgentClient) -> Result<crate::energy::ClockOffset, CellError> {
-    let exchanges: Vec<EnergyExchange> = agent
-        .clock_exchanges(7)?
-        .into_iter()
-        .map(|x| EnergyExchange { host_send_ns: x.host_send_ns, host_recv_ns: x.host_recv_ns, board_ns: x.board_ns })
-        .collect();
+    let exchanges = agent.clock_exchanges(7)?;
     estimate_offset(&exchanges).map_err(|e| CellError::Fatal(anyhow!("clock offset: {e}")))
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::runner::{check_run_dir, run_scenario, RunOptions};
+use crate::runner::{run_scenario, RunOptions};
 use crate::scenario::parse_scenario;
 
 /// Run a scenario: measure every cell on every board and write the results.
@@ -52,9 +52,6 @@ impl RunCmd {
         let text = std::fs::read_to_string(&self.scenario)
             .with_context(|| format!("reading scenario {}", self.scenario.display()))?;
         let scenario = parse_scenario(&text, &self.scenario.display().to_string())?;
-        if let Some(dir) = &self.resume {
-            check_run_dir(dir)?;
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let handler_stop = stop.clone();
         ctrlc::set_handler(move || {

@@ -243,12 +243,9 @@ pub fn record(monitor: &mut dyn PowerMonitor, duration: Duration) -> Result<Reco
 
 /// The host's `CLOCK_MONOTONIC` in nanoseconds: the time base of every [`Sample`] and of the agent's
 /// windows on a local (simulated) board.
+/// The same clock the agent reads, so a local board's windows need no offset.
 pub fn host_monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always available on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    debug_assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    device_agent::platform::monotonic_ns()
 }
 
 // ---------------------------------------------------------------------------------------------------
