@@ -47,10 +47,43 @@ CFG
     echo "CI boards up: ssh on 127.0.0.1:2201 and :2202, simulators under $ci/{a,b}/sim"
     ;;
 stop)
+    # Never hangs: each process is signalled by its pid (only if that pid is still the process we
+    # started), given a bounded time to exit, then SIGKILLed. Exits 3 if a simulator needed SIGKILL
+    # or took over 2 s (issue 16: `hil sim serve` must stop within 2 s of SIGTERM).
+    status=0
+    # alive PID: running and not a zombie (an orphan's parent may be slow to reap it).
+    alive() {
+        local state
+        state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1 || true)
+        [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+    }
+    # stop_pid PIDFILE WHAT MATCH: TERM, wait up to 2 s, KILL, wait up to 1 s more.
+    stop_pid() {
+        local pidfile=$1 what=$2 match=$3 pid cmd i
+        [ -f "$pidfile" ] || return 0
+        pid=$(cat "$pidfile" 2>/dev/null || true)
+        rm -f "$pidfile"
+        case "$pid" in '' | *[!0-9]*) return 0 ;; esac
+        cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+        case "$cmd" in *"$match"*) ;; *) return 0 ;; esac
+        kill -TERM "$pid" 2>/dev/null || return 0
+        for i in $(seq 20); do
+            alive "$pid" || return 0
+            sleep 0.1
+        done
+        echo "$what (pid $pid) still running 2 s after SIGTERM: SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        for i in $(seq 10); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        return 3
+    }
     for b in a b; do
-        [ -f "$ci/$b/sim.pid" ] && kill "$(cat "$ci/$b/sim.pid")" 2>/dev/null || true
-        [ -f "$ci/$b/sshd.pid" ] && kill "$(cat "$ci/$b/sshd.pid")" 2>/dev/null || true
+        stop_pid "$ci/$b/sim.pid" "simulator $b" "sim serve" || status=3
+        stop_pid "$ci/$b/sshd.pid" "sshd $b" "sshd" || true
     done
+    exit "$status"
     ;;
 *)
     echo "usage: $0 start HIL_BINARY | stop" >&2

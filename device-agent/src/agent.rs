@@ -7,14 +7,17 @@
 
 use crate::platform::{current_affinity, monotonic_ns};
 use crate::protocol::{
-    ClockReply, Command, ErrorKind, ErrorReply, HelloReply, LoadReply, LoadRequest, ModelInfo, PatternMethod, Reply,
-    RunReply, RunRequest, SelftestReply, SelftestRequest, SelftestResult, SwitchReply, SwitchRequest, VariantReport,
-    VariantSpecWire, MAX_WINDOW_ITERATIONS,
+    ClockReply, Command, ErrorKind, ErrorReply, FidelityReply, FidelityRequest, FidelityResult, HelloReply, LoadReply,
+    LoadRequest, ModelInfo, PatternMethod, Reply, ResidencyWire, RunReply, RunRequest, SelftestReply, SelftestRequest,
+    SelftestResult, SimStretchWire, SwitchMode, SwitchReply, SwitchRequest, VariantReport, VariantSpecWire,
+    MAX_FIDELITY_INPUTS, MAX_SWITCH_PROBE, MAX_WINDOW_ITERATIONS,
 };
 use crate::serve::Session;
+use crate::sim_stretch::{SimCpufreq, Stretcher};
 use crate::sysinfo;
+use kernels::encoder::Encoder;
 use kernels::encoder::{EncoderConfig, EncoderWeights, Preset};
-use kernels::model::{self, ReconfigurableModel, VariantInfo, VariantSpec};
+use kernels::model::{self, ReconfigurableModel, Residency, VariantInfo, VariantKind, VariantSpec};
 use kernels::prune::pattern::CandidateMethod;
 use kernels::{Matrix, Threads};
 use std::hint::black_box;
@@ -46,6 +49,10 @@ pub struct AgentOptions {
     pub threads: Threads,
     /// A budget below `MemAvailable` (`--max-memory`), e.g. to emulate a smaller board.
     pub memory_limit: Option<u64>,
+    /// Set only on a board simulated by hil (`--sim-sysfs-root`, checked by [`SimCpufreq::open`]):
+    /// timed inferences (warm-up, windows, switch probes) and switches are stretched by its factor
+    /// ([`crate::sim_stretch`]).
+    pub sim_stretch: Option<SimCpufreq>,
 }
 
 /// The agent's state between requests.
@@ -119,6 +126,7 @@ impl Agent {
             Command::Run(req) => Reply::Run(self.run(&req)?),
             Command::Switch(req) => Reply::Switch(self.switch(&req)?),
             Command::Selftest(req) => Reply::Selftest(self.selftest(&req)?),
+            Command::Fidelity(req) => Reply::Fidelity(self.fidelity(&req)?),
             Command::Quit => Reply::Quit,
         })
     }
@@ -140,6 +148,17 @@ impl Agent {
             kernel: sysinfo::uname(),
             mem_total_bytes: mem.total,
             mem_available_bytes: mem.available,
+            sim_stretch: self.options.sim_stretch.as_ref().map(|t| {
+                let s = t.status();
+                SimStretchWire {
+                    sysfs_root: s.sysfs_root,
+                    policy: s.policy,
+                    cpu: s.cpu,
+                    max_khz: s.max_khz,
+                    cur_khz: s.cur_khz,
+                    factor_now: s.factor_now,
+                }
+            }),
         }
     }
 
@@ -169,7 +188,7 @@ impl Agent {
                     .map_err(|e| Refusal::new(ErrorKind::Model, format!("model.safetensors `{path}`: {e}")))?
                     .len();
                 check_memory(size.saturating_mul(2), mem_before, self.options.memory_limit)?;
-                let weights = EncoderWeights::from_safetensors(Path::new(path), plan.config.heads, plan.config.seq_len)
+                let weights = EncoderWeights::from_safetensors_as(Path::new(path), &plan.config)
                     .map_err(|e| Refusal::new(ErrorKind::Model, format!("model.safetensors: {e}")))?;
                 let estimate = model::estimate_bytes(weights.config(), &specs);
                 let still_needed = (estimate.total() - estimate.source_weights) as u64;
@@ -195,7 +214,13 @@ impl Agent {
             ));
             variants.push(variant_report(&info));
         }
+        let strategies = model.residency_bytes();
+        if req.residency == ResidencyWire::OneSet {
+            let freed = model.set_residency(Residency::OneSet);
+            crate::log(format_args!("holding one pattern set at a time: {freed} bytes freed"));
+        }
         let active = model.active().map(|v| v.name.clone()).unwrap_or_default();
+        let resident_bytes = Some(model.resident_bytes() as u64);
         let info = ModelInfo {
             preset: plan.preset.name().into(),
             source: if req.model.safetensors.is_some() { "safetensors" } else { "synthetic" }.into(),
@@ -206,10 +231,18 @@ impl Agent {
             d_model: config.d_model,
             heads: config.heads,
             ffn: config.ffn,
+            vocab: config.vocab,
+            lm_head: config.lm_head,
+            parameters: config.parameter_count() as u64,
+            macs: config.macs(config.seq_len),
         };
         self.loaded = Some(LoadedModel { model, info: info.clone() });
         Ok(LoadReply {
             model: info,
+            residency: req.residency,
+            resident_bytes,
+            resident_bytes_all_prepacked: Some(strategies.all_prepacked as u64),
+            resident_bytes_one_set: Some(strategies.one_set as u64),
             variants,
             active,
             estimated_bytes,
@@ -224,7 +257,9 @@ impl Agent {
 
     /// Warm-up, then one timed window (see [`measure_window`]).
     fn run(&self, req: &RunRequest) -> Result<RunReply, Refusal> {
-        let plan = plan_window(req)?;
+        let run_start = monotonic_ns();
+        let mut plan = plan_window(req)?;
+        plan.deadline_ns = req.max_ms.map(|ms| run_start.saturating_add(ms * 1_000_000));
         let loaded = self.loaded()?;
         let model = &loaded.model;
         let variant = match &req.variant {
@@ -237,18 +272,45 @@ impl Agent {
                 .map(|v| v.name.clone())
                 .ok_or_else(|| Refusal::new(ErrorKind::NotLoaded, "the loaded model has no variants"))?,
         };
-        let input = model::random_input(model.config(), req.input_seed);
+        let input = model.seeded_input(model.config().seq_len, req.input_seed);
         let threads = self.options.threads;
+        // On a simulated board each inference is stretched to the simulated clock's speed.
+        let stretch = self.options.sim_stretch.as_ref().map(|t| Stretcher::new(t, threads.count()));
         let infer = || -> Matrix {
-            model.forward_variant(&variant, black_box(&input), threads).expect("variant and input checked above")
+            let forward = || {
+                model.forward_variant(&variant, black_box(&input), threads).expect("variant and input checked above")
+            };
+            match &stretch {
+                Some(s) => s.run(&monotonic_ns, forward),
+                None => forward(),
+            }
         };
-        for _ in 0..req.warmup {
+        let mut warmed = 0;
+        while warmed < req.warmup && plan.deadline_ns.is_none_or(|d| monotonic_ns() < d) {
             black_box(infer());
+            warmed += 1;
+        }
+        if let Some(s) = &stretch {
+            s.reset();
         }
         let window = measure_window(infer, model::checksum, monotonic_ns, &plan);
+        let sim_stretch_factor = stretch.as_ref().and_then(Stretcher::mean_factor);
+        let time_capped = window.time_capped || warmed < req.warmup;
+        let note = time_capped.then(|| {
+            format!(
+                "stopped at the {} ms wall-time cap after {warmed} of {} warm-up and {} of at least {} timed \
+                 iterations ({:.1} ms of the {} ms asked for)",
+                req.max_ms.unwrap_or(0),
+                req.warmup,
+                window.latencies_ns.len(),
+                req.min_iters,
+                window.end_ns.saturating_sub(window.start_ns) as f64 / 1e6,
+                req.min_ms
+            )
+        });
         Ok(RunReply {
             variant,
-            warmup: req.warmup,
+            warmup: warmed,
             iterations: window.latencies_ns.len() as u64,
             window_start_ns: window.start_ns,
             window_end_ns: window.end_ns,
@@ -256,8 +318,11 @@ impl Agent {
             checksum: format!("{:016x}", window.checksum),
             outputs_consistent: window.consistent,
             capped: window.capped,
+            time_capped,
+            note,
             input_seed: req.input_seed,
             threads: threads.count(),
+            sim_stretch_factor,
         })
     }
 
@@ -266,12 +331,102 @@ impl Agent {
             .loaded
             .as_mut()
             .ok_or_else(|| Refusal::new(ErrorKind::NotLoaded, "no model loaded: send `load` first"))?;
+        if req.probe > MAX_SWITCH_PROBE {
+            return Err(bad_params(format!("probe = {} is larger than {MAX_SWITCH_PROBE}", req.probe)));
+        }
         let previous = loaded.model.active().map(|v| v.name.clone()).unwrap_or_default();
+        // A switch is CPU work too: on a simulated board it runs at the simulated clock's speed.
+        let stretch = self.options.sim_stretch.as_ref().map(|t| Stretcher::new(t, 1));
         let start = monotonic_ns();
-        let switched = loaded.model.switch(&req.variant);
+        let mut switch = || match req.mode {
+            SwitchMode::Hot => loaded.model.switch(&req.variant),
+            SwitchMode::Cold => loaded.model.cold_switch(&req.variant),
+        };
+        let switched = match &stretch {
+            Some(s) => s.run(&monotonic_ns, switch),
+            None => switch(),
+        };
         let switch_ns = monotonic_ns().saturating_sub(start);
-        switched.map_err(|e| Refusal::new(ErrorKind::UnknownVariant, e.to_string()))?;
-        Ok(SwitchReply { variant: req.variant.clone(), previous, switch_ns })
+        switched.map_err(|e| {
+            let kind = match e {
+                model::ModelError::UnknownVariant { .. } => ErrorKind::UnknownVariant,
+                _ => ErrorKind::BadParams,
+            };
+            Refusal::new(kind, e.to_string())
+        })?;
+        // The first inferences after the switch: what a switch costs beyond itself (caches and
+        // pages holding the previous set, a set packed a moment ago).
+        let model = &loaded.model;
+        let input = model.seeded_input(model.config().seq_len, req.input_seed);
+        let threads = self.options.threads;
+        let stretch = self.options.sim_stretch.as_ref().map(|t| Stretcher::new(t, threads.count()));
+        let probe_ns = (0..req.probe)
+            .map(|_| {
+                let t = monotonic_ns();
+                let forward =
+                    || model.forward(black_box(&input), threads).expect("the switched-to variant is resident");
+                black_box(match &stretch {
+                    Some(s) => s.run(&monotonic_ns, forward),
+                    None => forward(),
+                });
+                monotonic_ns().saturating_sub(t)
+            })
+            .collect();
+        Ok(SwitchReply {
+            variant: req.variant.clone(),
+            previous,
+            switch_ns,
+            mode: req.mode,
+            probe_ns,
+            resident_bytes: Some(model.resident_bytes() as u64),
+        })
+    }
+
+    /// Every resident variant's final hidden states against the dense model's, over seeded
+    /// inputs. The reference is the loaded dense variant when there is one, else a dense encoder
+    /// built for the check and dropped after it.
+    fn fidelity(&self, req: &FidelityRequest) -> Result<FidelityReply, Refusal> {
+        if req.inputs == 0 || req.inputs > MAX_FIDELITY_INPUTS {
+            return Err(bad_params(format!("inputs = {} is outside 1..={MAX_FIDELITY_INPUTS}", req.inputs)));
+        }
+        let loaded = self.loaded()?;
+        let model = &loaded.model;
+        let threads = self.options.threads;
+        let dense_name = model.variants().into_iter().find(|v| v.kind == VariantKind::Dense).map(|v| v.name.clone());
+        let built;
+        let reference: &dyn Fn(&Matrix) -> Matrix = match &dense_name {
+            Some(name) => &move |x: &Matrix| model.forward_variant(name, x, threads).expect("dense is resident"),
+            None => {
+                built = Encoder::dense(model.weights());
+                &|x: &Matrix| built.forward(x, threads)
+            }
+        };
+        let names: Vec<String> = model
+            .variants()
+            .into_iter()
+            .filter(|v| model.is_resident(&v.name).unwrap_or(false))
+            .map(|v| v.name.clone())
+            .collect();
+        let mut acc: Vec<FidelityAccumulator> = names.iter().map(|_| FidelityAccumulator::default()).collect();
+        for k in 0..req.inputs {
+            let input = model.seeded_input(model.config().seq_len, req.input_seed.wrapping_add(u64::from(k)));
+            let want = reference(&input);
+            for (name, a) in names.iter().zip(&mut acc) {
+                let got = model.forward_variant(name, &input, threads).expect("resident variants run");
+                a.add(got.as_slice(), want.as_slice());
+            }
+        }
+        let kind = if loaded.info.source == "synthetic" { "perturbation (synthetic weights)" } else { "checkpoint" };
+        Ok(FidelityReply {
+            kind: kind.into(),
+            inputs: req.inputs,
+            input_seed: req.input_seed,
+            results: names
+                .into_iter()
+                .zip(acc)
+                .map(|(variant, a)| FidelityResult { variant, cosine: a.cosine(), rel_l2: a.rel_l2() })
+                .collect(),
+        })
     }
 
     fn selftest(&self, req: &SelftestRequest) -> Result<SelftestReply, Refusal> {
@@ -279,7 +434,7 @@ impl Agent {
             return Err(bad_params(format!("tokens = {} is outside 1..={}", req.tokens, limits::MAX_SELFTEST_TOKENS)));
         }
         let model = &self.loaded()?.model;
-        let input = model::random_input(&model.config().with_seq_len(req.tokens), req.input_seed);
+        let input = model.seeded_input(req.tokens, req.input_seed);
         let reports = model.selftest(&input).map_err(|e| Refusal::new(ErrorKind::Internal, e.to_string()))?;
         let results: Vec<SelftestResult> = reports
             .into_iter()
@@ -296,6 +451,46 @@ impl Agent {
     }
 }
 
+/// Sums for the cosine similarity and relative L2 error of outputs against references, in `f64`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FidelityAccumulator {
+    dot: f64,
+    got_sq: f64,
+    want_sq: f64,
+    diff_sq: f64,
+}
+
+impl FidelityAccumulator {
+    pub fn add(&mut self, got: &[f32], want: &[f32]) {
+        for (&g, &w) in got.iter().zip(want) {
+            let (g, w) = (f64::from(g), f64::from(w));
+            self.dot += g * w;
+            self.got_sq += g * g;
+            self.want_sq += w * w;
+            self.diff_sq += (g - w) * (g - w);
+        }
+    }
+
+    /// NaN when either side is all zeros.
+    pub fn cosine(&self) -> f64 {
+        let norms = (self.got_sq * self.want_sq).sqrt();
+        if norms > 0.0 {
+            (self.dot / norms).clamp(-1.0, 1.0)
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// NaN when the reference is all zeros.
+    pub fn rel_l2(&self) -> f64 {
+        if self.want_sq > 0.0 {
+            (self.diff_sq / self.want_sq).sqrt()
+        } else {
+            f64::NAN
+        }
+    }
+}
+
 fn variant_report(info: &VariantInfo) -> VariantReport {
     VariantReport {
         name: info.name.clone(),
@@ -303,6 +498,7 @@ fn variant_report(info: &VariantInfo) -> VariantReport {
         base: info.base.clone(),
         sparsity: info.sparsity,
         nnz: info.nnz as u64,
+        multiplied: info.multiplied as u64,
         bytes: info.bytes as u64,
         dense_weights: info.dense_weights as u64,
         prepare_ns: info.prepare.as_nanos() as u64,
@@ -324,6 +520,15 @@ pub struct LoadPlan {
 pub fn plan_load(req: &LoadRequest) -> Result<LoadPlan, Refusal> {
     let preset: Preset = req.model.preset.parse().map_err(|e| bad_params(format!("model.preset: {e}")))?;
     let mut config = preset.config();
+    if req.model.lm_head {
+        if !preset.has_vocabulary() {
+            return Err(bad_params(format!(
+                "model.lm_head: preset {} has no vocabulary to project onto (rt3-transformer has one)",
+                preset.name()
+            )));
+        }
+        config = config.with_lm_head(true);
+    }
     if let Some(seq) = req.model.seq {
         if seq == 0 || seq > limits::MAX_SEQ {
             return Err(bad_params(format!("model.seq = {seq} is outside 1..={}", limits::MAX_SEQ)));
@@ -430,6 +635,9 @@ pub struct WindowPlan {
     pub min_iters: u64,
     pub min_ns: u64,
     pub max_iters: u64,
+    /// Clock reading at which the window stops whatever else it still needs
+    /// (the run's wall-time cap), if any.
+    pub deadline_ns: Option<u64>,
 }
 
 /// Checks a `run` request's numbers.
@@ -443,7 +651,17 @@ pub fn plan_window(req: &RunRequest) -> Result<WindowPlan, Refusal> {
     if req.min_ms > limits::MAX_MIN_MS {
         return Err(bad_params(format!("min_ms = {} is above {} (one hour)", req.min_ms, limits::MAX_MIN_MS)));
     }
-    Ok(WindowPlan { min_iters: req.min_iters as u64, min_ns: req.min_ms * 1_000_000, max_iters: MAX_WINDOW_ITERATIONS })
+    if let Some(max_ms) = req.max_ms {
+        if max_ms == 0 || max_ms > limits::MAX_MIN_MS {
+            return Err(bad_params(format!("max_ms = {max_ms} is outside 1..={} (one hour)", limits::MAX_MIN_MS)));
+        }
+    }
+    Ok(WindowPlan {
+        min_iters: req.min_iters as u64,
+        min_ns: req.min_ms * 1_000_000,
+        max_iters: MAX_WINDOW_ITERATIONS,
+        deadline_ns: None,
+    })
 }
 
 /// What one window measured.
@@ -456,8 +674,10 @@ pub struct WindowMeasurement {
     pub checksum: u64,
     /// Every timed output had the same digest.
     pub consistent: bool,
-    /// Stopped at `max_iters` before `min_ns` had passed.
+    /// Stopped at `max_iters` or the deadline before `min_ns` had passed.
     pub capped: bool,
+    /// Stopped at the deadline before `min_iters` and `min_ns` were both met.
+    pub time_capped: bool,
 }
 
 /// Runs `infer` until the plan is satisfied, timing each call with `clock`.
@@ -476,6 +696,7 @@ pub fn measure_window<O>(
     let mut latencies_ns = Vec::with_capacity(plan.min_iters.min(plan.max_iters) as usize);
     let mut first_digest = None;
     let mut consistent = true;
+    let mut time_capped = false;
     let start_ns = clock();
     let mut end_ns;
     loop {
@@ -494,12 +715,17 @@ pub fn measure_window<O>(
         if n >= plan.max_iters || (n >= plan.min_iters && elapsed >= plan.min_ns) {
             break;
         }
+        if plan.deadline_ns.is_some_and(|d| end_ns >= d) {
+            time_capped = true;
+            break;
+        }
     }
     let elapsed = end_ns.saturating_sub(start_ns);
     WindowMeasurement {
         start_ns,
         end_ns,
         capped: elapsed < plan.min_ns,
+        time_capped,
         latencies_ns,
         checksum: first_digest.unwrap_or(0),
         consistent,
@@ -522,7 +748,7 @@ mod tests {
 
     #[test]
     fn window_runs_min_iters_when_time_is_already_met() {
-        let plan = WindowPlan { min_iters: 5, min_ns: 0, max_iters: 100 };
+        let plan = WindowPlan { min_iters: 5, min_ns: 0, max_iters: 100, deadline_ns: None };
         let calls = Cell::new(0);
         let w = measure_window(|| calls.set(calls.get() + 1), |_| 7, fake_clock(10), &plan);
         assert_eq!(calls.get(), 5);
@@ -535,7 +761,7 @@ mod tests {
 
     #[test]
     fn window_runs_until_min_ns_has_passed() {
-        let plan = WindowPlan { min_iters: 1, min_ns: 95, max_iters: 100 };
+        let plan = WindowPlan { min_iters: 1, min_ns: 95, max_iters: 100, deadline_ns: None };
         let w = measure_window(|| (), |_| 0, fake_clock(10), &plan);
         // Each iteration advances the window by 20 (two clock reads of 10).
         assert_eq!(w.latencies_ns.len(), 5);
@@ -544,15 +770,26 @@ mod tests {
 
     #[test]
     fn window_stops_at_the_cap_and_says_so() {
-        let plan = WindowPlan { min_iters: 1, min_ns: 1_000_000, max_iters: 3 };
+        let plan = WindowPlan { min_iters: 1, min_ns: 1_000_000, max_iters: 3, deadline_ns: None };
         let w = measure_window(|| (), |_| 0, fake_clock(1), &plan);
         assert_eq!(w.latencies_ns.len(), 3);
         assert!(w.capped);
     }
 
     #[test]
+    fn window_stops_at_the_deadline_before_min_iters() {
+        let plan = WindowPlan { min_iters: 100, min_ns: 0, max_iters: 1000, deadline_ns: Some(1_050) };
+        let w = measure_window(|| (), |_| 0, fake_clock(10), &plan);
+        // Iterations end at 1030, 1050: the second reaches the deadline.
+        assert_eq!(w.latencies_ns.len(), 2);
+        assert!(w.time_capped);
+        let plan = WindowPlan { deadline_ns: Some(u64::MAX), ..plan };
+        assert!(!measure_window(|| (), |_| 0, fake_clock(10), &plan).time_capped);
+    }
+
+    #[test]
     fn window_flags_outputs_that_change() {
-        let plan = WindowPlan { min_iters: 3, min_ns: 0, max_iters: 10 };
+        let plan = WindowPlan { min_iters: 3, min_ns: 0, max_iters: 10, deadline_ns: None };
         let n = Cell::new(0u64);
         let w = measure_window(
             || {
@@ -572,7 +809,7 @@ mod tests {
         let ok = RunRequest { min_iters: 10, min_ms: 2000, ..RunRequest::default() };
         assert_eq!(
             plan_window(&ok).unwrap(),
-            WindowPlan { min_iters: 10, min_ns: 2_000_000_000, max_iters: 1_000_000 }
+            WindowPlan { min_iters: 10, min_ns: 2_000_000_000, max_iters: 1_000_000, deadline_ns: None }
         );
         let e = plan_window(&RunRequest { min_iters: 0, ..RunRequest::default() }).unwrap_err();
         assert!(e.message.contains("min_iters = 0"), "{}", e.message);
@@ -594,9 +831,74 @@ mod tests {
 
     fn load_req(variants: Vec<VariantSpecWire>) -> LoadRequest {
         LoadRequest {
-            model: ModelSpec { preset: "rt3-transformer".into(), seed: 1, seq: Some(4), safetensors: None },
+            model: ModelSpec {
+                preset: "rt3-transformer".into(),
+                seed: 1,
+                seq: Some(4),
+                safetensors: None,
+                lm_head: false,
+            },
             variants,
+            residency: Default::default(),
         }
+    }
+
+    #[test]
+    fn load_plan_switches_the_lm_head_on_for_presets_with_a_vocabulary_only() {
+        let mut req = load_req(vec![VariantSpecWire::Dense { name: "dense".into() }]);
+        assert!(!plan_load(&req).unwrap().config.lm_head);
+        req.model.lm_head = true;
+        let plan = plan_load(&req).unwrap();
+        assert!(plan.config.lm_head);
+        assert_eq!((plan.config.linear_count(), plan.config.output_width()), (13, 33_278));
+        req.model.preset = "distilbert".into();
+        let e = plan_load(&req).unwrap_err();
+        assert!(e.message.contains("model.lm_head") && e.message.contains("distilbert"), "{}", e.message);
+    }
+
+    /// The word-language-model checkpoint kernels' tests check against PyTorch (d_model 16, 50 words).
+    fn word_lm_fixture() -> String {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../kernels/tests/fixtures/word_lm/rt3_2021.model.safetensors").into()
+    }
+
+    #[test]
+    fn agent_loads_a_word_language_model_checkpoint_with_its_lm_head() {
+        let mut agent = Agent::new(AgentOptions::default());
+        let mut req = load_req(vec![
+            VariantSpecWire::Dense { name: "dense".into() },
+            VariantSpecWire::Block {
+                name: "bp".into(),
+                sparsity: 0.5,
+                block_rows: 4,
+                block_cols: 1,
+                per_layer: None,
+                global: false,
+            },
+        ]);
+        req.model.safetensors = Some(word_lm_fixture());
+        req.model.lm_head = true;
+        let Reply::Load(load) = agent.handle(Command::Load(req.clone())).unwrap() else { panic!() };
+        let m = &load.model;
+        assert_eq!((m.layers, m.d_model, m.ffn, m.vocab, m.lm_head), (2, 16, 8, Some(50), true));
+        // Linear weights 2·(4·16² + 2·16·8) + the head's 16·50, the embedding 50·16, biases and norms.
+        assert_eq!(m.parameters, (2 * (4 * 256 + 256) + 800) + 800 + (2 * (4 * 16 + 8 + 16) + 50) + 2 * 2 * 32);
+        assert_eq!(load.variants[0].multiplied, 2 * (4 * 256 + 256) + 800);
+        let Reply::Selftest(st) = agent.handle(Command::Selftest(SelftestRequest::default())).unwrap() else {
+            panic!()
+        };
+        assert!(st.passed, "{st:?}");
+        let Reply::Fidelity(f) = agent.handle(Command::Fidelity(FidelityRequest { inputs: 2, input_seed: 1 })).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(f.kind, "checkpoint");
+        assert!(f.results.iter().all(|r| r.cosine.is_finite()), "{f:?}");
+        // A BERT-family preset does not read a word language model.
+        req.model.preset = "minilm".into();
+        req.model.lm_head = false;
+        let e = agent.handle(Command::Load(req)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Model);
+        assert!(e.error.contains("word-language-model"), "{}", e.error);
     }
 
     #[test]
@@ -656,7 +958,7 @@ mod tests {
         let e = agent.handle(Command::Run(RunRequest::default())).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotLoaded);
         assert_eq!(e.cmd.as_deref(), Some("run"));
-        let e = agent.handle(Command::Switch(SwitchRequest { variant: "x".into() })).unwrap_err();
+        let e = agent.handle(Command::Switch(SwitchRequest::hot("x"))).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotLoaded);
         let e = agent.handle(Command::Selftest(SelftestRequest::default())).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotLoaded);
@@ -692,9 +994,9 @@ mod tests {
         std::fs::write(path, file).unwrap();
     }
 
-    /// A one-layer DistilBERT-named encoder, d_model 8, FFN 4.
+    /// A one-layer DistilBERT-named encoder, d_model 12 (DistilBERT's 12 heads of 1), FFN 4.
     fn tiny_distilbert(path: &Path) {
-        let (d, ffn) = (8usize, 4usize);
+        let (d, ffn) = (12usize, 4usize);
         let mut seed = 0u64;
         let mut tensor = |name: &str, shape: Vec<usize>| {
             seed += 1;
@@ -736,16 +1038,26 @@ mod tests {
             },
         ]);
         req.model.safetensors = Some(path.display().to_string());
+        req.model.preset = "distilbert".into();
         req.model.seq = Some(3);
         let Reply::Load(load) = agent.handle(Command::Load(req.clone())).unwrap() else { panic!() };
         assert_eq!(load.model.source, "safetensors");
-        assert_eq!((load.model.layers, load.model.d_model, load.model.ffn, load.model.seq), (1, 8, 4, 3));
+        assert_eq!((load.model.layers, load.model.d_model, load.model.ffn, load.model.seq), (1, 12, 4, 3));
         assert_eq!(load.model.path.as_deref(), Some(path.to_str().unwrap()));
         let Reply::Run(run) = agent.handle(Command::Run(RunRequest { min_iters: 2, ..RunRequest::default() })).unwrap()
         else {
             panic!()
         };
         assert_eq!(run.iterations, 2);
+        assert!(!run.time_capped && run.note.is_none());
+        // A 1 ms cap on a run asking for a second: stopped early, and the reply says so.
+        let capped = RunRequest { min_iters: 1_000_000, min_ms: 1_000, max_ms: Some(1), ..RunRequest::default() };
+        let Reply::Run(run) = agent.handle(Command::Run(capped)).unwrap() else { panic!() };
+        assert!(run.time_capped && run.capped, "{run:?}");
+        assert!(run.iterations >= 1 && run.iterations < 1_000_000);
+        assert!(run.note.as_deref().unwrap_or("").contains("1 ms wall-time cap"), "{:?}", run.note);
+        let e = plan_window(&RunRequest { max_ms: Some(0), ..RunRequest::default() }).unwrap_err();
+        assert!(e.message.contains("max_ms = 0"), "{}", e.message);
         let Reply::Selftest(st) = agent.handle(Command::Selftest(SelftestRequest::default())).unwrap() else {
             panic!()
         };
@@ -785,6 +1097,7 @@ mod tests {
                 min_iters: 2,
                 min_ms: 0,
                 input_seed: DEFAULT_INPUT_SEED,
+                max_ms: None,
             }))
             .unwrap()
         {
@@ -796,16 +1109,14 @@ mod tests {
         assert!(dense.outputs_consistent);
         assert!(dense.window_end_ns >= dense.window_start_ns + dense.latencies_ns.iter().sum::<u64>());
 
-        let Reply::Switch(sw) = agent.handle(Command::Switch(SwitchRequest { variant: "bp".into() })).unwrap() else {
-            panic!()
-        };
+        let Reply::Switch(sw) = agent.handle(Command::Switch(SwitchRequest::hot("bp"))).unwrap() else { panic!() };
         assert_eq!((sw.previous.as_str(), sw.variant.as_str()), ("dense", "bp"));
         let bp = run(&mut agent, None);
         assert_eq!(bp.variant, "bp");
         assert_ne!(bp.checksum, dense.checksum, "pruned weights give a different output");
         assert_eq!(run(&mut agent, Some("dense")).checksum, dense.checksum, "same input, same output");
 
-        let e = agent.handle(Command::Switch(SwitchRequest { variant: "nope".into() })).unwrap_err();
+        let e = agent.handle(Command::Switch(SwitchRequest::hot("nope"))).unwrap_err();
         assert_eq!(e.kind, ErrorKind::UnknownVariant);
         assert!(e.error.contains("nope"), "{}", e.error);
 

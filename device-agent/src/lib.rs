@@ -12,6 +12,8 @@
 //!   inference windows, switches variants, self-tests.
 //! - [`platform`]: CLOCK_MONOTONIC and CPU affinity; [`sysinfo`]: CPU model,
 //!   memory and kernel, parsed from `/proc` and `uname`.
+//! - [`sim_stretch`]: on a board simulated by hil only, stretches each timed inference by
+//!   `f_max / f` of the simulator's fake cpufreq tree, so latency follows the simulated clock.
 //! - [`variant_arg`]: the short `--variant` syntax of the one-shot commands;
 //!   [`oneshot`]: `hil-agent selftest` and `hil-agent bench` for people at the board's shell.
 //!
@@ -23,6 +25,7 @@ pub mod oneshot;
 pub mod platform;
 pub mod protocol;
 pub mod serve;
+pub mod sim_stretch;
 pub mod sysinfo;
 pub mod variant_arg;
 

@@ -5,9 +5,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use device_agent::agent::{Agent, AgentOptions};
 use device_agent::oneshot::{self, BenchPlan, ModelChoice, DEFAULT_VARIANTS};
-use device_agent::platform::{set_affinity, CpuList};
+use device_agent::platform::{current_affinity, set_affinity, CpuList};
 use device_agent::protocol::PROTO_VERSION;
 use device_agent::serve::{serve, ServeEnd};
+use device_agent::sim_stretch::{SimCpufreq, SIM_SYSFS_ENV};
 use device_agent::variant_arg::{parse_variant_args, VARIANT_SYNTAX_HELP};
 use kernels::Threads;
 use std::io::{self, BufReader};
@@ -41,6 +42,12 @@ struct GlobalArgs {
     /// Refuse models estimated above this size, even if the board has more free (e.g. 512M, 2G).
     #[arg(long, global = true, value_name = "BYTES", value_parser = oneshot::parse_byte_size)]
     max_memory: Option<u64>,
+    /// Simulated boards only (set by hil's simulator): stretch every timed inference by
+    /// cpuinfo_max_freq / scaling_cur_freq of the fake cpufreq tree at DIR, spinning on the
+    /// agent's core, so latency follows the simulated frequency. DIR must hold the simulator's
+    /// marker hil-simulated.json and must not be /sys; anything else is refused.
+    #[arg(long, global = true, value_name = "DIR", env = SIM_SYSFS_ENV)]
+    sim_sysfs_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +108,10 @@ struct ModelArgs {
     /// Read the preset's weights from this safetensors file instead of generating them.
     #[arg(long, value_name = "PATH")]
     safetensors: Option<String>,
+    /// rt3-transformer: also run its output projection onto the 33,278-word vocabulary (most of
+    /// the model's MACs), pruned like the other layers.
+    #[arg(long)]
+    lm_head: bool,
     /// A variant to build (repeatable; see the syntax below). Default: dense, block:0.64, pattern:0.75:16, pattern:0.875:8.
     #[arg(long = "variant", value_name = "SPEC")]
     variants: Vec<String>,
@@ -119,6 +130,7 @@ impl ModelArgs {
             seq: self.seq,
             seed: self.seed,
             safetensors: self.safetensors.clone(),
+            lm_head: self.lm_head,
             variants,
         })
     }
@@ -140,9 +152,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(cpus) = &cli.global.cpus {
         set_affinity(cpus).with_context(|| format!("pinning to CPUs {cpus} (--cpus)"))?;
     }
+    let sim_stretch = match &cli.global.sim_sysfs_root {
+        None => None,
+        Some(root) => {
+            let cpu = current_affinity().cpus().first().copied().unwrap_or(0);
+            let tree = SimCpufreq::open(root, cpu)
+                .with_context(|| format!("--sim-sysfs-root / {SIM_SYSFS_ENV} = {}", root.display()))?;
+            let s = tree.status();
+            device_agent::log(format_args!(
+                "SIMULATED board: inferences stretched by {} / scaling_cur_freq (now {} kHz, x{:.3})",
+                s.policy, s.cur_khz, s.factor_now
+            ));
+            Some(tree)
+        }
+    };
     let options = AgentOptions {
         threads: if cli.global.threads == 1 { Threads::One } else { Threads::N(cli.global.threads as usize) },
         memory_limit: cli.global.max_memory,
+        sim_stretch,
     };
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {

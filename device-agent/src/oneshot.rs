@@ -25,6 +25,8 @@ pub struct ModelChoice {
     pub seq: Option<usize>,
     pub seed: u64,
     pub safetensors: Option<String>,
+    /// Run the output projection onto the vocabulary too (`rt3-transformer`).
+    pub lm_head: bool,
     pub variants: Vec<VariantSpecWire>,
 }
 
@@ -44,8 +46,10 @@ fn load(agent: &mut Agent, choice: &ModelChoice) -> Result<LoadReply, OneShotErr
             seed: choice.seed,
             seq: choice.seq,
             safetensors: choice.safetensors.clone(),
+            lm_head: choice.lm_head,
         },
         variants: choice.variants.clone(),
+        residency: Default::default(),
     };
     match ask(agent, Command::Load(req))? {
         Reply::Load(r) => Ok(r),
@@ -175,7 +179,7 @@ pub fn bench(options: AgentOptions, choice: &ModelChoice, plan: BenchPlan) -> Re
         let mut times = Vec::with_capacity(plan.switches);
         for i in 0..plan.switches {
             let target = loaded.variants[(i + 1) % loaded.variants.len()].name.clone();
-            let Reply::Switch(sw) = ask(&mut agent, Command::Switch(SwitchRequest { variant: target }))? else {
+            let Reply::Switch(sw) = ask(&mut agent, Command::Switch(SwitchRequest::hot(target)))? else {
                 unreachable!("switch answers with a switch reply")
             };
             times.push(sw.switch_ns);

@@ -47,7 +47,7 @@ pub const MAX_WINDOW_ITERATIONS: u64 = 1_000_000;
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// The command names, in the order `hello` lists them in errors.
-pub const COMMANDS: [&str; 7] = ["hello", "load", "clock", "run", "switch", "selftest", "quit"];
+pub const COMMANDS: [&str; 8] = ["hello", "load", "clock", "run", "switch", "selftest", "fidelity", "quit"];
 
 // ---------------------------------------------------------------------------
 // Requests
@@ -93,6 +93,8 @@ pub enum Command {
     Switch(SwitchRequest),
     /// Check the loaded variants against the scalar reference.
     Selftest(SelftestRequest),
+    /// Compare every resident variant's output with the dense model's.
+    Fidelity(FidelityRequest),
     /// Reply, then exit.
     Quit,
 }
@@ -107,6 +109,7 @@ impl Command {
             Command::Run(_) => "run",
             Command::Switch(_) => "switch",
             Command::Selftest(_) => "selftest",
+            Command::Fidelity(_) => "fidelity",
             Command::Quit => "quit",
         }
     }
@@ -119,6 +122,24 @@ pub struct LoadRequest {
     pub model: ModelSpec,
     /// At least one; names must be unique. The first becomes the active variant.
     pub variants: Vec<VariantSpecWire>,
+    /// How pattern sets are held: every one packed at load (`all_prepacked`, the default: a
+    /// switch is a hot swap), or one at a time (`one_set`, as on a device that cannot hold them
+    /// all: the others are kept as their pattern definitions and a switch packs the new one).
+    #[serde(default, skip_serializing_if = "is_default_residency")]
+    pub residency: ResidencyWire,
+}
+
+/// [`LoadRequest::residency`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResidencyWire {
+    #[default]
+    AllPrepacked,
+    OneSet,
+}
+
+fn is_default_residency(r: &ResidencyWire) -> bool {
+    *r == ResidencyWire::AllPrepacked
 }
 
 /// Where the model's weights come from.
@@ -140,6 +161,11 @@ pub struct ModelSpec {
     /// Path on the board of a safetensors file with the preset's tensors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safetensors: Option<String>,
+    /// Run the word language model's output projection onto its vocabulary as a linear layer,
+    /// pruned like the others (`rt3-transformer`: 800 -> 33,278 words, most of the model's MACs);
+    /// outputs are then logits. Only presets with a vocabulary have one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lm_head: bool,
 }
 
 /// One variant to prepare, tagged by `"kind"`.
@@ -258,6 +284,12 @@ pub struct RunRequest {
     /// Seed of the random input (never zeros: zero inputs run faster on some ARM cores).
     #[serde(default = "default_input_seed")]
     pub input_seed: u64,
+    /// Wall-time cap of the whole run (warm-up and window), in ms: the run
+    /// stops at the first inference that ends past it, even before
+    /// `min_iters` or `min_ms` are met, and says so in the reply
+    /// (`time_capped`). The window always holds at least one inference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<u64>,
 }
 
 fn default_warmup() -> u32 {
@@ -280,6 +312,7 @@ impl Default for RunRequest {
             min_iters: default_min_iters(),
             min_ms: 0,
             input_seed: DEFAULT_INPUT_SEED,
+            max_ms: None,
         }
     }
 }
@@ -289,6 +322,72 @@ impl Default for RunRequest {
 #[serde(deny_unknown_fields)]
 pub struct SwitchRequest {
     pub variant: String,
+    /// `hot` (default): make a resident variant active. `cold`: put a pattern set into effect from
+    /// its definitions (assignment and packing), as a device holding one set at a time must.
+    #[serde(default, skip_serializing_if = "is_hot")]
+    pub mode: SwitchMode,
+    /// After the switch, time this many inferences of the new variant (the first shows the
+    /// switch's penalty: cold caches, pages touched for the first time); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probe: u32,
+    #[serde(default = "default_input_seed", skip_serializing_if = "is_default_seed")]
+    pub input_seed: u64,
+}
+
+impl SwitchRequest {
+    /// A hot switch to `variant` with no probe.
+    pub fn hot(variant: impl Into<String>) -> Self {
+        Self { variant: variant.into(), mode: SwitchMode::Hot, probe: 0, input_seed: DEFAULT_INPUT_SEED }
+    }
+}
+
+/// [`SwitchRequest::mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwitchMode {
+    #[default]
+    Hot,
+    Cold,
+}
+
+fn is_hot(m: &SwitchMode) -> bool {
+    *m == SwitchMode::Hot
+}
+
+fn is_default_seed(seed: &u64) -> bool {
+    *seed == DEFAULT_INPUT_SEED
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Most inferences a switch probe may time.
+pub const MAX_SWITCH_PROBE: u32 = 1000;
+
+/// `fidelity`: every resident variant's final hidden states against the dense model's, over
+/// `inputs` seeded inputs (seeds `input_seed`, `input_seed + 1`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FidelityRequest {
+    #[serde(default = "default_fidelity_inputs")]
+    pub inputs: u32,
+    #[serde(default = "default_input_seed")]
+    pub input_seed: u64,
+}
+
+/// Inputs a fidelity check uses when the request names no count.
+pub const DEFAULT_FIDELITY_INPUTS: u32 = 4;
+/// Most inputs a fidelity check may use.
+pub const MAX_FIDELITY_INPUTS: u32 = 256;
+fn default_fidelity_inputs() -> u32 {
+    DEFAULT_FIDELITY_INPUTS
+}
+
+impl Default for FidelityRequest {
+    fn default() -> Self {
+        Self { inputs: DEFAULT_FIDELITY_INPUTS, input_seed: DEFAULT_INPUT_SEED }
+    }
 }
 
 /// `selftest`: every loaded variant against the scalar reference.
@@ -367,6 +466,7 @@ pub enum Reply {
     Run(RunReply),
     Switch(SwitchReply),
     Selftest(SelftestReply),
+    Fidelity(FidelityReply),
     Quit,
 }
 
@@ -379,6 +479,7 @@ impl Reply {
             Reply::Run(_) => "run",
             Reply::Switch(_) => "switch",
             Reply::Selftest(_) => "selftest",
+            Reply::Fidelity(_) => "fidelity",
             Reply::Quit => "quit",
         }
     }
@@ -410,6 +511,7 @@ reply_body!(ClockReply, Clock, "clock");
 reply_body!(RunReply, Run, "run");
 reply_body!(SwitchReply, Switch, "switch");
 reply_body!(SelftestReply, Selftest, "selftest");
+reply_body!(FidelityReply, Fidelity, "fidelity");
 
 /// `quit` has no body; `expect::<QuitReply>()` checks the agent acknowledged it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,6 +551,25 @@ pub struct HelloReply {
     pub mem_total_bytes: Option<u64>,
     #[serde(default)]
     pub mem_available_bytes: Option<u64>,
+    /// Present only on a board simulated by hil: every timed inference is stretched by
+    /// `max_khz / cur_khz` of the simulator's fake cpufreq tree (see `hil-agent --sim-sysfs-root`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_stretch: Option<SimStretchWire>,
+}
+
+/// `hello`'s account of the simulated speed: where the factor comes from and what it is now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimStretchWire {
+    /// The simulator's fake sysfs root (holds its marker `hil-simulated.json`).
+    pub sysfs_root: String,
+    /// The cpufreq policy directory read.
+    pub policy: String,
+    /// The CPU the policy was chosen for (the agent's first allowed CPU).
+    pub cpu: usize,
+    pub max_khz: u64,
+    pub cur_khz: u64,
+    /// `max_khz / cur_khz` at the time of the reply.
+    pub factor_now: f64,
 }
 
 /// The running kernel, from `uname(2)`.
@@ -469,6 +590,15 @@ pub struct KernelInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoadReply {
     pub model: ModelInfo,
+    /// How pattern sets are held, and what each strategy costs for these variants.
+    #[serde(default)]
+    pub residency: ResidencyWire,
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
+    #[serde(default)]
+    pub resident_bytes_all_prepacked: Option<u64>,
+    #[serde(default)]
+    pub resident_bytes_one_set: Option<u64>,
     /// In request order.
     pub variants: Vec<VariantReport>,
     /// The active variant after loading (the first listed).
@@ -496,6 +626,18 @@ pub struct ModelInfo {
     pub d_model: usize,
     pub heads: usize,
     pub ffn: usize,
+    /// Words of the token embedding (`rt3-transformer`: 33,278), `None` for a model fed activations.
+    #[serde(default)]
+    pub vocab: Option<usize>,
+    /// Whether the output projection onto the vocabulary runs as a (prunable) linear layer.
+    #[serde(default)]
+    pub lm_head: bool,
+    /// Every parameter (linear weights, biases, norms, the token embedding).
+    #[serde(default)]
+    pub parameters: u64,
+    /// Multiply-accumulates of one dense inference of `seq` tokens (linear layers and attention).
+    #[serde(default)]
+    pub macs: u64,
 }
 
 /// One prepared variant.
@@ -510,8 +652,13 @@ pub struct VariantReport {
     /// Achieved fraction of the linear layers' weights not computed (BP and
     /// PP zeros together): `1 - nnz / dense_weights`.
     pub sparsity: f64,
-    /// Weights stored and multiplied.
+    /// Non-zero weights stored.
     pub nnz: u64,
+    /// Weights multiplied per token, explicit zeros included (absent from
+    /// older agents: read as 0). A pattern set on a BP base multiplies
+    /// exactly its kept weights, so this equals `nnz` there.
+    #[serde(default)]
+    pub multiplied: u64,
     /// Bytes of packed weights and index data.
     pub bytes: u64,
     /// Weights of the dense linear layers.
@@ -550,11 +697,24 @@ pub struct RunReply {
     pub checksum: String,
     /// Whether every timed iteration produced the same checksum.
     pub outputs_consistent: bool,
-    /// True when the window ended at [`MAX_WINDOW_ITERATIONS`] before `min_ms` had passed.
+    /// True when the window ended at [`MAX_WINDOW_ITERATIONS`] or at the
+    /// request's `max_ms` before `min_ms` had passed.
     #[serde(default)]
     pub capped: bool,
+    /// True when the run stopped at the request's `max_ms` wall-time cap
+    /// (possibly before `min_iters`); `note` then says where.
+    #[serde(default)]
+    pub time_capped: bool,
+    /// Why a run stopped early, in words, e.g. `stopped at the 500 ms
+    /// wall-time cap after 3 of 10 iterations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub input_seed: u64,
     pub threads: usize,
+    /// On a board simulated by hil: the mean factor the window's inferences were stretched by
+    /// (`f_max / f` of the simulated clock); `None` on real hardware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_stretch_factor: Option<f64>,
 }
 
 impl RunReply {
@@ -570,6 +730,37 @@ pub struct SwitchReply {
     pub variant: String,
     pub previous: String,
     pub switch_ns: u64,
+    #[serde(default)]
+    pub mode: SwitchMode,
+    /// The probe's inferences after the switch, ns (the first one first).
+    #[serde(default)]
+    pub probe_ns: Vec<u64>,
+    /// Bytes the model holds after the switch.
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
+}
+
+/// `fidelity`: how far each variant's output is from the dense model's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FidelityReply {
+    /// `perturbation (synthetic weights)` or `checkpoint`: with synthetic weights the figures
+    /// measure how far pruning moves the output, not task accuracy.
+    pub kind: String,
+    pub inputs: u32,
+    pub input_seed: u64,
+    pub results: Vec<FidelityResult>,
+}
+
+/// One variant's final hidden states against the dense model's, over all the inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FidelityResult {
+    pub variant: String,
+    /// Cosine similarity of the flattened outputs (1: same direction).
+    #[serde(with = "nan_as_null")]
+    pub cosine: f64,
+    /// `||y - y_dense|| / ||y_dense||`.
+    #[serde(with = "nan_as_null")]
+    pub rel_l2: f64,
 }
 
 /// `selftest`: each checked variant against the scalar reference.
@@ -794,6 +985,7 @@ fn command_from_params(cmd: &str, params: Map<String, Value>) -> Result<Command,
         "run" => Command::Run(parse(cmd, params)?),
         "switch" => Command::Switch(parse(cmd, params)?),
         "selftest" => Command::Selftest(parse(cmd, params)?),
+        "fidelity" => Command::Fidelity(parse(cmd, params)?),
         "quit" => none(cmd, params).map(|()| Command::Quit)?,
         other => {
             return Err((

@@ -46,7 +46,8 @@ fn run_defaults_and_explicit_values() {
             warmup: 0,
             min_iters: 50,
             min_ms: 2000,
-            input_seed: 9
+            input_seed: 9,
+            max_ms: None,
         })
     );
 }
@@ -61,7 +62,10 @@ fn load_decodes_all_variant_kinds_with_defaults() {
     )
     .unwrap();
     let Command::Load(load) = req.command else { panic!("not a load") };
-    assert_eq!(load.model, ModelSpec { preset: "distilbert".into(), seed: 3, seq: None, safetensors: None });
+    assert_eq!(
+        load.model,
+        ModelSpec { preset: "distilbert".into(), seed: 3, seq: None, safetensors: None, lm_head: false }
+    );
     assert_eq!(
         load.variants[1],
         VariantSpecWire::Block {
@@ -160,7 +164,7 @@ fn bad_params_name_the_field() {
 
 #[test]
 fn requests_encode_with_envelope_first_and_round_trip() {
-    let req = Request::new(Command::Switch(SwitchRequest { variant: "pp87".into() })).with_id(5);
+    let req = Request::new(Command::Switch(SwitchRequest::hot("pp87"))).with_id(5);
     let line = encode_line(&req);
     assert_eq!(line, b"{\"id\":5,\"proto\":1,\"cmd\":\"switch\",\"variant\":\"pp87\"}\n");
     assert_eq!(decode_request(&line).unwrap(), req);
@@ -169,7 +173,7 @@ fn requests_encode_with_envelope_first_and_round_trip() {
         Command::Hello,
         Command::Clock,
         Command::Quit,
-        Command::Run(RunRequest { variant: None, warmup: 1, min_iters: 2, min_ms: 3, input_seed: 4 }),
+        Command::Run(RunRequest { variant: None, warmup: 1, min_iters: 2, min_ms: 3, input_seed: 4, max_ms: Some(5) }),
         Command::Selftest(SelftestRequest { tokens: 2, input_seed: 1 }),
         Command::Load(LoadRequest {
             model: ModelSpec {
@@ -177,6 +181,7 @@ fn requests_encode_with_envelope_first_and_round_trip() {
                 seed: 1,
                 seq: Some(8),
                 safetensors: Some("/m.st".into()),
+                lm_head: true,
             },
             variants: vec![
                 VariantSpecWire::Dense { name: "d".into() },
@@ -190,7 +195,10 @@ fn requests_encode_with_envelope_first_and_round_trip() {
                     seed: 9,
                 },
             ],
+            residency: ResidencyWire::OneSet,
         }),
+        Command::Switch(SwitchRequest { variant: "p".into(), mode: SwitchMode::Cold, probe: 5, input_seed: 3 }),
+        Command::Fidelity(FidelityRequest { inputs: 3, input_seed: 8 }),
     ] {
         let req = Request::new(command);
         let line = encode_line(&req);
@@ -230,8 +238,11 @@ fn replies_round_trip_and_expect_checks_the_type() {
         checksum: "00ff00ff00ff00ff".into(),
         outputs_consistent: true,
         capped: false,
+        time_capped: false,
+        note: None,
         input_seed: 1,
         threads: 1,
+        sim_stretch_factor: Some(2.5),
     };
     let line = encode_line(&Response::ok(Some(json!("r")), Reply::Run(run.clone())));
     let back = decode_response(&line).unwrap();

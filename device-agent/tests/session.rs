@@ -181,7 +181,7 @@ fn dense(name: &str) -> VariantSpecWire {
 
 fn small_load() -> LoadRequest {
     LoadRequest {
-        model: ModelSpec { preset: "rt3-transformer".into(), seed: 7, seq: Some(8), safetensors: None },
+        model: ModelSpec { preset: "rt3-transformer".into(), seed: 7, seq: Some(8), safetensors: None, lm_head: false },
         variants: vec![
             dense("dense"),
             VariantSpecWire::Block {
@@ -202,6 +202,7 @@ fn small_load() -> LoadRequest {
                 seed: 0,
             },
         ],
+        residency: Default::default(),
     }
 }
 
@@ -212,6 +213,7 @@ fn short_run(variant: Option<&str>) -> Command {
         min_iters: 3,
         min_ms: 0,
         input_seed: DEFAULT_INPUT_SEED,
+        max_ms: None,
     })
 }
 
@@ -285,7 +287,7 @@ fn scripted_session() {
     assert!(after > run_dense.window_end_ns, "clock replies and windows share CLOCK_MONOTONIC");
 
     // switch, then run without naming a variant: the switched-to one runs
-    let sw: SwitchReply = agent.ok(Command::Switch(SwitchRequest { variant: "pp75".into() }));
+    let sw: SwitchReply = agent.ok(Command::Switch(SwitchRequest::hot("pp75")));
     assert_eq!((sw.previous.as_str(), sw.variant.as_str()), ("dense", "pp75"));
     assert!(sw.switch_ns > 0 && sw.switch_ns < 1_000_000_000, "{}", sw.switch_ns);
     let run_pp: RunReply = agent.ok(short_run(None));
@@ -295,7 +297,7 @@ fn scripted_session() {
     assert_eq!(again.checksum, run_dense.checksum, "same weights, same input, same output");
 
     // more refusals with the model loaded
-    let e = agent.refused(Command::Switch(SwitchRequest { variant: "pp99".into() }));
+    let e = agent.refused(Command::Switch(SwitchRequest::hot("pp99")));
     assert_eq!(e.kind, ErrorKind::UnknownVariant);
     assert!(e.error.contains("pp99") && e.error.contains("pp75"), "{}", e.error);
     let e = agent.refused(Command::Run(RunRequest { min_iters: 0, ..RunRequest::default() }));
@@ -329,6 +331,61 @@ fn scripted_session() {
     let _: QuitReply = agent.ok(Command::Quit);
     let status = agent.finish();
     assert!(status.success(), "exit status {status}");
+}
+
+/// Holding one pattern set at a time: the load says what each strategy costs, a cold switch packs
+/// the set and computes what the prepacked one computes, a hot switch to a set not resident is
+/// refused by name, the probe times the first inferences after a switch, and fidelity compares
+/// every resident variant with dense.
+#[test]
+fn one_set_residency_cold_switches_and_fidelity() {
+    let mut agent = AgentUnderTest::spawn(&[]);
+    let mut load = small_load();
+    if let Some(VariantSpecWire::Pattern { name, .. }) = load.variants.last().cloned() {
+        let mut second = load.variants.last().cloned().unwrap();
+        if let VariantSpecWire::Pattern { name: n, sparsity, .. } = &mut second {
+            *n = format!("{name}-b");
+            *sparsity = 0.875;
+        }
+        load.variants.push(second);
+    }
+    let prepacked: LoadReply = agent.ok(Command::Load(load.clone()));
+    let before: RunReply = agent.ok(short_run(Some("pp75-b")));
+    load.residency = ResidencyWire::OneSet;
+    let one: LoadReply = agent.ok(Command::Load(load));
+    assert_eq!(one.residency, ResidencyWire::OneSet);
+    let (all, one_set) = (one.resident_bytes_all_prepacked.unwrap(), one.resident_bytes_one_set.unwrap());
+    assert!(one_set < all, "{one_set} < {all}");
+    assert!(one.resident_bytes.unwrap() < prepacked.resident_bytes.unwrap());
+
+    let e = agent.refused(Command::Switch(SwitchRequest::hot("pp75-b")));
+    assert!(e.error.contains("pp75-b") && e.error.contains("cold"), "{}", e.error);
+    let cold =
+        Command::Switch(SwitchRequest { variant: "pp75-b".into(), mode: SwitchMode::Cold, probe: 3, input_seed: 1 });
+    let sw: SwitchReply = agent.ok(cold);
+    assert_eq!((sw.mode, sw.probe_ns.len()), (SwitchMode::Cold, 3));
+    assert!(sw.switch_ns > 0 && sw.probe_ns.iter().all(|&t| t > 0), "{sw:?}");
+    let after: RunReply = agent.ok(short_run(None));
+    assert_eq!((after.variant.as_str(), &after.checksum), ("pp75-b", &before.checksum), "cold = prepacked output");
+    let e = agent.refused(Command::Switch(SwitchRequest {
+        variant: "bp50".into(),
+        mode: SwitchMode::Cold,
+        probe: 0,
+        input_seed: 1,
+    }));
+    assert!(e.error.contains("bp50") && e.error.contains("pattern"), "{}", e.error);
+
+    let fid: FidelityReply = agent.ok(Command::Fidelity(FidelityRequest::default()));
+    assert_eq!(fid.kind, "perturbation (synthetic weights)");
+    let by: std::collections::BTreeMap<&str, (f64, f64)> =
+        fid.results.iter().map(|r| (r.variant.as_str(), (r.cosine, r.rel_l2))).collect();
+    // The resident ones: dense, bp50 and the cold-switched set (pp75 was dropped by it).
+    assert_eq!(by.keys().copied().collect::<Vec<_>>(), ["bp50", "dense", "pp75-b"]);
+    assert_eq!(by["dense"], (1.0, 0.0));
+    let (bp, pp) = (by["bp50"], by["pp75-b"]);
+    assert!(bp.0 < 1.0 && pp.0 < bp.0 && pp.1 > bp.1 && bp.1 > 0.0, "more pruning, further from dense: {by:?}");
+    let _: QuitReply = agent.ok(Command::Quit);
+    assert!(agent.finish().success());
 }
 
 #[test]

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use device_agent::protocol::{
-    self, ClockReply, Command, HelloReply, LoadReply, LoadRequest, QuitReply, ReplyBody, Request, RunReply, RunRequest,
-    SelftestReply, SelftestRequest, SwitchReply, SwitchRequest, PROTO_VERSION,
+    self, ClockReply, Command, FidelityReply, FidelityRequest, HelloReply, LoadReply, LoadRequest, QuitReply,
+    ReplyBody, Request, RunReply, RunRequest, SelftestReply, SelftestRequest, SwitchMode, SwitchReply, SwitchRequest,
+    DEFAULT_INPUT_SEED, PROTO_VERSION,
 };
 
 use crate::board::{BoardError, ErrorKind, InteractiveSession};
@@ -130,13 +131,26 @@ impl AgentClient {
     }
 
     pub fn run(&mut self, req: RunRequest) -> Result<RunReply, AgentError> {
-        // The window takes at least min_ms; allow generously for slow iterations and warm-up.
-        let timeout = self.reply_timeout + Duration::from_millis(req.min_ms.saturating_mul(4));
+        // The window takes at least min_ms and at most max_ms (the agent stops there and says so);
+        // without a cap, allow generously for slow iterations and warm-up.
+        let budget = req.max_ms.unwrap_or(req.min_ms.saturating_mul(4));
+        let timeout = self.reply_timeout + Duration::from_millis(budget);
         self.call(Command::Run(req), timeout)
     }
 
     pub fn switch(&mut self, variant: &str) -> Result<SwitchReply, AgentError> {
-        self.call(Command::Switch(SwitchRequest { variant: variant.to_string() }), self.reply_timeout)
+        self.call(Command::Switch(SwitchRequest::hot(variant)), self.reply_timeout)
+    }
+
+    /// A switch of the given mode, timing `probe` inferences after it.
+    pub fn switch_with(&mut self, variant: &str, mode: SwitchMode, probe: u32) -> Result<SwitchReply, AgentError> {
+        let req = SwitchRequest { variant: variant.to_string(), mode, probe, input_seed: DEFAULT_INPUT_SEED };
+        self.call(Command::Switch(req), self.reply_timeout)
+    }
+
+    /// Every resident variant's output against the dense model's.
+    pub fn fidelity(&mut self) -> Result<FidelityReply, AgentError> {
+        self.call(Command::Fidelity(FidelityRequest::default()), self.reply_timeout)
     }
 
     pub fn selftest(&mut self) -> Result<SelftestReply, AgentError> {

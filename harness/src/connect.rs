@@ -26,11 +26,22 @@ pub fn open_scenario_monitor(spec: &MonitorSpec) -> Result<Box<dyn PowerMonitor>
         MonitorSettings::Ppk2(Ppk2Settings::SourceMeter { source_mv }) => {
             options.ppk2.mode = Ppk2Mode::Source { supply_mv: *source_mv };
         }
-        MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter) => {
-            options.ppk2.mode = Ppk2Mode::Ampere { voltage_v: None };
+        MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter { rail_mv }) => {
+            options.ppk2.mode = Ppk2Mode::Ampere { voltage_v: Some(f64::from(*rail_mv) / 1000.0) };
         }
         MonitorSettings::Ina(ina) => {
-            use crate::power::ina::Quantity;
+            use crate::power::ina::{InaFormat as Driver, Quantity};
+            use crate::scenario::InaFormat;
+            options.ina.format = match ina.format {
+                InaFormat::Auto => None,
+                InaFormat::Csv => Some(Driver::CsvHeader),
+                InaFormat::Tsv => Some(Driver::TsvHeader),
+                InaFormat::KeyValue => Some(Driver::KeyValue),
+            };
+            if let Some(fields) = &ina.layout {
+                let sep = if ina.format == InaFormat::Tsv { "\t" } else { "," };
+                options.ina.columns = Some(fields.join(sep));
+            }
             let cols = &ina.columns;
             options.ina.names = [
                 (&cols.time, Quantity::Time),

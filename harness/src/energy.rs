@@ -18,12 +18,19 @@
 //!    sample twice.
 //! 4. [`energy_per_inference`]: gross (the window's energy / inferences) and net of idle power
 //!    (`(E - P_idle x T) / n`), idle power being measured at the same frequency before the variants.
+//! 5. [`cell_power`]: everything a cell records about power, from one [`Capture`]: the window's
+//!    energy, the samples in it and their effective rate, the lost slots that fall *inside* it (each
+//!    counted once, from the monitor's [`LostRun`]s: a loss during warm-up or between windows is not the
+//!    window's), the clock fit the samples were placed with, and the flags: too many lost samples (the
+//!    window is worth measuring again) or too few samples for the scenario's accuracy (recorded, not
+//!    retried: a slow monitor will not get faster).
 //!
 //! Every failure is an [`EnergyError`] naming the window and what was missing.
 
 use std::ops::Range;
 
-use crate::power::Sample;
+use crate::clock_fit::ClockLine;
+use crate::samples::{Capture, LostRun, Sample};
 
 /// Why an energy figure cannot be computed.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -262,10 +269,25 @@ fn integrate_clipped(span: &[Sample], a: f64, b: f64) -> (f64, f64) {
     (energy, max_gap)
 }
 
-/// Samples a streaming monitor should have delivered in the window but did not (0 when complete).
-pub fn missing_samples(energy: &WindowEnergy, sample_rate_hz: f64) -> u64 {
-    let expected = (energy.duration_s * sample_rate_hz).floor();
-    (expected - energy.samples_in_window as f64).max(0.0) as u64
+/// Lost slots of `runs` whose time falls in `[start, end)`, the same half-open rule as for samples.
+pub fn lost_in_window(runs: &[LostRun], window: HostWindow) -> u64 {
+    let (a, b) = (window.start_ns as f64, window.end_ns as f64);
+    runs.iter()
+        .map(|r| {
+            if r.count == 0 {
+                return 0;
+            }
+            if r.period_ns <= 0.0 {
+                let t = r.t_ns as f64;
+                return if t >= a && t < b { r.count } else { 0 };
+            }
+            // Slot i sits at t + i*p: those with a <= t + i*p < b.
+            let t = r.t_ns as f64;
+            let first = ((a - t) / r.period_ns).ceil().max(0.0);
+            let past = ((b - t) / r.period_ns).ceil().clamp(0.0, r.count as f64);
+            (past - first).max(0.0) as u64
+        })
+        .sum()
 }
 
 /// Energy per inference for one cell.
@@ -304,13 +326,71 @@ pub fn mean_power_w(samples: &[Sample], window: HostWindow) -> Result<f64, Energ
     window_energy(samples, window).map(|e| e.mean_power_w)
 }
 
+/// What the scenario asks of a window's power measurement.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PowerPolicy {
+    /// A window losing more than this fraction of its sample slots is flagged (and measured again).
+    pub max_lost_fraction: f64,
+    /// A window with fewer samples than this is flagged as too coarse for the energy figure to be
+    /// trusted to the scenario's accuracy (recorded as measured, not retried).
+    pub min_samples: usize,
+}
+
+/// Below this many samples a window's energy is a coarse estimate: at 10 samples the trapezoid rule is
+/// within a few per cent for signals that change on the window's own time scale.
+pub const MIN_WINDOW_SAMPLES: usize = 10;
+
+/// Everything a cell records about its power.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CellPower {
+    pub energy: WindowEnergy,
+    pub per_inference: InferenceEnergy,
+    /// Lost slots inside the window.
+    pub lost: u64,
+    /// `lost / (samples + lost)`.
+    pub lost_fraction: f64,
+    /// Samples per second of window.
+    pub effective_rate_hz: f64,
+    /// More lost than [`PowerPolicy::max_lost_fraction`] allows: worth measuring again.
+    pub lost_flagged: bool,
+    /// Fewer samples than [`PowerPolicy::min_samples`].
+    pub few_samples: bool,
+    /// The fit of the monitor's clock the samples were placed with.
+    pub fit: Option<ClockLine>,
+}
+
+/// The power figures of one cell from the capture around its window.
+pub fn cell_power(
+    capture: &Capture,
+    window: HostWindow,
+    idle_power_w: Option<f64>,
+    inferences: u64,
+    policy: &PowerPolicy,
+) -> Result<CellPower, EnergyError> {
+    let energy = window_energy(&capture.samples, window)?;
+    let per_inference = energy_per_inference(&energy, idle_power_w.unwrap_or(0.0), inferences)?;
+    let lost = lost_in_window(&capture.lost, window);
+    let slots = energy.samples_in_window as u64 + lost;
+    let lost_fraction = if slots == 0 { 0.0 } else { lost as f64 / slots as f64 };
+    Ok(CellPower {
+        per_inference,
+        lost,
+        lost_fraction,
+        effective_rate_hz: energy.samples_in_window as f64 / energy.duration_s,
+        lost_flagged: lost_fraction > policy.max_lost_fraction,
+        few_samples: energy.samples_in_window < policy.min_samples,
+        fit: capture.fit,
+        energy,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn s(t_ns: u64, power_w: f64) -> Sample {
-        Sample { t_ns, current_a: power_w / 5.0, voltage_v: 5.0, logic: None }
+        Sample::at(t_ns, power_w / 5.0, 5.0)
     }
 
     fn regular(start: u64, period: u64, n: usize, p: impl Fn(u64) -> f64) -> Vec<Sample> {
@@ -427,17 +507,75 @@ mod tests {
         assert!((per.net_j - 0.05).abs() < 1e-12);
         assert_eq!(energy_per_inference(&e, 0.5, 0), Err(EnergyError::NoInferences));
         assert!((mean_power_w(&samples, w(0, 1_000_000_000)).unwrap() - 3.0).abs() < 1e-12);
-        assert_eq!(missing_samples(&e, 100.0), 0);
-        // Drop 10 samples from the middle: they are missing, and the gap shows.
+        // Drop 10 samples from the middle: the gap shows.
         let mut holed = samples.clone();
         holed.drain(50..60);
         let e = window_energy(&holed, w(0, 2_000_000_000)).unwrap();
-        assert_eq!(missing_samples(&e, 100.0), 10);
+        assert_eq!(e.samples_in_window, 190, "t = 0 .. 1.99 s less the 10 dropped");
         assert!((e.max_gap_s - 0.11).abs() < 1e-12);
         assert!((e.energy_j - 6.0).abs() < 1e-9, "constant power: interpolation across the gap is exact");
     }
 
+    fn run(t_ns: u64, period_ns: f64, count: u64) -> LostRun {
+        LostRun { t_ns, period_ns, count, clock: None, clock_step: 1.0, reindex_until: None }
+    }
+
+    #[test]
+    fn losses_are_charged_to_the_window_they_fall_in_once() {
+        // 17 slots lost at 10 us from t = 1 ms: inside [0, 2 ms), none in a later window.
+        let runs = [run(1_000_000, 10_000.0, 17)];
+        assert_eq!(lost_in_window(&runs, w(0, 2_000_000)), 17);
+        assert_eq!(lost_in_window(&runs, w(2_000_000, 4_000_000)), 0);
+        // A window edge through the run splits it, half-open: slots at 1.00..1.08 ms | 1.09..1.16 ms.
+        let a = lost_in_window(&runs, w(0, 1_090_000));
+        let b = lost_in_window(&runs, w(1_090_000, 3_000_000));
+        assert_eq!((a, b), (9, 8));
+        // A single lost poll (period 0) counts where it is.
+        let poll = [run(500, 0.0, 1)];
+        assert_eq!(lost_in_window(&poll, w(0, 500)), 0);
+        assert_eq!(lost_in_window(&poll, w(500, 501)), 1);
+        assert_eq!(lost_in_window(&[run(0, 1.0, 0)], w(0, 10)), 0);
+    }
+
+    #[test]
+    fn cell_power_counts_losses_once_and_flags() {
+        // 100 kS/s for 1 s at 2 W with 17 samples missing from the stream, inside the window.
+        let mut samples = regular(0, 10_000, 100_001, |_| 2.0);
+        samples.drain(50_000..50_017);
+        let capture = Capture { samples, lost: vec![run(500_000_000, 10_000.0, 17)], fit: None };
+        let policy = PowerPolicy { max_lost_fraction: 0.01, min_samples: MIN_WINDOW_SAMPLES };
+        let p = cell_power(&capture, w(100_000_000, 900_000_000), Some(0.5), 100, &policy).unwrap();
+        assert_eq!(p.lost, 17, "counted once");
+        assert_eq!(p.energy.samples_in_window, 80_000 - 17);
+        assert!((p.energy.energy_j - 1.6).abs() < 1e-9);
+        assert!((p.per_inference.net_j - (1.6 - 0.4) / 100.0).abs() < 1e-12);
+        assert!(!p.lost_flagged && !p.few_samples);
+        assert!((p.effective_rate_hz - 79_983.0 / 0.8).abs() < 1e-6);
+        // The same loss outside the window is not the window's.
+        let p = cell_power(&capture, w(600_000_000, 900_000_000), None, 1, &policy).unwrap();
+        assert_eq!(p.lost, 0);
+        // A 10 Hz monitor over a 0.5 s window: measured, flagged as few samples.
+        let slow = Capture { samples: regular(0, 100_000_000, 20, |_| 1.0), lost: vec![], fit: None };
+        let p = cell_power(&slow, w(120_000_000, 620_000_000), None, 5, &policy).unwrap();
+        assert!(p.few_samples && !p.lost_flagged);
+        assert!((p.energy.energy_j - 0.5).abs() < 1e-9);
+        // Heavy loss is flagged.
+        let lossy = Capture { lost: vec![run(200_000_000, 10_000.0, 5_000)], ..capture };
+        assert!(cell_power(&lossy, w(100_000_000, 900_000_000), None, 1, &policy).unwrap().lost_flagged);
+    }
+
     proptest! {
+        #[test]
+        fn lost_slots_partition_across_windows(
+            t in 0u64..10_000, period in 1.0f64..1_000.0, count in 0u64..500, cut in 0i64..600_000,
+        ) {
+            let runs = [run(t, period, count)];
+            let end = 1_000_000;
+            let whole = lost_in_window(&runs, w(0, end));
+            prop_assert_eq!(whole, count);
+            prop_assert_eq!(lost_in_window(&runs, w(0, cut)) + lost_in_window(&runs, w(cut, end)), count);
+        }
+
         #[test]
         fn constant_power_gives_power_times_duration(
             p in 0.0f64..20.0, period in 1u64..10_000, n in 3usize..500,

@@ -328,8 +328,11 @@ fn describe_measure(m: &MeasureSpec) -> String {
 fn summary(scenario: &Scenario) -> Vec<(&'static str, String)> {
     let model = match &scenario.model.source {
         ModelSource::Preset(p) => format!("preset {}", p.as_str()),
-        ModelSource::Safetensors { path } => format!("safetensors {path} (on the board)"),
+        ModelSource::Safetensors { path, preset } => {
+            format!("{} from safetensors {path} (on the board)", preset.as_str())
+        }
     };
+    let model = if scenario.model.lm_head { format!("{model} with its lm_head") } else { model };
     let seq = scenario.model.seq.map(|s| format!("seq {s}")).unwrap_or_else(|| "seq from the model".into());
     let variants: Vec<String> = scenario.variants.iter().map(describe_variant).collect();
     let mut lines = vec![

@@ -39,7 +39,15 @@ pub struct ProbeReport {
     pub thermal_zones: Vec<ThermalZone>,
     /// Things a user should know (no cpufreq driver, no thermal zones, ...).
     pub warnings: Vec<String>,
+    /// The simulator's marker (`hil-simulated.json` at the sysfs root, left by `hil sim serve` or
+    /// a `sim: true` board): its contents when present. A board with it is simulated whatever the
+    /// scenario says.
+    #[serde(default)]
+    pub simulated: Option<serde_json::Value>,
 }
+
+/// The file the simulator leaves at the root of its fake sysfs tree.
+pub const SIM_MARKER: &str = "hil-simulated.json";
 
 /// The CPU as `/proc/cpuinfo` describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +162,15 @@ pub fn probe(board: &mut dyn Board, sysfs_root: &str) -> Result<ProbeReport, Pro
         });
     }
     let thermal_zones = list_thermal_zones(board, &sysfs)?;
+    let marker = format!("{}/{SIM_MARKER}", sysfs.root().trim_end_matches('/'));
+    let simulated = match board.read_file(&marker) {
+        // Unreadable JSON still marks the board simulated: the file exists only where hil put it.
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        ),
+        Err(_) => None,
+    };
     if thermal_zones.is_empty() {
         warnings.push(format!("no thermal zones under {}: cool-down waits are impossible", sysfs.thermal_dir()));
     }
@@ -168,6 +185,7 @@ pub fn probe(board: &mut dyn Board, sysfs_root: &str) -> Result<ProbeReport, Pro
         cpufreq,
         thermal_zones,
         warnings,
+        simulated,
     })
 }
 
@@ -340,6 +358,9 @@ fn format_celsius(millicelsius: Option<i64>) -> String {
 impl fmt::Display for ProbeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "board {} ({})", self.board, self.transport)?;
+        if self.simulated.is_some() {
+            writeln!(f, "  SIMULATED (the sysfs tree carries hil's simulator marker {SIM_MARKER})")?;
+        }
         writeln!(f, "  arch      {}", self.arch)?;
         writeln!(f, "  kernel    {}", self.kernel)?;
         let mut cpu = self.cpu.model.clone().unwrap_or_else(|| "unknown".to_string());

@@ -55,6 +55,9 @@ pub struct CellRecord {
     pub throttled: bool,
     pub temp_before_c: Option<f64>,
     pub temp_after_c: Option<f64>,
+    /// The cool-down wait before the cell gave up at `measure.cooldown_timeout`: measured warm.
+    #[serde(default)]
+    pub cooldown_timed_out: bool,
     /// The agent's checksum of all outputs in the window (hex).
     pub checksum: String,
     // Power (absent when the board has no monitor).
@@ -62,10 +65,51 @@ pub struct CellRecord {
     pub idle_power_w: Option<f64>,
     pub energy_per_inference_mj: Option<f64>,
     pub net_energy_per_inference_mj: Option<f64>,
+    /// Samples inside the window.
     pub power_samples: Option<u64>,
+    /// Sample slots lost inside the window (each counted once).
     pub lost_samples: Option<u64>,
     pub clock_offset_uncertainty_us: Option<f64>,
+    /// More samples lost than `measure.max_lost_fraction` allows, after every attempt.
     pub power_flagged: Option<bool>,
+    /// Samples per second of window.
+    #[serde(default)]
+    pub power_rate_hz: Option<f64>,
+    /// Fewer samples in the window than an energy figure to the scenario's accuracy needs
+    /// ([`crate::energy::MIN_WINDOW_SAMPLES`]).
+    #[serde(default)]
+    pub power_few_samples: Option<bool>,
+    /// Why a cell on a board with a monitor has no energy (the monitor was gone, the window could not
+    /// be covered); `None` when it has one or the board has no monitor.
+    #[serde(default)]
+    pub energy_missing_reason: Option<String>,
+    /// The fit of the monitor's own clock to the host clock the window's samples were placed with:
+    /// its rate error against nominal (ppm), the segments it used and how tightly arrivals hug it.
+    #[serde(default)]
+    pub monitor_clock_ppm: Option<f64>,
+    #[serde(default)]
+    pub monitor_clock_points: Option<u64>,
+    #[serde(default)]
+    pub monitor_clock_spread_us: Option<f64>,
+    /// For monitors that flush whole (INA sketches): how far off the fit can place a reading given
+    /// the arrivals and the flush bounds, microseconds (see `ClockLine::bound_ns`).
+    #[serde(default)]
+    pub monitor_clock_bound_us: Option<f64>,
+    /// The variant's final hidden states against the dense model's over the seeded inputs, on the
+    /// board: cosine similarity and relative L2 error, and what they measure
+    /// (`perturbation (synthetic weights)` or `checkpoint`).
+    #[serde(default)]
+    pub fidelity_cosine: Option<f64>,
+    #[serde(default)]
+    pub fidelity_rel_l2: Option<f64>,
+    #[serde(default)]
+    pub fidelity_kind: Option<String>,
+    /// The window stopped at its wall-time cap before its minimum iterations or duration (the
+    /// agent's note says how far it got).
+    #[serde(default)]
+    pub time_capped: bool,
+    #[serde(default)]
+    pub agent_note: Option<String>,
     /// The agent's window on the host's monotonic clock (after clock alignment), ns.
     #[serde(default)]
     pub window_host_start_ns: Option<i64>,
@@ -99,8 +143,20 @@ macro_rules! frame {
     };
 }
 
-/// `cells.parquet`: one row per cell.
+/// `cells.parquet`: one row per cell. `started_at` is a UTC timestamp (ms).
 pub fn cells_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
+    let mut df = cells_frame_text(rows)?;
+    let ms: Vec<Option<i64>> = rows
+        .iter()
+        .map(|r| chrono::DateTime::parse_from_rfc3339(&r.started_at).ok().map(|t| t.timestamp_millis()))
+        .collect();
+    let started = Column::new("started_at".into(), ms)
+        .cast(&DataType::Datetime(TimeUnit::Milliseconds, Some(polars::prelude::TimeZone::UTC)))?;
+    df.replace("started_at", started.take_materialized_series())?;
+    Ok(df)
+}
+
+fn cells_frame_text(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
     frame!(rows;
         "board" => |r| r.board.clone(),
         "freq_khz" => |r| r.freq_khz,
@@ -128,6 +184,7 @@ pub fn cells_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "throttled" => |r| r.throttled,
         "temp_before_c" => |r| r.temp_before_c,
         "temp_after_c" => |r| r.temp_after_c,
+        "cooldown_timed_out" => |r| r.cooldown_timed_out,
         "checksum" => |r| r.checksum.clone(),
         "mean_power_w" => |r| r.mean_power_w,
         "idle_power_w" => |r| r.idle_power_w,
@@ -137,6 +194,18 @@ pub fn cells_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "lost_samples" => |r| r.lost_samples,
         "clock_offset_uncertainty_us" => |r| r.clock_offset_uncertainty_us,
         "power_flagged" => |r| r.power_flagged,
+        "power_rate_hz" => |r| r.power_rate_hz,
+        "power_few_samples" => |r| r.power_few_samples,
+        "energy_missing_reason" => |r| r.energy_missing_reason.clone(),
+        "monitor_clock_ppm" => |r| r.monitor_clock_ppm,
+        "monitor_clock_points" => |r| r.monitor_clock_points,
+        "monitor_clock_spread_us" => |r| r.monitor_clock_spread_us,
+        "monitor_clock_bound_us" => |r| r.monitor_clock_bound_us,
+        "fidelity_cosine" => |r| r.fidelity_cosine,
+        "fidelity_rel_l2" => |r| r.fidelity_rel_l2,
+        "fidelity_kind" => |r| r.fidelity_kind.clone(),
+        "time_capped" => |r| r.time_capped,
+        "agent_note" => |r| r.agent_note.clone(),
     )
 }
 
@@ -164,6 +233,7 @@ pub fn latency_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "freq_khz" => |r| r.cell.freq_khz,
         "variant" => |r| r.cell.variant.clone(),
         "repeat" => |r| r.cell.repeat,
+        "simulated" => |r| r.cell.simulated,
         "iteration" => |r| r.iteration,
         "latency_ns" => |r| r.latency_ns,
     )
@@ -210,10 +280,16 @@ pub fn power_windows_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "freq_khz" => |r| r.freq_khz,
         "variant" => |r| r.variant.clone(),
         "repeat" => |r| r.repeat,
+        "simulated" => |r| r.simulated,
         "window_host_start_ns" => |r| r.window_host_start_ns,
         "window_host_end_ns" => |r| r.window_host_end_ns,
         "samples" => |r| r.power_samples,
         "lost_samples" => |r| r.lost_samples,
+        "rate_hz" => |r| r.power_rate_hz,
+        "few_samples" => |r| r.power_few_samples,
+        "monitor_clock_ppm" => |r| r.monitor_clock_ppm,
+        "monitor_clock_spread_us" => |r| r.monitor_clock_spread_us,
+        "monitor_clock_bound_us" => |r| r.monitor_clock_bound_us,
         "energy_j" => |r| r.window_energy_j,
         "mean_power_w" => |r| r.mean_power_w,
         "idle_power_w" => |r| r.idle_power_w,
@@ -233,6 +309,7 @@ pub fn write_power_part(
     key: &CellKey,
     samples: &[crate::power::Sample],
     window_start_ns: i64,
+    simulated: bool,
 ) -> Result<()> {
     let parts = dir.join(POWER_RAW_DIR);
     fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
@@ -241,9 +318,12 @@ pub fn write_power_part(
         "freq_khz" => |_s| key.freq_khz,
         "variant" => |_s| key.variant.clone(),
         "repeat" => |_s| key.repeat,
+        "simulated" => |_s| simulated,
         "t_ns" => |s| s.t_ns as i64 - window_start_ns,
+        "t_host_ns" => |s| s.t_ns as i64,
         "current_a" => |s| s.current_a,
         "voltage_v" => |s| s.voltage_v,
+        "logic" => |s| s.logic.map(u32::from),
     )
     .context("building raw power table")?;
     let name = format!("{}_{}_{}_r{}.parquet", key.board, key.freq_khz, key.variant, key.repeat);
@@ -280,6 +360,58 @@ pub fn merge_power_parts(dir: &Path) -> Result<()> {
     Ok(())
 }
 pub const JOURNAL: &str = "cells.jsonl";
+/// Reconfiguration costs, one line per board and pattern set (the newest line wins on resume).
+pub const SWITCH_JOURNAL: &str = "switch.jsonl";
+pub const SWITCH_PARQUET: &str = "switch.parquet";
+
+/// One row of `switch.parquet`: what putting a pattern set into effect costs on a board.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchRecord {
+    pub board: String,
+    pub variant: String,
+    /// The level it was measured at (the board's lowest: where a battery-driven switch lands).
+    pub freq_khz: u64,
+    pub simulated: bool,
+    /// Switches measured of each kind; the figures are their medians.
+    pub rounds: u32,
+    /// The live model changes its active, prepacked set.
+    pub hot_switch_us: f64,
+    /// The set is put into effect from the resident BP weights and its pattern definitions
+    /// (assignment and packing), as on a device holding one packed set at a time.
+    pub cold_switch_ms: f64,
+    /// First inference after the switch minus the median of the next ones, ms.
+    pub hot_first_inference_penalty_ms: f64,
+    pub cold_first_inference_penalty_ms: f64,
+    /// The cold figure: the penalty a device holding one set pays.
+    pub first_inference_penalty_ms: f64,
+    /// Bytes this set's packed layers and mask take.
+    pub resident_bytes: u64,
+    /// What the model holds with every set prepacked, and with one set at a time.
+    pub resident_bytes_all_prepacked: Option<u64>,
+    pub resident_bytes_one_set: Option<u64>,
+    /// RT3's claim: a switch within 45 ms (the cold switch plus its first-inference penalty).
+    pub within_45_ms: bool,
+}
+
+/// `switch.parquet`.
+pub fn switch_frame(rows: &[SwitchRecord]) -> PolarsResult<DataFrame> {
+    frame!(rows;
+        "board" => |r| r.board.clone(),
+        "variant" => |r| r.variant.clone(),
+        "freq_khz" => |r| r.freq_khz,
+        "simulated" => |r| r.simulated,
+        "rounds" => |r| r.rounds,
+        "hot_switch_us" => |r| r.hot_switch_us,
+        "cold_switch_ms" => |r| r.cold_switch_ms,
+        "hot_first_inference_penalty_ms" => |r| r.hot_first_inference_penalty_ms,
+        "cold_first_inference_penalty_ms" => |r| r.cold_first_inference_penalty_ms,
+        "first_inference_penalty_ms" => |r| r.first_inference_penalty_ms,
+        "resident_bytes" => |r| r.resident_bytes,
+        "resident_bytes_all_prepacked" => |r| r.resident_bytes_all_prepacked,
+        "resident_bytes_one_set" => |r| r.resident_bytes_one_set,
+        "within_45_ms" => |r| r.within_45_ms,
+    )
+}
 pub const CELLS_PARQUET: &str = "cells.parquet";
 pub const LATENCY_PARQUET: &str = "latency.parquet";
 
@@ -288,14 +420,23 @@ pub const LATENCY_PARQUET: &str = "latency.parquet";
 pub struct ResultsStore {
     dir: PathBuf,
     cells: Vec<CellRecord>,
+    switches: Vec<SwitchRecord>,
 }
 
 impl ResultsStore {
     /// Opens (or creates) the store in `dir`, loading any cells already journaled.
     pub fn open(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("creating results directory {}", dir.display()))?;
+        for journal in [JOURNAL, SWITCH_JOURNAL] {
+            repair_torn_tail(&dir.join(journal))?;
+        }
         let cells = read_journal(dir)?;
-        Ok(Self { dir: dir.to_path_buf(), cells })
+        let mut switches: Vec<SwitchRecord> = Vec::new();
+        for r in read_jsonl::<SwitchRecord>(&dir.join(SWITCH_JOURNAL))? {
+            switches.retain(|s| !(s.board == r.board && s.variant == r.variant));
+            switches.push(r);
+        }
+        Ok(Self { dir: dir.to_path_buf(), cells, switches })
     }
 
     pub fn dir(&self) -> &Path {
@@ -327,6 +468,35 @@ impl ResultsStore {
         self.write_tables()
     }
 
+    /// Whether a board's reconfiguration costs are recorded.
+    pub fn has_switches(&self, board: &str) -> bool {
+        self.switches.iter().any(|s| s.board == board)
+    }
+
+    /// Appends a board's reconfiguration costs (journal first), replacing earlier rows of the
+    /// same board and set, and rewrites `switch.parquet`.
+    pub fn append_switches(&mut self, rows: &[SwitchRecord]) -> Result<()> {
+        let path = self.dir.join(SWITCH_JOURNAL);
+        let mut text = String::new();
+        for r in rows {
+            text.push_str(&serde_json::to_string(r).context("serialising a switch record")?);
+            text.push('\n');
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("appending to {}", path.display()))?;
+        f.sync_data().with_context(|| format!("syncing {}", path.display()))?;
+        for r in rows {
+            self.switches.retain(|s| !(s.board == r.board && s.variant == r.variant));
+            self.switches.push(r.clone());
+        }
+        let mut df = switch_frame(&self.switches).context("building switch table")?;
+        write_parquet_atomic(&self.dir.join(SWITCH_PARQUET), &mut df)
+    }
+
     /// Regenerates `cells.parquet` and `latency.parquet` from the journal.
     pub fn write_tables(&self) -> Result<()> {
         let mut cells = cells_frame(&self.cells).context("building cells table")?;
@@ -346,8 +516,52 @@ impl ResultsStore {
 /// Reads `cells.jsonl`. A torn last line (the process died mid-write) is ignored with a warning;
 /// a corrupt line elsewhere is an error naming the line.
 pub fn read_journal(dir: &Path) -> Result<Vec<CellRecord>> {
-    let path = dir.join(JOURNAL);
-    let f = match File::open(&path) {
+    read_jsonl(&dir.join(JOURNAL))
+}
+
+/// Cuts a journal back to its last complete line when a crash left half a line at its end, so the
+/// next append starts on a line of its own; the fragment is appended to `<journal>.torn` and said on
+/// the terminal. Returns the bytes cut.
+pub fn repair_torn_tail(path: &Path) -> Result<usize> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(0);
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let fragment = &bytes[keep..];
+    let torn = path.with_extension(format!(
+        "{}.torn",
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let mut aside = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&torn)
+        .with_context(|| format!("opening {}", torn.display()))?;
+    aside
+        .write_all(fragment)
+        .and_then(|()| aside.write_all(b"\n"))
+        .and_then(|()| aside.sync_data())
+        .with_context(|| format!("keeping the torn line of {} in {}", path.display(), torn.display()))?;
+    let f = OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.set_len(keep as u64).and_then(|()| f.sync_data()).with_context(|| format!("truncating {}", path.display()))?;
+    eprintln!(
+        "warning: {} ended in half a line ({} bytes, from an interrupted write): cut off and kept in {}",
+        path.display(),
+        fragment.len(),
+        torn.display()
+    );
+    Ok(fragment.len())
+}
+
+/// Reads a JSON-lines journal of records (missing file: none). A torn last line is ignored with a
+/// warning; a corrupt line elsewhere is an error naming the line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
@@ -356,20 +570,20 @@ pub fn read_journal(dir: &Path) -> Result<Vec<CellRecord>> {
         .lines()
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("reading {}", path.display()))?;
-    let mut cells = Vec::with_capacity(lines.len());
+    let mut records = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<CellRecord>(line) {
-            Ok(c) => cells.push(c),
+        match serde_json::from_str::<T>(line) {
+            Ok(c) => records.push(c),
             Err(e) if i + 1 == lines.len() => {
                 eprintln!("warning: ignoring a torn last line in {} ({e})", path.display());
             }
-            Err(e) => anyhow::bail!("{}: line {}: not a cell record: {e}", path.display(), i + 1),
+            Err(e) => anyhow::bail!("{}: line {}: not a record of this journal: {e}", path.display(), i + 1),
         }
     }
-    Ok(cells)
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -386,6 +600,11 @@ pub(crate) mod tests {
             variant_kind: "dense".into(),
             sparsity: 0.0,
             simulated: true,
+            fidelity_cosine: None,
+            fidelity_rel_l2: None,
+            fidelity_kind: None,
+            time_capped: false,
+            agent_note: None,
             started_at: "2026-11-28T10:00:00Z".into(),
             attempts: 1,
             iterations: 3,
@@ -404,6 +623,7 @@ pub(crate) mod tests {
             throttled: false,
             temp_before_c: None,
             temp_after_c: None,
+            cooldown_timed_out: false,
             checksum: "00ff".into(),
             mean_power_w: None,
             idle_power_w: None,
@@ -413,6 +633,13 @@ pub(crate) mod tests {
             lost_samples: None,
             clock_offset_uncertainty_us: None,
             power_flagged: None,
+            power_rate_hz: None,
+            power_few_samples: None,
+            energy_missing_reason: None,
+            monitor_clock_ppm: None,
+            monitor_clock_points: None,
+            monitor_clock_spread_us: None,
+            monitor_clock_bound_us: None,
             window_host_start_ns: None,
             window_host_end_ns: None,
             window_energy_j: None,
@@ -434,6 +661,71 @@ pub(crate) mod tests {
         let reopened = ResultsStore::open(dir.path()).unwrap();
         assert_eq!(reopened.finished().len(), 2);
         assert_eq!(reopened.cells()[0], sample_cell("pi", 600_000, "dense", 0));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_aside_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ResultsStore::open(dir.path()).unwrap();
+        store.append(sample_cell("pi", 600_000, "dense", 0)).unwrap();
+        drop(store);
+        // A crash mid-write: half of the next cell's line.
+        let line = serde_json::to_string(&sample_cell("pi", 600_000, "bp", 0)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(dir.path().join(JOURNAL)).unwrap();
+        f.write_all(&line.as_bytes()[..line.len() / 2]).unwrap();
+        drop(f);
+        let mut store = ResultsStore::open(dir.path()).unwrap();
+        assert_eq!(store.cells().len(), 1);
+        store.append(sample_cell("pi", 1_500_000, "dense", 0)).unwrap();
+        let back = read_journal(dir.path()).unwrap();
+        assert_eq!(back.len(), 2, "every complete cell reads back, none fused with the fragment");
+        let torn = fs::read_to_string(dir.path().join("cells.jsonl.torn")).unwrap();
+        assert_eq!(torn.trim_end(), &line[..line.len() / 2]);
+    }
+
+    #[test]
+    fn started_at_is_a_utc_timestamp_in_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ResultsStore::open(dir.path()).unwrap();
+        let mut cell = sample_cell("pi", 600_000, "dense", 0);
+        cell.started_at = "2026-12-04T10:11:12.345Z".into();
+        store.append(cell).unwrap();
+        let cells = read_parquet(&dir.path().join(CELLS_PARQUET)).unwrap();
+        let col = cells.column("started_at").unwrap();
+        assert_eq!(col.dtype(), &DataType::Datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC)));
+        let ms = col.cast(&DataType::Int64).unwrap().i64().unwrap().get(0).unwrap();
+        assert_eq!(ms, chrono::DateTime::parse_from_rfc3339("2026-12-04T10:11:12.345Z").unwrap().timestamp_millis());
+    }
+
+    #[test]
+    fn switch_rows_replace_earlier_rows_of_the_same_set_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ResultsStore::open(dir.path()).unwrap();
+        let row = |variant: &str, cold: f64| SwitchRecord {
+            board: "pi".into(),
+            variant: variant.into(),
+            freq_khz: 600_000,
+            simulated: false,
+            rounds: 5,
+            hot_switch_us: 0.2,
+            cold_switch_ms: cold,
+            hot_first_inference_penalty_ms: 0.1,
+            cold_first_inference_penalty_ms: 0.3,
+            first_inference_penalty_ms: 0.3,
+            resident_bytes: 1000,
+            resident_bytes_all_prepacked: Some(5000),
+            resident_bytes_one_set: Some(3000),
+            within_45_ms: cold < 45.0,
+        };
+        assert!(!store.has_switches("pi"));
+        store.append_switches(&[row("pp62", 12.0), row("pp75", 10.0)]).unwrap();
+        store.append_switches(&[row("pp75", 50.0)]).unwrap();
+        let df = read_parquet(&dir.path().join(SWITCH_PARQUET)).unwrap();
+        assert_eq!(df.height(), 2);
+        let reopened = ResultsStore::open(dir.path()).unwrap();
+        assert!(reopened.has_switches("pi"));
+        let pp75: Vec<&SwitchRecord> = reopened.switches.iter().filter(|s| s.variant == "pp75").collect();
+        assert_eq!((pp75.len(), pp75[0].cold_switch_ms, pp75[0].within_45_ms), (1, 50.0, false));
     }
 
     #[test]

@@ -7,9 +7,15 @@
 //! - a board's cpufreq settings are saved (on the board too) before the first
 //!   write and restored on success, error and Ctrl-C; a crashed run's restore
 //!   file is applied at the next connect, before anything else;
-//! - one board's failure does not stop the others;
+//! - one board's failure does not stop the others, and one cell's failure does
+//!   not stop its board (only a board that cannot be reached again does);
 //! - a cell that fails in a retryable way (SSH drop, agent crash) is retried
-//!   after reconnecting, up to `measure.max_attempts`, and attempts are recorded.
+//!   after reconnecting, up to `measure.max_attempts`, and attempts are recorded;
+//!   a window whose power measurement fell short (samples lost, the window not
+//!   covered) is measured again without reconnecting;
+//! - a cell without energy is still a cell: when the monitor is gone or a
+//!   window cannot be covered after every attempt, its latency is recorded with
+//!   energy null and the reason.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use device_agent::protocol::{
     HelloReply, LoadReply, LoadRequest, ModelSpec as WireModel, PatternMethod as WireMethod, RunRequest,
     VariantSpecWire,
@@ -34,7 +40,8 @@ use crate::dvfs::{
     DEFAULT_FREQ_TOLERANCE_KHZ,
 };
 use crate::energy::{
-    board_window_to_host, energy_per_inference, estimate_offset, missing_samples, window_energy, ClockMap, HostWindow,
+    board_window_to_host, cell_power, estimate_offset, mean_power_w, CellPower, ClockMap, HostWindow, PowerPolicy,
+    MIN_WINDOW_SAMPLES,
 };
 use crate::plan::{plan_board, Cell};
 use crate::power::MonitorInfo;
@@ -69,6 +76,8 @@ pub struct BoardOutcome {
     pub cells_done: usize,
     pub cells_skipped: usize,
     pub cells_failed: usize,
+    /// Cells recorded without energy on a board that has a monitor.
+    pub cells_without_energy: usize,
     pub interrupted: bool,
     pub error: Option<String>,
 }
@@ -106,6 +115,9 @@ pub struct BoardMeta {
     pub switch_ns: std::collections::BTreeMap<String, u64>,
     /// Every variant's kernels against the scalar reference on this board's CPU.
     pub selftest: Option<device_agent::protocol::SelftestReply>,
+    /// Every variant's output against the dense model's, on this board.
+    #[serde(default)]
+    pub fidelity: Option<device_agent::protocol::FidelityReply>,
     pub outcome: Option<BoardOutcome>,
 }
 
@@ -210,6 +222,7 @@ pub fn run_scenario(
                     cells_done: 0,
                     cells_skipped: 0,
                     cells_failed: 0,
+                    cells_without_energy: 0,
                     interrupted: false,
                     error: Some("the board's thread panicked (a bug in hil)".into()),
                 })
@@ -258,7 +271,7 @@ fn pin_strategy(g: &GovernorChoice) -> PinStrategy {
     match g {
         GovernorChoice::Auto => PinStrategy::Auto,
         GovernorChoice::Userspace => PinStrategy::Userspace,
-        GovernorChoice::MinMaxUnder(_) => PinStrategy::MinMax,
+        GovernorChoice::MinMaxUnder(name) => PinStrategy::MinMaxUnder(name.clone()),
     }
 }
 
@@ -284,12 +297,15 @@ pub fn load_request(scenario: &Scenario) -> LoadRequest {
             seed: scenario.model.seed,
             seq: scenario.model.seq.map(|s| s as usize),
             safetensors: None,
+            lm_head: scenario.model.lm_head,
         },
-        ModelSource::Safetensors { path } => WireModel {
-            preset: "safetensors".to_string(),
+        // The preset names the architecture the agent reads the file as.
+        ModelSource::Safetensors { path, preset } => WireModel {
+            preset: preset.as_str().to_string(),
             seed: scenario.model.seed,
             seq: scenario.model.seq.map(|s| s as usize),
             safetensors: Some(path.clone()),
+            lm_head: scenario.model.lm_head,
         },
     };
     let variants = scenario
@@ -319,7 +335,7 @@ pub fn load_request(scenario: &Scenario) -> LoadRequest {
             },
         })
         .collect();
-    LoadRequest { model, variants }
+    LoadRequest { model, variants, residency: Default::default() }
 }
 
 /// Starts the agent and loads the model; returns the client and the load reply.
@@ -349,6 +365,7 @@ fn run_board(
         cells_done: 0,
         cells_skipped: 0,
         cells_failed: 0,
+        cells_without_energy: 0,
         interrupted: false,
         error: None,
     };
@@ -401,9 +418,15 @@ fn run_board_inner(
     bar.set_message("probing");
     let report = probe(board.as_mut(), &spec.sysfs_root)?;
     let resolved = validate_against_probe(scenario, name, &facts_from_probe(&report))?;
+    // Simulated when the scenario says so, or when the sysfs tree is the simulator's (a board
+    // served by `hil sim serve` looks like any SSH board otherwise).
+    let simulated = spec.sim || report.simulated.is_some();
+    if simulated && !spec.sim {
+        say(bar, format!("board {name}: its sysfs tree is hil's simulator's: every result is labelled SIMULATED"));
+    }
     shared.update_board_meta(name, |m| {
         m.transport = board.transport().to_string();
-        m.simulated = spec.sim;
+        m.simulated = simulated;
         m.probe = Some(report.clone());
         m.restored_from_previous_crash = recovered.is_some();
         m.policies = resolved.policies.clone();
@@ -415,9 +438,13 @@ fn run_board_inner(
     outcome.cells_skipped = board_plan.cells.len() - cells.len();
     bar.set_length(board_plan.cells.len() as u64);
     bar.set_position(outcome.cells_skipped as u64);
-    if cells.is_empty() {
+    let has_pattern_sets =
+        scenario.variants.iter().any(|v| matches!(v.kind, crate::scenario::VariantKind::Pattern { .. }));
+    let switches_done = shared.store.lock().unwrap_or_else(|p| p.into_inner()).has_switches(name);
+    if cells.is_empty() && (switches_done || !has_pattern_sets) {
         return Ok(());
     }
+    let lowest_khz = resolved.levels_khz.iter().copied().min();
 
     bar.set_message("building agent");
     let target = match &spec.target {
@@ -440,21 +467,12 @@ fn run_board_inner(
             let session = PowerSession::start(open_scenario_monitor(m)?)?;
             let info = session.info().clone();
             shared.update_board_meta(name, |meta| meta.monitor = Some(info));
-            Some(PowerState { spec: m.clone(), session: Some(session), idle_w: HashMap::new() })
+            Some(PowerState { spec: m.clone(), session: Some(session), gone: None, idle_w: HashMap::new() })
         }
         None => None,
     };
-    let result = measure_cells(
-        shared,
-        spec,
-        &resolved.thermal_zone,
-        &deployed,
-        &mut guard,
-        &cells,
-        bar,
-        outcome,
-        power.as_mut(),
-    );
+    let board_run = BoardRun { spec, simulated, thermal_zone: &resolved.thermal_zone, deployed: &deployed, lowest_khz };
+    let result = measure_cells(shared, &board_run, &mut guard, &cells, bar, outcome, power.as_mut());
     // Restore whatever happened above; report both errors if both fail.
     bar.set_message("restoring cpufreq");
     let restored = guard.restore();
@@ -476,19 +494,28 @@ fn say(bar: &ProgressBar, line: String) {
     }
 }
 
-/// Runs the cells in order, retrying retryable failures after reconnecting.
-#[allow(clippy::too_many_arguments)]
+/// What a board's cells share: its entry, whether it is simulated, its thermal zone, the agent.
+struct BoardRun<'a> {
+    spec: &'a BoardSpec,
+    simulated: bool,
+    thermal_zone: &'a Option<String>,
+    deployed: &'a Deployed,
+    /// The level reconfiguration is measured at.
+    lowest_khz: Option<u64>,
+}
+
+/// Runs the cells in order, retrying retryable failures after reconnecting, then measures what
+/// putting each pattern set into effect costs.
 fn measure_cells(
     shared: &RunShared,
-    spec: &BoardSpec,
-    thermal_zone: &Option<String>,
-    deployed: &Deployed,
+    board_run: &BoardRun,
     guard: &mut DvfsGuard<'_>,
     cells: &[Cell],
     bar: &ProgressBar,
     outcome: &mut BoardOutcome,
     mut power: Option<&mut PowerState>,
 ) -> Result<()> {
+    let BoardRun { spec, simulated, thermal_zone, deployed, lowest_khz } = *board_run;
     let scenario = shared.scenario;
     let name = spec.name.as_str();
     bar.set_message("loading model");
@@ -503,9 +530,15 @@ fn measure_cells(
     if !selftest.passed {
         say(bar, format!("board {name}: WARNING: agent selftest failed: kernels disagree with the scalar reference"));
     }
+    bar.set_message("measuring output fidelity");
+    let fidelity = agent.fidelity().context("agent fidelity check")?;
+    let fidelity_of: HashMap<String, (f64, f64)> =
+        fidelity.results.iter().map(|r| (r.variant.clone(), (r.cosine, r.rel_l2))).collect();
+    let fidelity_kind = fidelity.kind.clone();
     shared.update_board_meta(name, |m| {
         m.switch_ns = switch_ns;
         m.selftest = Some(selftest);
+        m.fidelity = Some(fidelity);
     });
     let zone = thermal_zone.as_deref().and_then(|z| z.strip_prefix("thermal_zone")).and_then(|n| n.parse::<u32>().ok());
     let mut pinned_khz: Option<u64> = None;
@@ -520,45 +553,106 @@ fn measure_cells(
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let ctx = CellContext { scenario, spec, zone, sparsity: &sparsity, attempts, results_dir: &results_dir };
+            let ctx = CellContext {
+                scenario,
+                simulated,
+                zone,
+                sparsity: &sparsity,
+                fidelity: &fidelity_of,
+                fidelity_kind: &fidelity_kind,
+                attempts,
+                results_dir: &results_dir,
+                stop: &shared.stop,
+            };
             if pinned_khz != Some(cell.key.freq_khz) || cell.starts_level_visit {
                 pinned_khz = None;
             }
             let result = measure_cell(&ctx, guard, &mut agent, cell, &mut pinned_khz, power.as_deref_mut());
+            let retry_left = attempts < scenario.measure.max_attempts && !shared.stopping();
             match result {
                 Ok(record) => {
+                    if power.is_some() && record.window_energy_j.is_none() {
+                        outcome.cells_without_energy += 1;
+                        say(
+                            bar,
+                            format!(
+                                "board {name}: cell {} recorded without energy: {}",
+                                cell.key,
+                                record.energy_missing_reason.as_deref().unwrap_or("no reason given")
+                            ),
+                        );
+                    }
                     shared.store.lock().unwrap_or_else(|p| p.into_inner()).append(record)?;
                     outcome.cells_done += 1;
                     break;
                 }
-                Err(CellError::Retryable(e)) if attempts < scenario.measure.max_attempts && !shared.stopping() => {
+                Err(CellError::Remeasure(e)) if retry_left => {
+                    // The board and the agent are fine; only the power measurement fell short.
+                    say(bar, format!("board {name}: cell {} attempt {attempts}: {e:#}; measuring it again", cell.key));
+                }
+                Err(CellError::MonitorLost(e)) if retry_left => {
+                    say(bar, format!("board {name}: cell {} attempt {attempts}: {e:#}", cell.key));
+                    // Pin again, so the idle power of this level is measured again on the reopened monitor.
+                    pinned_khz = None;
+                    if let Some(p) = power.as_deref_mut() {
+                        if !p.ensure_healthy(bar, &shared.stop) {
+                            outcome.interrupted = true;
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(CellError::Retryable(e)) if retry_left => {
                     say(bar, format!("board {name}: cell {} attempt {attempts} failed: {e:#}; reconnecting", cell.key));
                     pinned_khz = None;
                     if let Some(p) = power.as_deref_mut() {
-                        match p.ensure_healthy(bar, &shared.stop) {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                outcome.interrupted = true;
-                                return Ok(());
-                            }
-                            Err(err) => {
-                                outcome.cells_failed += 1;
-                                return Err(err.context(format!("board {name}: after: {e:#}")));
-                            }
+                        if !p.ensure_healthy(bar, &shared.stop) {
+                            outcome.interrupted = true;
+                            return Ok(());
                         }
                     }
                     if let Err(err) = reconnect_with_agent(guard, spec, scenario, &deployed.remote_path, &mut agent) {
+                        if shared.stopping() {
+                            outcome.interrupted = true;
+                            return Ok(());
+                        }
                         outcome.cells_failed += 1;
                         return Err(err.context(format!("board {name}: reconnecting after: {e:#}")));
                     }
                 }
-                Err(CellError::Retryable(e)) | Err(CellError::Fatal(e)) => {
+                Err(CellError::Retryable(e))
+                | Err(CellError::Fatal(e))
+                | Err(CellError::Remeasure(e))
+                | Err(CellError::MonitorLost(e)) => {
+                    if shared.stopping() {
+                        outcome.interrupted = true;
+                        return Ok(());
+                    }
+                    // One bad cell never ends a board: say it, count it, go on with the next.
                     outcome.cells_failed += 1;
-                    return Err(e.context(format!("cell {} failed after {attempts} attempt(s)", cell.key)));
+                    say(bar, format!("board {name}: cell {} failed after {attempts} attempt(s): {e:#}", cell.key));
+                    pinned_khz = None;
+                    break;
                 }
             }
         }
         bar.inc(1);
+    }
+    if !shared.stopping() && load.variants.iter().any(|v| v.kind == "pattern") {
+        bar.set_message("measuring reconfiguration");
+        if let Some(khz) = lowest_khz {
+            for id in guard.policies().iter().map(|p| p.id).collect::<Vec<_>>() {
+                guard.pin(id, khz, pin_strategy(&scenario.dvfs.governor))?;
+            }
+            std::thread::sleep(scenario.dvfs.settle);
+        }
+        match measure_reconfiguration(&mut agent, &load, name, simulated, lowest_khz.unwrap_or(0), &shared.stop) {
+            Ok(rows) if !rows.is_empty() => {
+                shared.store.lock().unwrap_or_else(|p| p.into_inner()).append_switches(&rows)?;
+            }
+            Ok(_) => {}
+            // The cells are recorded; the switch figures are what is missing, and that is said.
+            Err(e) => say(bar, format!("board {name}: measuring pattern-set switching failed: {e:#}")),
+        }
     }
     let _ = agent.quit();
     Ok(())
@@ -579,15 +673,30 @@ fn reconnect_with_agent(
 
 struct CellContext<'a> {
     scenario: &'a Scenario,
-    spec: &'a BoardSpec,
+    simulated: bool,
     zone: Option<u32>,
     sparsity: &'a HashMap<String, f64>,
+    /// Per variant: cosine and relative L2 against dense; and what they measure.
+    fidelity: &'a HashMap<String, (f64, f64)>,
+    fidelity_kind: &'a str,
     attempts: u32,
     results_dir: &'a Path,
+    stop: &'a AtomicBool,
 }
 
-/// A cell failure: worth a reconnect-and-retry, or not.
+impl CellContext<'_> {
+    fn power_policy(&self) -> PowerPolicy {
+        PowerPolicy { max_lost_fraction: self.scenario.measure.max_lost_fraction, min_samples: MIN_WINDOW_SAMPLES }
+    }
+}
+
+/// A cell failure: worth measuring again as it is, worth a reconnect-and-retry, or not.
 enum CellError {
+    /// The power measurement fell short (too many samples lost, the window not covered) while the
+    /// board, the agent and the monitor are fine: run the cell again without reconnecting.
+    Remeasure(anyhow::Error),
+    /// The monitor stopped (unplugged, stalled): wait for it to come back, then run the cell again.
+    MonitorLost(anyhow::Error),
     Retryable(anyhow::Error),
     Fatal(anyhow::Error),
 }
@@ -633,9 +742,15 @@ fn measure_cell(
         *pinned_khz = Some(khz);
         // Idle power at this level, with the agent idle, before its variants run.
         if let Some(p) = power.as_deref_mut() {
+            if p.session.is_none() {
+                // A monitor given up on earlier gets one quick try to come back at each level.
+                p.ensure_healthy(&ProgressBar::hidden(), ctx.stop);
+            }
             if !scenario.measure.idle_duration.is_zero() {
-                let idle = p.measure_idle(scenario.measure.idle_duration)?;
-                p.idle_w.insert(khz, idle);
+                p.idle_w.remove(&khz);
+                if let Some(idle) = p.measure_idle(scenario.measure.idle_duration, ctx.stop, &ProgressBar::hidden()) {
+                    p.idle_w.insert(khz, idle);
+                }
             }
         }
     }
@@ -648,6 +763,7 @@ fn measure_cell(
     }
 
     let sysfs = guard.sysfs().clone();
+    let mut cooldown_timed_out = false;
     if let (Some(zone), Some(limit)) = (ctx.zone, scenario.measure.cooldown_temp_c) {
         let mut clock = crate::dvfs::SystemClock::new();
         if let Err(e) = crate::dvfs::wait_for_cool_down(
@@ -659,7 +775,8 @@ fn measure_cell(
             Duration::from_millis(500),
             &mut clock,
         ) {
-            eprintln!("warning: {e}; measuring anyway (temperatures are recorded)");
+            cooldown_timed_out = true;
+            eprintln!("warning: {e}; measuring anyway (the cell is flagged cooldown_timed_out)");
         }
     }
     let temp = |guard: &mut DvfsGuard<'_>| {
@@ -671,70 +788,102 @@ fn measure_cell(
         tis_before.push(read_time_in_state(guard.board(), &sysfs, id)?);
     }
 
-    let before = match power.as_deref() {
+    // Power: a capture opened before the window, the window placed on the host clock after it.
+    let session = power.as_deref().and_then(|p| p.session.as_ref());
+    let before = match session {
         Some(_) => Some(clock_offset(agent)?),
         None => None,
     };
-    if let Some(p) = power.as_deref() {
-        p.session()?.begin().map_err(|e| CellError::Retryable(e.into()))?;
+    let last_attempt = ctx.attempts >= scenario.measure.max_attempts;
+    let mut energy_missing_reason: Option<String> = None;
+    let mut session = session;
+    if let Some(s) = session {
+        match s.begin() {
+            Ok(()) => {}
+            Err(e) if !last_attempt => return Err(CellError::MonitorLost(e.into())),
+            Err(e) => {
+                // Out of attempts: the cell is measured all the same, its energy says why not.
+                energy_missing_reason = Some(format!("the power monitor failed before the window: {e}"));
+                session = None;
+            }
+        }
     }
     let run = agent.run(RunRequest {
         variant: Some(cell.key.variant.clone()),
         warmup: scenario.measure.warmup_iterations,
         min_iters: scenario.measure.min_iterations.min(u32::MAX as u64) as u32,
         min_ms: scenario.measure.min_duration.as_millis() as u64,
+        max_ms: Some(window_cap_ms(scenario.measure.min_duration)),
         ..RunRequest::default()
     })?;
 
-    let energy = match (power.as_deref(), before) {
-        (Some(p), Some(before)) => {
-            let capture = p.session()?.end(Duration::from_millis(100)).map_err(|e| CellError::Retryable(e.into()))?;
-            let after = clock_offset(agent)?;
-            let map = ClockMap::new(before, Some(after));
-            let window = board_window_to_host(&map, run.window_start_ns, run.window_end_ns)
-                .map_err(|e| CellError::Fatal(anyhow!("aligning the window of {}: {e}", cell.key)))?;
-            let w = window_energy(&capture.samples, window).map_err(|e| {
-                CellError::Retryable(anyhow!(
-                    "power samples from the power monitor on {} for {}: {e}",
-                    p.session().map(|s| s.info().port.clone()).unwrap_or_default(),
-                    cell.key
-                ))
-            })?;
-            let rate = p.session()?.info().sample_rate_hz;
-            let lost = capture.lost + rate.map(|r| missing_samples(&w, r)).unwrap_or(0);
-            let expected = rate.map(|r| r * w.duration_s).unwrap_or(w.samples_in_window as f64).max(1.0);
-            let flagged = lost as f64 / expected > scenario.measure.max_lost_fraction;
-            if flagged && ctx.attempts < scenario.measure.max_attempts {
-                return Err(CellError::Retryable(anyhow!(
-                    "{} of ~{expected:.0} power samples lost in the window of {} (limit {:.1} %)",
-                    lost,
-                    cell.key,
-                    scenario.measure.max_lost_fraction * 100.0
-                )));
+    let mut measured: Option<MeasuredPower> = None;
+    if let (Some(p), None) = (power.as_deref(), &energy_missing_reason) {
+        match (session, before) {
+            (Some(session), Some(before)) => {
+                let after = clock_offset(agent)?;
+                let map = ClockMap::new(before, Some(after));
+                let window = board_window_to_host(&map, run.window_start_ns, run.window_end_ns)
+                    .map_err(|e| CellError::Fatal(anyhow!("aligning the window of {}: {e}", cell.key)))?;
+                match session.finish(Some(window.end_ns), ctx.stop) {
+                    Err(e) if !last_attempt => return Err(CellError::MonitorLost(e.into())),
+                    Err(e) => energy_missing_reason = Some(format!("the power monitor failed during the window: {e}")),
+                    Ok(finished) => {
+                        let idle = p.idle_w.get(&khz).copied();
+                        match cell_power(&finished.capture, window, idle, run.iterations, &ctx.power_policy()) {
+                            Ok(cp) if cp.lost_flagged && !last_attempt => {
+                                return Err(CellError::Remeasure(anyhow!(
+                                    "{} of {} power samples lost in the window of {} (limit {:.1} %)",
+                                    cp.lost,
+                                    cp.lost + cp.energy.samples_in_window as u64,
+                                    cell.key,
+                                    scenario.measure.max_lost_fraction * 100.0
+                                )))
+                            }
+                            Ok(cp) => {
+                                if scenario.measure.raw_power {
+                                    let range = crate::energy::samples_in_window(&finished.capture.samples, window);
+                                    crate::results::write_power_part(
+                                        ctx.results_dir,
+                                        &cell.key,
+                                        &finished.capture.samples[range],
+                                        window.start_ns,
+                                        ctx.simulated,
+                                    )
+                                    .map_err(CellError::Fatal)?;
+                                }
+                                measured = Some(MeasuredPower {
+                                    power: cp,
+                                    idle_power_w: idle,
+                                    window,
+                                    uncertainty_us: map.uncertainty_ns() as f64 / 1e3,
+                                });
+                            }
+                            Err(e) => {
+                                let mut why =
+                                    format!("the power monitor on {} for {}: {e}", session.info().port, cell.key);
+                                if !finished.covered {
+                                    why.push_str(&format!(
+                                        " (waited {:?} for a sample after the window's end: 3 x the longest gap \
+                                         between deliveries in the last 30 s + 250 ms)",
+                                        finished.limit
+                                    ));
+                                }
+                                if !last_attempt {
+                                    return Err(CellError::Remeasure(anyhow!(why)));
+                                }
+                                energy_missing_reason = Some(why);
+                            }
+                        }
+                    }
+                }
             }
-            if scenario.measure.raw_power {
-                let range = crate::energy::samples_in_window(&capture.samples, window);
-                crate::results::write_power_part(ctx.results_dir, &cell.key, &capture.samples[range], window.start_ns)
-                    .map_err(CellError::Fatal)?;
+            _ => {
+                energy_missing_reason =
+                    Some(p.gone.clone().unwrap_or_else(|| "the power monitor is not open".to_string()));
             }
-            let idle = p.idle_w.get(&khz).copied().unwrap_or(f64::NAN);
-            let e = energy_per_inference(&w, if idle.is_nan() { 0.0 } else { idle }, run.iterations)
-                .map_err(|e| CellError::Fatal(anyhow!("energy of {}: {e}", cell.key)))?;
-            Some(PowerFigures {
-                mean_power_w: e.mean_power_w,
-                idle_power_w: (!idle.is_nan()).then_some(idle),
-                gross_mj: e.gross_j * 1e3,
-                net_mj: (!idle.is_nan()).then_some(e.net_j * 1e3),
-                samples: w.samples_in_window as u64,
-                lost,
-                uncertainty_us: map.uncertainty_ns() as f64 / 1e3,
-                flagged,
-                window,
-                energy_j: w.energy_j,
-            })
         }
-        _ => None,
-    };
+    }
 
     let mut off_target_ms: Option<f64> = None;
     let mut throttled = false;
@@ -760,7 +909,7 @@ fn measure_cell(
         level: cell.level_index as u32,
         variant_kind: variant.kind.as_str().to_string(),
         sparsity: ctx.sparsity.get(&cell.key.variant).copied().unwrap_or(variant.kind.sparsity()),
-        simulated: ctx.spec.sim,
+        simulated: ctx.simulated,
         started_at,
         attempts: ctx.attempts,
         iterations: run.iterations,
@@ -779,18 +928,33 @@ fn measure_cell(
         throttled,
         temp_before_c,
         temp_after_c,
+        cooldown_timed_out,
         checksum: run.checksum.clone(),
-        mean_power_w: energy.as_ref().map(|e| e.mean_power_w),
-        idle_power_w: energy.as_ref().and_then(|e| e.idle_power_w),
-        energy_per_inference_mj: energy.as_ref().map(|e| e.gross_mj),
-        net_energy_per_inference_mj: energy.as_ref().and_then(|e| e.net_mj),
-        power_samples: energy.as_ref().map(|e| e.samples),
-        lost_samples: energy.as_ref().map(|e| e.lost),
-        clock_offset_uncertainty_us: energy.as_ref().map(|e| e.uncertainty_us),
-        power_flagged: energy.as_ref().map(|e| e.flagged),
-        window_host_start_ns: energy.as_ref().map(|e| e.window.start_ns),
-        window_host_end_ns: energy.as_ref().map(|e| e.window.end_ns),
-        window_energy_j: energy.as_ref().map(|e| e.energy_j),
+        mean_power_w: measured.as_ref().map(|m| m.power.energy.mean_power_w),
+        idle_power_w: measured.as_ref().and_then(|m| m.idle_power_w),
+        energy_per_inference_mj: measured.as_ref().map(|m| m.power.per_inference.gross_j * 1e3),
+        net_energy_per_inference_mj: measured
+            .as_ref()
+            .and_then(|m| m.idle_power_w.map(|_| m.power.per_inference.net_j * 1e3)),
+        power_samples: measured.as_ref().map(|m| m.power.energy.samples_in_window as u64),
+        lost_samples: measured.as_ref().map(|m| m.power.lost),
+        clock_offset_uncertainty_us: measured.as_ref().map(|m| m.uncertainty_us),
+        power_flagged: measured.as_ref().map(|m| m.power.lost_flagged),
+        power_rate_hz: measured.as_ref().map(|m| m.power.effective_rate_hz),
+        power_few_samples: measured.as_ref().map(|m| m.power.few_samples),
+        energy_missing_reason,
+        monitor_clock_ppm: measured.as_ref().and_then(|m| m.power.fit.and_then(|f| f.rate_error_ppm())),
+        monitor_clock_points: measured.as_ref().and_then(|m| m.power.fit.map(|f| f.points as u64)),
+        monitor_clock_spread_us: measured.as_ref().and_then(|m| m.power.fit.map(|f| f.spread_ns / 1e3)),
+        monitor_clock_bound_us: measured.as_ref().and_then(|m| m.power.fit.and_then(|f| f.bound_ns).map(|b| b / 1e3)),
+        fidelity_cosine: ctx.fidelity.get(&cell.key.variant).map(|f| f.0).filter(|v| v.is_finite()),
+        fidelity_rel_l2: ctx.fidelity.get(&cell.key.variant).map(|f| f.1).filter(|v| v.is_finite()),
+        fidelity_kind: ctx.fidelity.contains_key(&cell.key.variant).then(|| ctx.fidelity_kind.to_string()),
+        window_host_start_ns: measured.as_ref().map(|m| m.window.start_ns),
+        window_host_end_ns: measured.as_ref().map(|m| m.window.end_ns),
+        window_energy_j: measured.as_ref().map(|m| m.power.energy.energy_j),
+        time_capped: run.time_capped,
+        agent_note: run.note.clone(),
         latencies_ns: run.latencies_ns,
     })
 }
@@ -822,68 +986,84 @@ fn effective_spec(spec: &BoardSpec, sim: Option<&Simulator>) -> BoardSpec {
 struct PowerState {
     spec: MonitorSpec,
     session: Option<PowerSession>,
+    /// Why the monitor is gone for good (it did not come back): cells are recorded without energy.
+    gone: Option<String>,
     idle_w: HashMap<u64, f64>,
 }
 
-/// How long to wait for an unplugged monitor to come back before failing the board.
+/// How long to wait for an unplugged monitor to come back before going on without it.
 const MONITOR_RETURN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PowerState {
-    fn session(&self) -> Result<&PowerSession, CellError> {
-        self.session.as_ref().ok_or_else(|| CellError::Retryable(anyhow!("power monitor is not open")))
+    /// Mean power over `duration` with nothing running; `None` (said on the terminal) when the monitor
+    /// could not measure it: the level's cells then have gross energy only.
+    fn measure_idle(&mut self, duration: Duration, stop: &AtomicBool, bar: &ProgressBar) -> Option<f64> {
+        let session = self.session.as_ref()?;
+        let result = (|| -> Result<f64> {
+            session.begin()?;
+            let start = crate::power::host_monotonic_ns() as i64;
+            let until = std::time::Instant::now() + duration;
+            while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep((until - std::time::Instant::now()).min(Duration::from_millis(100)));
+            }
+            let window = HostWindow { start_ns: start, end_ns: crate::power::host_monotonic_ns() as i64 };
+            let finished = session.finish(Some(window.end_ns), stop)?;
+            Ok(mean_power_w(&finished.capture.samples, window)?)
+        })();
+        match result {
+            Ok(w) => Some(w),
+            Err(e) => {
+                say(bar, format!("idle power not measured ({e:#}); net energy stays empty at this level"));
+                None
+            }
+        }
     }
 
-    /// Mean power over `duration` with nothing running.
-    fn measure_idle(&mut self, duration: Duration) -> Result<f64, CellError> {
-        let session = self.session()?;
-        session.begin().map_err(|e| CellError::Retryable(e.into()))?;
-        std::thread::sleep(duration);
-        let capture = session.end(Duration::from_millis(50)).map_err(|e| CellError::Retryable(e.into()))?;
-        let (Some(first), Some(last)) = (capture.samples.first(), capture.samples.last()) else {
-            return Err(CellError::Retryable(anyhow!(
-                "the power monitor on {} delivered no samples during the idle measurement (did it stop streaming?)",
-                session.info().port
-            )));
-        };
-        let window = HostWindow { start_ns: first.t_ns as i64, end_ns: last.t_ns as i64 };
-        let w =
-            window_energy(&capture.samples, window).map_err(|e| CellError::Retryable(anyhow!("idle power: {e}")))?;
-        Ok(w.mean_power_w)
-    }
-
-    /// Reopens the monitor if its reader stopped (unplugged, pty closed, stalled), waiting for it
-    /// to come back. `Ok(false)` when the run was asked to stop meanwhile.
-    fn ensure_healthy(&mut self, bar: &ProgressBar, stop: &AtomicBool) -> Result<bool> {
+    /// Reopens the monitor if its reader stopped (unplugged, pty closed, stalled), waiting up to
+    /// [`MONITOR_RETURN_TIMEOUT`] for it to come back; when it does not, the run goes on without it
+    /// (cells get latency only, and say why). `false` when the run was asked to stop meanwhile.
+    fn ensure_healthy(&mut self, bar: &ProgressBar, stop: &AtomicBool) -> bool {
         let failed = match &self.session {
             Some(s) => s.failure().map(|e| e.to_string()),
-            None => Some("not open".into()),
+            None => Some(self.gone.clone().unwrap_or_else(|| "not open".into())),
         };
-        let Some(reason) = failed else { return Ok(true) };
+        let Some(reason) = failed else { return true };
         if let Some(s) = self.session.take() {
             s.stop();
         }
-        say(
-            bar,
-            format!("power monitor failed ({reason}); waiting up to {MONITOR_RETURN_TIMEOUT:?} for it to come back"),
-        );
+        // A monitor already given up on gets one quick try per cell, not another long wait.
+        let patience = if self.gone.is_some() { Duration::ZERO } else { MONITOR_RETURN_TIMEOUT };
+        if !patience.is_zero() {
+            say(bar, format!("power monitor failed ({reason}); waiting up to {patience:?} for it to come back"));
+        }
         let start = std::time::Instant::now();
         let mut delay = Duration::from_millis(250);
         loop {
             match open_scenario_monitor(&self.spec).and_then(|m| Ok(PowerSession::start(m)?)) {
                 Ok(s) => {
                     self.session = Some(s);
+                    self.gone = None;
                     self.idle_w.clear();
-                    return Ok(true);
+                    return true;
                 }
-                Err(e) if start.elapsed() >= MONITOR_RETURN_TIMEOUT => {
-                    bail!("the power monitor did not come back within {MONITOR_RETURN_TIMEOUT:?}: {e:#} (first failure: {reason})")
+                Err(e) if start.elapsed() >= patience => {
+                    if self.gone.is_none() {
+                        say(
+                            bar,
+                            format!(
+                                "power monitor did not come back within {patience:?} ({e:#}); going on with latency only"
+                            ),
+                        );
+                    }
+                    self.gone = Some(format!("the power monitor is gone ({reason}; reopening: {e:#})"));
+                    return true;
                 }
                 Err(_) => {
                     // Sleep in short slices so Ctrl-C is honoured while waiting.
                     let until = std::time::Instant::now() + delay;
                     while std::time::Instant::now() < until {
                         if stop.load(Ordering::SeqCst) {
-                            return Ok(false);
+                            return false;
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }
@@ -894,18 +1074,13 @@ impl PowerState {
     }
 }
 
-/// Power figures of one cell.
-struct PowerFigures {
-    mean_power_w: f64,
+/// The power of one measured cell, with what it was measured against.
+struct MeasuredPower {
+    power: CellPower,
     idle_power_w: Option<f64>,
-    gross_mj: f64,
-    net_mj: Option<f64>,
-    samples: u64,
-    lost: u64,
-    uncertainty_us: f64,
-    flagged: bool,
     window: HostWindow,
-    energy_j: f64,
+    /// Half the round trip of the board-to-host clock exchange used.
+    uncertainty_us: f64,
 }
 
 /// Board-to-host clock offset from several `clock` exchanges (the smallest round trip wins).
@@ -932,4 +1107,78 @@ fn measure_switching(agent: &mut AgentClient, load: &LoadReply) -> Result<std::c
             (name, t[t.len() / 2])
         })
         .collect())
+}
+
+/// The wall-time cap of a window (warm-up included): four times its minimum duration plus a minute,
+/// so a board that turned slow ends the window with a reply saying so instead of a reply timeout.
+fn window_cap_ms(min_duration: Duration) -> u64 {
+    (min_duration.as_millis() as u64).saturating_mul(4).saturating_add(60_000)
+}
+
+/// Hot and cold switches measured per pattern set.
+const SWITCH_ROUNDS: u32 = 5;
+/// Inferences timed after each switch: the first against the median of the rest.
+const SWITCH_PROBE: u32 = 6;
+
+/// What putting each pattern set into effect costs, RT3's way: from the set's block base, a hot
+/// switch (the prepacked set becomes active) and a cold one (the set is assigned and packed from
+/// its definitions), each followed by a probe of inferences for the first-inference penalty.
+fn measure_reconfiguration(
+    agent: &mut AgentClient,
+    load: &LoadReply,
+    board: &str,
+    simulated: bool,
+    freq_khz: u64,
+    stop: &AtomicBool,
+) -> Result<Vec<crate::results::SwitchRecord>> {
+    use device_agent::protocol::SwitchMode;
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    // First probe inference minus the median of the rest, ms.
+    let penalty_ms = |probe: &[u64]| -> f64 {
+        let rest: Vec<f64> = probe.iter().skip(1).map(|&t| t as f64).collect();
+        probe.first().map_or(f64::NAN, |&first| (first as f64 - median(rest)) / 1e6)
+    };
+    let mut rows = Vec::new();
+    for v in load.variants.iter().filter(|v| v.kind == "pattern") {
+        let base = v.base.clone().unwrap_or_default();
+        let (mut hot_us, mut cold_ms, mut hot_pen, mut cold_pen) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..SWITCH_ROUNDS {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(rows);
+            }
+            agent.switch_with(&base, SwitchMode::Hot, 0)?;
+            let hot = agent.switch_with(&v.name, SwitchMode::Hot, SWITCH_PROBE)?;
+            hot_us.push(hot.switch_ns as f64 / 1e3);
+            hot_pen.push(penalty_ms(&hot.probe_ns));
+            agent.switch_with(&base, SwitchMode::Hot, 0)?;
+            let cold = agent.switch_with(&v.name, SwitchMode::Cold, SWITCH_PROBE)?;
+            cold_ms.push(cold.switch_ns as f64 / 1e6);
+            cold_pen.push(penalty_ms(&cold.probe_ns));
+        }
+        let (cold_switch_ms, cold_penalty) = (median(cold_ms), median(cold_pen));
+        rows.push(crate::results::SwitchRecord {
+            board: board.to_string(),
+            variant: v.name.clone(),
+            freq_khz,
+            simulated,
+            rounds: SWITCH_ROUNDS,
+            hot_switch_us: median(hot_us),
+            cold_switch_ms,
+            hot_first_inference_penalty_ms: median(hot_pen),
+            cold_first_inference_penalty_ms: cold_penalty,
+            first_inference_penalty_ms: cold_penalty,
+            resident_bytes: v.bytes,
+            resident_bytes_all_prepacked: load.resident_bytes_all_prepacked,
+            resident_bytes_one_set: load.resident_bytes_one_set,
+            within_45_ms: cold_switch_ms + cold_penalty.max(0.0) <= 45.0,
+        });
+    }
+    Ok(rows)
 }

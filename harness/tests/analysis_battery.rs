@@ -12,7 +12,7 @@ use harness::analysis::{
 };
 use harness::results::CellRecord;
 use harness::scenario::Workload;
-use harness::stats::{Statistic, SummaryConfig};
+use harness::stats::SummaryConfig;
 
 const MHZ: u64 = 1000;
 
@@ -43,7 +43,7 @@ fn stats(records: &[CellRecord]) -> Vec<CellStats> {
 }
 
 fn rule(deadline_ms: Option<f64>) -> ScheduleRule {
-    ScheduleRule { deadline_ms, statistic: Statistic::P99, accuracy: Default::default() }
+    ScheduleRule { deadline_ms, ..ScheduleRule::default() }
 }
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -77,51 +77,6 @@ const SPARSE_COSTLY: &[(u64, u32, &str, &str, f64, f64, f64)] = &[
 ];
 
 #[test]
-fn schedule_picks_the_least_sparse_variant_meeting_the_deadline() {
-    let s = stats(&cells(SPARSE_WINS, 1.0));
-    let refs: Vec<&CellStats> = s.iter().collect();
-    let sched = rt3_schedule("b", &refs, &rule(Some(12.0)));
-    let picked: Vec<(u64, Option<&str>)> =
-        sched.levels.iter().map(|l| (l.freq_khz / MHZ, l.selected.as_ref().map(|v| v.variant.as_str()))).collect();
-    assert_eq!(picked, vec![(1500, Some("dense")), (1000, Some("bp")), (600, Some("pp"))]);
-    assert!(sched.is_complete());
-    assert_eq!(sched.levels[1].meeting, vec!["bp".to_string(), "pp".to_string()]);
-    let md = sched.to_markdown();
-    assert!(md.contains("| 2 | 600 MHz | pp | 0.750 | 7.00 |"), "{md}");
-    assert!(md.contains("p99"), "{md}");
-
-    // A deadline nothing meets at 600 MHz is said plainly.
-    let sched = rt3_schedule("b", &refs, &rule(Some(6.5)));
-    assert_eq!(sched.levels[0].selected.as_ref().unwrap().variant, "bp");
-    assert!(sched.levels[2].selected.is_none());
-    assert!(sched.levels[2].note.contains("no variant meets the 6.5 ms deadline"), "{}", sched.levels[2].note);
-    assert!(sched.levels[2].note.contains("pp"), "names the fastest: {}", sched.levels[2].note);
-    assert!(!sched.is_complete());
-    assert!(sched.to_markdown().contains("| none |"));
-}
-
-#[test]
-fn accuracy_overrides_sparsity_when_every_candidate_has_one() {
-    let s = stats(&cells(SPARSE_WINS, 1.0));
-    let refs: Vec<&CellStats> = s.iter().collect();
-    let mut r = rule(Some(12.0));
-    r.accuracy = [("dense".to_string(), 0.90), ("bp".to_string(), 0.88), ("pp".to_string(), 0.89)].into();
-    let sched = rt3_schedule("b", &refs, &r);
-    // 1000 MHz: bp (0.88) and pp (0.89) meet; pp is more accurate although sparser.
-    assert_eq!(sched.levels[1].selected.as_ref().unwrap().variant, "pp");
-    assert_eq!(sched.levels[1].selected.as_ref().unwrap().accuracy, Some(0.89));
-}
-
-#[test]
-fn no_deadline_means_every_variant_qualifies() {
-    let s = stats(&cells(SPARSE_WINS, 1.0));
-    let refs: Vec<&CellStats> = s.iter().collect();
-    let sched = rt3_schedule("b", &refs, &rule(None));
-    assert!(sched.levels.iter().all(|l| l.selected.as_ref().unwrap().variant == "dense"));
-    assert!(sched.rule.describe().contains("no latency deadline"));
-}
-
-#[test]
 fn rt3_schedule_beats_dense_when_sparse_variants_are_faster_and_lower_power() {
     let s = stats(&cells(SPARSE_WINS, 1.0));
     let refs: Vec<&CellStats> = s.iter().collect();
@@ -144,19 +99,32 @@ fn rt3_schedule_beats_dense_when_sparse_variants_are_faster_and_lower_power() {
     assert!(close(dense.hours, 3.5, 1e-9));
     // Block@1500: 37,800 / 0.012 = 3,150,000.
     assert!(close(block.inferences, 3_150_000.0, 1e-9));
-    // RT3: 0.5*37800/0.024 + 0.3*37800/0.010 + 0.2*37800/0.006 = 787,500 + 1,134,000 + 1,260,000
-    // = 3,181,500 inferences; hours (787,500*8 + 1,134,000*6 + 1,260,000*7) ms / 3.6e6 = 6.09 h.
-    assert!(close(p.inferences, 3_181_500.0, 1e-9), "{p:?}");
+    // RT3 runs the only pattern set, pp, at every level: 0.5*37800/0.009 + 0.3*37800/0.0075
+    // + 0.2*37800/0.006 = 2,100,000 + 1,512,000 + 1,260,000 = 4,872,000 inferences; hours
+    // (2,100,000*3 + 1,512,000*4.5 + 1,260,000*7) ms / 3.6e6 = 6.09 h.
+    assert!(close(p.inferences, 4_872_000.0, 1e-9), "{p:?}");
     assert!(close(p.hours, 6.09, 1e-9), "{p:?}");
-    assert!(close(rt3.gain_vs_dense_top.unwrap(), 3_181_500.0 / 1_575_000.0, 1e-9));
-    assert!(close(rt3.gain_vs_block_top.unwrap(), 3_181_500.0 / 3_150_000.0, 1e-9));
-    assert!(rt3.gain_vs_dense_top.unwrap() > 2.0);
+    assert!(close(rt3.gain_vs_dense_top.unwrap(), 4_872_000.0 / 1_575_000.0, 1e-9));
+    assert!(close(rt3.gain_vs_block_top.unwrap(), 4_872_000.0 / 3_150_000.0, 1e-9));
     assert!(rt3.complete);
-    assert!(rt3.note.contains("50 % dense@1500 MHz"), "{}", rt3.note);
-    // Every static pair is there too (9) besides dense@top, block@top and the schedule.
+    assert!(rt3.note.contains("50 % pp@1500 MHz"), "{}", rt3.note);
+    // Each level's share adds up to the policy's figures.
+    assert_eq!(rt3.levels.len(), 3);
+    let sum: f64 = rt3.levels.iter().map(|l| l.outcome.as_ref().unwrap().inferences).sum();
+    assert!(close(sum, 4_872_000.0, 1e-12));
+    assert!(close(rt3.levels[2].outcome.as_ref().unwrap().inferences, 1_260_000.0, 1e-12));
+    // Every static pair is there too (9) besides dense@top, block@top, best static and the schedule.
     assert_eq!(table.rows.iter().filter(|r| r.kind == PolicyKind::Static).count(), 9);
+    // Best static: of the 6 pairs meeting 12 ms (dense misses at 1000 and 600 MHz, bp at 600), pp@600 MHz
+    // at 6 mJ: 37,800 / 0.006 = 6,300,000 inferences, x4 dense at top; it beats the schedule.
+    let best = table.row(PolicyKind::BestStatic).unwrap();
+    assert_eq!((best.variant.as_deref(), best.freq_khz), (Some("pp"), Some(600_000)));
+    assert!(close(best.outcome.as_ref().unwrap().inferences, 6_300_000.0, 1e-9));
+    assert!(close(best.gain_vs_dense_top.unwrap(), 4.0, 1e-9));
+    assert!(best.note.contains("of the 6 static"), "{}", best.note);
     let md = table.to_markdown();
-    assert!(md.contains("RT3 schedule") && md.contains("2.02"), "{md}");
+    assert!(md.contains("RT3 schedule") && md.contains("3.09"), "{md}");
+    assert!(md.contains("best static (pp@600 MHz)"), "{md}");
 }
 
 #[test]
@@ -165,7 +133,7 @@ fn rt3_schedule_does_not_beat_dense_when_sparse_variants_cost_more_energy() {
     let refs: Vec<&CellStats> = s.iter().collect();
     let sched = rt3_schedule("b", &refs, &rule(Some(12.0)));
     let picked: Vec<&str> = sched.levels.iter().map(|l| l.selected.as_ref().unwrap().variant.as_str()).collect();
-    assert_eq!(picked, vec!["dense", "bp", "pp"]);
+    assert_eq!(picked, vec!["pp", "pp", "pp"], "only pattern sets are scheduled");
     let table = harness::analysis::battery::project_board(
         "b",
         &refs,
@@ -175,11 +143,13 @@ fn rt3_schedule_does_not_beat_dense_when_sparse_variants_cost_more_energy() {
         Workload::BackToBack,
     );
     let rt3 = table.row(PolicyKind::Rt3Schedule).unwrap();
-    // 0.5*37800/0.024 + 0.3*37800/0.030 + 0.2*37800/0.036 = 787,500 + 378,000 + 210,000 = 1,375,500
-    // against dense@top's 1,575,000: a gain of 0.873, i.e. a loss.
-    assert!(close(rt3.outcome.as_ref().unwrap().inferences, 1_375_500.0, 1e-9));
+    // pp at 36 mJ everywhere: 37,800 / 0.036 = 1,050,000 against dense@top's 1,575,000: a loss.
+    assert!(close(rt3.outcome.as_ref().unwrap().inferences, 1_050_000.0, 1e-9));
     assert!(rt3.gain_vs_dense_top.unwrap() < 1.0);
-    assert!(close(rt3.gain_vs_dense_top.unwrap(), 1_375_500.0 / 1_575_000.0, 1e-9));
+    assert!(close(rt3.gain_vs_dense_top.unwrap(), 1_050_000.0 / 1_575_000.0, 1e-9));
+    // The best static is a baseline here (24 mJ dense at 1500 MHz; dense misses 12 ms lower down).
+    let best = table.row(PolicyKind::BestStatic).unwrap();
+    assert_eq!(best.variant.as_deref(), Some("dense"));
 }
 
 #[test]
@@ -198,9 +168,11 @@ fn incomplete_schedule_is_projected_without_the_missing_share_and_says_so() {
     let rt3 = table.row(PolicyKind::Rt3Schedule).unwrap();
     assert!(!rt3.complete);
     assert!(rt3.note.contains("INCOMPLETE") && rt3.note.contains("600 MHz"), "{}", rt3.note);
-    // 6.5 ms: bp at 1500 MHz (4 ms) and at 1000 MHz (6 ms), nothing at 600 MHz (pp takes 7 ms):
-    // 0.5*37800/0.012 + 0.3*37800/0.010 = 1,575,000 + 1,134,000 = 2,709,000; the 20 % is not counted.
-    assert!(close(rt3.outcome.as_ref().unwrap().inferences, 2_709_000.0, 1e-9));
+    // 6.5 ms: pp at 1500 MHz (3 ms) and at 1000 MHz (4.5 ms), no pattern set at 600 MHz (pp takes
+    // 7 ms): 0.5*37800/0.009 + 0.3*37800/0.0075 = 2,100,000 + 1,512,000 = 3,612,000; the 20 % is
+    // not counted.
+    assert!(close(rt3.outcome.as_ref().unwrap().inferences, 3_612_000.0, 1e-9));
+    assert!(rt3.levels[2].variant.is_none() && rt3.levels[2].outcome.is_err());
     // Shares that do not fit the levels are an error on that row.
     let table = harness::analysis::battery::project_board(
         "b",
@@ -281,7 +253,8 @@ fn paper_power_model_matches_rt3_numbers() {
 #[test]
 fn paper_model_projection_from_measured_top_level() {
     // RT3's own levels; measured mean latency at 1.4 GHz: dense 100 ms, bp 50 ms, pp 25 ms.
-    // Model: latency scales by 1.4/f; deadline 115 ms (RT3's first constraint).
+    // Model: latency scales by 1.4/f; deadline 115 ms (RT3's first constraint). Only pp is
+    // scheduled: 25, 35 and 43.75 ms at the three levels.
     let table: &[(u64, u32, &str, &str, f64, f64, f64)] = &[
         (1400, 0, "dense", "dense", 0.0, 100.0, 1.0),
         (1400, 0, "bp", "block", 0.5, 50.0, 1.0),
@@ -296,15 +269,16 @@ fn paper_model_projection_from_measured_top_level() {
     assert_eq!(t.battery.energy_j, 37_800.0);
     let dense = t.row(PolicyKind::DenseAtTop).unwrap().outcome.clone().unwrap();
     assert!((dense.inferences - 1_755_983.4).abs() < 1.0, "{dense:?}");
-    // Schedule under the model: 1.4 GHz dense (100 ms); 1.0 GHz: dense 140 ms misses, bp 70 ms;
-    // 0.8 GHz: bp 87.5 ms. Runs: 0.5 x 37800 / (0.215264 x 0.1) + 0.3 x 37800 / (0.11368890625 x 0.07)
-    // + 0.2 x 37800 / (0.0788045 x 0.0875) = 877,991.7 + 1,424,991.5 + 1,096,385.1.
     let rt3 = t.row(PolicyKind::Rt3Schedule).unwrap();
-    let expected = 0.5 * 37_800.0 / (0.215_264 * 0.1)
-        + 0.3 * 37_800.0 / (0.113_688_906_25 * 0.07)
-        + 0.2 * 37_800.0 / (0.078_804_5 * 0.0875);
+    let expected = 0.5 * 37_800.0 / (0.215_264 * 0.025)
+        + 0.3 * 37_800.0 / (0.113_688_906_25 * 0.035)
+        + 0.2 * 37_800.0 / (0.078_804_5 * 0.043_75);
     assert!(close(rt3.outcome.as_ref().unwrap().inferences, expected, 1e-9), "{rt3:?}");
-    assert!(rt3.note.contains("30 % bp@1000 MHz") && rt3.note.contains("20 % bp@800 MHz"), "{}", rt3.note);
+    assert!(rt3.note.contains("30 % pp@1000 MHz") && rt3.note.contains("20 % pp@800 MHz"), "{}", rt3.note);
+    // The model's best static: pp at 0.8 GHz, whose energy P x latency = 0.0788045 x 0.04375 J is
+    // the smallest of the pairs (the model's energy falls with V^2).
+    let best = t.row(PolicyKind::BestStatic).unwrap();
+    assert_eq!((best.variant.as_deref(), best.freq_khz), (Some("pp"), Some(800_000)), "{best:?}");
     assert!(t.notes.iter().any(|n| n.contains("P = f x V^2 x 1e-10")));
     // Four levels without voltages: the table says the model is unavailable.
     let four: Vec<CellRecord> = [1400u64, 1200, 1000, 800]
@@ -337,11 +311,16 @@ fn battery_csv_has_a_row_per_policy_and_quotes_fields() {
     let csv = battery_csv(std::slice::from_ref(&t));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 1 + t.rows.len());
-    assert!(lines[0].starts_with("board,source,policy,kind,freq_khz"));
+    assert!(lines[0].starts_with("board,simulated,source,policy,kind,freq_khz"));
+    assert!(lines[1].starts_with("b,true,measured,"), "the synthetic cells are simulated: {}", lines[1]);
     let rt3 = lines.iter().find(|l| l.contains("rt3_schedule")).unwrap();
     // The note has commas, so it is quoted.
-    assert!(rt3.contains("\"50 % dense@1500 MHz, 30 % bp@1000 MHz, 20 % pp@600 MHz\""), "{rt3}");
-    assert!(rt3.contains(",3181500,"), "{rt3}");
+    assert!(rt3.contains("\"50 % pp@1500 MHz, 30 % pp@1000 MHz, 20 % pp@600 MHz\""), "{rt3}");
+    assert!(rt3.contains(",4872000,"), "{rt3}");
+    assert!(lines.iter().any(|l| l.contains(",best_static,600000,pp,")), "{csv}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("b,true,measured,dense@600 MHz,static,") && l.ends_with(",true,false,,")));
 }
 
 #[test]

@@ -66,3 +66,13 @@ fn yaml_bomb_is_refused() {
     assert!(stderr.to_lowercase().contains("alias"), "{stderr}");
     assert!(!created);
 }
+
+#[test]
+fn a_missing_regression_baseline_is_refused_before_any_board_is_touched() {
+    let yaml = format!("{}regression:\n  baseline: /nonexistent/hil-baseline-run\n", board(""));
+    let (code, stderr, created) = hil_run(&yaml);
+    assert_eq!(code, 2, "a CI gate must not pass on a typo: {stderr}");
+    assert!(stderr.contains("regression.baseline") && stderr.contains("/nonexistent/hil-baseline-run"), "{stderr}");
+    assert!(!created, "no results directory may be created");
+    assert!(!stderr.contains("connect"), "nothing may be contacted: {stderr}");
+}

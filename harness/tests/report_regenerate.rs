@@ -1,6 +1,9 @@
 //! `hil report` on synthetic run directories: byte-identical regeneration, well-formed HTML
-//! and SVG, the SIMULATED label exactly when a board was simulated, raw power traces, and
-//! escaping of text that comes from the results.
+//! and SVG, the SIMULATED label exactly when a board was simulated, the answer first (before
+//! plots and provenance), switch costs from switch.parquet (or "not measured"), no interval
+//! from fewer than 3 values, raw power traces, and escaping of text that comes from the results.
+
+mod analysis_support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,6 +42,7 @@ fn scenario_yaml(simulated: bool) -> String {
             "      kind: ppk2",
             "      port: /dev/ttyACM0",
             "      mode: ampere",
+            "      rail_voltage_mv: 5000",
         ]
     };
     let mut lines = vec!["name: synth", "description: a synthetic run for the report tests", "boards:"];
@@ -113,6 +117,7 @@ fn cell(board: &str, simulated: bool, level: usize, variant: usize, repeat: u32,
         throttled: false,
         temp_before_c: Some(45.0),
         temp_after_c: Some(47.5),
+        cooldown_timed_out: false,
         checksum: format!("{name}-0123abcd"),
         mean_power_w: Some(power_w),
         idle_power_w: Some(idle_w),
@@ -122,6 +127,18 @@ fn cell(board: &str, simulated: bool, level: usize, variant: usize, repeat: u32,
         lost_samples: Some(0),
         clock_offset_uncertainty_us: Some(12.5),
         power_flagged: Some(false),
+        power_rate_hz: None,
+        power_few_samples: None,
+        energy_missing_reason: None,
+        monitor_clock_ppm: None,
+        monitor_clock_points: None,
+        monitor_clock_spread_us: None,
+        monitor_clock_bound_us: None,
+        fidelity_cosine: Some(1.0 - sparsity * 0.1),
+        fidelity_rel_l2: Some(sparsity * 0.3),
+        fidelity_kind: Some("perturbation (synthetic weights)".into()),
+        time_capped: false,
+        agent_note: None,
         window_host_start_ns: Some(t0_ns),
         window_host_end_ns: Some(t0_ns + window_ns as i64),
         window_energy_j: Some(energy_mj * lat.len() as f64 / 1e3),
@@ -152,9 +169,17 @@ fn board_json(simulated: bool, simulation: &str) -> serde_json::Value {
     b
 }
 
-/// A finished run of one board: 3 levels x 3 variants x 2 repeats, with power.
+/// A finished run of one board: 3 levels x 3 variants x 2 repeats, with power; the simulated
+/// one with switch costs in switch.parquet, the real one without.
 fn make_run(dir: &Path, simulated: bool, simulation: &str) -> String {
+    make_run_with(dir, simulated, simulation, 2, simulated)
+}
+
+fn make_run_with(dir: &Path, simulated: bool, simulation: &str, repeats: u32, switches: bool) -> String {
     let board = if simulated { "sim" } else { "pi4" };
+    if switches {
+        analysis_support::write_switch_parquet(dir, &[analysis_support::switch_record(board, "pp75", 0.9, 12.0, 1.0)]);
+    }
     fs::write(dir.join("scenario.yaml"), scenario_yaml(simulated)).unwrap();
     let run = json!({
         "harness_version": "0.1.0",
@@ -170,7 +195,7 @@ fn make_run(dir: &Path, simulated: bool, simulation: &str) -> String {
     fs::write(dir.join("run.json"), serde_json::to_string_pretty(&run).unwrap()).unwrap();
     let mut journal = String::new();
     let mut t0 = 1_000_000_000_i64;
-    for repeat in 0..2 {
+    for repeat in 0..repeats {
         for level in 0..3 {
             for variant in 0..3 {
                 let c = cell(board, simulated, level, variant, repeat, t0);
@@ -309,7 +334,12 @@ fn real_run_has_no_simulated_label_and_says_what_was_not_measured() {
         assert!(!text.contains("SIMULATED"), "{name} of a real run says SIMULATED");
     }
     assert!(md.contains("| hardware | real board |"), "{md}");
-    assert!(md.contains("Board pi4: switching time not measured in this run."));
+    // No switch.parquet: switch costs read as not measured, in the answer and in the details.
+    assert!(md.contains("Board pi4: switch costs not measured in this run"), "{md}");
+    assert!(md.contains("Switch costs: not measured (no switch.parquet rows for this board)"), "{md}");
+    let answer = section(&md, "## Answer", "## Plots");
+    let rt3_row = answer.lines().find(|l| l.starts_with("| RT3 schedule |")).unwrap();
+    assert!(rt3_row.ends_with("| not measured | not measured |"), "{rt3_row}");
     assert!(!paths.plots.iter().any(|p| p.ends_with("switch_pi4.svg")));
     assert_well_formed("report.html", &html);
     // The summary has one row per (level, variant) with the deadline verdict and energy.
@@ -330,9 +360,10 @@ fn raw_power_parts_give_a_sample_level_trace_of_the_dense_top_cell() {
             current_a: 0.4 + if i % 1000 < 500 { 0.1 } else { 0.0 },
             voltage_v: 5.0,
             logic: None,
+            clock: Some(i as f64),
         })
         .collect();
-    write_power_part(dir.path(), &key, &samples, start).unwrap();
+    write_power_part(dir.path(), &key, &samples, start, true).unwrap();
     let paths = write_reports(dir.path()).unwrap();
     let md = fs::read_to_string(&paths.markdown).unwrap();
     assert!(
@@ -372,4 +403,109 @@ fn an_unreadable_run_directory_is_an_error_naming_the_path() {
     fs::remove_file(dir.path().join("run.json")).unwrap();
     let err = format!("{:#}", write_reports(dir.path()).unwrap_err());
     assert!(err.contains("run.json"), "{err}");
+}
+
+/// The text of `md` from the heading `from` to the next heading starting with `to`.
+fn section<'a>(md: &'a str, from: &str, to: &str) -> &'a str {
+    let start = md.find(from).unwrap_or_else(|| panic!("no {from:?} in the report"));
+    let end = md[start..].find(to).map_or(md.len(), |e| start + e);
+    &md[start..end]
+}
+
+#[test]
+fn the_answer_comes_first_then_plots_then_details_and_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run(dir.path(), true, "SIMULATED board");
+    let paths = write_reports(dir.path()).unwrap();
+    let md = fs::read_to_string(&paths.markdown).unwrap();
+    let at = |needle: &str| md.find(needle).unwrap_or_else(|| panic!("report.md lacks {needle:?}"));
+    let order = [
+        at("## Answer: the RT3 schedule against dense and block"),
+        at("| policy | runs | deadline (p99 ≤ 15 ms) |"),
+        at("!["),
+        at("## Details: RT3 schedule"),
+        at("## Details: pattern-set switching"),
+        at("## Results per cell"),
+        at("## Provenance: run"),
+        at("## Provenance: boards"),
+        at("## Method"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "sections out of order: {order:?}");
+
+    // The answer table: the schedule (pattern sets only, one per level), its levels, the best
+    // static policy and the two baselines, with the switch costs against 45 ms.
+    let answer = section(&md, "## Answer", "## Plots");
+    let rows: Vec<&str> = answer.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| policy")).collect();
+    assert_eq!(rows.len(), 1 + 3 + 3, "{answer}");
+    assert!(rows[0].starts_with("| RT3 schedule | pp75 → pp75 → pp75 | met at every level |"), "{}", rows[0]);
+    assert!(rows[0].contains("slowest, pp75: 12.00 ms (first inference +1.00 ms): within 45 ms"), "{}", rows[0]);
+    assert!(rows[1]
+        .starts_with("| ↳ level 0: 1500 MHz, 50 % of the battery | pp75 (sparsity 0.750, cosine 0.9250) | met (p99"));
+    assert!(rows[4].starts_with("| best static | "), "{}", rows[4]);
+    assert!(rows[5].starts_with("| dense at top | dense@1500 MHz | met (p99"), "{}", rows[5]);
+    assert!(rows[6].starts_with("| block at top | bp50@1500 MHz | met (p99"), "{}", rows[6]);
+    assert!(answer.contains("RT3 schedule: "), "a verdict in words: {answer}");
+    assert!(answer.contains("×") && answer.contains("dense at the top frequency"), "{answer}");
+    assert!(answer.contains("Memory: every pattern set prepacked (hot switching) holds 80.0 MB; one set at a time"));
+    assert!(answer.contains("never switches pattern sets"), "the same set everywhere is said: {answer}");
+    // The simulated board says so in the answer and in its facts.
+    assert!(answer.contains("### Board sim (SIMULATED)") && answer.contains("**⚠ SIMULATED**"), "{answer}");
+    assert!(md.contains("| hardware | SIMULATED (not ARM hardware) |"), "{md}");
+
+    // In the HTML the first table is the answer table, every table sits in a scrolling box,
+    // and the first figure comes after it.
+    let html = fs::read_to_string(&paths.html).unwrap();
+    let first_table = html.find("<table").unwrap();
+    assert!(html[first_table..].starts_with("<table>\n<thead><tr><th>policy</th><th>runs</th>"));
+    assert!(html.find("<figure>").unwrap() > first_table);
+    assert_eq!(html.matches("<table").count(), html.matches("<div class=\"table-wrap\">").count());
+    assert!(html.contains("overflow-x:auto"));
+}
+
+#[test]
+fn an_interval_from_fewer_than_three_values_is_not_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run_with(dir.path(), false, "", 2, false);
+    let md = fs::read_to_string(write_reports(dir.path()).unwrap().markdown).unwrap();
+    let cells = section(&md, "## Results per cell", "## Details: power");
+    let row = cells.lines().find(|l| l.starts_with("| 0 | 1500 MHz | dense |")).unwrap();
+    let energy = row.split(" | ").nth(10).unwrap();
+    assert!(energy.ends_with("(n=2: no interval)") && !energy.contains('['), "{row}");
+    // Latency pools 80 inferences: its interval stays.
+    let median = row.split(" | ").nth(7).unwrap();
+    assert!(median.contains(" [") && median.ends_with(']'), "{row}");
+    assert!(md.contains("drawn only from 3 or more repeats (this run has fewer, so no whiskers)"));
+
+    // Three repeats: the energy interval is printed.
+    let dir = tempfile::tempdir().unwrap();
+    make_run_with(dir.path(), false, "", 3, false);
+    let md = fs::read_to_string(write_reports(dir.path()).unwrap().markdown).unwrap();
+    let cells = section(&md, "## Results per cell", "## Details: power");
+    let row = cells.lines().find(|l| l.starts_with("| 0 | 1500 MHz | dense |")).unwrap();
+    let energy = row.split(" | ").nth(10).unwrap();
+    assert!(energy.contains(" [") && !energy.contains("no interval"), "{row}");
+}
+
+#[test]
+fn switch_costs_come_from_switch_parquet_with_memory_per_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run_with(dir.path(), true, "SIMULATED board", 2, false);
+    // A set over the budget cold, and one whose columns are partly missing.
+    analysis_support::write_switch_parquet(
+        dir.path(),
+        &[analysis_support::switch_record("sim", "pp75", 0.7, 220.2, 4.2)],
+    );
+    let paths = write_reports(dir.path()).unwrap();
+    let md = fs::read_to_string(&paths.markdown).unwrap();
+    let details = section(&md, "## Details: pattern-set switching", "## Results per cell");
+    let row = details.lines().find(|l| l.starts_with("| pp75 |")).unwrap();
+    assert_eq!(
+        row, "| pp75 | 600 MHz | 5 | 0.7 µs | -0.10 | yes | 220.20 | 4.20 | no | 4.0 MB |",
+        "hot, cold and first-inference penalty against 45 ms"
+    );
+    assert!(details.contains("| every pattern set prepacked | 80.0 MB | hot |"), "{details}");
+    assert!(details.contains("| one pattern set at a time | 60.0 MB | cold |"), "{details}");
+    let answer = section(&md, "## Answer", "## Plots");
+    assert!(answer.contains("220.20 ms (first inference +4.20 ms): OVER 45 ms"), "{answer}");
+    assert!(paths.plots.iter().any(|p| p.ends_with("switch_sim.svg")));
 }

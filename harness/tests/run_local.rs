@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use harness::results::{read_journal, read_parquet, CELLS_PARQUET, JOURNAL, LATENCY_PARQUET, POWER_PARQUET};
 use harness::runner::{run_scenario, RunOptions};
 use harness::scenario::parse_scenario;
+use harness::sim::simulator::PowerParams;
 use harness::sim::sysfs::FakeCpufreqTree;
 
 /// The tests share the agent build and the host's CPU: run them one at a time.
@@ -99,14 +100,50 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     assert!(energy.into_iter().all(|e| e.is_some_and(|e| e > 0.0)), "energy per inference is positive");
     let idle = cells.column("idle_power_w").unwrap().f64().unwrap();
     assert!(
-        idle.into_iter().all(|p| p.is_some_and(|p| (1.9..2.1).contains(&p))),
-        "idle power is the model's static 2 W"
+        idle.into_iter().all(|p| p.is_some_and(|p| (p / PowerParams::default().static_w - 1.0).abs() < 0.05)),
+        "idle power is the model's static power"
     );
     let simulated = cells.column("simulated").unwrap().bool().unwrap();
     assert!(simulated.into_iter().all(|s| s == Some(true)));
     assert_eq!(read_parquet(&outcome.dir.join(POWER_PARQUET)).unwrap().height(), 6);
     let lat = read_parquet(&outcome.dir.join(LATENCY_PARQUET)).unwrap();
     assert!(lat.height() >= 6 * 5);
+    for (table, df) in [("latency", &lat), ("power", &read_parquet(&outcome.dir.join(POWER_PARQUET)).unwrap())] {
+        let s = df.column("simulated").unwrap_or_else(|e| panic!("{table}.parquet: {e}"));
+        assert!(s.bool().unwrap().into_iter().all(|s| s == Some(true)), "{table}.parquet says simulated");
+    }
+
+    // Output fidelity per variant, measured by the agent against dense.
+    let variant = cells.column("variant").unwrap().str().unwrap();
+    let cosine = cells.column("fidelity_cosine").unwrap().f64().unwrap();
+    let rel = cells.column("fidelity_rel_l2").unwrap().f64().unwrap();
+    for ((v, c), r) in variant.into_iter().zip(cosine).zip(rel) {
+        let (v, c, r) = (v.unwrap(), c.unwrap(), r.unwrap());
+        match v {
+            "dense" => assert_eq!((c, r), (1.0, 0.0)),
+            // Synthetic weights have no redundancy to lose: RT3's model (ReLU, causal, embedded
+            // tokens) keeps a cosine of about 0.45 at BP 50 % + PP 75 %; what matters is that the
+            // output stays correlated with dense and differs from it.
+            _ => assert!(c < 1.0 && c > 0.3 && r > 0.0, "{v}: cosine {c}, rel_l2 {r}"),
+        }
+    }
+    let kind = cells.column("fidelity_kind").unwrap().str().unwrap();
+    assert!(kind.into_iter().all(|k| k == Some("perturbation (synthetic weights)")));
+
+    // Reconfiguration costs of the pattern set, measured at the lowest level.
+    let sw = read_parquet(&outcome.dir.join(harness::results::SWITCH_PARQUET)).unwrap();
+    assert_eq!(sw.height(), 1, "{sw}");
+    let f = |c: &str| {
+        sw.column(c).unwrap().cast(&polars::prelude::DataType::Float64).unwrap().f64().unwrap().get(0).unwrap()
+    };
+    assert_eq!(sw.column("variant").unwrap().str().unwrap().get(0), Some("pp75"));
+    assert_eq!(f("freq_khz"), 600_000.0);
+    assert!(f("hot_switch_us") > 0.0 && f("hot_switch_us") < 1e4, "a hot switch is an index store: {sw}");
+    assert!(f("cold_switch_ms") * 1e3 > f("hot_switch_us"), "a cold switch assigns and packs: {sw}");
+    // One pattern set: holding one at a time saves nothing here (the kernels test covers three).
+    assert_eq!(f("resident_bytes_one_set"), f("resident_bytes_all_prepacked"));
+    assert!(f("resident_bytes") > 0.0);
+    assert_eq!(sw.column("simulated").unwrap().bool().unwrap().get(0), Some(true));
 
     let run_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("run.json")).unwrap()).unwrap();

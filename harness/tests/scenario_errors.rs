@@ -192,6 +192,20 @@ fn duplicates_and_references() {
     assert_ne!(reordered, BASE);
     expect(&reordered, "variants[1].base", "\"bp\"", 14);
     expect(&with("kind: dense", "kind: dense\n    method: rt3_tile_sums"), "variants[0].method", "Rt3TileSums", 12);
+    // min_fidelity: a cosine in [0, 1], and only on pattern sets (the baselines are never scheduled).
+    expect(
+        &with("    sparsity: 0.5\n", "    sparsity: 0.5\n    min_fidelity: 0.9\n"),
+        "variants[1].min_fidelity",
+        "0.9",
+        15,
+    );
+    expect(
+        &with("    sparsity: 0.75\n", "    sparsity: 0.75\n    min_fidelity: 1.5\n"),
+        "variants[2].min_fidelity",
+        "1.5",
+        19,
+    );
+    parse_scenario(&with("    sparsity: 0.75\n", "    sparsity: 0.75\n    min_fidelity: 0.98\n"), "t.yaml").unwrap();
 }
 
 #[test]
@@ -248,6 +262,13 @@ fn unknown_keys_and_words_are_errors_with_their_line() {
         7,
     );
     expect(&with("workdir: /tmp/hil", "workdir: /tmp/hil\n    sudo: yes"), "boards[0].sudo", "yes", 7);
+    // sudo is lent only to the kernel's cpufreq sysfs.
+    expect(
+        &with("workdir: /tmp/hil", "workdir: /tmp/hil\n    sudo: true\n    sysfs_root: /etc"),
+        "boards[0].sysfs_root",
+        "/etc",
+        8,
+    );
 }
 
 #[test]

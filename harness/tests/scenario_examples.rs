@@ -59,10 +59,13 @@ fn rpi4_is_a_single_cluster_a72_board_over_ssh() {
     assert_eq!(board.cpus, Some(vec![3]));
     assert_eq!(board.cpufreq_policies, PolicySelection::Named(vec!["policy0".into()]));
     assert_eq!(board.sysfs_root, "/sys");
+    // A Pi 4 draws up to 3 A: more than a PPK2 carries, so the example measures its 5 V input with
+    // an INA226 sketch.
     let monitor = board.monitor.as_ref().unwrap();
-    assert_eq!(monitor.kind, MonitorKind::Ppk2);
-    assert_eq!(monitor.port, MonitorPort::Auto);
-    assert_eq!(monitor.settings, MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter));
+    assert_eq!(monitor.kind, MonitorKind::Ina);
+    assert_eq!(monitor.port, MonitorPort::Path("/dev/ttyACM0".into()));
+    let MonitorSettings::Ina(ina) = &monitor.settings else { panic!("ina expected") };
+    assert_eq!((ina.format, ina.layout.clone()), (InaFormat::Csv, None));
     let battery = board.battery.as_ref().unwrap();
     assert!((battery.energy_joules() - 10_000.0 * 3.7 * 3.6).abs() < 1e-6);
     // 1500MHz, 1.0GHz and 600000kHz are the same unit underneath.
@@ -148,4 +151,60 @@ dvfs: {levels: [1GHz], settle: 0s}
     assert_eq!(b.cpus, Some(vec![0, 1]));
     assert_eq!(b.sysfs_root, "/tmp/fake/sys");
     assert_eq!(s.dvfs.settle, Duration::ZERO);
+}
+
+fn with_monitor(monitor: &str) -> String {
+    format!(
+        "boards:\n  - name: b\n    host: 10.0.0.2\n    user: lab\n    monitor: {monitor}\n\
+         model: {{preset: minilm}}\nvariants: [{{name: dense, kind: dense}}]\ndvfs: {{levels: all}}\n"
+    )
+}
+
+#[test]
+fn ppk2_ampere_mode_needs_the_rail_voltage() {
+    let s = parse_scenario(&with_monitor("{kind: ppk2, mode: ampere, rail_voltage_mv: 5000}"), "x.yaml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = s.boards[0].monitor.as_ref().unwrap();
+    assert_eq!(m.settings, MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter { rail_mv: 5000 }));
+    let err = parse_scenario(&with_monitor("{kind: ppk2, mode: ampere}"), "x.yaml").unwrap_err().to_string();
+    assert!(err.contains("boards[0].monitor.rail_voltage_mv") && err.contains("current only"), "{err}");
+    let err = parse_scenario(&with_monitor("{kind: ppk2, mode: ampere, rail_voltage_mv: 12000}"), "x.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rail_voltage_mv") && err.contains("12000"), "{err}");
+    let err = parse_scenario(
+        &with_monitor("{kind: ppk2, mode: source, source_voltage_mv: 3300, rail_voltage_mv: 3300}"),
+        "x.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("rail_voltage_mv") && err.contains("ampere only"), "{err}");
+    let err = parse_scenario(&with_monitor("{kind: ina, port: /dev/ttyUSB0, rail_voltage_mv: 5000}"), "x.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rail_voltage_mv"), "{err}");
+}
+
+#[test]
+fn ina_columns_describe_a_headerless_sketch_and_reach_the_driver() {
+    let s = parse_scenario(
+        &with_monitor(
+            "{kind: ina, port: /dev/ttyUSB0, format: csv, columns: [millis, \"Current[mA]\", -, \"BusV[V]\"]}",
+        ),
+        "x.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let MonitorSettings::Ina(ina) = &s.boards[0].monitor.as_ref().unwrap().settings else { panic!("ina") };
+    assert_eq!(
+        ina.layout.as_deref(),
+        Some(&["millis".to_string(), "Current[mA]".into(), "-".into(), "BusV[V]".into()][..])
+    );
+    for (bad, what) in [
+        ("{kind: ina, port: /dev/ttyUSB0, format: key_value, columns: [millis, \"Current[mA]\"]}", "key-value"),
+        ("{kind: ina, port: /dev/ttyUSB0, columns: [millis, \"Strom[mA]\"]}", "Strom"),
+        ("{kind: ina, port: /dev/ttyUSB0, columns: [millis, \"BusV[V]\"]}", "current or a power"),
+    ] {
+        let err = parse_scenario(&with_monitor(bad), "x.yaml").unwrap_err().to_string();
+        assert!(err.contains("boards[0].monitor.columns") && err.contains(what), "{bad}: {err}");
+    }
 }

@@ -179,17 +179,12 @@ fn read_and_write_files_over_sftp() {
     assert_eq!(err.kind, ErrorKind::Remote, "{err}");
     assert!(err.what.contains(&missing));
 
-    // sudo -n tee: works where passwordless sudo exists, otherwise a Remote error naming it.
-    let sudo_present = board.exec(&argv(&["sudo", "-n", "true"]), T).map(|o| o.success()).unwrap_or(false);
-    let result = board.write_file(path_str, b"userspace\n", true);
-    if sudo_present {
-        result.unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"userspace\n");
-    } else {
-        let err = result.unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Remote);
-        assert!(err.detail.contains("sudo -n tee"), "{}", err.detail);
-    }
+    // sudo goes only to the cpufreq attributes of the kernel's sysfs: anything else is refused
+    // before a command is built, and nothing is written.
+    let err = board.write_file(path_str, b"userspace\n", true).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Local, "{err}");
+    assert!(err.detail.contains("refused") && err.detail.contains(path_str), "{}", err.detail);
+    assert_eq!(fs::read(&path).unwrap(), b"7\n");
 }
 
 #[test]
@@ -297,6 +292,22 @@ fn wrong_host_key_is_refused_and_nothing_runs() {
     }
     // accept-new must not have "fixed" the file.
     assert_eq!(fs::read_to_string(&known_hosts).unwrap(), impostor);
+}
+
+#[test]
+fn a_revoked_host_key_is_refused_under_every_checking_mode() {
+    let sshd = sshd_or_skip!();
+    // The server's own key, revoked; a plain entry for it too must not rescue it.
+    let text = format!("@revoked * {}\n[127.0.0.1]:{} {}\n", sshd.host_public_key, sshd.port, sshd.host_public_key);
+    let known_hosts = sshd.write_known_hosts("revoked_known_hosts", &text);
+    for checking in [HostKeyChecking::Strict, HostKeyChecking::AcceptNew, HostKeyChecking::Off] {
+        let logins_before = sshd.accepted_logins();
+        let err = SshBoard::connect(config(&sshd, &known_hosts, checking)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::HostKey, "{checking:?}: {err}");
+        assert!(err.detail.contains("REVOKED") && err.detail.contains("line 1"), "{}", err.detail);
+        assert_eq!(sshd.accepted_logins(), logins_before, "{checking:?}: authenticated with a revoked key");
+    }
+    assert_eq!(fs::read_to_string(&known_hosts).unwrap(), text, "accept-new added nothing");
 }
 
 #[test]

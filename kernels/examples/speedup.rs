@@ -22,10 +22,14 @@ use std::time::{Duration, Instant};
 use kernels::encoder::Preset;
 use kernels::linear::block::BlockSparseLinear;
 use kernels::linear::dense::DenseLinear;
+use kernels::linear::masked::MaskedStripLinear;
 use kernels::linear::pattern::PatternSparseLinear;
 use kernels::model::{random_input, ReconfigurableModel, VariantSpec};
 use kernels::prune::block::{block_mask, BlockShape};
-use kernels::prune::pattern::{assign_patterns, generate_pattern_set, CandidateMethod, PatternConfig};
+use kernels::prune::pattern::{
+    assign_patterns, assign_patterns_on_blocks, generate_pattern_set, generate_pattern_set_on_blocks, CandidateMethod,
+    PatternConfig,
+};
 use kernels::{LinearKernel, Mask, Matrix, Threads};
 
 /// Minimum length of one timing sample.
@@ -106,6 +110,12 @@ struct Case {
     /// What the sparsity is made of, e.g. `PP`, `BP64%+PP`.
     base: String,
     tile: Option<usize>,
+    /// Sparsity of the BP base under a pattern set (0 for PP on dense and for non-pattern rows).
+    base_sparsity: f64,
+    /// BP block of the base (`16x1`, `16x16`), `None` without one.
+    base_block: Option<String>,
+    /// Index of the case timing the BP base alone (pattern rows on a BP base).
+    base_case: Option<usize>,
     layer: Box<dyn LinearKernel>,
 }
 
@@ -117,6 +127,9 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
         variant: "dense".into(),
         base: "-".into(),
         tile: None,
+        base_sparsity: 0.0,
+        base_block: None,
+        base_case: None,
         layer: Box::new(DenseLinear::new(w.clone())),
     }];
     for s in [0.5, 0.64, 0.75] {
@@ -125,6 +138,9 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
             variant: "block".into(),
             base: format!("BP strip {BLOCK_ROWS}"),
             tile: None,
+            base_sparsity: 0.0,
+            base_block: Some(format!("{BLOCK_ROWS}x1")),
+            base_case: None,
             layer: Box::new(BlockSparseLinear::from_masked(&w, &mask, BLOCK_ROWS)),
         });
     }
@@ -133,23 +149,49 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
             let cfg =
                 PatternConfig { tile, patterns_per_set: 4, sparsity: s, method: CandidateMethod::Rt3TileSums, seed: 1 };
             let set = generate_pattern_set(&w, &dense, &cfg);
+            let a = assign_patterns(&w, &dense, &set);
             cases.push(Case {
                 variant: "pattern".into(),
                 base: "PP only".into(),
                 tile: Some(tile),
-                layer: Box::new(PatternSparseLinear::new(&w, &dense, &set)),
+                base_sparsity: 0.0,
+                base_block: None,
+                base_case: None,
+                layer: Box::new(PatternSparseLinear::from_assignment(&w, &a, set.len())),
             });
+            if tile == 16 {
+                // The same mask through the masked-strip kernel (one strip per tile row).
+                cases.push(Case {
+                    variant: "pattern".into(),
+                    base: "PP strips".into(),
+                    tile: Some(tile),
+                    base_sparsity: 0.0,
+                    base_block: None,
+                    base_case: None,
+                    layer: Box::new(MaskedStripLinear::from_masked(&w, a.mask(), tile, "pattern")),
+                });
+            }
         }
     }
     // RT3's combination: a BP base at 64 %, then patterns down to the total target. Two bases:
     // 16x1 strips (`s`, as the block rows above) and blocks as wide as they are tall (`t`), which
     // are tile-aligned under tiles of that size (whole tiles pruned, the rest keep exactly their
     // pattern) and otherwise leave each tile its own BP columns like the strips do.
-    let bases = [
-        ("s", block_mask(&w, BlockShape::strip(BLOCK_ROWS), 0.64)),
-        ("t", block_mask(&w, BlockShape { rows: BLOCK_ROWS, cols: BLOCK_ROWS }, 0.64)),
-    ];
-    for (label, bp) in &bases {
+    let bases = [("s", BlockShape::strip(BLOCK_ROWS)), ("t", BlockShape { rows: BLOCK_ROWS, cols: BLOCK_ROWS })];
+    for (label, shape) in bases {
+        let bp = block_mask(&w, shape, 0.64);
+        let base_block = Some(format!("{}x{}", shape.rows, shape.cols));
+        let base_sparsity = bp.sparsity();
+        let base_case = Some(cases.len());
+        cases.push(Case {
+            variant: "block".into(),
+            base: format!("BP64%{label}"),
+            tile: None,
+            base_sparsity: 0.0,
+            base_block: base_block.clone(),
+            base_case: None,
+            layer: Box::new(BlockSparseLinear::from_masked(&w, &bp, shape.rows)),
+        });
         for tile in [16, 32] {
             for s in [0.75, 0.875] {
                 let cfg = PatternConfig {
@@ -159,13 +201,17 @@ fn cases_for(shape: &Shape) -> Vec<Case> {
                     method: CandidateMethod::Rt3TileSums,
                     seed: 1,
                 };
-                let set = generate_pattern_set(&w, bp, &cfg);
-                let a = assign_patterns(&w, bp, &set);
+                // Patterns laid over the compacted BP blocks: only kept weights are stored.
+                let set = generate_pattern_set_on_blocks(&w, &bp, shape.rows, &cfg);
+                let a = assign_patterns_on_blocks(&w, &bp, shape.rows, &set);
                 cases.push(Case {
                     variant: "pattern".into(),
                     base: format!("BP64%{label}+PP"),
                     tile: Some(tile),
-                    layer: Box::new(PatternSparseLinear::from_assignment(&w, &a, set.len())),
+                    base_sparsity,
+                    base_block: base_block.clone(),
+                    base_case,
+                    layer: Box::new(MaskedStripLinear::from_masked(&w, &a.mask, shape.rows, "pattern")),
                 });
             }
         }
@@ -267,6 +313,12 @@ struct Row {
     tile: Option<usize>,
     nnz: usize,
     bytes: usize,
+    /// Weights multiplied per token, explicit zeros included.
+    multiplied: usize,
+    base_sparsity: f64,
+    base_block: Option<String>,
+    /// Base median / layer median, for pattern rows on a timed BP base.
+    vs_base: Option<f64>,
     time: Timing,
     /// Useful GFLOP/s at the median time.
     gflops: f64,
@@ -293,7 +345,7 @@ fn print_header(args: &Args) {
         "# BP64%s+PP / BP64%t+PP: patterns on a 64 % BP base of {BLOCK_ROWS}x1 strips / {BLOCK_ROWS}x{BLOCK_ROWS} blocks"
     );
     println!(
-        "{:<10} {:<16} {:<14} {:>8} {:>5} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6}",
+        "{:<10} {:<16} {:<14} {:>8} {:>5} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7} {:>8}",
         "shape",
         "variant",
         "made of",
@@ -304,19 +356,25 @@ fn print_header(args: &Args) {
         "speedup",
         "cpu_us",
         "cpu_spd",
-        "ideal"
+        "ideal",
+        "mult/nz",
+        "vs_base"
     );
 }
 
 fn print_row(args: &Args, r: &Row) {
     if args.json {
         let tile = r.tile.map_or("null".to_string(), |t| t.to_string());
+        let base_block = r.base_block.as_ref().map_or("null".to_string(), |b| format!("\"{b}\""));
+        let vs_base = r.vs_base.map_or("null".to_string(), |v| format!("{v:.3}"));
         println!(
-            "{{\"shape\":\"{}\",\"variant\":\"{}\",\"base\":\"{}\",\"sparsity\":{:.4},\"tile\":{tile},\"nnz\":{},\"bytes\":{},\"time_us\":{:.2},\"gflops\":{:.2},\"speedup\":{:.3},\"cpu_time_us\":{:.2},\"cpu_speedup\":{:.3},\"ideal\":{:.3}}}",
+            "{{\"shape\":\"{}\",\"variant\":\"{}\",\"base\":\"{}\",\"sparsity\":{:.4},\"tile\":{tile},\"base_sparsity\":{:.4},\"base_block\":{base_block},\"multiplied\":{},\"vs_base\":{vs_base},\"nnz\":{},\"bytes\":{},\"time_us\":{:.2},\"gflops\":{:.2},\"speedup\":{:.3},\"cpu_time_us\":{:.2},\"cpu_speedup\":{:.3},\"ideal\":{:.3}}}",
             r.shape,
             r.variant,
             r.base,
             r.sparsity,
+            r.base_sparsity,
+            r.multiplied,
             r.nnz,
             r.bytes,
             r.time.median.as_secs_f64() * 1e6,
@@ -329,7 +387,7 @@ fn print_row(args: &Args, r: &Row) {
     } else {
         let tile = r.tile.map_or("-".to_string(), |t| t.to_string());
         println!(
-            "{:<10} {:<16} {:<14} {:>7.1}% {:>5} {:>10.1} {:>8.1} {:>8.2}x {:>8.1} {:>7.2}x {:>5.2}x",
+            "{:<10} {:<16} {:<14} {:>7.1}% {:>5} {:>10.1} {:>8.1} {:>8.2}x {:>8.1} {:>7.2}x {:>5.2}x {:>6.1}% {:>8}",
             r.shape,
             r.variant,
             r.base,
@@ -340,7 +398,9 @@ fn print_row(args: &Args, r: &Row) {
             r.speedup,
             r.time.cpu.as_secs_f64() * 1e6,
             r.speedup_cpu,
-            r.ideal
+            r.ideal,
+            100.0 * r.multiplied as f64 / r.nnz.max(1) as f64,
+            r.vs_base.map_or("-".to_string(), |v| format!("{v:.2}x"))
         );
     }
 }
@@ -348,14 +408,31 @@ fn print_row(args: &Args, r: &Row) {
 fn run_shape(args: &Args, shape: &Shape) {
     let mut cases = cases_for(shape);
     if let Some(f) = &args.filter {
-        // Dense stays: every speedup is against it.
+        // Dense stays (every speedup is against it), and so does the BP base of a kept pattern row.
+        let label = |c: &Case| format!("{} {} {}", c.variant, c.base, c.tile.map_or(String::new(), |t| t.to_string()));
+        let mut keep: Vec<bool> =
+            cases.iter().enumerate().map(|(i, c)| i == 0 || label(c).contains(f.as_str())).collect();
+        for i in 0..cases.len() {
+            if let (true, Some(b)) = (keep[i], cases[i].base_case) {
+                keep[b] = true;
+            }
+        }
+        let mut new_index = vec![None; cases.len()];
+        let mut next = 0;
+        for (i, k) in keep.iter().enumerate() {
+            if *k {
+                new_index[i] = Some(next);
+                next += 1;
+            }
+        }
         let mut i = 0;
-        cases.retain(|c| {
+        cases.retain(|_| {
             i += 1;
-            i == 1
-                || format!("{} {} {}", c.variant, c.base, c.tile.map_or(String::new(), |t| t.to_string()))
-                    .contains(f.as_str())
+            keep[i - 1]
         });
+        for c in &mut cases {
+            c.base_case = c.base_case.and_then(|b| new_index[b]);
+        }
     }
     let x = Matrix::random(shape.tokens, shape.inputs, 77, 1.0);
     let layers: Vec<&dyn LinearKernel> = cases.iter().map(|c| c.layer.as_ref()).collect();
@@ -374,6 +451,10 @@ fn run_shape(args: &Args, shape: &Shape) {
                 tile: case.tile,
                 nnz: stats.nnz,
                 bytes: stats.bytes,
+                multiplied: stats.multiplied,
+                base_sparsity: case.base_sparsity,
+                base_block: case.base_block.clone(),
+                vs_base: case.base_case.map(|b| times[b].median.as_secs_f64() / time.median.as_secs_f64()),
                 time: *time,
                 gflops: 2.0 * stats.nnz as f64 * shape.tokens as f64 / time.median.as_secs_f64() / 1e9,
                 speedup: dense.median.as_secs_f64() / time.median.as_secs_f64(),
@@ -384,15 +465,14 @@ fn run_shape(args: &Args, shape: &Shape) {
     }
 }
 
-/// The whole `distilbert` encoder: dense vs BP+PP at 75 % on every linear
+/// The whole `distilbert` encoder: dense vs BP and BP+PP on every linear
 /// layer, and the time to switch the active pattern set.
 ///
-/// Two BP bases, labelled by their block shape: `bp64t` prunes whole 16x16
-/// blocks, aligned with the 16x16 pattern tiles, so a tile is either gone or
-/// keeps exactly its pattern and tiles sharing a pattern share an index list;
-/// `bp64s` prunes column segments of 16x1 strips (the block rows of the
-/// per-layer table), which leaves each tile its own BP columns, so the pattern
-/// groups multiply the union of their tiles' columns (stored zeros).
+/// Two BP bases, labelled by their block shape: `bp64s` prunes column
+/// segments of 16x1 strips (the block rows of the per-layer table), `bp64t`
+/// whole 16x16 blocks. Pattern sets on either are laid over the compacted BP
+/// blocks and run on the masked-strip kernel, which multiplies kept weights
+/// only; `bp0+ppN` is plain PP on the tile-grouped pattern kernel.
 fn run_model(args: &Args) -> Result<(), String> {
     let preset = Preset::DistilBert;
     let config = preset.config();
@@ -413,7 +493,7 @@ fn run_model(args: &Args) -> Result<(), String> {
         method: CandidateMethod::Rt3TileSums,
         seed: 1,
     };
-    let variants: [(&str, VariantSpec); 8] = [
+    let variants: [(&str, VariantSpec); 9] = [
         ("dense", VariantSpec::Dense),
         ("bp0", block(0.0, 1)),
         ("bp64s", block(0.64, 1)),
@@ -422,13 +502,14 @@ fn run_model(args: &Args) -> Result<(), String> {
         ("bp0+pp87.5", pattern("bp0", 0.875)),
         ("bp64t+pp75", pattern("bp64t", 0.75)),
         ("bp64s+pp75", pattern("bp64s", 0.75)),
+        ("bp64s+pp87.5", pattern("bp64s", 0.875)),
     ];
     let mut infos = Vec::new();
     for (name, spec) in &variants {
         infos.push(model.add_variant(name, spec).map_err(|e| format!("add_variant {name}: {e}"))?);
     }
     let input = random_input(&config, 3);
-    let timed = ["dense", "bp64s", "bp64t", "bp0+pp75", "bp0+pp87.5", "bp64t+pp75", "bp64s+pp75"];
+    let timed = ["dense", "bp64s", "bp64t", "bp0+pp75", "bp0+pp87.5", "bp64t+pp75", "bp64s+pp75", "bp64s+pp87.5"];
     if !args.json {
         println!(
             "# encoder: bp64t = BP 64 % in {BLOCK_ROWS}x{BLOCK_ROWS} blocks (tile-aligned); bp64s = BP 64 % in \
@@ -460,6 +541,10 @@ fn run_model(args: &Args) -> Result<(), String> {
             tile: (info.kind == kernels::model::VariantKind::Pattern).then_some(16),
             nnz: info.nnz,
             bytes: info.bytes,
+            multiplied: info.layers.iter().map(|l| l.multiplied).sum(),
+            base_sparsity: 0.0,
+            base_block: None,
+            vs_base: None,
             time: times[i],
             gflops: dense_flops * (1.0 - info.sparsity) / times[i].median.as_secs_f64() / 1e9,
             speedup: times[0].median.as_secs_f64() / times[i].median.as_secs_f64(),

@@ -1,29 +1,54 @@
-//! A post-LN Transformer encoder in the BERT / DistilBERT layout, built on any
-//! [`LinearKernel`].
+//! A post-LN Transformer encoder, built on any [`LinearKernel`], in the two
+//! layouts of the experiments: BERT / DistilBERT, and the PyTorch
+//! word-language-model Transformer that RT3 trained.
 //!
 //! One layer, for activations `x` (`tokens x d_model`):
 //!
 //! ```text
 //! q, k, v = x·Wqᵀ + bq, x·Wkᵀ + bk, x·Wvᵀ + bv
-//! ctx     = concat over heads of softmax(q_h·k_hᵀ / sqrt(d_head)) · v_h
-//! x       = LayerNorm(x + ctx·Woᵀ + bo)                 (post-LN, as BERT)
-//! x       = LayerNorm(x + GELU(x·W1ᵀ + b1)·W2ᵀ + b2)
+//! ctx     = concat over heads of softmax(q_h·k_hᵀ / sqrt(d_head) + M) · v_h
+//! x       = LayerNorm(x + ctx·Woᵀ + bo)                 (post-LN)
+//! x       = LayerNorm(x + act(x·W1ᵀ + b1)·W2ᵀ + b2)
 //! ```
 //!
-//! How the types fit:
-//! - [`EncoderConfig`] (dimensions) and [`Preset`] (the named models).
-//! - [`EncoderWeights`]: dense weights, synthetic from a seed
-//!   ([`EncoderWeights::random`]) or read from a BERT/DistilBERT safetensors
-//!   file ([`EncoderWeights::from_safetensors`]).
-//! - [`SharedParams`]: biases and layer norms. Every variant of a model runs
-//!   with the same ones, so they are built once and shared through an `Arc`.
-//! - [`Encoder`]: shared params plus one packed kernel per linear layer (six
-//!   per encoder layer, in [`LinearSlot`] order); [`Encoder::forward`] runs it,
-//!   [`Encoder::reference_forward`] is the scalar `f64` oracle.
+//! What differs between the presets is in [`EncoderConfig`]:
+//! - BERT, DistilBERT, MiniLM: `act` = GELU (exact erf form), LayerNorm eps
+//!   1e-12, no mask (`M` = 0: every token attends to every token); the input
+//!   is already a `tokens x d_model` activation.
+//! - `rt3-transformer`, `TransformerModel` of pytorch/examples
+//!   `word_language_model/model.py` (the layout up to 2023-08, e.g. commit
+//!   3d63fe1; RT3 is from 2021), whose layers are `nn.TransformerEncoderLayer`
+//!   with its defaults (pytorch/pytorch `torch/nn/modules/transformer.py`:
+//!   `activation=F.relu`, `layer_norm_eps=1e-5`, `norm_first=False`, i.e.
+//!   post-LN; dropout is the identity at inference): `act` = ReLU, eps 1e-5,
+//!   and the square subsequent mask (`M[i][j]` = -inf for `j > i`, token `i`
+//!   attends to tokens `0..=i`). Around the layers: a token lookup
+//!   `nn.Embedding(ntoken, d)` scaled by `sqrt(d)` plus the sinusoidal
+//!   `PositionalEncoding` ([`TokenEmbedding`], [`Encoder::embed`]) in front,
+//!   and the `nn.Linear(d, ntoken)` decoder to the 33,278-word WikiText-2
+//!   vocabulary behind ([`LinearSlot::LmHead`], optional: it holds most of the
+//!   model's MACs). The example ends in `log_softmax` over the logits
+//!   ([`log_softmax_rows`]); the forward stops at the logits, since
+//!   `log_softmax` is a per-row shift that is not part of any prunable layer.
+//!   The nn.Transformer-based layout of the example since 2023-08 adds a final
+//!   LayerNorm after the stack (`final_norm`); checkpoints in either layout
+//!   load.
 //!
-//! There are no embeddings and no attention mask: the input is already a
-//! `tokens x d_model` activation (see `model::random_input`) and every token
-//! attends to every other, which is what a fixed-length benchmark needs.
+//! How the types fit:
+//! - [`EncoderConfig`] (dimensions and the per-preset choices above) and
+//!   [`Preset`] (the named models).
+//! - [`EncoderWeights`]: dense weights, synthetic from a seed
+//!   ([`EncoderWeights::random`]) or read from a safetensors file
+//!   ([`EncoderWeights::from_safetensors`], BERT, DistilBERT and the
+//!   word-language-model state_dicts).
+//! - [`SharedParams`]: biases, layer norms and the token embedding. Every
+//!   variant of a model runs with the same ones, so they are built once and
+//!   shared through an `Arc`.
+//! - [`Encoder`]: shared params plus one packed kernel per linear layer (six
+//!   per encoder layer, in [`LinearSlot`] order, then the `lm_head` when the
+//!   config has one); [`Encoder::forward`] runs it on activations,
+//!   [`Encoder::forward_tokens`] on token ids, [`Encoder::reference_forward`]
+//!   is the scalar `f64` oracle.
 //!
 //! Determinism: synthetic weights use integer-only random numbers and
 //! correctly rounded `f32` operations, so they are bit-identical on x86-64 and
@@ -46,6 +71,15 @@ use crate::reference;
 /// in their Hugging Face configs).
 pub const LAYER_NORM_EPS: f32 = 1e-12;
 
+/// Layer-norm epsilon of PyTorch's `nn.TransformerEncoderLayer` (its
+/// `layer_norm_eps=1e-5` default), which RT3's model keeps.
+pub const TORCH_LAYER_NORM_EPS: f32 = 1e-5;
+
+/// Words in the WikiText-2 vocabulary as pytorch/examples' `data.py` builds
+/// it (every word of the training, validation and test files plus `<eos>`):
+/// the `ntoken` of RT3's model.
+pub const WIKITEXT2_VOCAB: usize = 33_278;
+
 /// Linear layers per encoder layer: Q, K, V, attention output, FFN in, FFN out.
 pub const LINEARS_PER_LAYER: usize = 6;
 
@@ -53,9 +87,36 @@ pub const LINEARS_PER_LAYER: usize = 6;
 // Configuration and presets
 // ---------------------------------------------------------------------------
 
-/// Dimensions of an encoder. `seq_len` is the default number of tokens of an
-/// input (benchmarks use it); [`Encoder::forward`] accepts any token count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The feed-forward nonlinearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Activation {
+    /// `0.5·x·(1 + erf(x/√2))`: BERT, DistilBERT, MiniLM.
+    #[default]
+    Gelu,
+    /// `max(x, 0)`: `nn.TransformerEncoderLayer`'s default, RT3's model.
+    Relu,
+}
+
+/// Which tokens a token attends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum AttentionMask {
+    /// Every token (BERT-style encoders).
+    #[default]
+    Bidirectional,
+    /// Token `i` attends to tokens `0..=i`: the additive square subsequent
+    /// mask (0 on and below the diagonal, -inf above) of the word language
+    /// model, so no output depends on a later token.
+    Causal,
+}
+
+/// Dimensions and per-preset choices of an encoder. `seq_len` is the default
+/// number of tokens of an input (benchmarks use it); [`Encoder::forward`]
+/// accepts any token count.
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct EncoderConfig {
@@ -64,6 +125,31 @@ pub struct EncoderConfig {
     pub heads: usize,
     pub ffn: usize,
     pub seq_len: usize,
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub activation: Activation,
+    #[cfg_attr(feature = "serde", serde(default = "default_layer_norm_eps"))]
+    pub layer_norm_eps: f32,
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub attention: AttentionMask,
+    /// Words of the vocabulary when the model starts with a token embedding
+    /// (lookup scaled by `sqrt(d_model)`, plus sinusoidal positions); `None`
+    /// for encoders fed activations.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub vocab: Option<usize>,
+    /// Whether the output projection onto the vocabulary (`d_model -> vocab`,
+    /// with bias) runs as the last linear layer, prunable like the others.
+    /// Needs `vocab`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub lm_head: bool,
+    /// A LayerNorm after the last layer (nn.Transformer's `encoder.norm`,
+    /// in the word-language-model layout since 2023-08; not in RT3's).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub final_norm: bool,
+}
+
+#[cfg(feature = "serde")]
+fn default_layer_norm_eps() -> f32 {
+    LAYER_NORM_EPS
 }
 
 /// An encoder configuration that cannot be built.
@@ -73,10 +159,15 @@ pub enum ConfigError {
     Zero { field: &'static str },
     #[error("encoder config: d_model {d_model} is not divisible by heads {heads}")]
     HeadsDoNotDivide { d_model: usize, heads: usize },
+    #[error("encoder config: layer_norm_eps {0} must be positive and finite")]
+    Eps(String),
+    #[error("encoder config: lm_head needs a vocabulary (`vocab`); this model has none")]
+    LmHeadWithoutVocab,
 }
 
 impl EncoderConfig {
-    /// Checks every dimension is positive and the heads split `d_model` evenly.
+    /// Checks every dimension is positive, the heads split `d_model` evenly,
+    /// eps is usable and an `lm_head` has a vocabulary to project onto.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
             ("layers", self.layers),
@@ -84,6 +175,7 @@ impl EncoderConfig {
             ("heads", self.heads),
             ("ffn", self.ffn),
             ("seq_len", self.seq_len),
+            ("vocab", self.vocab.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { field });
@@ -91,6 +183,12 @@ impl EncoderConfig {
         }
         if !self.d_model.is_multiple_of(self.heads) {
             return Err(ConfigError::HeadsDoNotDivide { d_model: self.d_model, heads: self.heads });
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(ConfigError::Eps(self.layer_norm_eps.to_string()));
+        }
+        if self.lm_head && self.vocab.is_none() {
+            return Err(ConfigError::LmHeadWithoutVocab);
         }
         Ok(())
     }
@@ -102,13 +200,34 @@ impl EncoderConfig {
         self
     }
 
+    /// The same model with or without its output projection as a linear layer
+    /// (checked by [`EncoderConfig::validate`]: it needs a vocabulary).
+    #[must_use]
+    pub fn with_lm_head(mut self, lm_head: bool) -> Self {
+        self.lm_head = lm_head;
+        self
+    }
+
     pub fn head_dim(&self) -> usize {
         self.d_model / self.heads.max(1)
     }
 
-    /// Number of linear layers (six per encoder layer).
+    /// Width of the forward's output: the vocabulary with an `lm_head`, else `d_model`.
+    pub fn output_width(&self) -> usize {
+        match (self.lm_head, self.vocab) {
+            (true, Some(vocab)) => vocab,
+            _ => self.d_model,
+        }
+    }
+
+    /// The `lm_head`'s id, when the config runs one.
+    pub fn lm_head_id(&self) -> Option<LinearId> {
+        self.lm_head.then_some(LinearId { layer: self.layers, slot: LinearSlot::LmHead })
+    }
+
+    /// Number of linear layers: six per encoder layer, plus the `lm_head`.
     pub fn linear_count(&self) -> usize {
-        self.layers * LINEARS_PER_LAYER
+        self.layers * LINEARS_PER_LAYER + usize::from(self.lm_head)
     }
 
     /// `(out_features, in_features)` of a linear layer.
@@ -119,23 +238,63 @@ impl EncoderConfig {
             }
             LinearSlot::FfnIn => (self.ffn, self.d_model),
             LinearSlot::FfnOut => (self.d_model, self.ffn),
+            LinearSlot::LmHead => (self.vocab.unwrap_or(0), self.d_model),
         }
     }
 
-    /// Every linear layer in canonical order (layer-major, then [`LinearSlot::ALL`]).
+    /// Every linear layer in canonical order (layer-major, then
+    /// [`LinearSlot::ALL`], then the `lm_head`): the order of
+    /// [`LinearId::index`], per-layer sparsity lists and [`Encoder::linears`].
     pub fn linear_ids(&self) -> impl Iterator<Item = LinearId> {
-        (0..self.layers).flat_map(|layer| LinearSlot::ALL.into_iter().map(move |slot| LinearId { layer, slot }))
+        (0..self.layers)
+            .flat_map(|layer| LinearSlot::ALL.into_iter().map(move |slot| LinearId { layer, slot }))
+            .chain(self.lm_head_id())
     }
 
-    /// Weights in all linear layers (what pruning acts on).
+    /// The linear layer at `index` in canonical order (the inverse of
+    /// [`LinearId::index`] for this config), `None` past the last.
+    pub fn linear_id(&self, index: usize) -> Option<LinearId> {
+        if index < self.layers * LINEARS_PER_LAYER {
+            Some(LinearId::from_index(index))
+        } else if index == self.layers * LINEARS_PER_LAYER {
+            self.lm_head_id()
+        } else {
+            None
+        }
+    }
+
+    /// Weights in all linear layers (what pruning acts on), the `lm_head` included.
     pub fn linear_weight_count(&self) -> usize {
-        LinearSlot::ALL.iter().map(|s| self.linear_shape(*s)).map(|(o, i)| o * i).sum::<usize>() * self.layers
+        self.linear_ids().map(|id| self.linear_shape(id.slot)).map(|(o, i)| o * i).sum()
     }
 
-    /// Every parameter: linear weights, biases and layer norms.
+    /// Biases and layer norms: what every variant shares (one copy held
+    /// beside the dense source weights).
+    pub fn shared_parameter_count(&self) -> usize {
+        let biases: usize = self.linear_ids().map(|id| self.linear_shape(id.slot).0).sum();
+        biases + (2 * self.layers + if self.final_norm { 1 } else { 0 }) * 2 * self.d_model
+    }
+
+    /// Weights of the token embedding table (`vocab x d_model`), 0 without one.
+    /// The positional encoding is a fixed function, not a parameter.
+    pub fn embedding_parameter_count(&self) -> usize {
+        self.vocab.map_or(0, |v| v * self.d_model)
+    }
+
+    /// Every parameter: linear weights, biases, layer norms and the token embedding.
     pub fn parameter_count(&self) -> usize {
-        let biases: usize = LinearSlot::ALL.iter().map(|s| self.linear_shape(*s).0).sum();
-        self.linear_weight_count() + self.layers * (biases + 4 * self.d_model)
+        self.linear_weight_count() + self.shared_parameter_count() + self.embedding_parameter_count()
+    }
+
+    /// Multiply-accumulates of one dense forward over `tokens` tokens: the
+    /// linear layers (`tokens` per weight) plus attention's two products per
+    /// layer (`q·kᵀ` and `softmax·v`, `tokens² · d_model` each, computed in
+    /// full also under the causal mask, as PyTorch does). Embedding lookup,
+    /// softmax, activation and norms are not MACs.
+    pub fn macs(&self, tokens: usize) -> u64 {
+        let linear = self.linear_weight_count() as u64 * tokens as u64;
+        let attention = 2 * self.layers as u64 * (tokens * tokens * self.d_model) as u64;
+        linear + attention
     }
 }
 
@@ -149,8 +308,11 @@ pub enum Preset {
     /// MiniLM-L6 (e.g. all-MiniLM-L6-v2): 6 layers, d=384, 12 heads, FFN 1536, 128 tokens.
     #[cfg_attr(feature = "serde", serde(rename = "minilm"))]
     MiniLm,
-    /// The model in RT3's code, the PyTorch-tutorial Transformer language model
-    /// on WikiText-2: 2 layers, d=800, 4 heads, FFN 200, sequence 35.
+    /// The model in RT3's code, the PyTorch word-language-model Transformer on
+    /// WikiText-2: 2 layers, d=800, 4 heads, FFN 200, sequence 35 (RT3-NOTES),
+    /// ReLU, LayerNorm eps 1e-5, causal mask, token embedding over 33,278
+    /// words; the output projection onto them is off unless asked for
+    /// ([`EncoderConfig::with_lm_head`]).
     #[cfg_attr(feature = "serde", serde(rename = "rt3-transformer"))]
     Rt3Transformer,
 }
@@ -168,11 +330,41 @@ impl Preset {
     }
 
     pub fn config(self) -> EncoderConfig {
+        let bert = |layers, d_model, heads, ffn| EncoderConfig {
+            layers,
+            d_model,
+            heads,
+            ffn,
+            seq_len: 128,
+            activation: Activation::Gelu,
+            layer_norm_eps: LAYER_NORM_EPS,
+            attention: AttentionMask::Bidirectional,
+            vocab: None,
+            lm_head: false,
+            final_norm: false,
+        };
         match self {
-            Preset::DistilBert => EncoderConfig { layers: 6, d_model: 768, heads: 12, ffn: 3072, seq_len: 128 },
-            Preset::MiniLm => EncoderConfig { layers: 6, d_model: 384, heads: 12, ffn: 1536, seq_len: 128 },
-            Preset::Rt3Transformer => EncoderConfig { layers: 2, d_model: 800, heads: 4, ffn: 200, seq_len: 35 },
+            Preset::DistilBert => bert(6, 768, 12, 3072),
+            Preset::MiniLm => bert(6, 384, 12, 1536),
+            Preset::Rt3Transformer => EncoderConfig {
+                layers: 2,
+                d_model: 800,
+                heads: 4,
+                ffn: 200,
+                seq_len: 35,
+                activation: Activation::Relu,
+                layer_norm_eps: TORCH_LAYER_NORM_EPS,
+                attention: AttentionMask::Causal,
+                vocab: Some(WIKITEXT2_VOCAB),
+                lm_head: false,
+                final_norm: false,
+            },
         }
+    }
+
+    /// Whether the preset has a vocabulary, so `lm_head` can be switched on.
+    pub fn has_vocabulary(self) -> bool {
+        self.config().vocab.is_some()
     }
 }
 
@@ -195,7 +387,8 @@ impl FromStr for Preset {
     }
 }
 
-/// Which of the six linear layers of an encoder layer.
+/// Which linear layer: one of the six of an encoder layer, or the output
+/// projection onto the vocabulary after the last layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
@@ -206,10 +399,12 @@ pub enum LinearSlot {
     AttentionOutput,
     FfnIn,
     FfnOut,
+    /// The word language model's `decoder`: `d_model -> vocab`, once per model.
+    LmHead,
 }
 
 impl LinearSlot {
-    /// Canonical order inside a layer.
+    /// Canonical order inside an encoder layer (the `lm_head` is not in a layer).
     pub const ALL: [LinearSlot; LINEARS_PER_LAYER] = [
         LinearSlot::Query,
         LinearSlot::Key,
@@ -227,15 +422,19 @@ impl LinearSlot {
             LinearSlot::AttentionOutput => "attention_output",
             LinearSlot::FfnIn => "ffn_in",
             LinearSlot::FfnOut => "ffn_out",
+            LinearSlot::LmHead => "lm_head",
         }
     }
 
+    /// Position inside an encoder layer; the `lm_head` comes after all six.
     fn position(self) -> usize {
         self as usize
     }
 }
 
-/// One linear layer of the encoder: which encoder layer and which slot.
+/// One linear layer of the model: which encoder layer and which slot. The
+/// `lm_head` has `layer` = the number of encoder layers
+/// ([`EncoderConfig::lm_head_id`]), so it sorts and indexes after them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LinearId {
@@ -244,12 +443,19 @@ pub struct LinearId {
 }
 
 impl LinearId {
-    /// Position in canonical order: `layer * 6 + slot`. Per-layer sparsity
-    /// lists and [`Encoder::linears`] are indexed by it.
+    /// Position in canonical order: `layer * 6 + slot`, and `layers * 6` for
+    /// the `lm_head`. Per-layer sparsity lists and [`Encoder::linears`] are
+    /// indexed by it.
     pub fn index(self) -> usize {
-        self.layer * LINEARS_PER_LAYER + self.slot.position()
+        match self.slot {
+            LinearSlot::LmHead => self.layer * LINEARS_PER_LAYER,
+            slot => self.layer * LINEARS_PER_LAYER + slot.position(),
+        }
     }
 
+    /// The encoder-layer linear at `index` (`layer * 6 + slot`). It cannot
+    /// tell the `lm_head` from the next layer's query: use
+    /// [`EncoderConfig::linear_id`] where a model may have one.
     pub fn from_index(index: usize) -> Self {
         LinearId { layer: index / LINEARS_PER_LAYER, slot: LinearSlot::ALL[index % LINEARS_PER_LAYER] }
     }
@@ -257,7 +463,10 @@ impl LinearId {
 
 impl fmt::Display for LinearId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "layer.{}.{}", self.layer, self.slot.name())
+        match self.slot {
+            LinearSlot::LmHead => f.write_str("lm_head"),
+            slot => write!(f, "layer.{}.{}", self.layer, slot.name()),
+        }
     }
 }
 
@@ -284,23 +493,127 @@ pub struct LayerNormWeights {
 pub struct EncoderLayerWeights {
     /// In [`LinearSlot::ALL`] order.
     pub linears: [LinearWeights; LINEARS_PER_LAYER],
-    /// After attention (DistilBERT `sa_layer_norm`, BERT `attention.output.LayerNorm`).
+    /// After attention (DistilBERT `sa_layer_norm`, BERT `attention.output.LayerNorm`,
+    /// `nn.TransformerEncoderLayer` `norm1`).
     pub attention_norm: LayerNormWeights,
-    /// After the feed-forward (DistilBERT `output_layer_norm`, BERT `output.LayerNorm`).
+    /// After the feed-forward (DistilBERT `output_layer_norm`, BERT `output.LayerNorm`,
+    /// `nn.TransformerEncoderLayer` `norm2`).
     pub output_norm: LayerNormWeights,
 }
 
 impl EncoderLayerWeights {
+    /// One of the six linear layers of the layer (the `lm_head` is not in a layer).
     pub fn linear(&self, slot: LinearSlot) -> &LinearWeights {
+        assert!(slot != LinearSlot::LmHead, "the lm_head is not in an encoder layer: use EncoderWeights::linear");
         &self.linears[slot.position()]
     }
 }
 
-/// Dense weights of a whole encoder, shape-checked against its config.
+/// The word language model's token lookup (`nn.Embedding(ntoken, d_model)`,
+/// `vocab x d_model`) and what the example does with it before the first
+/// layer: `emb(token) · sqrt(d_model) + pe[position]`, with the fixed
+/// sinusoidal table of its `PositionalEncoding` ([`sinusoidal_position`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEmbedding {
+    table: Matrix,
+}
+
+/// Token ids that cannot be embedded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("this model takes activations, not token ids (it has no token embedding)")]
+    NoEmbedding,
+    #[error("no tokens given: an input needs at least one")]
+    NoTokens,
+    #[error("token {token} at position {position} is outside the vocabulary of {vocab} words")]
+    TokenOutOfRange { token: u32, position: usize, vocab: usize },
+}
+
+impl TokenEmbedding {
+    /// A lookup table of `vocab x d_model` (PyTorch's `nn.Embedding.weight`).
+    pub fn new(table: Matrix) -> Self {
+        Self { table }
+    }
+
+    pub fn table(&self) -> &Matrix {
+        &self.table
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.table.rows()
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.table.cols()
+    }
+
+    /// `tokens x d_model`: row `t` is `table[tokens[t]] · sqrt(d_model) + pe[t]`,
+    /// rounded as PyTorch does in `f32` (the scale is `math.sqrt(ninp)`
+    /// rounded to `f32`; product and sum each rounded, no FMA).
+    pub fn embed(&self, tokens: &[u32]) -> Result<Matrix, InputError> {
+        if tokens.is_empty() {
+            return Err(InputError::NoTokens);
+        }
+        let d = self.d_model();
+        let scale = (d as f64).sqrt() as f32;
+        let mut out = Matrix::zeros(tokens.len(), d);
+        let mut pe = vec![0.0f32; d];
+        for (position, &token) in tokens.iter().enumerate() {
+            if token as usize >= self.vocab() {
+                return Err(InputError::TokenOutOfRange { token, position, vocab: self.vocab() });
+            }
+            sinusoidal_position(position, &mut pe);
+            let row = self.table.row(token as usize);
+            for (c, (e, p)) in row.iter().zip(&pe).enumerate() {
+                out.set(position, c, e * scale + p);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Row `position` of the word language model's `PositionalEncoding` table,
+/// `out.len()` = `d_model` wide: `pe[2i] = sin(position · w_i)`,
+/// `pe[2i+1] = cos(position · w_i)`, `w_i = exp(2i · -ln(10000) / d_model)`
+/// (pytorch/examples `word_language_model/model.py`). Computed as the
+/// example computes it in `f32` (the rate as an `f32` product, its `exp`, the
+/// angle as an `f32` product), with `exp`, `sin` and `cos` correctly rounded
+/// here where PyTorch's vectorised ones are within an ulp: the table agrees
+/// with a saved `pos_encoder.pe` to about `1e-7 · position`.
+pub fn sinusoidal_position(position: usize, out: &mut [f32]) {
+    let d = out.len();
+    let rate = (-(10000.0f64.ln()) / d as f64) as f32;
+    for i in (0..d).step_by(2) {
+        let w = (((i as f32) * rate) as f64).exp() as f32;
+        let angle = (position as f32 * w) as f64;
+        out[i] = angle.sin() as f32;
+        if i + 1 < d {
+            out[i + 1] = angle.cos() as f32;
+        }
+    }
+}
+
+/// The parts of a model outside its encoder layers: the token embedding in
+/// front, a final LayerNorm and the output projection behind.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OuterWeights {
+    /// Needed when the config has a `vocab`.
+    pub embedding: Option<TokenEmbedding>,
+    /// Needed when the config has `final_norm`.
+    pub final_norm: Option<LayerNormWeights>,
+    /// `vocab x d_model` and its bias; needed when the config has `lm_head`.
+    pub lm_head: Option<LinearWeights>,
+}
+
+/// Dense weights of a whole model, shape-checked against its config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncoderWeights {
     config: EncoderConfig,
     layers: Vec<EncoderLayerWeights>,
+    /// Shared with every encoder built from these weights (never copied).
+    embedding: Option<Arc<TokenEmbedding>>,
+    final_norm: Option<LayerNormWeights>,
+    lm_head: Option<LinearWeights>,
 }
 
 /// Weights that cannot be used: unreadable file, missing tensor, bad shape or dtype.
@@ -316,8 +629,10 @@ pub enum WeightsError {
     Format { file: String, message: String },
     #[error(
         "{file}: no encoder layers found: expected a tensor named like \
-         `distilbert.transformer.layer.0.attention.q_lin.weight` (DistilBERT) or \
-         `bert.encoder.layer.0.attention.self.query.weight` (BERT), with or without the model prefix"
+         `distilbert.transformer.layer.0.attention.q_lin.weight` (DistilBERT), \
+         `bert.encoder.layer.0.attention.self.query.weight` (BERT) or \
+         `transformer_encoder.layers.0.self_attn.in_proj_weight` (the PyTorch word language model; \
+         `encoder.layers.0...` in its nn.Transformer-based layout), with or without a model prefix"
     )]
     NoEncoderLayers { file: String },
     #[error("{file}: missing tensor `{name}` ({naming} naming, {layers} layers found)")]
@@ -332,6 +647,15 @@ pub enum WeightsError {
         #[source]
         source: ConfigError,
     },
+    #[error("{file}: holds a {found} checkpoint; the model asked for reads {expected} checkpoints")]
+    WrongFamily { file: String, found: &'static str, expected: &'static str },
+    #[error(
+        "{file}: `{name}` is not the sinusoidal positional encoding of the word language model \
+         (position {position}, column {column}: {got} vs {want})"
+    )]
+    Positions { file: String, name: String, position: usize, column: usize, got: f32, want: f32 },
+    #[error("{file}: {message}")]
+    Missing { file: String, message: String },
 }
 
 /// SplitMix64 finaliser: spreads a (seed, tensor) pair into an independent seed.
@@ -348,6 +672,33 @@ fn random_vec(len: usize, seed: u64, offset: f32, scale: f32) -> Vec<f32> {
     (0..len).map(|_| offset + rng.next_symmetric() * scale).collect()
 }
 
+/// A `rows x cols` matrix uniform in `±scale`, row `r` from its own stream
+/// `(seed, r)`, generated in parallel: the vocabulary-sized tables (33,278 x
+/// 800) would otherwise take a noticeable part of a second to load.
+fn random_rows(rows: usize, cols: usize, seed: u64, scale: f32) -> Matrix {
+    use rayon::prelude::*;
+    let mut m = Matrix::zeros(rows, cols);
+    if cols > 0 {
+        m.as_mut_slice().par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+            let mut rng = SeededUniform::new(mix_seed(seed, r as u64));
+            for v in row {
+                *v = rng.next_symmetric() * scale;
+            }
+        });
+    }
+    m
+}
+
+/// Tags of the synthetic tensors outside the layers (layer tags are `layer << 8 | k`
+/// with `layer` small, so these never collide with them).
+const TAG_EMBEDDING: u64 = 0xE3B0_0000;
+const TAG_LM_HEAD: u64 = 0xE3B0_0001;
+const TAG_FINAL_NORM: u64 = 0xE3B0_0010;
+
+/// `init_weights` of the word language model: embedding and decoder weights
+/// uniform in `±0.1` (its `initrange`).
+const WORD_LM_INIT_RANGE: f32 = 0.1;
+
 impl EncoderWeights {
     /// Synthetic weights from `seed`, bit-identical on every architecture.
     ///
@@ -355,9 +706,12 @@ impl EncoderWeights {
     /// uniform in `±sqrt(3 / in)` (variance `1 / in`, so `x·Wᵀ` keeps the
     /// variance of `x` and attention scores stay O(1) before the softmax);
     /// biases `±0.1`; layer-norm gamma `1 ± 0.1` and beta `±0.1` (not exactly
-    /// 1 and 0, so a swapped gamma/beta shows up in tests). Each tensor has its
-    /// own stream derived from `(seed, layer, tensor)`, so changing one
-    /// dimension does not shift the values of unrelated tensors.
+    /// 1 and 0, so a swapped gamma/beta shows up in tests). The token
+    /// embedding and the `lm_head` weights are uniform in `±0.1`, the
+    /// word language model's own `init_weights`. Each tensor has its own
+    /// stream derived from `(seed, layer, tensor)`, so changing one dimension
+    /// (or switching the `lm_head` on) does not shift the values of unrelated
+    /// tensors.
     pub fn random(config: EncoderConfig, seed: u64) -> Result<Self, ConfigError> {
         config.validate()?;
         let layers = (0..config.layers)
@@ -380,52 +734,109 @@ impl EncoderWeights {
                 EncoderLayerWeights { linears, attention_norm: norm(100), output_norm: norm(102) }
             })
             .collect();
-        Ok(Self { config, layers })
+        let tag = |t: u64| mix_seed(seed, t);
+        let embedding = config.vocab.map(|vocab| {
+            Arc::new(TokenEmbedding::new(random_rows(vocab, config.d_model, tag(TAG_EMBEDDING), WORD_LM_INIT_RANGE)))
+        });
+        let lm_head = config.lm_head_id().map(|id| {
+            let (out, inp) = config.linear_shape(id.slot);
+            LinearWeights {
+                weight: random_rows(out, inp, tag(TAG_LM_HEAD), WORD_LM_INIT_RANGE),
+                bias: random_vec(out, tag(TAG_LM_HEAD + 1), 0.0, 0.1),
+            }
+        });
+        let final_norm = config.final_norm.then(|| LayerNormWeights {
+            gamma: random_vec(config.d_model, tag(TAG_FINAL_NORM), 1.0, 0.1),
+            beta: random_vec(config.d_model, tag(TAG_FINAL_NORM + 1), 0.0, 0.1),
+        });
+        Ok(Self { config, layers, embedding, final_norm, lm_head })
     }
 
-    /// Wraps weights built elsewhere, checking every shape against `config`.
-    pub fn new(config: EncoderConfig, layers: Vec<EncoderLayerWeights>) -> Result<Self, WeightsError> {
+    /// Wraps weights built elsewhere, checking every shape against `config`:
+    /// `outer` must hold exactly the parts the config names (an embedding of
+    /// `vocab` words, the final norm, the `lm_head`).
+    pub fn new(
+        config: EncoderConfig,
+        layers: Vec<EncoderLayerWeights>,
+        outer: OuterWeights,
+    ) -> Result<Self, WeightsError> {
         let file = "weights".to_string();
         config.validate().map_err(|source| WeightsError::Config { file: file.clone(), source })?;
+        let shape_err = |name: String, expected: Vec<usize>, got: Vec<usize>| WeightsError::Shape {
+            file: file.clone(),
+            name,
+            expected,
+            got,
+        };
         if layers.len() != config.layers {
-            return Err(WeightsError::Shape {
-                file,
-                name: "layers".into(),
-                expected: vec![config.layers],
-                got: vec![layers.len()],
-            });
+            return Err(shape_err("layers".into(), vec![config.layers], vec![layers.len()]));
         }
+        let check_linear = |id: LinearId, lw: &LinearWeights| {
+            let (out, inp) = config.linear_shape(id.slot);
+            if lw.weight.shape() != (out, inp) {
+                return Err(shape_err(
+                    format!("{id}.weight"),
+                    vec![out, inp],
+                    vec![lw.weight.rows(), lw.weight.cols()],
+                ));
+            }
+            if lw.bias.len() != out {
+                return Err(shape_err(format!("{id}.bias"), vec![out], vec![lw.bias.len()]));
+            }
+            Ok(())
+        };
+        let check_norm = |name: String, norm: &LayerNormWeights| {
+            for (part, v) in [("gamma", &norm.gamma), ("beta", &norm.beta)] {
+                if v.len() != config.d_model {
+                    return Err(shape_err(format!("{name}.{part}"), vec![config.d_model], vec![v.len()]));
+                }
+            }
+            Ok(())
+        };
         for (i, layer) in layers.iter().enumerate() {
-            let shape_err = |name: String, expected: Vec<usize>, got: Vec<usize>| WeightsError::Shape {
-                file: file.clone(),
-                name,
-                expected,
-                got,
-            };
             for slot in LinearSlot::ALL {
-                let (out, inp) = config.linear_shape(slot);
-                let lw = layer.linear(slot);
-                let id = LinearId { layer: i, slot };
-                if lw.weight.shape() != (out, inp) {
-                    return Err(shape_err(
-                        format!("{id}.weight"),
-                        vec![out, inp],
-                        vec![lw.weight.rows(), lw.weight.cols()],
-                    ));
-                }
-                if lw.bias.len() != out {
-                    return Err(shape_err(format!("{id}.bias"), vec![out], vec![lw.bias.len()]));
-                }
+                check_linear(LinearId { layer: i, slot }, layer.linear(slot))?;
             }
-            for (name, norm) in [("attention_norm", &layer.attention_norm), ("output_norm", &layer.output_norm)] {
-                for (part, v) in [("gamma", &norm.gamma), ("beta", &norm.beta)] {
-                    if v.len() != config.d_model {
-                        return Err(shape_err(format!("layer.{i}.{name}.{part}"), vec![config.d_model], vec![v.len()]));
-                    }
-                }
+            check_norm(format!("layer.{i}.attention_norm"), &layer.attention_norm)?;
+            check_norm(format!("layer.{i}.output_norm"), &layer.output_norm)?;
+        }
+        let presence = |part: &str, wanted: bool, given: bool| {
+            if wanted == given {
+                Ok(())
+            } else {
+                let message = if wanted {
+                    format!("the config needs `{part}` and none was given")
+                } else {
+                    format!("`{part}` was given but the config has none")
+                };
+                Err(WeightsError::Missing { file: file.clone(), message })
+            }
+        };
+        presence("embedding", config.vocab.is_some(), outer.embedding.is_some())?;
+        presence("final_norm", config.final_norm, outer.final_norm.is_some())?;
+        presence("lm_head", config.lm_head, outer.lm_head.is_some())?;
+        if let (Some(vocab), Some(e)) = (config.vocab, &outer.embedding) {
+            if e.table().shape() != (vocab, config.d_model) {
+                return Err(shape_err(
+                    "embedding".into(),
+                    vec![vocab, config.d_model],
+                    vec![e.table().rows(), e.table().cols()],
+                ));
             }
         }
-        Ok(Self { config, layers })
+        if let Some(norm) = &outer.final_norm {
+            check_norm("final_norm".into(), norm)?;
+        }
+        if let (Some(id), Some(lw)) = (config.lm_head_id(), &outer.lm_head) {
+            check_linear(id, lw)?;
+        }
+        Ok(Self {
+            config,
+            layers,
+            embedding: outer.embedding.map(Arc::new),
+            final_norm: outer.final_norm,
+            lm_head: outer.lm_head,
+        })
     }
 
     pub fn config(&self) -> &EncoderConfig {
@@ -436,8 +847,22 @@ impl EncoderWeights {
         &self.layers
     }
 
+    /// The token embedding, when the model has a vocabulary.
+    pub fn embedding(&self) -> Option<&TokenEmbedding> {
+        self.embedding.as_deref()
+    }
+
+    /// The LayerNorm after the last layer, when the config has one.
+    pub fn final_norm(&self) -> Option<&LayerNormWeights> {
+        self.final_norm.as_ref()
+    }
+
+    /// Any linear layer of the config, the `lm_head` included.
     pub fn linear(&self, id: LinearId) -> &LinearWeights {
-        self.layers[id.layer].linear(id.slot)
+        match id.slot {
+            LinearSlot::LmHead => self.lm_head.as_ref().expect("weights of a config with an lm_head hold it"),
+            slot => self.layers[id.layer].linear(slot),
+        }
     }
 
     /// Every linear layer's dense weight matrix in canonical order.
@@ -445,80 +870,258 @@ impl EncoderWeights {
         self.config.linear_ids().map(|id| &self.linear(id).weight).collect()
     }
 
-    /// Reads a BERT or DistilBERT encoder from a safetensors file (see
+    /// Reads an encoder from a safetensors file (see
     /// [`EncoderWeights::from_safetensors_bytes`]). The file is read whole.
     pub fn from_safetensors(path: &Path, heads: usize, seq_len: usize) -> Result<Self, WeightsError> {
-        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
+        let bytes = read_file(path)?;
         Self::from_safetensors_bytes(&bytes, &path.display().to_string(), heads, seq_len)
+    }
+
+    /// Reads a safetensors file as the model `config` describes (a preset's
+    /// config, e.g. with its `lm_head` switched on): see
+    /// [`EncoderWeights::from_safetensors_bytes_as`].
+    pub fn from_safetensors_as(path: &Path, config: &EncoderConfig) -> Result<Self, WeightsError> {
+        let bytes = read_file(path)?;
+        Self::from_safetensors_bytes_as(&bytes, &path.display().to_string(), config)
     }
 
     /// Reads an encoder from safetensors bytes; `file` names them in errors.
     ///
-    /// Tensor names follow Hugging Face's checkpoints, with or without the
-    /// model prefix (`distilbert.` / `bert.` or anything else before
-    /// `transformer.layer.` / `encoder.layer.`):
-    /// - DistilBERT: `transformer.layer.{i}.attention.{q_lin,k_lin,v_lin,out_lin}`,
+    /// Tensor names follow the checkpoints as their libraries save them, with
+    /// or without a model prefix (anything ending in `.` before the names
+    /// below):
+    /// - DistilBERT (Hugging Face): `transformer.layer.{i}.attention.{q_lin,k_lin,v_lin,out_lin}`,
     ///   `sa_layer_norm`, `ffn.{lin1,lin2}`, `output_layer_norm`;
-    /// - BERT: `encoder.layer.{i}.attention.self.{query,key,value}`,
+    /// - BERT (Hugging Face): `encoder.layer.{i}.attention.self.{query,key,value}`,
     ///   `attention.output.dense`, `attention.output.LayerNorm`,
     ///   `intermediate.dense`, `output.dense`, `output.LayerNorm`; layer norms
-    ///   as `weight`/`bias` or the TF-converted `gamma`/`beta`.
+    ///   as `weight`/`bias` or the TF-converted `gamma`/`beta`;
+    /// - the PyTorch word language model's `state_dict()`, RT3's layout
+    ///   (before 2023-08): `encoder.weight` (the embedding),
+    ///   `transformer_encoder.layers.{i}.` + `self_attn.in_proj_weight` /
+    ///   `in_proj_bias` (query, key and value stacked in that order, as
+    ///   `nn.MultiheadAttention` keeps them), `self_attn.out_proj`,
+    ///   `linear1`, `linear2`, `norm1` (after attention), `norm2` (after the
+    ///   feed-forward), `decoder` (the `lm_head`), `pos_encoder.pe`; or the
+    ///   nn.Transformer-based layout (since 2023-08): `input_emb.weight`,
+    ///   `encoder.layers.{i}.` with the same names, `encoder.norm` (a final
+    ///   LayerNorm), `decoder`, `pos_encoder.pe`. The positional table is not
+    ///   a trained parameter (a buffer): it is recomputed, and a saved one
+    ///   that is not that table is an error.
     ///
-    /// `d_model`, `ffn` and the number of layers come from the tensors; the
-    /// head count is not stored in the weights, so the caller gives it. F16,
-    /// BF16 and F64 tensors are converted to `f32`.
+    /// `d_model`, `ffn`, the number of layers and the vocabulary come from the
+    /// tensors; the head count is not stored in the weights, so the caller
+    /// gives it. BERT-family files get GELU, eps 1e-12 and no mask, word
+    /// language models ReLU, eps 1e-5 and the causal mask, without their
+    /// `lm_head` (see [`EncoderWeights::from_safetensors_bytes_as`] to load
+    /// it). F16, BF16 and F64 tensors are converted to `f32`.
     pub fn from_safetensors_bytes(
         bytes: &[u8],
         file: &str,
         heads: usize,
         seq_len: usize,
     ) -> Result<Self, WeightsError> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| WeightsError::Format { file: file.to_string(), message: e.to_string() })?;
-        let names = st.names();
-        let naming = Naming::detect(&names).ok_or_else(|| WeightsError::NoEncoderLayers { file: file.to_string() })?;
-        let has = |name: &str| names.contains(&name);
-        let layers = (0..).take_while(|i| has(&naming.linear_name(*i, LinearSlot::Query, "weight"))).count();
-
-        let loader = TensorLoader { st: &st, file, naming: &naming, layers };
-        let q0 = loader.tensor(&naming.linear_name(0, LinearSlot::Query, "weight"))?;
-        let d_model = q0.shape.first().copied().unwrap_or(0);
-        let ffn_in = loader.tensor(&naming.linear_name(0, LinearSlot::FfnIn, "weight"))?;
-        let ffn = ffn_in.shape.first().copied().unwrap_or(0);
-        let config = EncoderConfig { layers, d_model, heads, ffn, seq_len };
-        config.validate().map_err(|source| WeightsError::Config { file: file.to_string(), source })?;
-
-        let layer_weights = (0..layers)
-            .map(|i| {
-                let linear = |slot: LinearSlot| -> Result<LinearWeights, WeightsError> {
-                    let (out, inp) = config.linear_shape(slot);
-                    let w = loader.tensor_with_shape(&naming.linear_name(i, slot, "weight"), &[out, inp])?;
-                    let b = loader.tensor_with_shape(&naming.linear_name(i, slot, "bias"), &[out])?;
-                    Ok(LinearWeights { weight: Matrix::from_vec(out, inp, w), bias: b })
-                };
-                let norm = |stem: &str| -> Result<LayerNormWeights, WeightsError> {
-                    let d = [config.d_model];
-                    Ok(LayerNormWeights {
-                        gamma: loader.norm_tensor(&naming.layer_name(i, stem), "weight", "gamma", &d)?,
-                        beta: loader.norm_tensor(&naming.layer_name(i, stem), "bias", "beta", &d)?,
-                    })
-                };
-                Ok(EncoderLayerWeights {
-                    linears: [
-                        linear(LinearSlot::Query)?,
-                        linear(LinearSlot::Key)?,
-                        linear(LinearSlot::Value)?,
-                        linear(LinearSlot::AttentionOutput)?,
-                        linear(LinearSlot::FfnIn)?,
-                        linear(LinearSlot::FfnOut)?,
-                    ],
-                    attention_norm: norm(naming.attention_norm)?,
-                    output_norm: norm(naming.output_norm)?,
-                })
-            })
-            .collect::<Result<Vec<_>, WeightsError>>()?;
-        Ok(Self { config, layers: layer_weights })
+        load_safetensors(bytes, file, LoadAs { heads, seq_len, template: None })
     }
+
+    /// [`EncoderWeights::from_safetensors_bytes`] for the model `config`
+    /// describes: heads, sequence length, activation, eps, mask and whether
+    /// to load the `lm_head` come from it, and the file must be of its family
+    /// (a config with a `vocab` reads word-language-model checkpoints, one
+    /// without reads BERT and DistilBERT ones). The dimensions still come
+    /// from the tensors.
+    pub fn from_safetensors_bytes_as(bytes: &[u8], file: &str, config: &EncoderConfig) -> Result<Self, WeightsError> {
+        load_safetensors(bytes, file, LoadAs { heads: config.heads, seq_len: config.seq_len, template: Some(config) })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, WeightsError> {
+    std::fs::read(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })
+}
+
+struct LoadAs<'a> {
+    heads: usize,
+    seq_len: usize,
+    template: Option<&'a EncoderConfig>,
+}
+
+const BERT_FAMILY: &str = "BERT/DistilBERT";
+const WORD_LM_FAMILY: &str = "word-language-model";
+
+fn load_safetensors(bytes: &[u8], file: &str, load: LoadAs<'_>) -> Result<EncoderWeights, WeightsError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| WeightsError::Format { file: file.to_string(), message: e.to_string() })?;
+    let names = st.names();
+    let naming = Naming::detect(&names).ok_or_else(|| WeightsError::NoEncoderLayers { file: file.to_string() })?;
+    let has = |name: &str| names.contains(&name);
+    let word_lm = naming.in_proj;
+    if let Some(template) = load.template {
+        let (found, expected) = match (word_lm, template.vocab.is_some()) {
+            (true, false) => (WORD_LM_FAMILY, BERT_FAMILY),
+            (false, true) => (BERT_FAMILY, WORD_LM_FAMILY),
+            _ => ("", ""),
+        };
+        if !found.is_empty() {
+            return Err(WeightsError::WrongFamily { file: file.to_string(), found, expected });
+        }
+    }
+    let layers = (0..).take_while(|i| has(&naming.first_linear_name(*i))).count();
+
+    let loader = TensorLoader { st: &st, file, naming: &naming, layers };
+    let first = loader.tensor(&naming.first_linear_name(0))?;
+    // A fused in_proj_weight is 3·d x d; a query weight d x d: the inputs are d wide either way.
+    let d_model = first.shape.get(1).copied().unwrap_or(0);
+    let ffn_in = loader.tensor(&naming.linear_name(0, LinearSlot::FfnIn, "weight"))?;
+    let ffn = ffn_in.shape.first().copied().unwrap_or(0);
+    let embedding_table = match &naming.embedding {
+        Some(name) => {
+            let t = loader.tensor(name)?;
+            if t.shape.len() != 2 || t.shape[1] != d_model {
+                return Err(WeightsError::Shape {
+                    file: file.to_string(),
+                    name: name.clone(),
+                    expected: vec![t.shape.first().copied().unwrap_or(0), d_model],
+                    got: t.shape,
+                });
+            }
+            Some(Matrix::from_vec(t.shape[0], d_model, t.values))
+        }
+        None => None,
+    };
+    let vocab = embedding_table.as_ref().map(Matrix::rows);
+    let (activation, layer_norm_eps, attention) = match load.template {
+        Some(t) => (t.activation, t.layer_norm_eps, t.attention),
+        None if word_lm => (Activation::Relu, TORCH_LAYER_NORM_EPS, AttentionMask::Causal),
+        None => (Activation::Gelu, LAYER_NORM_EPS, AttentionMask::Bidirectional),
+    };
+    let final_norm = naming.final_norm.as_ref().is_some_and(|stem| has(&format!("{stem}.weight")));
+    let config = EncoderConfig {
+        layers,
+        d_model,
+        heads: load.heads,
+        ffn,
+        seq_len: load.seq_len,
+        activation,
+        layer_norm_eps,
+        attention,
+        vocab,
+        lm_head: load.template.is_some_and(|t| t.lm_head),
+        final_norm,
+    };
+    config.validate().map_err(|source| WeightsError::Config { file: file.to_string(), source })?;
+
+    let d = [config.d_model];
+    let norm = |stem: &str| -> Result<LayerNormWeights, WeightsError> {
+        Ok(LayerNormWeights {
+            gamma: loader.norm_tensor(stem, "weight", "gamma", &d)?,
+            beta: loader.norm_tensor(stem, "bias", "beta", &d)?,
+        })
+    };
+    let plain_linear = |stem: &str, out: usize, inp: usize| -> Result<LinearWeights, WeightsError> {
+        let w = loader.tensor_with_shape(&format!("{stem}.weight"), &[out, inp])?;
+        let b = loader.tensor_with_shape(&format!("{stem}.bias"), &[out])?;
+        Ok(LinearWeights { weight: Matrix::from_vec(out, inp, w), bias: b })
+    };
+    let layer_weights = (0..layers)
+        .map(|i| {
+            let linear = |slot: LinearSlot| -> Result<LinearWeights, WeightsError> {
+                let (out, inp) = config.linear_shape(slot);
+                plain_linear(&naming.linear_stem(i, slot), out, inp)
+            };
+            let [q, k, v] = if naming.in_proj {
+                // nn.MultiheadAttention: in_proj_weight = [W_q; W_k; W_v] (3·d x d), bias likewise.
+                let stem = naming.layer_name(i, "self_attn");
+                let dm = config.d_model;
+                let w = loader.tensor_with_shape(&format!("{stem}.in_proj_weight"), &[3 * dm, dm])?;
+                let b = loader.tensor_with_shape(&format!("{stem}.in_proj_bias"), &[3 * dm])?;
+                [0, 1, 2].map(|part| LinearWeights {
+                    weight: Matrix::from_vec(dm, dm, w[part * dm * dm..(part + 1) * dm * dm].to_vec()),
+                    bias: b[part * dm..(part + 1) * dm].to_vec(),
+                })
+            } else {
+                [linear(LinearSlot::Query)?, linear(LinearSlot::Key)?, linear(LinearSlot::Value)?]
+            };
+            Ok(EncoderLayerWeights {
+                linears: [
+                    q,
+                    k,
+                    v,
+                    linear(LinearSlot::AttentionOutput)?,
+                    linear(LinearSlot::FfnIn)?,
+                    linear(LinearSlot::FfnOut)?,
+                ],
+                attention_norm: norm(&naming.layer_name(i, naming.attention_norm))?,
+                output_norm: norm(&naming.layer_name(i, naming.output_norm))?,
+            })
+        })
+        .collect::<Result<Vec<_>, WeightsError>>()?;
+
+    if let Some(name) = &naming.positions {
+        if has(name) {
+            check_positions(&loader, name, config.d_model)?;
+        }
+    }
+    let final_norm = match (&naming.final_norm, config.final_norm) {
+        (Some(stem), true) => Some(norm(stem)?),
+        _ => None,
+    };
+    let lm_head = match config.lm_head_id() {
+        Some(id) => {
+            let stem = naming.lm_head.as_deref().expect("word-language-model namings name their decoder");
+            let (out, inp) = config.linear_shape(id.slot);
+            Some(plain_linear(stem, out, inp)?)
+        }
+        None => None,
+    };
+    EncoderWeights::new(
+        config,
+        layer_weights,
+        OuterWeights { embedding: embedding_table.map(TokenEmbedding::new), final_norm, lm_head },
+    )
+    .map_err(|e| match e {
+        WeightsError::Missing { message, .. } => WeightsError::Missing { file: file.to_string(), message },
+        other => other,
+    })
+}
+
+/// Positions checked of a saved `pos_encoder.pe` (the table is 5000 long by default).
+const CHECKED_POSITIONS: usize = 512;
+
+/// A saved positional table must be the sinusoid [`sinusoidal_position`]
+/// computes (within `1e-6 · (1 + position)`: see there), since the forward
+/// recomputes it. Shapes as the example saves it (`[max_len, 1, d]`) or
+/// without the batch axis.
+fn check_positions(loader: &TensorLoader<'_, '_>, name: &str, d_model: usize) -> Result<(), WeightsError> {
+    let t = loader.tensor(name)?;
+    let rows = t.values.len() / d_model.max(1);
+    let shape_ok = t.shape.last() == Some(&d_model) && t.shape.iter().filter(|&&s| s != 1).count() <= 2;
+    if !shape_ok || rows * d_model != t.values.len() {
+        return Err(WeightsError::Shape {
+            file: loader.file.to_string(),
+            name: name.to_string(),
+            expected: vec![rows, 1, d_model],
+            got: t.shape,
+        });
+    }
+    let mut want = vec![0.0f32; d_model];
+    for position in 0..rows.min(CHECKED_POSITIONS) {
+        sinusoidal_position(position, &mut want);
+        let got = &t.values[position * d_model..(position + 1) * d_model];
+        for (column, (g, w)) in got.iter().zip(&want).enumerate() {
+            let within = (g - w).abs() <= 1e-6 * (1.0 + position as f32);
+            if !within {
+                return Err(WeightsError::Positions {
+                    file: loader.file.to_string(),
+                    name: name.to_string(),
+                    position,
+                    column,
+                    got: *g,
+                    want: *w,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which checkpoint layout a safetensors file uses, and its model prefix.
@@ -527,60 +1130,106 @@ struct Naming {
     family: &'static str,
     /// Everything before the layer index, e.g. `distilbert.transformer.layer.`.
     layer_stem: String,
+    /// Per [`LinearSlot::ALL`] slot, its module inside a layer (the query,
+    /// key and value are unused where `in_proj` holds them).
     linears: [&'static str; LINEARS_PER_LAYER],
+    /// Query, key and value fused in `self_attn.in_proj_weight` / `in_proj_bias`.
+    in_proj: bool,
     attention_norm: &'static str,
     output_norm: &'static str,
+    /// Full names outside the layers (word language models only).
+    embedding: Option<String>,
+    final_norm: Option<String>,
+    lm_head: Option<String>,
+    positions: Option<String>,
 }
 
 impl Naming {
     const DISTILBERT_STEM: &'static str = "transformer.layer.";
     const BERT_STEM: &'static str = "encoder.layer.";
+    /// RT3's layout (pytorch/examples before 2023-08): `self.transformer_encoder`.
+    const WORD_LM_STEM: &'static str = "transformer_encoder.layers.";
+    /// The nn.Transformer-based layout (since 2023-08): nn.Transformer's `self.encoder`.
+    const WORD_LM_2023_STEM: &'static str = "encoder.layers.";
+    const TORCH_LAYER: [&'static str; LINEARS_PER_LAYER] =
+        ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.out_proj", "linear1", "linear2"];
 
     fn detect(names: &[&str]) -> Option<Naming> {
         let mut sorted: Vec<&str> = names.to_vec();
         sorted.sort_unstable();
-        for (stem, first) in
-            [(Self::DISTILBERT_STEM, "0.attention.q_lin.weight"), (Self::BERT_STEM, "0.attention.self.query.weight")]
-        {
+        for (stem, first) in [
+            (Self::WORD_LM_STEM, "0.self_attn.in_proj_weight"),
+            (Self::WORD_LM_2023_STEM, "0.self_attn.in_proj_weight"),
+            (Self::DISTILBERT_STEM, "0.attention.q_lin.weight"),
+            (Self::BERT_STEM, "0.attention.self.query.weight"),
+        ] {
             let suffix = format!("{stem}{first}");
             let found = sorted.iter().find_map(|n| {
                 let prefix = n.strip_suffix(suffix.as_str())?;
                 (prefix.is_empty() || prefix.ends_with('.')).then(|| prefix.to_string())
             });
-            if let Some(prefix) = found {
-                let layer_stem = format!("{prefix}{stem}");
-                return Some(if stem == Self::DISTILBERT_STEM {
+            let Some(prefix) = found else { continue };
+            let layer_stem = format!("{prefix}{stem}");
+            let outer = |name: &str| Some(format!("{prefix}{name}"));
+            return Some(match stem {
+                Self::WORD_LM_STEM | Self::WORD_LM_2023_STEM => {
+                    let rt3 = stem == Self::WORD_LM_STEM;
                     Naming {
-                        family: "DistilBERT",
+                        family: if rt3 {
+                            "PyTorch word-language-model (transformer_encoder)"
+                        } else {
+                            "PyTorch word-language-model (nn.Transformer)"
+                        },
                         layer_stem,
-                        linears: [
-                            "attention.q_lin",
-                            "attention.k_lin",
-                            "attention.v_lin",
-                            "attention.out_lin",
-                            "ffn.lin1",
-                            "ffn.lin2",
-                        ],
-                        attention_norm: "sa_layer_norm",
-                        output_norm: "output_layer_norm",
+                        linears: Self::TORCH_LAYER,
+                        in_proj: true,
+                        attention_norm: "norm1",
+                        output_norm: "norm2",
+                        embedding: outer(if rt3 { "encoder.weight" } else { "input_emb.weight" }),
+                        final_norm: if rt3 { None } else { outer("encoder.norm") },
+                        lm_head: outer("decoder"),
+                        positions: outer("pos_encoder.pe"),
                     }
-                } else {
-                    Naming {
-                        family: "BERT",
-                        layer_stem,
-                        linears: [
-                            "attention.self.query",
-                            "attention.self.key",
-                            "attention.self.value",
-                            "attention.output.dense",
-                            "intermediate.dense",
-                            "output.dense",
-                        ],
-                        attention_norm: "attention.output.LayerNorm",
-                        output_norm: "output.LayerNorm",
-                    }
-                });
-            }
+                }
+                Self::DISTILBERT_STEM => Naming {
+                    family: "DistilBERT",
+                    layer_stem,
+                    linears: [
+                        "attention.q_lin",
+                        "attention.k_lin",
+                        "attention.v_lin",
+                        "attention.out_lin",
+                        "ffn.lin1",
+                        "ffn.lin2",
+                    ],
+                    in_proj: false,
+                    attention_norm: "sa_layer_norm",
+                    output_norm: "output_layer_norm",
+                    embedding: None,
+                    final_norm: None,
+                    lm_head: None,
+                    positions: None,
+                },
+                _ => Naming {
+                    family: "BERT",
+                    layer_stem,
+                    linears: [
+                        "attention.self.query",
+                        "attention.self.key",
+                        "attention.self.value",
+                        "attention.output.dense",
+                        "intermediate.dense",
+                        "output.dense",
+                    ],
+                    in_proj: false,
+                    attention_norm: "attention.output.LayerNorm",
+                    output_norm: "output.LayerNorm",
+                    embedding: None,
+                    final_norm: None,
+                    lm_head: None,
+                    positions: None,
+                },
+            });
         }
         None
     }
@@ -589,8 +1238,21 @@ impl Naming {
         format!("{}{layer}.{stem}", self.layer_stem)
     }
 
+    fn linear_stem(&self, layer: usize, slot: LinearSlot) -> String {
+        self.layer_name(layer, self.linears[slot.position()])
+    }
+
     fn linear_name(&self, layer: usize, slot: LinearSlot, part: &str) -> String {
-        format!("{}{layer}.{}.{part}", self.layer_stem, self.linears[slot.position()])
+        format!("{}.{part}", self.linear_stem(layer, slot))
+    }
+
+    /// The tensor whose presence marks a layer (and whose width is `d_model`).
+    fn first_linear_name(&self, layer: usize) -> String {
+        if self.in_proj {
+            self.layer_name(layer, "self_attn.in_proj_weight")
+        } else {
+            self.linear_name(layer, LinearSlot::Query, "weight")
+        }
     }
 }
 
@@ -705,12 +1367,16 @@ struct SharedLayerParams {
     output_norm: LayerNormWeights,
 }
 
-/// Biases and layer norms: the parameters every variant of a model shares
-/// (pruning only touches the linear weights).
+/// Biases, layer norms and the token embedding: the parameters every
+/// variant of a model shares (pruning only touches the linear weights).
 #[derive(Debug)]
 pub struct SharedParams {
     config: EncoderConfig,
     layers: Vec<SharedLayerParams>,
+    final_norm: Option<LayerNormWeights>,
+    lm_head_bias: Option<Vec<f32>>,
+    /// The same table as the weights' (an `Arc`, not a copy).
+    embedding: Option<Arc<TokenEmbedding>>,
 }
 
 impl SharedParams {
@@ -724,27 +1390,41 @@ impl SharedParams {
                 output_norm: l.output_norm.clone(),
             })
             .collect();
-        Self { config: weights.config, layers }
+        Self {
+            config: weights.config,
+            layers,
+            final_norm: weights.final_norm.clone(),
+            lm_head_bias: weights.lm_head.as_ref().map(|l| l.bias.clone()),
+            embedding: weights.embedding.clone(),
+        }
     }
 
     pub fn config(&self) -> &EncoderConfig {
         &self.config
     }
 
-    /// Bytes held (biases and norms as `f32`).
+    pub fn embedding(&self) -> Option<&TokenEmbedding> {
+        self.embedding.as_deref()
+    }
+
+    /// Bytes this copy holds: biases and norms as `f32` (the embedding table
+    /// is the weights' own, counted with them).
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| l.biases.iter().map(Vec::len).sum::<usize>() + 4 * self.config.d_model)
-            .sum::<usize>()
-            * 4
+        self.config.shared_parameter_count() * 4
+    }
+
+    fn bias(&self, id: LinearId) -> &[f32] {
+        match id.slot {
+            LinearSlot::LmHead => self.lm_head_bias.as_deref().expect("a config with an lm_head has its bias"),
+            slot => &self.layers[id.layer].biases[slot.position()],
+        }
     }
 }
 
 /// Kernels that do not fit the encoder they are given to.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EncoderError {
-    #[error("encoder needs {expected} linear layers ({layers} layers x 6), got {got}")]
+    #[error("encoder needs {expected} linear layers ({layers} layers x 6, plus the lm_head if any), got {got}")]
     LinearCount { expected: usize, layers: usize, got: usize },
     #[error("linear layer {id} must be {expected_out}x{expected_in} (out x in), the kernel is {got_out}x{got_in}")]
     LinearShape { id: LinearId, expected_out: usize, expected_in: usize, got_out: usize, got_in: usize },
@@ -811,7 +1491,22 @@ impl Encoder {
         self.linears[id.index()].as_ref()
     }
 
-    /// Runs the encoder on `input` (`tokens x d_model`, any token count >= 1).
+    /// The first layer's input for `tokens`: the embedding lookup scaled by
+    /// `sqrt(d_model)` plus the positional encoding ([`TokenEmbedding::embed`]).
+    pub fn embed(&self, tokens: &[u32]) -> Result<Matrix, InputError> {
+        self.shared.embedding().ok_or(InputError::NoEmbedding)?.embed(tokens)
+    }
+
+    /// [`Encoder::embed`], then [`Encoder::forward`]: the word language
+    /// model from token ids to logits (or to the last hidden states without
+    /// an `lm_head`).
+    pub fn forward_tokens(&self, tokens: &[u32], threads: Threads) -> Result<Matrix, InputError> {
+        Ok(self.forward(&self.embed(tokens)?, threads))
+    }
+
+    /// Runs the encoder on `input` (`tokens x d_model` activations, any token
+    /// count >= 1): `tokens x vocab` logits with an `lm_head`, else the last
+    /// hidden states (`tokens x d_model`, after the final norm if any).
     ///
     /// Panics when `input` has the wrong width; `model::ReconfigurableModel`
     /// checks it and returns an error instead.
@@ -825,6 +1520,8 @@ impl Encoder {
             cfg.d_model
         );
         assert!(input.rows() > 0, "Encoder::forward: input has no tokens");
+        let eps = cfg.layer_norm_eps;
+        let causal = cfg.attention == AttentionMask::Causal;
         let mut scratch = ForwardScratch::take();
         let ForwardScratch { x, q, k, v, ctx, scores, hidden, out } = &mut scratch;
         x.reshape_uninit(input.rows(), cfg.d_model);
@@ -839,31 +1536,49 @@ impl Encoder {
                 kernel(slot).forward(x, dst, threads);
                 add_bias(dst, bias(slot));
             }
-            attention(q, k, v, cfg.heads, scores, ctx, threads);
+            attention(q, k, v, cfg.heads, causal, scores, ctx, threads);
 
             kernel(LinearSlot::AttentionOutput).forward(ctx, out, threads);
             add_bias_residual(out, bias(LinearSlot::AttentionOutput), x);
-            layer_norm(out, &params.attention_norm);
+            layer_norm(out, &params.attention_norm, eps);
             std::mem::swap(x, out);
 
             kernel(LinearSlot::FfnIn).forward(x, hidden, threads);
             add_bias(hidden, bias(LinearSlot::FfnIn));
-            gelu_in_place(hidden.as_mut_slice());
+            activate(cfg.activation, hidden.as_mut_slice());
             kernel(LinearSlot::FfnOut).forward(hidden, out, threads);
             add_bias_residual(out, bias(LinearSlot::FfnOut), x);
-            layer_norm(out, &params.output_norm);
+            layer_norm(out, &params.output_norm, eps);
             std::mem::swap(x, out);
         }
-        let result = x.clone();
+        if let Some(norm) = &self.shared.final_norm {
+            layer_norm(x, norm, eps);
+        }
+        let result = match cfg.lm_head_id() {
+            Some(id) => {
+                let mut logits = Matrix::zeros(0, 0);
+                self.linears[id.index()].forward(x, &mut logits, threads);
+                add_bias(&mut logits, self.shared.bias(id));
+                logits
+            }
+            None => x.clone(),
+        };
         scratch.give_back();
         result
     }
 
     /// The scalar oracle: the same encoder with every linear layer computed by
     /// [`reference::linear`] on the kernel's effective weights, and attention,
-    /// softmax, GELU and layer norm in `f64` loops. Slow; for tests and
+    /// softmax, activation and layer norm in `f64` loops. Slow; for tests and
     /// self-tests (pass few tokens on a board).
     pub fn reference_forward(&self, input: &Matrix) -> Matrix {
+        self.reference_forward_with(input, &|id| self.linears[id.index()].effective_weights())
+    }
+
+    /// [`Self::reference_forward`] with the linear layers' `out x in`
+    /// weights given by `weights` (e.g. dense weights masked by a variant's
+    /// own mask, so the oracle does not depend on the packing).
+    pub fn reference_forward_with(&self, input: &Matrix, weights: &dyn Fn(LinearId) -> Matrix) -> Matrix {
         let cfg = self.shared.config;
         assert_eq!(
             input.cols(),
@@ -872,28 +1587,63 @@ impl Encoder {
             input.cols(),
             cfg.d_model
         );
+        let eps = cfg.layer_norm_eps as f64;
+        let causal = cfg.attention == AttentionMask::Causal;
+        let linear = |id: LinearId, x: &Matrix| -> Vec<f64> {
+            let w = weights(id);
+            let y = reference::linear(x, &w);
+            let b = self.shared.bias(id);
+            y.as_slice().iter().enumerate().map(|(i, v)| *v as f64 + b[i % b.len()] as f64).collect()
+        };
         let mut x = input.clone();
         for (layer, params) in self.shared.layers.iter().enumerate() {
-            let linear = |slot: LinearSlot, x: &Matrix| -> Vec<f64> {
-                let w = self.linears[LinearId { layer, slot }.index()].effective_weights();
-                let y = reference::linear(x, &w);
-                let b = &params.biases[slot.position()];
-                y.as_slice().iter().enumerate().map(|(i, v)| *v as f64 + b[i % b.len()] as f64).collect()
-            };
-            let q = linear(LinearSlot::Query, &x);
-            let k = linear(LinearSlot::Key, &x);
-            let v = linear(LinearSlot::Value, &x);
-            let ctx = reference_attention(&q, &k, &v, x.rows(), cfg.d_model, cfg.heads);
+            let id = |slot: LinearSlot| LinearId { layer, slot };
+            let q = linear(id(LinearSlot::Query), &x);
+            let k = linear(id(LinearSlot::Key), &x);
+            let v = linear(id(LinearSlot::Value), &x);
+            let ctx = reference_attention(&q, &k, &v, x.rows(), cfg.d_model, cfg.heads, causal);
             let ctx = Matrix::from_vec(x.rows(), cfg.d_model, ctx.iter().map(|v| *v as f32).collect());
-            let o = linear(LinearSlot::AttentionOutput, &ctx);
-            x = reference_residual_norm(&x, &o, &params.attention_norm);
-            let h = linear(LinearSlot::FfnIn, &x);
-            let h = Matrix::from_vec(x.rows(), cfg.ffn, h.iter().map(|v| gelu_f64(*v) as f32).collect());
-            let f = linear(LinearSlot::FfnOut, &h);
-            x = reference_residual_norm(&x, &f, &params.output_norm);
+            let o = linear(id(LinearSlot::AttentionOutput), &ctx);
+            x = reference_residual_norm(&x, &o, &params.attention_norm, eps);
+            let h = linear(id(LinearSlot::FfnIn), &x);
+            let h = Matrix::from_vec(
+                x.rows(),
+                cfg.ffn,
+                h.iter().map(|v| reference_activation(cfg.activation, *v) as f32).collect(),
+            );
+            let f = linear(id(LinearSlot::FfnOut), &h);
+            x = reference_residual_norm(&x, &f, &params.output_norm, eps);
         }
-        x
+        if let Some(norm) = &self.shared.final_norm {
+            x = reference_residual_norm(&x, &vec![0.0; x.rows() * x.cols()], norm, eps);
+        }
+        match cfg.lm_head_id() {
+            Some(id) => {
+                let logits = linear(id, &x);
+                Matrix::from_vec(x.rows(), cfg.output_width(), logits.iter().map(|v| *v as f32).collect())
+            }
+            None => x,
+        }
     }
+}
+
+/// `log_softmax` of every row, as the word language model's forward ends
+/// (`F.log_softmax(output, dim=-1)`): `x - max - ln(sum(exp(x - max)))`,
+/// accumulated in `f64`.
+pub fn log_softmax_rows(logits: &Matrix) -> Matrix {
+    let mut out = logits.clone();
+    let cols = out.cols();
+    if cols == 0 {
+        return out;
+    }
+    for row in out.as_mut_slice().chunks_exact_mut(cols) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = row.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln() + max;
+        for v in row.iter_mut() {
+            *v = (*v as f64 - lse) as f32;
+        }
+    }
+    out
 }
 
 /// Activation buffers of one forward, kept per thread between calls: a
@@ -1024,19 +1774,19 @@ fn add_bias_residual(y: &mut Matrix, bias: &[f32], residual: &Matrix) {
     }
 }
 
-fn layer_norm(x: &mut Matrix, norm: &LayerNormWeights) {
+fn layer_norm(x: &mut Matrix, norm: &LayerNormWeights, eps: f32) {
     let cols = x.cols();
-    layer_norm_rows(x.as_mut_slice(), cols, &norm.gamma, &norm.beta);
+    layer_norm_rows(x.as_mut_slice(), cols, &norm.gamma, &norm.beta, eps);
 }
 
 dispatch_isa! {
     /// Row-wise layer norm in place (two-pass mean and variance, biased
     /// variance as PyTorch's `LayerNorm`).
-    fn layer_norm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32]) => layer_norm_rows_generic
+    fn layer_norm_rows(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) => layer_norm_rows_generic
 }
 
 #[inline(always)]
-fn layer_norm_rows_generic(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32]) {
+fn layer_norm_rows_generic(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     let n = cols as f32;
     let mut centred = vec![0.0f32; cols];
     for row in x.chunks_exact_mut(cols) {
@@ -1045,7 +1795,7 @@ fn layer_norm_rows_generic(x: &mut [f32], cols: usize, gamma: &[f32], beta: &[f3
             *c = (v - mean) * (v - mean);
         }
         let var = lane_sum(&centred) / n;
-        let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        let inv = 1.0 / (var + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = (*v - mean) * inv * g + b;
         }
@@ -1123,15 +1873,18 @@ fn strided_gemm(
     }
 }
 
-/// Multi-head scaled dot-product attention without a mask. Per head, two GEMM
-/// calls: `scores = q_h·k_hᵀ / sqrt(d_head)` (k read transposed through its
-/// strides, no copy) and `ctx_h = softmax(scores)·v_h` written straight into
-/// the head's columns of `ctx`.
+/// Multi-head scaled dot-product attention. Per head, two GEMM calls:
+/// `scores = q_h·k_hᵀ / sqrt(d_head)` (k read transposed through its strides,
+/// no copy) and `ctx_h = softmax(scores)·v_h` written straight into the
+/// head's columns of `ctx`. `causal`: the square subsequent mask, applied in
+/// the softmax (row `i` over columns `0..=i`, exact zeros after: what adding
+/// -inf before `exp` gives, without `exp_f32`'s clamp leaving 1e-38s).
 fn attention(
     q: &Matrix,
     k: &Matrix,
     v: &Matrix,
     heads: usize,
+    causal: bool,
     scores: &mut Matrix,
     ctx: &mut Matrix,
     threads: Threads,
@@ -1157,7 +1910,7 @@ fn attention(
             scale,
             threads,
         );
-        softmax_rows(scores.as_mut_slice(), tokens);
+        softmax_rows(scores.as_mut_slice(), tokens, causal);
         strided_gemm(
             tokens,
             dh,
@@ -1175,13 +1928,17 @@ fn attention(
 }
 
 dispatch_isa! {
-    /// Softmax of every row (`cols` wide) in place, max-subtracted.
-    fn softmax_rows(scores: &mut [f32], cols: usize) => softmax_rows_generic
+    /// Softmax of every row (`cols` wide) in place, max-subtracted; with
+    /// `causal`, row `i` over its first `i + 1` entries and zero after them.
+    fn softmax_rows(scores: &mut [f32], cols: usize, causal: bool) => softmax_rows_generic
 }
 
 #[inline(always)]
-fn softmax_rows_generic(scores: &mut [f32], cols: usize) {
-    for row in scores.chunks_exact_mut(cols) {
+fn softmax_rows_generic(scores: &mut [f32], cols: usize, causal: bool) {
+    for (i, full) in scores.chunks_exact_mut(cols).enumerate() {
+        let valid = if causal { (i + 1).min(cols) } else { cols };
+        let (row, masked) = full.split_at_mut(valid);
+        masked.fill(0.0);
         let max = lane_max(row);
         for v in row.iter_mut() {
             *v = exp_f32(*v - max);
@@ -1227,6 +1984,21 @@ pub fn exp_f32(x: f32) -> f32 {
 const ERF_P: f64 = 0.327_591_1;
 const ERF_A: [f64; 5] = [0.254_829_592, -0.284_496_736, 1.421_413_741, -1.453_152_027, 1.061_405_429];
 
+/// The feed-forward nonlinearity of `activation`, in place.
+fn activate(activation: Activation, values: &mut [f32]) {
+    match activation {
+        Activation::Gelu => gelu_in_place(values),
+        Activation::Relu => relu_in_place(values),
+    }
+}
+
+/// `max(x, 0)` (PyTorch's `F.relu`; NaN stays NaN, -0.0 becomes 0).
+pub fn relu_in_place(values: &mut [f32]) {
+    for v in values.iter_mut() {
+        *v = if *v > 0.0 || v.is_nan() { *v } else { 0.0 };
+    }
+}
+
 /// GELU as BERT and DistilBERT use it (PyTorch's default, exact form):
 /// `0.5·x·(1 + erf(x/√2))`, with erf from A&S 7.1.26 (|error| < 1.5e-7, below
 /// `f32` resolution of the result) over [`exp_f32`], so it vectorises and is
@@ -1268,7 +2040,22 @@ fn gelu_f64(x: f64) -> f64 {
     0.5 * x * (1.0 + erf)
 }
 
-fn reference_attention(q: &[f64], k: &[f64], v: &[f64], tokens: usize, d: usize, heads: usize) -> Vec<f64> {
+fn reference_activation(activation: Activation, x: f64) -> f64 {
+    match activation {
+        Activation::Gelu => gelu_f64(x),
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+fn reference_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    tokens: usize,
+    d: usize,
+    heads: usize,
+    causal: bool,
+) -> Vec<f64> {
     let dh = d / heads;
     let scale = 1.0 / (dh as f64).sqrt();
     let mut ctx = vec![0.0f64; tokens * d];
@@ -1276,7 +2063,12 @@ fn reference_attention(q: &[f64], k: &[f64], v: &[f64], tokens: usize, d: usize,
     for h in 0..heads {
         let col = h * dh;
         for i in 0..tokens {
+            // The additive mask: -inf above the diagonal, so exp gives exact zeros there.
             for j in 0..tokens {
+                if causal && j > i {
+                    scores[j] = f64::NEG_INFINITY;
+                    continue;
+                }
                 scores[j] = (0..dh).map(|c| q[i * d + col + c] * k[j * d + col + c]).sum::<f64>() * scale;
             }
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -1295,14 +2087,14 @@ fn reference_attention(q: &[f64], k: &[f64], v: &[f64], tokens: usize, d: usize,
     ctx
 }
 
-fn reference_residual_norm(x: &Matrix, y: &[f64], norm: &LayerNormWeights) -> Matrix {
+fn reference_residual_norm(x: &Matrix, y: &[f64], norm: &LayerNormWeights, eps: f64) -> Matrix {
     let (tokens, d) = x.shape();
     let mut out = Matrix::zeros(tokens, d);
     for t in 0..tokens {
         let row: Vec<f64> = (0..d).map(|c| x.get(t, c) as f64 + y[t * d + c]).collect();
         let mean = row.iter().sum::<f64>() / d as f64;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d as f64;
-        let inv = 1.0 / (var + LAYER_NORM_EPS as f64).sqrt();
+        let inv = 1.0 / (var + eps).sqrt();
         for c in 0..d {
             out.set(t, c, ((row[c] - mean) * inv * norm.gamma[c] as f64 + norm.beta[c] as f64) as f32);
         }
@@ -1375,6 +2167,38 @@ mod tests {
     }
 
     #[test]
+    fn layer_norm_uses_the_eps_it_is_given() {
+        // A row of variance 1e-5: eps 1e-5 halves the variance term, eps 1e-12 does not.
+        let row: Vec<f32> =
+            (0..8).map(|i| if i % 2 == 0 { 1.0 + 0.003_162_277_7 } else { 1.0 - 0.003_162_277_7 }).collect();
+        let norm = LayerNormWeights { gamma: vec![1.0; 8], beta: vec![0.0; 8] };
+        for eps in [TORCH_LAYER_NORM_EPS, LAYER_NORM_EPS] {
+            let mut x = Matrix::from_vec(1, 8, row.clone());
+            layer_norm(&mut x, &norm, eps);
+            let want = reference_residual_norm(&Matrix::from_vec(1, 8, row.clone()), &[0.0; 8], &norm, eps as f64);
+            for (g, w) in x.as_slice().iter().zip(want.as_slice()) {
+                assert!((g - w).abs() < 1e-3, "eps {eps}: {g} vs {w}");
+            }
+            let expected = if eps == TORCH_LAYER_NORM_EPS { std::f32::consts::FRAC_1_SQRT_2 } else { 1.0 };
+            assert!((x.get(0, 0) - expected).abs() < 2e-3, "eps {eps}: {}", x.get(0, 0));
+        }
+    }
+
+    #[test]
+    fn relu_and_gelu_are_the_activations_of_their_presets() {
+        let mut xs = vec![-2.0f32, -0.0, 0.0, 0.5, 3.0];
+        activate(Activation::Relu, &mut xs);
+        assert_eq!(xs, [0.0, 0.0, 0.0, 0.5, 3.0]);
+        let mut ys = vec![-1.0f32, 1.0];
+        activate(Activation::Gelu, &mut ys);
+        assert!((ys[0] + 0.158_655_25).abs() < 1e-6 && (ys[1] - 0.841_344_7).abs() < 1e-6, "{ys:?}");
+        assert_eq!(reference_activation(Activation::Relu, -3.0), 0.0);
+        assert_eq!(Preset::Rt3Transformer.config().activation, Activation::Relu);
+        assert_eq!(Preset::DistilBert.config().activation, Activation::Gelu);
+        assert_eq!(Preset::MiniLm.config().activation, Activation::Gelu);
+    }
+
+    #[test]
     fn attention_matches_the_f64_loops() {
         let (tokens, d, heads) = (7, 12, 3);
         let q = Matrix::random(tokens, d, 1, 1.0);
@@ -1382,11 +2206,17 @@ mod tests {
         let v = Matrix::random(tokens, d, 3, 1.0);
         let mut scores = Matrix::zeros(0, 0);
         let mut ctx = Matrix::zeros(0, 0);
-        attention(&q, &k, &v, heads, &mut scores, &mut ctx, Threads::One);
         let f = |m: &Matrix| m.as_slice().iter().map(|v| *v as f64).collect::<Vec<_>>();
-        let want = reference_attention(&f(&q), &f(&k), &f(&v), tokens, d, heads);
-        for (g, w) in ctx.as_slice().iter().zip(&want) {
-            assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+        for causal in [false, true] {
+            attention(&q, &k, &v, heads, causal, &mut scores, &mut ctx, Threads::One);
+            let want = reference_attention(&f(&q), &f(&k), &f(&v), tokens, d, heads, causal);
+            for (g, w) in ctx.as_slice().iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "causal {causal}: {g} vs {w}");
+            }
         }
+        // Causal: the first token attends only to itself, so its context is its own value.
+        attention(&q, &k, &v, heads, true, &mut scores, &mut ctx, Threads::One);
+        assert_eq!(ctx.row(0), v.row(0));
+        assert!(scores.row(0)[1..].iter().all(|s| *s == 0.0));
     }
 }

@@ -19,7 +19,7 @@ use safetensors::Dtype;
 
 /// Two layers, 4 heads of 8, FFN 64, 10 tokens: every path, a few ms per forward.
 fn small_config() -> EncoderConfig {
-    EncoderConfig { layers: 2, d_model: 32, heads: 4, ffn: 64, seq_len: 10 }
+    EncoderConfig { layers: 2, d_model: 32, heads: 4, ffn: 64, seq_len: 10, ..Preset::MiniLm.config() }
 }
 
 fn block(sparsity: f64) -> VariantSpec {
@@ -222,7 +222,7 @@ fn variant_info_adds_up_over_the_linear_layers() {
 
 #[test]
 fn memory_estimate_covers_what_is_built() {
-    let cfg = EncoderConfig { layers: 1, d_model: 64, heads: 4, ffn: 128, seq_len: 16 };
+    let cfg = EncoderConfig { layers: 1, d_model: 64, heads: 4, ffn: 128, seq_len: 16, ..Preset::MiniLm.config() };
     let specs = [
         ("dense", VariantSpec::Dense),
         ("bp", block(0.64)),
@@ -267,7 +267,8 @@ fn presets_have_the_papers_dimensions() {
     for (name, layers, d_model, heads, ffn, seq_len) in expect {
         let preset: Preset = name.parse().unwrap();
         assert_eq!(preset.to_string(), name);
-        assert_eq!(preset.config(), EncoderConfig { layers, d_model, heads, ffn, seq_len });
+        let c = preset.config();
+        assert_eq!((c.layers, c.d_model, c.heads, c.ffn, c.seq_len), (layers, d_model, heads, ffn, seq_len));
         preset.config().validate().unwrap();
     }
     let e = "bert-large".parse::<Preset>().unwrap_err().to_string();
@@ -420,7 +421,7 @@ fn safetensors_round_trip_distilbert_names_from_a_file() {
 
 #[test]
 fn safetensors_bert_without_prefix_with_gamma_beta_and_bf16() {
-    let cfg = EncoderConfig { layers: 3, d_model: 16, heads: 2, ffn: 24, seq_len: 5 };
+    let cfg = EncoderConfig { layers: 3, d_model: 16, heads: 2, ffn: 24, seq_len: 5, ..Preset::MiniLm.config() };
     let weights = EncoderWeights::random(cfg, 8).unwrap();
     let tensors = checkpoint_tensors(&weights, Layout::BertOldNorms, "");
     let bytes = serialize(&tensors, |name| if name.ends_with(".weight") { Dtype::BF16 } else { Dtype::F32 });
@@ -518,4 +519,29 @@ fn variant_specs_and_infos_are_serde_friendly() {
     assert_eq!(json["base"], "bp");
     let preset: Preset = serde_json::from_str(r#""rt3-transformer""#).unwrap();
     assert_eq!(preset, Preset::Rt3Transformer);
+}
+
+#[test]
+fn pattern_variants_on_bp_multiply_exactly_their_kept_weights() {
+    let model = model_with_all_kinds();
+    for name in ["pp75", "pp875", "bp"] {
+        let info = model.variant(name).unwrap();
+        assert_eq!(info.multiplied, info.layers.iter().map(|l| l.multiplied).sum::<usize>());
+        // Random weights have no exact zeros: kept weights = non-zeros, and nothing else is multiplied.
+        assert_eq!(info.multiplied, info.nnz, "{name}: multiplies {} for {} kept", info.multiplied, info.nnz);
+    }
+    // On the per-layer base, layers whose BP ratio is 0 are plain PP on the tile-grouped kernel, which
+    // multiplies the zero padding of 12x12 tiles over 32x64 matrices; layers on a real BP base do not.
+    let odd = model.variant("pp75-odd").unwrap();
+    let base = model.variant("bp-layers").unwrap();
+    for (i, (l, b)) in odd.layers.iter().zip(&base.layers).enumerate() {
+        if b.sparsity() > 0.0 {
+            assert_eq!(l.multiplied, l.nnz, "pp75-odd layer {i}");
+        } else {
+            assert!(l.multiplied >= l.nnz, "pp75-odd layer {i}");
+        }
+    }
+    let pp = model.variant("pp75").unwrap();
+    let bp = model.variant("bp").unwrap();
+    assert!(pp.bytes < bp.bytes, "pp75 on bp packs {} bytes, its base {}", pp.bytes, bp.bytes);
 }

@@ -2,9 +2,13 @@
 //! the scalar reference. Case counts are modest: these also run on aarch64
 //! under qemu in CI.
 
+use kernels::linear::masked::MaskedStripLinear;
 use kernels::linear::pattern::PatternSparseLinear;
 use kernels::prune::block::{block_mask, BlockShape};
-use kernels::prune::pattern::{assign_patterns, generate_pattern_set, CandidateMethod, PatternConfig, PatternSet};
+use kernels::prune::pattern::{
+    assign_patterns, assign_patterns_on_blocks, generate_pattern_set, generate_pattern_set_on_blocks, BlockCompaction,
+    CandidateMethod, PatternConfig, PatternSet,
+};
 use kernels::reference;
 use kernels::simd::Backend;
 use kernels::{LinearKernel, Mask, Matrix, Threads};
@@ -207,4 +211,106 @@ fn rt3_generation_is_pinned_across_platforms() {
     assert_eq!(a.sparsity(), 0.75);
     // Recorded on x86-64; the aarch64 run under qemu must agree.
     assert_eq!(fingerprint, 235830083);
+}
+
+/// A BP base of any block shape: strips of any height, segments of any width.
+fn bp_case() -> impl Strategy<Value = (Matrix, Mask, usize, PatternConfig)> {
+    (1usize..120, 1usize..90, 1usize..40, 1usize..20, 0.05f64..0.9, prop_oneof![Just(8usize), Just(16), 1usize..20])
+        .prop_flat_map(|(out, inp, rows, cols, bp, tile)| {
+            (Just((out, inp, rows, cols, bp, tile)), any::<u64>(), sparsity())
+        })
+        .prop_map(|((out, inp, rows, cols, bp, tile), seed, extra)| {
+            let w = Matrix::random(out, inp, seed, 1.0);
+            let base = block_mask(&w, BlockShape { rows, cols }, bp);
+            // Total target between the base's sparsity and 1.
+            let s = bp + (1.0 - bp) * extra;
+            let cfg = PatternConfig {
+                tile,
+                patterns_per_set: 1 + (seed % 4) as usize,
+                sparsity: s.min(1.0),
+                method: CandidateMethod::Rt3TileSums,
+                seed,
+            };
+            (w, base, rows, cfg)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// PP on the compacted blocks of a BP base: the final mask is the base AND a
+    /// pattern mask, the kernel stores and multiplies exactly the kept weights,
+    /// and computes x · wᵀ for the masked dense matrix (f64 reference).
+    #[test]
+    fn pattern_on_compacted_bp_blocks_is_exact_and_stores_no_bp_zero(
+        (w, base, strip_rows, cfg) in bp_case(),
+        tokens in prop_oneof![Just(1usize), Just(35), 1usize..140],
+        xseed in any::<u64>(),
+    ) {
+        let set = generate_pattern_set_on_blocks(&w, &base, strip_rows, &cfg);
+        let a = assign_patterns_on_blocks(&w, &base, strip_rows, &set);
+        prop_assert_eq!(a.mask.and(&base), a.mask.clone(), "a BP zero came back");
+        // The pattern mask, lifted from the compacted stack, intersected with the base, is the final mask.
+        let compaction = BlockCompaction::new(&base, strip_rows, cfg.tile);
+        let lifted = compaction.lift(a.compacted.mask());
+        prop_assert_eq!(lifted.and(&base), a.mask.clone());
+        // Every compacted tile keeps a subset of its own pattern.
+        let (down, across) = a.compacted.tile_grid();
+        let t = cfg.tile;
+        let stack = a.compacted.mask();
+        for tr in 0..down {
+            for tc in 0..across {
+                let p = &set.patterns()[a.compacted.pattern_of(tr, tc)];
+                for lr in 0..t {
+                    for lc in 0..t {
+                        let (r, c) = (tr * t + lr, tc * t + lc);
+                        if r < stack.rows() && c < stack.cols() && stack.get(r, c) {
+                            prop_assert!(p.keeps(lr, lc));
+                        }
+                    }
+                }
+            }
+        }
+        let expected_w = masked(&w, &a.mask);
+        let x = Matrix::random(tokens, w.cols(), xseed, 1.0);
+        let expected = reference::linear(&x, &expected_w);
+        for backend in Backend::available() {
+            let layer = MaskedStripLinear::from_masked_for(&w, &a.mask, strip_rows, "pattern", backend);
+            let stats = layer.stats();
+            prop_assert_eq!(stats.multiplied, a.mask.kept(), "multiplies exactly its kept weights");
+            prop_assert_eq!(layer.effective_weights(), expected_w.clone());
+            for threads in [Threads::One, Threads::N(2)] {
+                let mut y = Matrix::from_vec(1, 1, vec![f32::NAN]);
+                layer.forward(&x, &mut y, threads);
+                let (abs, _) = reference::errors(&y, &expected);
+                prop_assert!(abs < 1e-4, "{} tokens {}: max error {}", backend.name(), tokens, abs);
+            }
+        }
+    }
+}
+
+#[test]
+fn compaction_of_a_dense_base_is_plain_pp() {
+    // Strips a multiple of the tile that keep every column: the compacted stack is the matrix.
+    let w = Matrix::random(64, 48, 3, 1.0);
+    let base = Mask::dense(64, 48);
+    let cfg = PatternConfig::new(16, 0.75);
+    let plain = assign_patterns(&w, &base, &generate_pattern_set(&w, &base, &cfg));
+    let on_blocks = assign_patterns_on_blocks(&w, &base, 32, &generate_pattern_set_on_blocks(&w, &base, 32, &cfg));
+    assert_eq!(&on_blocks.mask, plain.mask());
+}
+
+#[test]
+fn bp64_strips_plus_pp75_multiplies_a_quarter_of_the_weights() {
+    // DistilBERT's 768->3072 at RT3's composition: the layer multiplies its kept weights and no more.
+    let w = Matrix::random(3072 / 4, 768, 11, 0.05);
+    let base = block_mask(&w, BlockShape::strip(16), 0.64);
+    let cfg = PatternConfig { seed: 1, ..PatternConfig::new(16, 0.75) };
+    let set = generate_pattern_set_on_blocks(&w, &base, 16, &cfg);
+    let a = assign_patterns_on_blocks(&w, &base, 16, &set);
+    let layer = MaskedStripLinear::from_masked(&w, &a.mask, 16, "pattern");
+    let stats = layer.stats();
+    assert_eq!(stats.multiplied, a.mask.kept());
+    assert!((a.mask.sparsity() - 0.75).abs() < 0.005, "achieved {}", a.mask.sparsity());
+    assert!(stats.bytes < 5 * stats.multiplied, "{} bytes for {} weights", stats.bytes, stats.multiplied);
 }

@@ -16,9 +16,12 @@
 //!   power for `T - mean latency`, and takes `T`; a period shorter than the mean latency is
 //!   an error for that policy (the board cannot keep up).
 //! - **Policies**: dense at the top frequency, block-pruned at the top frequency, every static
-//!   (frequency, variant) pair, and the RT3 schedule: share `s_i` of the battery spent at
-//!   level `i` (highest first) running the schedule's variant there; inferences
-//!   `= sum_i s_i x E_eff,i / cost_i`, hours `= sum_i inferences_i x time_i / 3600`.
+//!   (frequency, variant) pair, the best static one (the pair, of any variant kind, meeting
+//!   the deadline, and for a pattern set its `min_fidelity`, with the most inferences per
+//!   charge), and the RT3 schedule: share `s_i` of the battery spent at level `i` (highest
+//!   first) running the schedule's pattern set there; inferences
+//!   `= sum_i s_i x E_eff,i / cost_i`, hours `= sum_i inferences_i x time_i / 3600`. A level
+//!   without a pattern set leaves its share uncounted and the row incomplete.
 //! - **Gains** are ratios of inferences per charge (RT3's "runs") against dense and against
 //!   block at the top frequency. For a periodic workload the hours ratio is the same.
 
@@ -240,6 +243,9 @@ pub enum PolicyKind {
     BlockAtTop,
     /// One (frequency, variant) for the whole battery.
     Static,
+    /// The static policy (any variant kind) meeting the deadline with the most inferences per
+    /// charge: what a device that never switches would do best.
+    BestStatic,
     Rt3Schedule,
 }
 
@@ -249,6 +255,7 @@ impl PolicyKind {
             PolicyKind::DenseAtTop => "dense_top",
             PolicyKind::BlockAtTop => "block_top",
             PolicyKind::Static => "static",
+            PolicyKind::BestStatic => "best_static",
             PolicyKind::Rt3Schedule => "rt3_schedule",
         }
     }
@@ -286,7 +293,23 @@ pub struct PolicyRow {
     pub gain_vs_block_top: Option<f64>,
     /// False when part of the policy could not be projected (see `note`).
     pub complete: bool,
+    /// For single-point policies: whether that point meets the latency deadline (and, for a
+    /// pattern set, its `min_fidelity`); `None` when not judged.
+    pub meets_deadline: Option<bool>,
+    /// For the RT3 schedule: each level's share of the battery and what it gives.
+    pub levels: Vec<LevelShare>,
     pub note: String,
+}
+
+/// One level of the RT3 schedule's projection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LevelShare {
+    pub freq_khz: u64,
+    pub share: f64,
+    /// The pattern set run there; `None`: nothing qualifies, so the share is not counted.
+    pub variant: Option<String>,
+    /// What this share of the battery gives (hours and inferences add up to the policy's).
+    pub outcome: Result<Projection, String>,
 }
 
 impl PolicyRow {
@@ -313,8 +336,51 @@ impl PolicyRow {
             outcome,
             gain_vs_dense_top: None,
             gain_vs_block_top: None,
+            meets_deadline: None,
+            levels: Vec::new(),
             note: String::new(),
         }
+    }
+}
+
+/// The best static policy: of the single-point rows (`Static`) that `qualifies` accepts and
+/// that were projected, the one with the most inferences per charge (ties: the first in
+/// table order). A row saying so when none qualifies.
+pub(crate) fn best_static_row(rows: &[PolicyRow], criterion: &str) -> PolicyRow {
+    let eligible: Vec<&PolicyRow> =
+        rows.iter().filter(|r| r.kind == PolicyKind::Static && r.meets_deadline == Some(true)).collect();
+    let projected = eligible.iter().filter_map(|r| r.outcome.as_ref().ok().map(|p| (*r, p)));
+    let best = projected.fold(None::<(&PolicyRow, &Projection)>, |best, (r, p)| match best {
+        Some((_, bp)) if bp.inferences >= p.inferences => best,
+        _ => Some((r, p)),
+    });
+    match best {
+        Some((r, _)) => PolicyRow {
+            name: format!("best static ({})", r.name),
+            kind: PolicyKind::BestStatic,
+            note: format!(
+                "the most inferences per charge of the {} static (frequency, variant) pairs {criterion}",
+                eligible.len()
+            ),
+            ..r.clone()
+        },
+        None => PolicyRow {
+            name: "best static".into(),
+            kind: PolicyKind::BestStatic,
+            freq_khz: None,
+            variant: None,
+            outcome: Err(if eligible.is_empty() {
+                format!("no static (frequency, variant) pair {criterion}")
+            } else {
+                format!("none of the {} static pairs {criterion} could be projected", eligible.len())
+            }),
+            gain_vs_dense_top: None,
+            gain_vs_block_top: None,
+            complete: false,
+            meets_deadline: Some(false),
+            levels: Vec::new(),
+            note: String::new(),
+        },
     }
 }
 
@@ -322,6 +388,8 @@ impl PolicyRow {
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatteryTable {
     pub board: String,
+    /// Whether the board's cells came from a simulated board (any of them).
+    pub simulated: bool,
     pub source: ProjectionSource,
     pub battery: BatteryModel,
     pub workload: Workload,
@@ -416,6 +484,8 @@ pub(crate) fn schedule_row(
         gain_vs_dense_top: None,
         gain_vs_block_top: None,
         complete: false,
+        meets_deadline: None,
+        levels: Vec::new(),
         note: String::new(),
     };
     if shares.len() != levels.len() {
@@ -434,30 +504,58 @@ pub(crate) fn schedule_row(
             Some(v) => match point_of(*freq, v) {
                 Ok(point) => {
                     plan.push(format!("{:.0} % {v}@{}", share * 100.0, format_khz(*freq)));
-                    segments.push(Segment { share: *share, point });
+                    let segment = Segment { share: *share, point };
+                    row.levels.push(LevelShare {
+                        freq_khz: *freq,
+                        share: *share,
+                        variant: Some(v.clone()),
+                        outcome: project(battery, workload, std::slice::from_ref(&segment)),
+                    });
+                    segments.push(segment);
                 }
                 Err(e) => {
                     row.outcome = Err(e);
                     return row;
                 }
             },
-            None => missing.push(format!("{} ({:.0} %)", format_khz(*freq), share * 100.0)),
+            None => {
+                missing.push(format!("{} ({:.0} %)", format_khz(*freq), share * 100.0));
+                row.levels.push(LevelShare {
+                    freq_khz: *freq,
+                    share: *share,
+                    variant: None,
+                    outcome: Err("no pattern set qualifies here: this share of the battery is not counted".into()),
+                });
+            }
         }
     }
     row.note = plan.join(", ");
     if segments.is_empty() {
-        row.outcome = Err("no level has a variant meeting the deadline".into());
+        row.outcome = Err("no level has a pattern set meeting the deadline".into());
         return row;
     }
     row.complete = missing.is_empty();
     if !missing.is_empty() {
         row.note.push_str(&format!(
-            "; INCOMPLETE: no variant meets the deadline at {}, those shares of the battery are not counted",
+            "; INCOMPLETE: no pattern set qualifies at {}, those shares of the battery are not counted",
             missing.join(", ")
         ));
     }
     row.outcome = project(battery, workload, &segments);
     row
+}
+
+/// What a static pair must do to be the best static policy, for notes.
+pub(crate) fn static_criterion(rule: &super::schedule::ScheduleRule) -> String {
+    let deadline = match rule.deadline_ms {
+        Some(d) => format!("meeting the {d} ms deadline ({})", rule.statistic.label()),
+        None => "(no deadline: all of them)".to_string(),
+    };
+    if rule.min_fidelity.is_empty() {
+        deadline
+    } else {
+        format!("{deadline}, pattern sets also reaching their min_fidelity")
+    }
 }
 
 /// The first variant of `kind` at the top frequency, in table order.
@@ -479,16 +577,23 @@ pub fn project_board(
     let mut notes = Vec::new();
     let mut rows = Vec::new();
     let top = cells.iter().map(|c| c.key.freq_khz).max();
+    let rule = &schedule.rule;
+    let qualifies = |c: &CellStats| {
+        rule.meets_deadline(c.latency_ms(rule.statistic))
+            && rule.fidelity_floor(&c.key.variant, c.fidelity_cosine).is_ok()
+    };
     if let Some(top) = top {
         for (kind, name) in [(PolicyKind::DenseAtTop, "dense"), (PolicyKind::BlockAtTop, "block")] {
             if let Some(c) = at_top(&cells, name, top) {
-                rows.push(PolicyRow::single(
+                let mut row = PolicyRow::single(
                     kind,
                     OperatingPoint::from_cell(c),
                     (&c.key.variant, c.key.freq_khz),
                     battery,
                     &workload,
-                ));
+                );
+                row.meets_deadline = Some(qualifies(c));
+                rows.push(row);
             }
         }
     }
@@ -502,20 +607,26 @@ pub fn project_board(
             .and_then(|c| OperatingPoint::from_cell(c))
     }));
     for c in &cells {
-        rows.push(PolicyRow::single(
+        let mut row = PolicyRow::single(
             PolicyKind::Static,
             OperatingPoint::from_cell(c),
             (&c.key.variant, c.key.freq_khz),
             battery,
             &workload,
-        ));
+        );
+        row.meets_deadline = Some(qualifies(c));
+        rows.push(row);
     }
+    let best = best_static_row(&rows, &static_criterion(rule));
+    let at = rows.iter().position(|r| r.kind == PolicyKind::Rt3Schedule).map_or(rows.len(), |i| i + 1);
+    rows.insert(at, best);
     fill_gains(&mut rows, &mut notes);
     if rows.iter().all(|r| r.outcome.is_err()) {
         notes.push("No policy could be projected (see the notes per row).".into());
     }
     BatteryTable {
         board: board.to_string(),
+        simulated: cells.iter().any(|c| c.simulated),
         source: ProjectionSource::Measured,
         battery: battery.clone(),
         workload,
@@ -540,11 +651,12 @@ fn csv_num(v: Option<f64>) -> String {
     }
 }
 
-/// `battery.csv`: one line per (board, source, policy), measured and modelled together.
+/// `battery.csv`: one line per (board, source, policy), measured and modelled together, with
+/// whether the board was simulated and whether a single-point policy meets the deadline.
 pub fn battery_csv(tables: &[BatteryTable]) -> String {
     let mut out = String::from(
-        "board,source,policy,kind,freq_khz,variant,battery_j,peukert_exponent,workload,period_ms,hours,inferences,\
-         mean_power_w,gain_vs_dense_top,gain_vs_block_top,complete,error,note\n",
+        "board,simulated,source,policy,kind,freq_khz,variant,battery_j,peukert_exponent,workload,period_ms,hours,\
+         inferences,mean_power_w,gain_vs_dense_top,gain_vs_block_top,complete,meets_deadline,error,note\n",
     );
     for t in tables {
         let (workload, period_ms) = match t.workload {
@@ -555,6 +667,7 @@ pub fn battery_csv(tables: &[BatteryTable]) -> String {
             let p = r.outcome.as_ref().ok();
             let fields = [
                 csv_field(&t.board),
+                t.simulated.to_string(),
                 t.source.as_str().into(),
                 csv_field(&r.name),
                 r.kind.as_str().into(),
@@ -570,6 +683,7 @@ pub fn battery_csv(tables: &[BatteryTable]) -> String {
                 csv_num(r.gain_vs_dense_top),
                 csv_num(r.gain_vs_block_top),
                 r.complete.to_string(),
+                r.meets_deadline.map(|m| m.to_string()).unwrap_or_default(),
                 csv_field(r.outcome.as_ref().err().map(String::as_str).unwrap_or("")),
                 csv_field(&r.note),
             ];

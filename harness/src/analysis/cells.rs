@@ -60,6 +60,12 @@ pub struct CellStats {
     pub unverified_freq_repeats: usize,
     pub throttled_repeats: usize,
     pub power_flagged_repeats: usize,
+    /// The variant's output against the dense model's (cosine similarity, relative L2 error),
+    /// mean over the repeats that carry it; `None`: not measured.
+    pub fidelity_cosine: Option<f64>,
+    pub fidelity_rel_l2: Option<f64>,
+    /// What the fidelity measures (`perturbation (synthetic weights)` or `checkpoint`).
+    pub fidelity_kind: Option<String>,
     /// Stored per-repeat latency figures, for when per-iteration latencies are missing.
     repeat_latency: Vec<(u64, [f64; 4])>,
 }
@@ -166,6 +172,9 @@ fn cell_stats(key: CellGroupKey, reps: &[&CellRecord], config: &SummaryConfig) -
         unverified_freq_repeats: reps.iter().filter(|r| !r.freq_verified).count(),
         throttled_repeats: reps.iter().filter(|r| r.throttled).count(),
         power_flagged_repeats: reps.iter().filter(|r| r.power_flagged == Some(true)).count(),
+        fidelity_cosine: mean(&collect(|r| r.fidelity_cosine)),
+        fidelity_rel_l2: mean(&collect(|r| r.fidelity_rel_l2)),
+        fidelity_kind: reps.iter().find_map(|r| r.fidelity_kind.clone()),
         repeat_latency: reps
             .iter()
             .map(|r| (r.iterations, [r.latency_median_ms, r.latency_p90_ms, r.latency_p99_ms, r.latency_mean_ms]))

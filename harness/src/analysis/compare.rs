@@ -277,8 +277,9 @@ pub fn compare_cells(
 fn describe_model(m: &ModelSpec) -> String {
     let source = match &m.source {
         ModelSource::Preset(p) => format!("preset {}", p.as_str()),
-        ModelSource::Safetensors { path } => format!("safetensors {path}"),
+        ModelSource::Safetensors { path, preset } => format!("{} from safetensors {path}", preset.as_str()),
     };
+    let source = if m.lm_head { format!("{source} with its lm_head") } else { source };
     let seq = m.seq.map(|s| s.to_string()).unwrap_or_else(|| "the preset's".into());
     format!("{source}, sequence length {seq}, seed {}", m.seed)
 }
@@ -357,6 +358,11 @@ fn fmt_change(m: &MetricComparison) -> String {
     let e = &m.change_pct;
     if e.point.is_nan() {
         return "-".into();
+    }
+    // An interval from fewer than 3 values per side is too wide to mean anything: say so.
+    let n = m.n_base.min(m.n_candidate);
+    if n < 3 {
+        return format!("{:+.2} % (n={n}: no interval)", e.point);
     }
     format!("{:+.2} % [{:+.2}, {:+.2}]", e.point, e.lower, e.upper)
 }

@@ -10,6 +10,8 @@ use crate::results::{read_journal, CellRecord, JOURNAL};
 use crate::runmeta::{RUN_JSON, SCENARIO_COPY};
 use crate::scenario::{parse_scenario, Scenario};
 
+use super::switch::{load_switch_costs, SwitchData};
+
 /// One run directory, as read.
 #[derive(Clone, Debug)]
 pub struct RunData {
@@ -19,6 +21,8 @@ pub struct RunData {
     /// The journal's cells (`cells.jsonl`), in the order they finished.
     pub cells: Vec<CellRecord>,
     pub info: RunInfo,
+    /// Reconfiguration costs per pattern set (`switch.parquet`); empty when not measured.
+    pub switches: SwitchData,
 }
 
 /// What the analysis and reports need from `run.json`. Fields are read leniently (a missing
@@ -73,9 +77,10 @@ pub struct SelftestFailure {
     pub max_rel_err: Option<f64>,
 }
 
-/// Reads `dir/cells.jsonl`, `dir/scenario.yaml` and `dir/run.json`. A missing directory,
-/// scenario copy or `run.json` is an error naming the path; an empty journal is not (callers
-/// decide whether no cells is usable).
+/// Reads `dir/cells.jsonl`, `dir/scenario.yaml`, `dir/run.json` and (when there)
+/// `dir/switch.parquet`. A missing directory, scenario copy or `run.json` is an error naming
+/// the path; an empty journal is not (callers decide whether no cells is usable), nor is a
+/// missing `switch.parquet` (switching not measured).
 pub fn load_run(dir: &Path) -> Result<RunData> {
     if !dir.is_dir() {
         bail!("results directory {} does not exist (or is not a directory)", dir.display());
@@ -92,7 +97,8 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
     if !raw.is_object() {
         bail!("{} is not a JSON object", run_json.display());
     }
-    Ok(RunData { dir: dir.to_path_buf(), scenario, cells, info: run_info(raw) })
+    let switches = load_switch_costs(dir);
+    Ok(RunData { dir: dir.to_path_buf(), scenario, cells, info: run_info(raw), switches })
 }
 
 fn str_at(v: &Value, pointer: &str) -> Option<String> {

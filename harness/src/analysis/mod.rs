@@ -2,14 +2,18 @@
 //! projections (measured and the paper's analytic model) and regression comparisons.
 //!
 //! How the pieces fit (measurement, analysis and reporting stay apart):
-//! - [`load_run`] reads a run directory (`cells.jsonl`, `scenario.yaml`, `run.json`) into a
-//!   plain [`RunData`]; it is the only I/O here apart from [`battery::write_battery_csv`].
+//! - [`load_run`] reads a run directory (`cells.jsonl`, `scenario.yaml`, `run.json`, and
+//!   `switch.parquet` through [`switch::load_switch_costs`]) into a plain [`RunData`]; it is
+//!   the only I/O here apart from [`battery::write_battery_csv`].
 //! - [`cells::aggregate_cells`] pools the repeats of each (board, frequency, variant) into a
 //!   [`CellStats`]: latency over every timed inference with confidence intervals, energy per
 //!   inference across repeats, checksums and measurement flags.
-//! - [`schedule::rt3_schedule`] picks, per frequency level, the variant RT3 would run.
+//! - [`schedule::rt3_schedule`] picks, per frequency level, the pattern set RT3 would run
+//!   (dense and block are baselines, never scheduled).
 //! - [`battery::project_board`] turns measured energy, idle power and latency into battery
-//!   life per policy; [`rt3_model::model_projection`] does the same with the paper's formulas.
+//!   life per policy (the baselines, every static pair, the best static one, the RT3
+//!   schedule); [`rt3_model::model_projection`] does the same with the paper's formulas.
+//! - [`switch`] holds the measured reconfiguration costs against RT3's 45 ms.
 //! - [`compare::compare_runs`] matches the cells of two runs and decides what regressed.
 //! - [`analyze_run`] runs the first four for a whole run: what `hil battery` and the reports call.
 //!
@@ -22,12 +26,14 @@ pub mod compare;
 pub mod load;
 pub mod rt3_model;
 pub mod schedule;
+pub mod switch;
 
-pub use battery::{BatteryModel, BatteryTable, PolicyKind, PolicyRow, Projection, ProjectionSource};
+pub use battery::{BatteryModel, BatteryTable, LevelShare, PolicyKind, PolicyRow, Projection, ProjectionSource};
 pub use cells::{aggregate_cells, CellGroupKey, CellStats};
 pub use compare::{compare_runs, CompareConfig, Comparison, Verdict};
 pub use load::{load_run, BoardInfo, RunData, RunInfo, SelftestFailure, SelftestSummary};
-pub use schedule::{rt3_schedule, Rt3Schedule, ScheduleLevel, ScheduleRule};
+pub use schedule::{rt3_schedule, Ranking, Rt3Schedule, ScheduleLevel, ScheduleRule};
+pub use switch::{SwitchCost, SwitchData, RT3_SWITCH_BUDGET_MS};
 
 use crate::scenario::Workload;
 use crate::stats::SummaryConfig;

@@ -14,8 +14,8 @@
 //! otherwise the model is unavailable and the table says so.
 
 use super::battery::{
-    fill_gains, project, schedule_row, BatteryModel, BatteryTable, OperatingPoint, PolicyKind, PolicyRow,
-    ProjectionSource, Segment, RT3_BATTERY_J,
+    best_static_row, fill_gains, project, schedule_row, static_criterion, BatteryModel, BatteryTable, OperatingPoint,
+    PolicyKind, PolicyRow, ProjectionSource, Segment, RT3_BATTERY_J,
 };
 use super::cells::CellStats;
 use super::schedule::{choose, Candidate, ScheduleRule};
@@ -101,6 +101,7 @@ pub fn model_projection(
     let workload = Workload::BackToBack;
     let mut table = BatteryTable {
         board: board.to_string(),
+        simulated: cells.iter().any(|c| c.simulated),
         source: ProjectionSource::Rt3Model,
         battery: battery.clone(),
         workload,
@@ -123,6 +124,11 @@ pub fn model_projection(
         }
     };
     let top_cells: Vec<&CellStats> = cells.iter().copied().filter(|c| c.key.freq_khz == top).collect();
+    // Whether a variant meets the rule at a model level: its statistic at the top, scaled.
+    let qualifies = |c: &CellStats, level: &ModelLevel| {
+        rule.meets_deadline(scaled_latency_ms(c.latency_ms(rule.statistic), top, level.freq_khz))
+            && rule.fidelity_floor(&c.key.variant, c.fidelity_cosine).is_ok()
+    };
     let point = |c: &CellStats, level: &ModelLevel| {
         let latency = scaled_latency_ms(c.latency_mean_ms, top, level.freq_khz);
         OperatingPoint {
@@ -139,25 +145,21 @@ pub fn model_projection(
                 PolicyKind::DenseAtTop => "dense at top",
                 _ => "block at top",
             };
-            table.rows.push(row(
-                format!("{label} ({}@{})", c.key.variant, format_khz(top)),
-                kind,
-                point(c, &levels[0]),
-                &battery,
-            ));
+            let mut r =
+                row(format!("{label} ({}@{})", c.key.variant, format_khz(top)), kind, point(c, &levels[0]), &battery);
+            r.meets_deadline = Some(qualifies(c, &levels[0]));
+            table.rows.push(r);
         }
     }
-    // The model's own schedule: the rule applied to latencies scaled from the top level.
+    // The model's own schedule: the rule (pattern sets only) applied to latencies scaled from the top level.
     let schedule_levels: Vec<(u64, Option<String>)> = levels
         .iter()
         .map(|level| {
             let candidates: Vec<Candidate> = top_cells
                 .iter()
                 .map(|c| Candidate {
-                    variant: c.key.variant.clone(),
-                    kind: c.variant_kind.clone(),
-                    sparsity: c.sparsity,
                     latency_ms: scaled_latency_ms(c.latency_ms(rule.statistic), top, level.freq_khz),
+                    ..Candidate::from_cell(c, rule)
                 })
                 .collect();
             let choice = choose(&candidates, rule, level.freq_khz);
@@ -171,14 +173,19 @@ pub fn model_projection(
     }));
     for level in &levels {
         for c in &top_cells {
-            table.rows.push(row(
+            let mut r = row(
                 format!("{}@{}", c.key.variant, format_khz(level.freq_khz)),
                 PolicyKind::Static,
                 point(c, level),
                 &battery,
-            ));
+            );
+            r.meets_deadline = Some(qualifies(c, level));
+            table.rows.push(r);
         }
     }
+    let best = best_static_row(&table.rows, &static_criterion(rule));
+    let at = table.rows.iter().position(|r| r.kind == PolicyKind::Rt3Schedule).map_or(table.rows.len(), |i| i + 1);
+    table.rows.insert(at, best);
     let mut notes = Vec::new();
     fill_gains(&mut table.rows, &mut notes);
     table.notes.push(format!(
@@ -210,6 +217,8 @@ fn row(name: String, kind: PolicyKind, point: OperatingPoint, battery: &BatteryM
         outcome,
         gain_vs_dense_top: None,
         gain_vs_block_top: None,
+        meets_deadline: None,
+        levels: Vec::new(),
         note: String::new(),
     }
 }

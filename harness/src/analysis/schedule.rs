@@ -1,14 +1,24 @@
-//! The RT3 schedule: which variant to run at each frequency level.
+//! The RT3 schedule: which pattern set to run at each frequency level.
 //!
-//! RT3 assigns one pattern set per DVFS level: the most accurate one that still meets the
-//! timing constraint at that frequency. Here "meets the deadline" means the **p99 latency
-//! over every timed inference of every repeat** (pooled) is at most the deadline: a timing
-//! constraint is about single inferences, and the median would let half of them miss it.
-//! Among the variants that meet it, the most accurate is chosen when every one of them
-//! carries an `accuracy` in the scenario; otherwise the least sparse (sparsity being the
-//! accuracy proxy: pruning less loses less), ties broken by lower latency, then name.
-//! With no deadline in the scenario every variant qualifies (and the least sparse, usually
-//! dense, wins everywhere); the schedule says so.
+//! RT3 switches among *pattern sets* (a block-pruned base plus one set of pattern masks),
+//! one per DVFS level; dense and block-only are its baselines and are never scheduled. At
+//! each level the schedule runs, among the scenario's pattern variants:
+//! 1. only those that **meet the deadline**: the p99 latency over every timed inference of
+//!    every repeat (pooled) is at most the deadline (a timing constraint is about single
+//!    inferences; the median would let half of them miss it);
+//! 2. only those whose measured output fidelity (cosine similarity to the dense model's
+//!    output, `fidelity_cosine`) reaches the scenario's `min_fidelity` for that set, when it
+//!    gives one (a set whose fidelity was not measured cannot show it does, and is left out);
+//! 3. of those, the one with the **best output fidelity** when every one has it measured;
+//!    else the **most accurate** when every one carries the scenario's `accuracy`; else the
+//!    **least sparse** (pruning less loses less). Ties: less sparse, then lower latency, then name.
+//!
+//! A level where no pattern set qualifies has no entry, says why, and marks the schedule
+//! incomplete. With no deadline in the scenario every pattern set meets it; the rule says so.
+//!
+//! The same rule (deadline and fidelity floor, over every variant kind) decides which static
+//! (frequency, variant) policies are eligible to be the *best static* one
+//! ([`super::battery::project_board`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,6 +29,9 @@ use crate::scenario::units::format_khz;
 use crate::scenario::Scenario;
 use crate::stats::Statistic;
 
+/// The variant kind RT3 schedules; every other kind is a baseline.
+pub const PATTERN_KIND: &str = "pattern";
+
 /// How variants are judged against the deadline and ranked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleRule {
@@ -28,6 +41,14 @@ pub struct ScheduleRule {
     pub statistic: Statistic,
     /// Variant name -> accuracy, for the variants the scenario gives one.
     pub accuracy: BTreeMap<String, f64>,
+    /// Pattern set -> the least `fidelity_cosine` for it to be scheduled (scenario `min_fidelity`).
+    pub min_fidelity: BTreeMap<String, f64>,
+}
+
+impl Default for ScheduleRule {
+    fn default() -> Self {
+        Self { deadline_ms: None, statistic: Statistic::P99, accuracy: BTreeMap::new(), min_fidelity: BTreeMap::new() }
+    }
 }
 
 impl ScheduleRule {
@@ -36,23 +57,74 @@ impl ScheduleRule {
             deadline_ms: scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3),
             statistic: Statistic::P99,
             accuracy: scenario.variants.iter().filter_map(|v| v.accuracy.map(|a| (v.name.clone(), a))).collect(),
+            min_fidelity: scenario
+                .variants
+                .iter()
+                .filter_map(|v| v.min_fidelity.map(|f| (v.name.clone(), f)))
+                .collect(),
+        }
+    }
+
+    /// Whether a latency (the rule's statistic, ms) meets the deadline; a missing one never does.
+    pub fn meets_deadline(&self, latency_ms: f64) -> bool {
+        latency_ms.is_finite() && self.deadline_ms.is_none_or(|d| latency_ms <= d)
+    }
+
+    /// `Err(why)` when `variant` has a `min_fidelity` its measured cosine does not reach (or
+    /// that cannot be checked because fidelity was not measured).
+    pub fn fidelity_floor(&self, variant: &str, fidelity_cosine: Option<f64>) -> Result<(), String> {
+        let Some(&min) = self.min_fidelity.get(variant) else { return Ok(()) };
+        match fidelity_cosine.filter(|f| f.is_finite()) {
+            Some(f) if f >= min => Ok(()),
+            Some(f) => Err(format!("{variant}: fidelity (cosine) {f:.4} below its min_fidelity {min}")),
+            None => Err(format!("{variant}: fidelity not measured, so its min_fidelity {min} cannot be checked")),
         }
     }
 
     /// One line for reports: what the rule is.
     pub fn describe(&self) -> String {
-        let ranking = if self.accuracy.is_empty() {
-            "the least sparse".to_string()
+        let floor = if self.min_fidelity.is_empty() {
+            String::new()
         } else {
-            "the most accurate (least sparse when some qualifying variant has no accuracy)".to_string()
+            format!(
+                " and reaching its min_fidelity ({})",
+                self.min_fidelity.iter().map(|(v, f)| format!("{v} {f}")).collect::<Vec<_>>().join(", ")
+            )
         };
-        match self.deadline_ms {
+        let ranking = "the one with the best output fidelity (cosine to dense) when measured for all of them, \
+                       else the most accurate when the scenario gives every one an accuracy, else the least sparse";
+        let qualifying = match self.deadline_ms {
             Some(d) => format!(
-                "per level, among variants whose {} latency (all inferences of all repeats pooled) is at most the \
-                 {d} ms deadline, {ranking}",
+                "per level, among the pattern sets (dense and block are baselines, never scheduled) whose {} latency \
+                 (all inferences of all repeats pooled) is at most the {d} ms deadline{floor}",
                 self.statistic.label()
             ),
-            None => format!("no latency deadline in the scenario: every variant qualifies; per level, {ranking}"),
+            None => format!(
+                "no latency deadline in the scenario, so every pattern set meets it; per level, among the pattern sets \
+                 (dense and block are baselines, never scheduled){floor}"
+            ),
+        };
+        format!("{qualifying}, {ranking}")
+    }
+}
+
+/// What decided among the qualifying pattern sets at a level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ranking {
+    /// Measured output fidelity (cosine to dense), highest first.
+    Fidelity,
+    /// The scenario's `accuracy`, highest first.
+    Accuracy,
+    /// Neither known for every candidate: the least sparse.
+    LeastSparse,
+}
+
+impl Ranking {
+    pub fn label(self) -> &'static str {
+        match self {
+            Ranking::Fidelity => "best fidelity",
+            Ranking::Accuracy => "most accurate",
+            Ranking::LeastSparse => "least sparse",
         }
     }
 }
@@ -65,80 +137,162 @@ pub struct Candidate {
     pub sparsity: f64,
     /// The rule's statistic, ms.
     pub latency_ms: f64,
+    /// Measured cosine similarity to the dense model's output, when measured.
+    pub fidelity: Option<f64>,
 }
 
-/// Which candidates meet the deadline, which one is chosen, and a sentence saying why.
+impl Candidate {
+    pub fn from_cell(c: &CellStats, rule: &ScheduleRule) -> Self {
+        Self {
+            variant: c.key.variant.clone(),
+            kind: c.variant_kind.clone(),
+            sparsity: c.sparsity,
+            latency_ms: c.latency_ms(rule.statistic),
+            fidelity: c.fidelity_cosine.filter(|f| f.is_finite()),
+        }
+    }
+
+    fn is_pattern(&self) -> bool {
+        self.kind == PATTERN_KIND
+    }
+}
+
+/// Which pattern sets meet the deadline, which were excluded by their fidelity floor, which
+/// one is chosen, and a sentence saying why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
     pub chosen: Option<usize>,
+    /// Pattern sets meeting the deadline (indices into the candidates), fidelity floor aside.
     pub meeting: Vec<usize>,
+    /// Pattern sets meeting the deadline but below (or unable to show) their `min_fidelity`.
+    pub excluded: Vec<(usize, String)>,
+    /// What ranked the qualifying sets (`None` when none qualified).
+    pub ranking: Option<Ranking>,
     pub note: String,
 }
 
-/// Applies `rule` to the candidates of one level (see the module docs for the rule).
+/// Applies `rule` to the candidates of one level (see the module docs for the rule). Only
+/// pattern sets are scheduled; other candidates are ignored.
 pub fn choose(candidates: &[Candidate], rule: &ScheduleRule, freq_khz: u64) -> Choice {
-    let meets = |c: &Candidate| c.latency_ms.is_finite() && rule.deadline_ms.is_none_or(|d| c.latency_ms <= d);
-    let meeting: Vec<usize> = (0..candidates.len()).filter(|i| meets(&candidates[*i])).collect();
-    let by_sparsity = |a: &usize, b: &usize| {
-        let (ca, cb) = (&candidates[*a], &candidates[*b]);
-        ca.sparsity
-            .total_cmp(&cb.sparsity)
+    let patterns: Vec<usize> = (0..candidates.len()).filter(|i| candidates[*i].is_pattern()).collect();
+    let meeting: Vec<usize> =
+        patterns.iter().copied().filter(|i| rule.meets_deadline(candidates[*i].latency_ms)).collect();
+    let mut excluded = Vec::new();
+    let mut eligible = Vec::new();
+    for &i in &meeting {
+        match rule.fidelity_floor(&candidates[i].variant, candidates[i].fidelity) {
+            Ok(()) => eligible.push(i),
+            Err(why) => excluded.push((i, why)),
+        }
+    }
+    let ranking = if eligible.is_empty() {
+        None
+    } else if eligible.iter().all(|i| candidates[*i].fidelity.is_some()) {
+        Some(Ranking::Fidelity)
+    } else if eligible.iter().all(|i| rule.accuracy.contains_key(&candidates[*i].variant)) {
+        Some(Ranking::Accuracy)
+    } else {
+        Some(Ranking::LeastSparse)
+    };
+    let score = |i: usize| -> f64 {
+        match ranking {
+            Some(Ranking::Fidelity) => candidates[i].fidelity.unwrap_or(f64::NEG_INFINITY),
+            Some(Ranking::Accuracy) => rule.accuracy.get(&candidates[i].variant).copied().unwrap_or(f64::NEG_INFINITY),
+            _ => 0.0,
+        }
+    };
+    let chosen = eligible.iter().copied().min_by(|&a, &b| {
+        let (ca, cb) = (&candidates[a], &candidates[b]);
+        score(b)
+            .total_cmp(&score(a))
+            .then(ca.sparsity.total_cmp(&cb.sparsity))
             .then(ca.latency_ms.total_cmp(&cb.latency_ms))
             .then(ca.variant.cmp(&cb.variant))
-    };
-    let all_have_accuracy =
-        !meeting.is_empty() && meeting.iter().all(|i| rule.accuracy.contains_key(&candidates[*i].variant));
-    let chosen = if all_have_accuracy {
-        meeting.iter().copied().min_by(|a, b| {
-            let acc = |i: &usize| rule.accuracy[&candidates[*i].variant];
-            acc(b).total_cmp(&acc(a)).then(by_sparsity(a, b))
-        })
-    } else {
-        meeting.iter().copied().min_by(by_sparsity)
-    };
+    });
+    let note = choice_note(candidates, rule, freq_khz, &patterns, &meeting, &excluded, chosen, ranking);
+    Choice { chosen, meeting, excluded, ranking, note }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn choice_note(
+    candidates: &[Candidate],
+    rule: &ScheduleRule,
+    freq_khz: u64,
+    patterns: &[usize],
+    meeting: &[usize],
+    excluded: &[(usize, String)],
+    chosen: Option<usize>,
+    ranking: Option<Ranking>,
+) -> String {
     let stat = rule.statistic.label();
-    let note = match (chosen, rule.deadline_ms) {
+    let at = format_khz(freq_khz);
+    let excluded_text = || excluded.iter().map(|(_, why)| why.clone()).collect::<Vec<_>>().join("; ");
+    if patterns.is_empty() {
+        return format!(
+            "no pattern set measured at {at}: RT3 schedules pattern sets only (dense and block are baselines)"
+        );
+    }
+    match (chosen, rule.deadline_ms) {
+        (Some(i), deadline) => {
+            let c = &candidates[i];
+            let why = match ranking {
+                Some(Ranking::Fidelity) => {
+                    format!("has the best fidelity (cosine {:.4})", c.fidelity.unwrap_or(f64::NAN))
+                }
+                Some(Ranking::Accuracy) => {
+                    format!("is the most accurate ({})", fmt_opt(rule.accuracy.get(&c.variant).copied(), 4))
+                }
+                _ => "is the least sparse (fidelity and accuracy not known for every one)".to_string(),
+            };
+            let head = match deadline {
+                Some(d) => format!(
+                    "{} of {} pattern sets meet the {d} ms deadline ({stat}) at {at}; {} {why}",
+                    meeting.len(),
+                    patterns.len(),
+                    c.variant
+                ),
+                None => format!("no deadline: {} {why} of {} pattern sets", c.variant, patterns.len()),
+            };
+            if excluded.is_empty() {
+                head
+            } else {
+                format!("{head}; left out by min_fidelity: {}", excluded_text())
+            }
+        }
+        (None, _) if !meeting.is_empty() => format!(
+            "{} pattern set(s) meet the deadline at {at} but none reaches its min_fidelity: {}",
+            meeting.len(),
+            excluded_text()
+        ),
         (None, Some(d)) => {
-            let fastest = candidates
+            let fastest = patterns
                 .iter()
+                .map(|i| &candidates[*i])
                 .filter(|c| c.latency_ms.is_finite())
                 .min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms));
             match fastest {
                 Some(f) => format!(
-                    "no variant meets the {d} ms deadline ({stat}) at {}; the fastest, {}, has {stat} {:.2} ms",
-                    format_khz(freq_khz),
-                    f.variant,
-                    f.latency_ms
+                    "no pattern set meets the {d} ms deadline ({stat}) at {at}; the fastest, {}, has {stat} {:.2} ms",
+                    f.variant, f.latency_ms
                 ),
-                None => format!("no variant has a latency measured at {}", format_khz(freq_khz)),
+                None => format!("no pattern set has a latency measured at {at}"),
             }
         }
-        (None, None) => format!("no variant has a latency measured at {}", format_khz(freq_khz)),
-        (Some(i), _) => {
-            let others = meeting.len() - 1;
-            let why = if all_have_accuracy { "most accurate" } else { "least sparse" };
-            match rule.deadline_ms {
-                Some(d) => format!(
-                    "{} of {} variants meet the {d} ms deadline ({stat}); {} is the {why}",
-                    meeting.len(),
-                    candidates.len(),
-                    candidates[i].variant
-                ),
-                None if others == 0 => "no deadline: the only variant".into(),
-                None => format!("no deadline: {} is the {why} of {}", candidates[i].variant, meeting.len()),
-            }
-        }
-    };
-    Choice { chosen, meeting, note }
+        (None, None) => format!("no pattern set has a latency measured at {at}"),
+    }
 }
 
-/// The variant the schedule runs at a level, with its measured figures.
+/// The pattern set the schedule runs at a level, with its measured figures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduledVariant {
     pub variant: String,
     pub kind: String,
     pub sparsity: f64,
     pub accuracy: Option<f64>,
+    /// Cosine similarity and relative L2 error of its output to dense's, and what they measure.
+    pub fidelity_cosine: Option<f64>,
+    pub fidelity_rel_l2: Option<f64>,
+    pub fidelity_kind: Option<String>,
     /// The rule's statistic (p99 by default), ms.
     pub latency_ms: f64,
     pub latency_median_ms: f64,
@@ -153,10 +307,15 @@ pub struct ScheduledVariant {
 pub struct ScheduleLevel {
     pub level: u32,
     pub freq_khz: u64,
-    /// `None`: nothing meets the deadline here ([`ScheduleLevel::note`] says so).
+    /// `None`: no pattern set qualifies here ([`ScheduleLevel::note`] says why).
     pub selected: Option<ScheduledVariant>,
-    /// Variants meeting the deadline at this level.
+    /// Pattern sets meeting the deadline at this level (fidelity floor aside).
     pub meeting: Vec<String>,
+    /// Pattern sets meeting the deadline but left out by their `min_fidelity`, with why.
+    pub excluded: Vec<String>,
+    /// Pattern sets measured at this level.
+    pub pattern_sets: usize,
+    pub ranking: Option<Ranking>,
     pub note: String,
 }
 
@@ -169,9 +328,30 @@ pub struct Rt3Schedule {
 }
 
 impl Rt3Schedule {
-    /// True when every level has a variant.
+    /// True when every level has a pattern set (and there is at least one level).
     pub fn is_complete(&self) -> bool {
-        self.levels.iter().all(|l| l.selected.is_some())
+        !self.levels.is_empty() && self.levels.iter().all(|l| l.selected.is_some())
+    }
+
+    /// The levels without a pattern set.
+    pub fn missing_levels(&self) -> Vec<&ScheduleLevel> {
+        self.levels.iter().filter(|l| l.selected.is_none()).collect()
+    }
+
+    /// A plain sentence when the schedule is incomplete, naming the levels and why.
+    pub fn incomplete_note(&self) -> Option<String> {
+        if self.levels.is_empty() {
+            return Some(format!("INCOMPLETE: board {} has no measured level to schedule.", self.board));
+        }
+        let missing = self.missing_levels();
+        if missing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "INCOMPLETE schedule on board {}: {}.",
+            self.board,
+            missing.iter().map(|l| l.note.clone()).collect::<Vec<_>>().join("; ")
+        ))
     }
 
     /// The schedule as the paper would tabulate it (Markdown).
@@ -180,19 +360,20 @@ impl Rt3Schedule {
         let mut out = format!("RT3 schedule for board {}: {}.\n\n", self.board, self.rule.describe());
         let _ = writeln!(
             out,
-            "| level | frequency | variant | sparsity | {stat} latency (ms) | median latency (ms) | energy/inference (mJ) | net energy/inference (mJ) | note |"
+            "| level | frequency | pattern set | sparsity | fidelity (cosine) | {stat} latency (ms) | median latency (ms) | energy/inference (mJ) | net energy/inference (mJ) | note |"
         );
-        out.push_str("|---:|---:|---|---:|---:|---:|---:|---:|---|\n");
+        out.push_str("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n");
         for l in &self.levels {
             match &l.selected {
                 Some(s) => {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {} | {:.3} | {:.2} | {:.2} | {} | {} | {} |",
+                        "| {} | {} | {} | {:.3} | {} | {:.2} | {:.2} | {} | {} | {} |",
                         l.level,
                         format_khz(l.freq_khz),
                         s.variant,
                         s.sparsity,
+                        fmt_opt(s.fidelity_cosine, 4),
                         s.latency_ms,
                         s.latency_median_ms,
                         fmt_opt(s.energy_per_inference_mj, 2),
@@ -203,13 +384,16 @@ impl Rt3Schedule {
                 None => {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | none | - | - | - | - | - | {} |",
+                        "| {} | {} | none | - | - | - | - | - | - | {} |",
                         l.level,
                         format_khz(l.freq_khz),
                         l.note
                     );
                 }
             }
+        }
+        if let Some(n) = self.incomplete_note() {
+            let _ = writeln!(out, "\n{n}");
         }
         out
     }
@@ -227,15 +411,7 @@ pub fn rt3_schedule(board: &str, cells: &[&CellStats], rule: &ScheduleRule) -> R
         .map(|(freq_khz, level)| {
             let at_level: Vec<&CellStats> =
                 cells.iter().copied().filter(|c| c.key.board == board && c.key.freq_khz == freq_khz).collect();
-            let candidates: Vec<Candidate> = at_level
-                .iter()
-                .map(|c| Candidate {
-                    variant: c.key.variant.clone(),
-                    kind: c.variant_kind.clone(),
-                    sparsity: c.sparsity,
-                    latency_ms: c.latency_ms(rule.statistic),
-                })
-                .collect();
+            let candidates: Vec<Candidate> = at_level.iter().map(|c| Candidate::from_cell(c, rule)).collect();
             let choice = choose(&candidates, rule, freq_khz);
             ScheduleLevel {
                 level,
@@ -247,6 +423,9 @@ pub fn rt3_schedule(board: &str, cells: &[&CellStats], rule: &ScheduleRule) -> R
                         kind: c.variant_kind.clone(),
                         sparsity: c.sparsity,
                         accuracy: rule.accuracy.get(&c.key.variant).copied(),
+                        fidelity_cosine: c.fidelity_cosine,
+                        fidelity_rel_l2: c.fidelity_rel_l2,
+                        fidelity_kind: c.fidelity_kind.clone(),
                         latency_ms: candidates[i].latency_ms,
                         latency_median_ms: c.latency_ms(Statistic::Median),
                         latency_mean_ms: c.latency_mean_ms,
@@ -255,6 +434,9 @@ pub fn rt3_schedule(board: &str, cells: &[&CellStats], rule: &ScheduleRule) -> R
                     }
                 }),
                 meeting: choice.meeting.iter().map(|i| candidates[*i].variant.clone()).collect(),
+                excluded: choice.excluded.iter().map(|(_, why)| why.clone()).collect(),
+                pattern_sets: candidates.iter().filter(|c| c.is_pattern()).count(),
+                ranking: choice.ranking,
                 note: choice.note,
             }
         })

@@ -39,6 +39,73 @@ impl ErrorKind {
     }
 }
 
+/// The cpufreq attributes hil writes: what pinning a level and restoring it take. Thermal zones
+/// are only read.
+pub const PRIVILEGED_ATTRIBUTES: [&str; 4] =
+    ["scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed"];
+
+/// Whether a write through `sudo` may go to `path`: only a cpufreq attribute hil pins, in the
+/// kernel's real sysfs (`/sys/devices/system/cpu/cpufreq/policyN/<attr>` or
+/// `/sys/devices/system/cpu/cpuN/cpufreq/<attr>`), spelled without `.`, `..` or empty components.
+/// Checked before any command is built: root on the board is never lent to another path.
+pub fn check_privileged_write(path: &str) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "privileged write to {path:?} refused: {why}; sudo writes go only to {} under \
+             /sys/devices/system/cpu/cpufreq/policyN/ (or cpuN/cpufreq/)",
+            PRIVILEGED_ATTRIBUTES.join(", ")
+        ))
+    };
+    let Some(rest) = path.strip_prefix("/sys/devices/system/cpu/") else {
+        return refuse("not in the kernel's cpufreq sysfs (a fake sysfs tree needs no sudo: set `sudo: false`)");
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let numbered = |s: &str, prefix: &str| {
+        s.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let attr = match parts.as_slice() {
+        ["cpufreq", policy, attr] if numbered(policy, "policy") => attr,
+        [cpu, "cpufreq", attr] if numbered(cpu, "cpu") => attr,
+        _ => return refuse("not a cpufreq policy attribute"),
+    };
+    if !PRIVILEGED_ATTRIBUTES.contains(attr) {
+        return refuse(&format!("`{attr}` is not an attribute hil pins"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod privileged_tests {
+    use super::check_privileged_write;
+
+    #[test]
+    fn only_the_pinned_cpufreq_attributes_of_the_real_sysfs_are_writable_with_sudo() {
+        for ok in [
+            "/sys/devices/system/cpu/cpufreq/policy0/scaling_governor",
+            "/sys/devices/system/cpu/cpufreq/policy4/scaling_setspeed",
+            "/sys/devices/system/cpu/cpu2/cpufreq/scaling_max_freq",
+        ] {
+            check_privileged_write(ok).unwrap();
+        }
+        for bad in [
+            "/etc/sudoers",
+            "/tmp/fake/sys/devices/system/cpu/cpufreq/policy0/scaling_governor",
+            "/sys/devices/system/cpu/cpufreq/policy0/../../../../../etc/passwd",
+            "/sys/devices/system/cpu/cpufreq/policy0/scaling_governor/../x",
+            "/sys/devices/system/cpu/cpufreq/policy/scaling_governor",
+            "/sys/devices/system/cpu/cpufreq/policy0x/scaling_governor",
+            "/sys/devices/system/cpu/cpufreq/policy0//scaling_governor",
+            "/sys/devices/system/cpu/cpufreq/policy0/stats/reset",
+            "/sys/devices/system/cpu/cpu0/online",
+            "/sys/class/thermal/thermal_zone0/trip_point_0_temp",
+            "sys/devices/system/cpu/cpufreq/policy0/scaling_governor",
+        ] {
+            let e = check_privileged_write(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("refused"), "{bad}: {e}");
+        }
+    }
+}
+
 /// A transport error, naming the board and what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("board {board}: {what}: {detail}")]

@@ -134,8 +134,9 @@ pub struct SshConfig {
     pub command_timeout: Duration,
     /// Seconds between keepalives on an idle connection; 0 disables them.
     pub keepalive_secs: u32,
-    /// Route every `write_file` through `sudo -n tee`, whatever the caller asks
-    /// (sysfs on boards where the SSH user is not root).
+    /// The board's `sudo: true`: its cpufreq writes go through `sudo -n tee` (the caller asks per
+    /// write, and only cpufreq attributes are allowed, see [`super::check_privileged_write`]); other
+    /// writes, such as the restore file in the workdir, run as the SSH user.
     pub sudo: bool,
     pub reconnect: ReconnectPolicy,
 }
@@ -401,6 +402,22 @@ fn verify_host_key(cfg: &SshConfig, session: &Session) -> Result<(), String> {
     let Some(path) = cfg.known_hosts_path() else {
         return Err("no known_hosts file: HOME is not set and the board names none".to_string());
     };
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            if let Some(line) = host_keys::revoked_line(&text, &key) {
+                return Err(format!(
+                    "host key {} {} of {}:{} is REVOKED ({} line {line}): refused under every host_key_checking mode",
+                    key.algorithm().unwrap_or("unknown"),
+                    key.fingerprint(),
+                    cfg.host,
+                    cfg.port,
+                    path.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    }
     let found = if cfg.host_key_checking == HostKeyChecking::Off {
         KnownHostsMatch::NotFound
     } else {
@@ -870,9 +887,10 @@ impl Board for SshBoard {
     }
 
     fn write_file(&mut self, path: &str, data: &[u8], sudo: bool) -> Result<(), BoardError> {
-        let sudo = sudo || self.config.sudo;
+        // Only writes that ask for it go through sudo: the restore file in the workdir does not.
         let what = format!("write {path}{}", if sudo { " (sudo)" } else { "" });
         if sudo {
+            super::check_privileged_write(path).map_err(|e| self.err(ErrorKind::Local, what.clone(), e))?;
             let argv = sudo_tee_argv(path);
             let command = shell_join(&argv);
             let timeout = self.config.command_timeout;

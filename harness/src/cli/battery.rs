@@ -56,7 +56,13 @@ impl BatteryCmd {
             if !(ms.is_finite() && ms > 0.0) {
                 bail!("--period-ms {ms}: the period must be a positive number of milliseconds");
             }
-            options.workload_override = Some(Workload::Periodic { period: Duration::from_secs_f64(ms / 1e3) });
+            let period = Duration::try_from_secs_f64(ms / 1e3)
+                .ok()
+                .filter(|p| *p <= Duration::from_secs(86_400 * 365))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--period-ms {ms}: longer than a year; give the period in milliseconds")
+                })?;
+            options.workload_override = Some(Workload::Periodic { period });
         }
         if let Some(k) = self.peukert {
             if !(k.is_finite() && (1.0..=2.0).contains(&k)) {

@@ -25,9 +25,17 @@ use crate::scenario::parse_scenario;
 /// At the end it writes report.md/report.html (and battery.csv) into the run directory and
 /// prints a summary; when the scenario names `regression.baseline`, it compares against it.
 ///
-/// Exit code: 0 when every cell of every board finished (and nothing regressed against the
-/// baseline), 1 when a board failed, the run was interrupted (finished cells are kept) or a
-/// regression was found, 2 on unusable input.
+/// A cell whose power could not be measured (the monitor was unplugged and did not come back,
+/// a window could not be covered by samples after every attempt) is still recorded, with its
+/// latency, energy left empty and the reason in `energy_missing_reason`; a cell that fails
+/// outright is counted and the board goes on with the next one.
+///
+/// Exit code: 0 when every cell of every board finished with every figure (and nothing
+/// regressed against the baseline), 1 when a board or a cell failed, the run was interrupted
+/// (finished cells are kept) or a regression was found, 2 on unusable input (a
+/// `regression.baseline` that is missing is found before any board is touched; one that cannot be
+/// compared with the run also exits 2, after it), 3 when every cell finished but some of them lack
+/// energy on a board that has a power monitor.
 #[derive(Debug, Args)]
 pub struct RunCmd {
     /// Scenario YAML file.
@@ -52,6 +60,13 @@ impl RunCmd {
         let text = std::fs::read_to_string(&self.scenario)
             .with_context(|| format!("reading scenario {}", self.scenario.display()))?;
         let scenario = parse_scenario(&text, &self.scenario.display().to_string())?;
+        // A baseline that cannot be read is found now, before any board is touched.
+        if let Some(base_dir) = scenario.regression.as_ref().and_then(|r| r.baseline.as_ref()) {
+            if let Err(e) = crate::analysis::load_run(base_dir) {
+                eprintln!("error: regression.baseline = {}: {e:#}", base_dir.display());
+                return Ok(ExitCode::from(2));
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let handler_stop = stop.clone();
         ctrlc::set_handler(move || {
@@ -78,8 +93,13 @@ impl RunCmd {
                 (None, true) => "interrupted".to_string(),
                 (None, false) => "ok".to_string(),
             };
+            let without = if b.cells_without_energy > 0 {
+                format!(", {} of them without energy", b.cells_without_energy)
+            } else {
+                String::new()
+            };
             println!(
-                "  board {}: {} cells measured, {} already done, {} failed: {}",
+                "  board {}: {} cells measured{without}, {} already done, {} failed: {}",
                 b.board, b.cells_done, b.cells_skipped, b.cells_failed, status
             );
         }
@@ -91,6 +111,7 @@ impl RunCmd {
             Err(e) => eprintln!("warning: could not write the report: {e:#}"),
         }
         let mut regressed = false;
+        let mut baseline_unusable = false;
         if let Some(baseline) = scenario.regression.as_ref().and_then(|r| r.baseline.as_ref().map(|b| (r, b))) {
             let (spec, base_dir) = baseline;
             let config = crate::analysis::CompareConfig {
@@ -106,10 +127,20 @@ impl RunCmd {
                     println!("\ncompared with the baseline {}:\n{}", base_dir.display(), c.to_markdown());
                     regressed = c.regressed();
                 }
-                Err(e) => eprintln!("warning: could not compare with the baseline {}: {e:#}", base_dir.display()),
+                Err(e) => {
+                    // A gate that cannot compare must not pass.
+                    eprintln!("error: cannot compare with the baseline {}: {e:#}", base_dir.display());
+                    baseline_unusable = true;
+                }
             }
         }
-        if outcome.all_ok() && !regressed {
+        let without_energy: usize = outcome.boards.iter().map(|b| b.cells_without_energy).sum();
+        if baseline_unusable {
+            Ok(ExitCode::from(2))
+        } else if outcome.all_ok() && !regressed && without_energy > 0 {
+            println!("{without_energy} cell(s) have no energy (see energy_missing_reason in cells.parquet)");
+            Ok(ExitCode::from(3))
+        } else if outcome.all_ok() && !regressed {
             Ok(ExitCode::SUCCESS)
         } else if outcome.all_ok() {
             println!("REGRESSED against the baseline (see the table above)");

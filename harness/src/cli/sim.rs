@@ -2,12 +2,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::sim::simulator::{SimOptions, Simulator};
+
+/// How often `serve` looks at its stop flag and deadline.
+const POLL: Duration = Duration::from_millis(50);
+/// `serve` exits at most this long after SIGINT/SIGTERM/SIGHUP or its `--seconds` limit.
+const SHUTDOWN_LIMIT: Duration = Duration::from_millis(1500);
 
 /// The simulated board, on its own.
 #[derive(Debug, Args)]
@@ -22,16 +27,19 @@ enum SimCommands {
     /// an RPi-4-like cpufreq policy whose governor semantics are kept by the simulator, and
     /// an emulated Nordic PPK2 on a pseudo-terminal linked at ROOT/ppk2. A scenario board
     /// reached over SSH (e.g. on loopback) can then use `sysfs_root: ROOT/sys` and a ppk2
-    /// monitor on `ROOT/ppk2`. Agents started through ROOT/agent.pid's wrapper are throttled;
-    /// see `hil run` for the simulated board it builds itself (`sim: true`).
+    /// monitor on `ROOT/ppk2`. An agent started through the wrapper ROOT/run-agent (the board's
+    /// `exec_prefix`) stretches its inferences to the simulated frequency and is the load of the
+    /// power model; the tree carries the marker ROOT/sys/hil-simulated.json, so the board is
+    /// reported simulated. See `hil run` for the simulated board it builds itself (`sim: true`).
     Serve {
         /// Directory for the fake sysfs tree, the PPK2 link and the agent pid file.
         #[arg(long)]
         root: PathBuf,
-        /// Name used for the cgroup that throttles the agent.
+        /// The board's name, recorded in the simulator's marker.
         #[arg(long, default_value = "serve")]
         name: String,
-        /// Stop after this many seconds (default: run until Ctrl-C/SIGTERM).
+        /// Stop after this many seconds (default: run until Ctrl-C/SIGTERM). Either way it exits within
+        /// 2 s of being asked, whatever a PPK2 client left behind.
         #[arg(long)]
         seconds: Option<f64>,
     },
@@ -52,15 +60,35 @@ impl SimCmd {
             println!("ppk2 port:  {}", p.display());
         }
         println!("agent wrapper (exec_prefix): {}", sim.run_agent_script().display());
+        // SIGINT, SIGTERM and SIGHUP (ctrlc's "termination" feature) set the flag the loop below polls;
+        // a second signal while shutting down ends the process at once.
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        ctrlc::set_handler(move || s.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-        let deadline = seconds.map(|s| std::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-        while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| std::time::Instant::now() < d) {
-            std::thread::sleep(Duration::from_millis(100));
+        ctrlc::set_handler(move || {
+            if s.swap(true, Ordering::SeqCst) {
+                eprintln!("second signal: exiting without cleanup");
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+        let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s.clamp(0.0, 1e9)));
+        while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+            std::thread::sleep(POLL);
         }
+        stop.store(true, Ordering::SeqCst);
+        // Shutdown is bounded by the simulator itself; the watchdog makes sure the process ends within
+        // SHUTDOWN_LIMIT of the request even if something else wedges.
+        std::thread::Builder::new()
+            .name("sim-shutdown-watchdog".into())
+            .spawn(|| {
+                std::thread::sleep(SHUTDOWN_LIMIT);
+                eprintln!("simulator shutdown took over {} ms: exiting anyway", SHUTDOWN_LIMIT.as_millis());
+                std::process::exit(1);
+            })
+            .context("starting the shutdown watchdog")?;
+        let begin = Instant::now();
         sim.shutdown();
-        eprintln!("simulator stopped");
+        eprintln!("simulator stopped ({} ms)", begin.elapsed().as_millis());
         Ok(ExitCode::SUCCESS)
     }
 }

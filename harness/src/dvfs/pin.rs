@@ -32,7 +32,7 @@ pub fn pin_policy(
 ) -> Result<PinPlan, DvfsError> {
     let current = read_settings(board, sysfs, policy.id)?;
     let plan =
-        plan_pin(policy, &current, target_khz, strategy).map_err(|e| plan_error(board.name(), sysfs, policy, e))?;
+        plan_pin(policy, &current, target_khz, &strategy).map_err(|e| plan_error(board.name(), sysfs, policy, e))?;
     apply_writes(board, sysfs, policy.id, &plan.writes)?;
     Ok(plan)
 }
@@ -45,7 +45,9 @@ fn plan_error(board: &str, sysfs: &Sysfs, policy: &CpufreqPolicy, e: PinPlanErro
              stats/time_in_state exists), so it cannot be pinned at discrete levels",
         ),
         PinPlanError::UnavailableFrequency { .. } => ("scaling_available_frequencies", ""),
-        PinPlanError::NoUserspaceGovernor { .. } => ("scaling_available_governors", ""),
+        PinPlanError::NoUserspaceGovernor { .. } | PinPlanError::NoSuchGovernor { .. } => {
+            ("scaling_available_governors", "")
+        }
     };
     DvfsError::new(
         board,

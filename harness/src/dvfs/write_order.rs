@@ -97,7 +97,7 @@ pub fn limit_write_order(current: FreqRange, target: FreqRange) -> Vec<CpufreqWr
 }
 
 /// How the harness pins a frequency, as the scenario asks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PinStrategy {
     /// The userspace governor where the policy offers it, else min=max.
@@ -108,6 +108,9 @@ pub enum PinStrategy {
     /// `scaling_min_freq = scaling_max_freq`, leaving the governor alone
     /// (every governor must respect the limits).
     MinMax,
+    /// Switch to this governor (e.g. `performance`), then min=max. The saved
+    /// governor comes back with the rest of the settings at restore.
+    MinMaxUnder(String),
 }
 
 /// How a frequency was actually pinned.
@@ -133,6 +136,8 @@ pub enum PinPlanError {
     UnavailableFrequency { requested_khz: u64, available: Vec<u64> },
     #[error("the userspace governor is not available (available governors: {available:?}); use the min-max strategy")]
     NoUserspaceGovernor { available: Vec<String> },
+    #[error("the {requested:?} governor is not available (available governors: {available:?})")]
+    NoSuchGovernor { requested: String, available: Vec<String> },
 }
 
 /// Plans the writes that pin `policy` at `target_khz`, starting from its
@@ -146,7 +151,7 @@ pub fn plan_pin(
     policy: &CpufreqPolicy,
     current: &PolicySettings,
     target_khz: u64,
-    strategy: PinStrategy,
+    strategy: &PinStrategy,
 ) -> Result<PinPlan, PinPlanError> {
     if !policy.available_khz.contains(&target_khz) {
         return Err(PinPlanError::UnavailableFrequency {
@@ -155,16 +160,28 @@ pub fn plan_pin(
         });
     }
     let has_userspace = policy.available_governors.iter().any(|g| g == USERSPACE_GOVERNOR);
+    let mut writes = Vec::new();
     let method = match strategy {
         PinStrategy::Auto if has_userspace => PinMethod::Userspace,
         PinStrategy::Auto | PinStrategy::MinMax => PinMethod::MinMax,
+        PinStrategy::MinMaxUnder(governor) => {
+            if !policy.available_governors.iter().any(|g| g == governor) {
+                return Err(PinPlanError::NoSuchGovernor {
+                    requested: governor.clone(),
+                    available: policy.available_governors.clone(),
+                });
+            }
+            if &current.governor != governor {
+                writes.push(CpufreqWrite::Governor(governor.clone()));
+            }
+            PinMethod::MinMax
+        }
         PinStrategy::Userspace if has_userspace => PinMethod::Userspace,
         PinStrategy::Userspace => {
             return Err(PinPlanError::NoUserspaceGovernor { available: policy.available_governors.clone() })
         }
     };
     let current_range = current.range();
-    let mut writes = Vec::new();
     match method {
         PinMethod::Userspace => {
             if current.governor != USERSPACE_GOVERNOR {
@@ -305,7 +322,7 @@ mod tests {
             &policy(&["ondemand", "userspace", "performance"]),
             &settings("ondemand", 600_000, 1_500_000, None),
             1_000_000,
-            PinStrategy::Auto,
+            &PinStrategy::Auto,
         )
         .unwrap();
         assert_eq!(plan.method, PinMethod::Userspace);
@@ -315,7 +332,7 @@ mod tests {
             &policy(&["userspace"]),
             &settings("userspace", 600_000, 1_500_000, Some(1_000_000)),
             600_000,
-            PinStrategy::Userspace,
+            &PinStrategy::Userspace,
         )
         .unwrap();
         assert_eq!(plan.writes, vec![CpufreqWrite::SetspeedKhz(600_000)]);
@@ -327,7 +344,7 @@ mod tests {
             &policy(&["userspace"]),
             &settings("ondemand", 600_000, 1_000_000, None),
             1_500_000,
-            PinStrategy::Auto,
+            &PinStrategy::Auto,
         )
         .unwrap();
         assert_eq!(
@@ -342,7 +359,7 @@ mod tests {
             &policy(&["userspace"]),
             &settings("userspace", 1_200_000, 1_500_000, None),
             600_000,
-            PinStrategy::Auto,
+            &PinStrategy::Auto,
         )
         .unwrap();
         assert_eq!(plan.writes, vec![CpufreqWrite::MinKhz(600_000), CpufreqWrite::SetspeedKhz(600_000)]);
@@ -352,10 +369,10 @@ mod tests {
     fn pin_without_userspace_falls_back_to_min_max() {
         let p = policy(&["ondemand", "performance", "schedutil"]);
         let plan =
-            plan_pin(&p, &settings("schedutil", 600_000, 1_500_000, None), 1_000_000, PinStrategy::Auto).unwrap();
+            plan_pin(&p, &settings("schedutil", 600_000, 1_500_000, None), 1_000_000, &PinStrategy::Auto).unwrap();
         assert_eq!(plan.method, PinMethod::MinMax);
         assert_eq!(plan.writes, vec![CpufreqWrite::MinKhz(1_000_000), CpufreqWrite::MaxKhz(1_000_000)]);
-        let err = plan_pin(&p, &settings("schedutil", 600_000, 1_500_000, None), 1_000_000, PinStrategy::Userspace)
+        let err = plan_pin(&p, &settings("schedutil", 600_000, 1_500_000, None), 1_000_000, &PinStrategy::Userspace)
             .unwrap_err();
         assert!(err.to_string().contains("schedutil"), "{err}");
         // MinMax is honoured even where userspace exists.
@@ -363,10 +380,34 @@ mod tests {
             &policy(&["userspace"]),
             &settings("userspace", 600_000, 1_500_000, None),
             750_000,
-            PinStrategy::MinMax,
+            &PinStrategy::MinMax,
         )
         .unwrap();
         assert_eq!(plan.method, PinMethod::MinMax);
+    }
+
+    #[test]
+    fn pin_under_a_named_governor_switches_to_it_then_min_max() {
+        let p = policy(&["ondemand", "performance", "userspace"]);
+        let under = PinStrategy::MinMaxUnder("performance".into());
+        let plan = plan_pin(&p, &settings("ondemand", 600_000, 1_500_000, None), 1_000_000, &under).unwrap();
+        assert_eq!(plan.method, PinMethod::MinMax);
+        assert_eq!(
+            plan.writes,
+            vec![
+                CpufreqWrite::Governor("performance".into()),
+                CpufreqWrite::MinKhz(1_000_000),
+                CpufreqWrite::MaxKhz(1_000_000)
+            ]
+        );
+        // Already under it: limits only; restoring brings the saved governor back.
+        let plan = plan_pin(&p, &settings("performance", 1_000_000, 1_000_000, None), 600_000, &under).unwrap();
+        assert_eq!(plan.writes, vec![CpufreqWrite::MinKhz(600_000), CpufreqWrite::MaxKhz(600_000)]);
+        let saved = settings("ondemand", 600_000, 1_500_000, None);
+        assert!(plan_restore(&settings("performance", 600_000, 600_000, None), &saved)
+            .contains(&CpufreqWrite::Governor("ondemand".into())));
+        let err = plan_pin(&p, &saved, 600_000, &PinStrategy::MinMaxUnder("powersave".into())).unwrap_err();
+        assert!(err.to_string().contains("powersave") && err.to_string().contains("performance"), "{err}");
     }
 
     #[test]
@@ -375,7 +416,7 @@ mod tests {
             &policy(&["userspace"]),
             &settings("ondemand", 600_000, 1_500_000, None),
             800_000,
-            PinStrategy::Auto,
+            &PinStrategy::Auto,
         )
         .unwrap_err();
         assert_eq!(err, PinPlanError::UnavailableFrequency { requested_khz: 800_000, available: LEVELS.to_vec() });

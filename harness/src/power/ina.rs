@@ -17,8 +17,7 @@
 //! shunt, i.e. what the board gets), else the load column, else power / current.
 //!
 //! Parsing is pure ([`InaParser::push_line`], [`parse_text`]); [`InaMonitor`] adds the port and the
-//! clock: a device time column is used when present (anchored to the host clock at the first reading),
-//! else the host's receive time.
+//! clock: the device time column when present, else the line count, fitted to the host clock.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use super::{
     host_monotonic_ns, MonitorError, MonitorErrorKind, MonitorInfo, NamedPort, PowerMonitor, ReadOutcome, Sample,
     SampleClock,
 };
+use crate::clock_fit::{ClockFit, ClockLine};
 
 /// The baud rate of most of these sketches (`Serial.begin(115200)`).
 pub const DEFAULT_BAUD: u32 = 115_200;
@@ -77,13 +77,22 @@ pub struct InaOptions {
     /// A unit in the field is still read from it.
     pub names: Vec<(String, Quantity)>,
     pub voltage: VoltagePick,
+    /// The format the sketch prints; `None`: detect it. A given format is enforced: lines of another
+    /// format are skipped (and counted), never guessed at.
+    pub format: Option<InaFormat>,
     /// Read timeout of the serial port.
     pub read_timeout: Duration,
 }
 
 impl Default for InaOptions {
     fn default() -> Self {
-        Self { columns: None, names: Vec::new(), voltage: VoltagePick::Auto, read_timeout: Duration::from_millis(20) }
+        Self {
+            columns: None,
+            names: Vec::new(),
+            voltage: VoltagePick::Auto,
+            format: None,
+            read_timeout: Duration::from_millis(20),
+        }
     }
 }
 
@@ -94,6 +103,19 @@ pub enum InaFormat {
     CsvHeaderless,
     TsvHeader,
     KeyValue,
+}
+
+impl InaFormat {
+    /// Whether a stream detected as `self` satisfies an expected `format` (CSV with or without header
+    /// both satisfy "CSV"; a TSV stream satisfies a headerless "CSV" whose separator is a tab).
+    fn satisfies(self, expected: InaFormat) -> bool {
+        use InaFormat::*;
+        match expected {
+            CsvHeader | CsvHeaderless => matches!(self, CsvHeader | CsvHeaderless),
+            TsvHeader => matches!(self, TsvHeader) || self == CsvHeaderless,
+            KeyValue => self == KeyValue,
+        }
+    }
 }
 
 /// One parsed reading, in SI units.
@@ -356,6 +378,11 @@ impl InaParser {
     }
 
     /// Drops a half-received key-value block (at stream start).
+    /// Whether a key-value block is under way (some of its lines seen, not its end).
+    pub fn in_reading(&self) -> bool {
+        !self.block.is_empty()
+    }
+
     pub fn clear_partial(&mut self) {
         self.block = Partial::default();
     }
@@ -366,8 +393,9 @@ impl InaParser {
         if line.is_empty() {
             return self.flush_block();
         }
+        let expected = self.options.format;
         // Key-value: `Bus Voltage:   5.01 V`.
-        if let Some((key, value)) = line.split_once(':') {
+        if let Some((key, value)) = line.split_once(':').filter(|_| expected.is_none_or(|f| f == InaFormat::KeyValue)) {
             if let Some(col) = classify_field_with(key, &self.options.names) {
                 if let Some(v) = parse_value(value, col.scale) {
                     self.kv_seen = true;
@@ -383,6 +411,9 @@ impl InaParser {
                 }
             }
         }
+        if expected == Some(InaFormat::KeyValue) {
+            return self.skip(format!("not a key-value line (the scenario says format: key_value): {line:?}"));
+        }
         // A (new) header.
         if let Some(layout) = parse_header(line, &self.options.names, |sep| {
             if sep == '\t' {
@@ -391,6 +422,9 @@ impl InaParser {
                 InaFormat::CsvHeader
             }
         }) {
+            if let Some(f) = expected.filter(|f| !layout.format.satisfies(*f)) {
+                return self.skip(format!("a {:?} header where the scenario says {f:?}: {line:?}", layout.format));
+            }
             self.layout = Some(layout);
             return None;
         }
@@ -481,15 +515,42 @@ pub fn parse_text(text: &str, options: InaOptions) -> (Vec<InaReading>, u64) {
 // ---------------------------------------------------------------------------------------------------
 
 /// An INA219/INA226 sketch on a serial port.
+///
+/// Time: with a device time column (`millis()`), that clock is fitted to the host clock continuously
+/// ([`ClockFit`]: offset and rate, robust to lines arriving in bursts); without one, the sketch's line
+/// count is the clock and the fit finds its print interval. Either way every line gets its own host
+/// time on the fitted line, never the arrival time of the burst it came in.
 #[derive(Debug)]
 pub struct InaMonitor<P> {
     port: NamedPort<P>,
     parser: InaParser,
     line: Vec<u8>,
     buf: Vec<u8>,
-    /// host_ns - device_ns at the first reading with a device time (re-anchored if time goes back).
-    anchor_ns: Option<i128>,
-    last_device_ns: Option<i128>,
+    fit: ClockFit,
+    /// Whether the fit's clock is the device's time column (else the line count).
+    device_clock: Option<bool>,
+    /// Added to device times so the clock keeps increasing across a sketch restart / `millis()` wrap.
+    epoch_shift_ns: f64,
+    last_x: Option<f64>,
+    last_arrival_ns: f64,
+    lines: u64,
+    /// The latest time handed out: read-time placement never goes backwards.
+    last_placed_ns: u64,
+    /// The last delivery (reads no more than [`SAME_FLUSH_NS`] apart), for the upper bound it puts on
+    /// the next reading.
+    delivery: Option<Delivery>,
+}
+
+/// Reads of one flush of the sketch's output.
+#[derive(Clone, Copy, Debug)]
+struct Delivery {
+    first_arrival_ns: f64,
+    last_arrival_ns: f64,
+    /// The delivery ended inside a reading (a partial line, an unfinished key-value block): the
+    /// reading completed next was printed before it.
+    straddling: bool,
+    /// Readings completed in it.
+    readings: usize,
 }
 
 impl InaMonitor<serialport::TTYPort> {
@@ -506,20 +567,49 @@ impl<P: Read + Write + Send> InaMonitor<P> {
             parser: InaParser::new(options),
             line: Vec::new(),
             buf: vec![0; 4096],
-            anchor_ns: None,
-            last_device_ns: None,
+            fit: ClockFit::new(None),
+            device_clock: None,
+            epoch_shift_ns: 0.0,
+            last_x: None,
+            last_arrival_ns: 0.0,
+            lines: 0,
+            last_placed_ns: 0,
+            delivery: None,
         }
     }
 
-    fn place(&mut self, reading: &InaReading, host_ns: u64) -> u64 {
-        let Some(dev_s) = reading.device_time_s else { return host_ns };
-        let dev_ns = (dev_s * 1e9).round() as i128;
-        if self.last_device_ns.is_some_and(|last| dev_ns < last) || self.anchor_ns.is_none() {
-            // First reading, or the sketch restarted / millis() wrapped: anchor again.
-            self.anchor_ns = Some(i128::from(host_ns) - dev_ns);
+    /// This reading's position on the monitor's clock (device ns, or the line number).
+    fn clock_of(&mut self, reading: &InaReading, arrival_ns: f64) -> f64 {
+        let device = reading.device_time_s.is_some();
+        if self.device_clock != Some(device) {
+            // First reading, or the sketch changed between printing a time column and not.
+            self.device_clock = Some(device);
+            // An Arduino's millis() runs off a ceramic resonator: thousands of ppm from nominal.
+            self.fit = ClockFit::new(device.then_some(1.0)).with_prior_ppm(MILLIS_PRIOR_PPM);
+            self.last_x = None;
+            self.epoch_shift_ns = 0.0;
         }
-        self.last_device_ns = Some(dev_ns);
-        (dev_ns + self.anchor_ns.unwrap_or(0)).max(0) as u64
+        let x = match reading.device_time_s {
+            Some(dev_s) => {
+                let raw = dev_s * 1e9;
+                let mut x = raw + self.epoch_shift_ns;
+                if let Some(last) = self.last_x.filter(|last| x < *last) {
+                    // The sketch restarted or millis() wrapped: continue the clock from where it was
+                    // (plus the host time since), and fit the new epoch afresh.
+                    self.epoch_shift_ns = last + (arrival_ns - self.last_arrival_ns).max(1.0) - raw;
+                    x = raw + self.epoch_shift_ns;
+                    self.fit.restart(x);
+                }
+                x
+            }
+            None => {
+                self.lines += 1;
+                self.lines as f64
+            }
+        };
+        self.last_x = Some(x);
+        self.last_arrival_ns = arrival_ns;
+        x
     }
 }
 
@@ -529,16 +619,18 @@ impl<P: Read + Write + Send> PowerMonitor for InaMonitor<P> {
             Some(f) => format!("{f:?}"),
             None => "not seen yet".to_string(),
         };
+        let mut metadata =
+            vec![("format".to_string(), format), ("skipped_lines".to_string(), self.parser.skipped_lines.to_string())];
+        if let Some(problem) = &self.parser.last_problem {
+            metadata.push(("last_skipped".to_string(), problem.clone()));
+        }
         Ok(MonitorInfo {
             model: "INA219/INA226 text".to_string(),
             serial: None,
-            metadata: vec![
-                ("format".to_string(), format),
-                ("skipped_lines".to_string(), self.parser.skipped_lines.to_string()),
-            ],
+            metadata,
             calibration: Vec::new(),
             sample_rate_hz: None,
-            clock: if self.parser.has_device_time() { SampleClock::DeviceColumn } else { SampleClock::HostReceive },
+            clock: if self.parser.has_device_time() { SampleClock::DeviceColumn } else { SampleClock::LineCount },
             simulated: false,
             port: self.port.name.clone(),
         })
@@ -551,8 +643,10 @@ impl<P: Read + Write + Send> PowerMonitor for InaMonitor<P> {
         while Instant::now() < until && self.port.read_some(&mut self.buf, "discarding stale lines")? > 0 {}
         self.line.clear();
         self.parser.clear_partial();
-        self.anchor_ns = None;
-        self.last_device_ns = None;
+        self.device_clock = None;
+        self.last_x = None;
+        self.lines = 0;
+        self.delivery = None;
         Ok(())
     }
 
@@ -561,7 +655,8 @@ impl<P: Read + Write + Send> PowerMonitor for InaMonitor<P> {
         let before = out.len();
         loop {
             let n = self.port.read_some(&mut self.buf, "reading INA lines")?;
-            let host_ns = host_monotonic_ns();
+            let arrival_ns = host_monotonic_ns() as f64;
+            let first_new = out.len();
             let mut start = 0;
             for i in 0..n {
                 if self.buf[i] == b'\n' {
@@ -570,24 +665,65 @@ impl<P: Read + Write + Send> PowerMonitor for InaMonitor<P> {
                     let text = String::from_utf8_lossy(&self.line).into_owned();
                     self.line.clear();
                     if let Some(r) = self.parser.push_line(&text) {
-                        let t_ns = self.place(&r, host_ns);
+                        let x = self.clock_of(&r, arrival_ns);
                         out.push(Sample {
-                            t_ns,
+                            t_ns: 0,
                             current_a: r.current_a,
                             voltage_v: r.voltage_v.unwrap_or(f64::NAN),
                             logic: None,
+                            clock: Some(x),
                         });
                     }
                 }
             }
             self.line.extend_from_slice(&self.buf[start..n]);
-            if self.line.len() > 64 * 1024 {
+            if self.line.len() > MAX_LINE_BYTES {
                 return Err(MonitorError::new(
                     MonitorErrorKind::Protocol,
                     &self.port.name,
                     "reading INA lines",
-                    "64 KiB without a newline: not a text sketch (wrong port or baud rate?)",
+                    format!(
+                        "{} KiB without a newline: not a text sketch (wrong port or baud rate?)",
+                        MAX_LINE_BYTES / 1024
+                    ),
                 ));
+            }
+            if out.len() > first_new {
+                // The newest line of the delivery is the one that left the sketch last: it bounds the
+                // delay from below. Older lines of the same burst only lie higher above the line.
+                let x_last = out[out.len() - 1].clock.expect("set above");
+                self.fit.observe(x_last, arrival_ns);
+                // A sketch's output reaches the host in whole flushes (the USB-serial chip's latency
+                // timer, a CDC packet): a reading that missed the last flush was taken after it. Only
+                // when flushes carry several readings each is the last delivery seen the last flush:
+                // a sketch slower than its flushes leaves empty flushes the host never sees, and a
+                // bound from the delivery before them is loose and would pull the fit early.
+                let readings_now = out.len() - first_new;
+                if let Some(prev) = self
+                    .delivery
+                    .filter(|d| arrival_ns - d.last_arrival_ns > SAME_FLUSH_NS && d.readings >= 2 && readings_now >= 2)
+                {
+                    if let Some(x) = out.get(first_new + usize::from(prev.straddling)).and_then(|s| s.clock) {
+                        self.fit.observe_taken_after(x, prev.first_arrival_ns - FLUSH_SLACK_NS);
+                    }
+                }
+                let line = self.fit.line().expect("observed");
+                for s in &mut out[first_new..] {
+                    let x = s.clock.expect("set above");
+                    let t = if line.covers(x) { line.to_host_ns(x).max(0.0).round() as u64 } else { arrival_ns as u64 };
+                    s.t_ns = t.max(self.last_placed_ns);
+                    self.last_placed_ns = s.t_ns;
+                }
+            }
+            if n > 0 {
+                let straddling = !self.line.is_empty() || self.parser.in_reading();
+                let readings = out.len() - first_new;
+                self.delivery = Some(match self.delivery {
+                    Some(d) if arrival_ns - d.last_arrival_ns <= SAME_FLUSH_NS => {
+                        Delivery { last_arrival_ns: arrival_ns, straddling, readings: d.readings + readings, ..d }
+                    }
+                    _ => Delivery { first_arrival_ns: arrival_ns, last_arrival_ns: arrival_ns, straddling, readings },
+                });
             }
             if out.len() > before || Instant::now() >= deadline {
                 break;
@@ -599,7 +735,25 @@ impl<P: Read + Write + Send> PowerMonitor for InaMonitor<P> {
     fn stop(&mut self) -> Result<(), MonitorError> {
         Ok(())
     }
+
+    fn clock_fit(&self) -> Option<ClockLine> {
+        self.fit.line()
+    }
 }
+
+/// Reads closer than this are one flush split across reads (a burst larger than the read buffer, or
+/// several USB packets of one latency-timer flush).
+pub const SAME_FLUSH_NS: f64 = 3e6;
+/// How late the reader may see a flush (USB polling, waking the reader thread): a reading missing from
+/// a flush read at `t` is taken to have been taken after `t` less this. A read later than this breaks
+/// the bound; the fit drops bounds that leave no line between them and the arrivals.
+pub const FLUSH_SLACK_NS: f64 = 2e6;
+
+/// How far a sketch's `millis()` is typically from nominal (ceramic resonators: +-0.5 %).
+pub const MILLIS_PRIOR_PPM: f64 = 5000.0;
+
+/// A text line longer than this is not from a sketch.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

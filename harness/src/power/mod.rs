@@ -115,27 +115,7 @@ pub fn classify_io_error(err: &io::Error) -> MonitorErrorKind {
     MonitorErrorKind::Io
 }
 
-/// One measurement of the supply rail.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Sample {
-    /// Host `CLOCK_MONOTONIC` nanoseconds, placed by the monitor's own clock where it has one
-    /// (see the module docs).
-    pub t_ns: u64,
-    /// Current drawn by the board, amperes.
-    pub current_a: f64,
-    /// Rail voltage, volts. For a PPK2 this is the regulator set point (source meter) or the configured
-    /// voltage (ampere meter); `NaN` when nobody knows it (an ampere meter with no voltage given).
-    pub voltage_v: f64,
-    /// Digital inputs D0..D7 for instruments that have them (PPK2), bit i = Di.
-    pub logic: Option<u8>,
-}
-
-impl Sample {
-    /// Instantaneous power in watts (`NaN` when the voltage is unknown).
-    pub fn power_w(&self) -> f64 {
-        self.current_a * self.voltage_v
-    }
-}
+pub use crate::samples::{LostRun, Sample};
 
 /// Where a monitor's timestamps come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -145,7 +125,11 @@ pub enum SampleClock {
     StreamIndex,
     /// A time column printed by the device, anchored to the host clock at the first reading.
     DeviceColumn,
-    /// The host's monotonic clock when the reading arrived (polled instruments without a clock).
+    /// Lines counted by the host, their times reconstructed from the fitted print rate (a sketch that
+    /// prints no time column).
+    LineCount,
+    /// The host's monotonic clock halfway between a query and its answer (polled instruments without
+    /// a clock).
     HostReceive,
 }
 
@@ -206,6 +190,18 @@ pub trait PowerMonitor: Send {
         0
     }
 
+    /// Runs of lost samples found since the last call, with their place in time (see [`LostRun`]).
+    /// Their count is also in [`ReadOutcome::lost`].
+    fn take_lost_runs(&mut self) -> Vec<LostRun> {
+        Vec::new()
+    }
+
+    /// The current fit of the monitor's own clock to the host clock, for monitors that have one
+    /// ([`crate::clock_fit`]): samples carry their clock reading and can be placed again with it.
+    fn clock_fit(&self) -> Option<crate::clock_fit::ClockLine> {
+        None
+    }
+
     /// The source-meter capability, when the instrument has one.
     fn as_source_meter(&mut self) -> Option<&mut dyn SourceMeter> {
         None
@@ -235,6 +231,10 @@ pub fn record(monitor: &mut dyn PowerMonitor, duration: Duration) -> Result<Reco
         Ok(())
     })();
     rec.elapsed = begin.elapsed();
+    // One consistent placement for the whole recording: the clock fit as it stands at the end.
+    if let Some(fit) = monitor.clock_fit() {
+        crate::samples::place_samples(&mut rec.samples, &fit);
+    }
     let stopped = monitor.stop();
     result?;
     stopped?;
@@ -486,7 +486,7 @@ mod tests {
     use super::*;
 
     fn s(t_ns: u64, current_a: f64, voltage_v: f64) -> Sample {
-        Sample { t_ns, current_a, voltage_v, logic: None }
+        Sample::at(t_ns, current_a, voltage_v)
     }
 
     #[test]

@@ -19,9 +19,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{
-    host_monotonic_ns, MonitorError, MonitorErrorKind, MonitorInfo, NamedPort, PowerMonitor, ReadOutcome, Sample,
-    SampleClock, SourceMeter,
+    host_monotonic_ns, LostRun, MonitorError, MonitorErrorKind, MonitorInfo, NamedPort, PowerMonitor, ReadOutcome,
+    Sample, SampleClock, SourceMeter,
 };
+use crate::clock_fit::{ClockFit, ClockLine};
 
 /// Command opcodes ([N] `src/constants.ts`, [I] `PPK2_Command`).
 pub mod opcode {
@@ -712,14 +713,18 @@ impl Default for Ppk2Options {
 
 /// A PPK2 on any byte stream.
 ///
-/// Samples are placed at `origin + index x 10 us` (see [`StreamDecoder`]). One limit of the counter is
-/// that a long loss (the host stopped reading and the device's USB buffer overflowed) is only seen modulo
-/// 64. The driver therefore also watches how far the stream's index clock is behind the host clock at
-/// *fresh* reads (reads that had to wait for data, so their last word was produced just now): after a
-/// visible counter gap, a jump of that lag by more than [`LOSS_STEP_NS`] is the rest of the loss, and is
-/// added in whole counter cycles. Samples already returned before that read keep their (too early)
-/// times; a cell with lost samples is to be flagged anyway. A loss of an exact multiple of 64 words with
-/// no visible gap at all stays invisible (1 overflow in 64).
+/// Time: the stream's sample index is the PPK2's own clock (nominally 10 us a sample, really off by
+/// the crystal's tens to hundreds of ppm). Every read feeds the index of its newest word and the host
+/// time it arrived to a [`ClockFit`], and samples are placed on the fitted line: host time =
+/// `a + b x index`, with `b` the device's true sample period as seen by the host. Each sample keeps its
+/// index ([`Sample::clock`]) so a capture can be placed again with the fit as it stands after a window.
+///
+/// Loss: a counter gap is a [`LostRun`] at the slots it skipped. One limit of the counter is that a long
+/// loss (the host stopped reading and the device's USB buffer overflowed) is only seen modulo 64. So at
+/// *fresh* reads (reads that had to wait for data, so their last word was produced just now) the driver
+/// also checks how far the arrival lies above the fitted line: after a visible counter gap, more than
+/// [`LOSS_STEP_NS`] above it is the rest of the loss, added in whole counter cycles. A loss of an exact
+/// multiple of 64 words with no visible gap at all stays invisible (1 overflow in 64).
 #[derive(Debug)]
 pub struct Ppk2<P> {
     port: NamedPort<P>,
@@ -730,24 +735,42 @@ pub struct Ppk2<P> {
     vdd_mv: u32,
     decoder: StreamDecoder,
     streaming: bool,
+    /// Host time just before `AVERAGE_START` went out: the stream cannot have started earlier.
     origin_ns: u64,
     lost_reported: u64,
     buf: Vec<u8>,
-    /// Smallest lag of the index clock behind the host clock seen at fresh reads (ns), drifting up by at
-    /// most [`CLOCK_DRIFT_ALLOWANCE`] of elapsed time.
-    lag_baseline_ns: Option<i64>,
-    last_fresh: Option<Instant>,
+    /// The index clock fitted to the host clock.
+    fit: ClockFit,
     /// The decoder's loss count at the last fresh read.
     lost_at_fresh: u64,
+    /// Index of the first word after the newest counter gap.
+    last_gap_end: Option<u64>,
+    /// A loss longer than the counter shows, suspected but not yet certain, and where it starts.
+    suspect: Option<SuspectedLoss>,
+    /// Runs of lost slots not yet taken by [`PowerMonitor::take_lost_runs`].
+    lost_runs: Vec<LostRun>,
+    /// The latest time handed out: read-time placement never goes backwards (a better fit can move
+    /// the line down a little; [`crate::samples::place_samples`] places a whole capture consistently).
+    last_placed_ns: u64,
 }
 
-/// A jump of the index clock's lag this large (with a counter gap) means more words were lost than
+/// An arrival this far above the fitted index clock (with a counter gap) means more words were lost than
 /// the counter shows. Well above USB/OS delivery jitter (a few ms), well below the smallest loss that
 /// matters for a cell.
-pub const LOSS_STEP_NS: i64 = 30_000_000;
-/// Crystal mismatch allowed between the PPK2 and the host before a slow drift is mistaken for loss:
-/// 200 ppm (crystals are specified to +-50 ppm or better).
-pub const CLOCK_DRIFT_ALLOWANCE: f64 = 200e-6;
+pub const LOSS_STEP_NS: f64 = 30e6;
+/// How long every arrival must stay [`LOSS_STEP_NS`] above the fitted clock before a loss is certain:
+/// longer than a USB stall that loses nothing (tens of ms: a PPK2 streams 400 kB/s into a small
+/// buffer, so a stall much longer than that overflows it and loses words anyway).
+pub const LOSS_CONFIRM_NS: f64 = 150e6;
+
+/// See [`Ppk2::unseen_loss`].
+#[derive(Clone, Copy, Debug)]
+struct SuspectedLoss {
+    since_ns: f64,
+    min_above: f64,
+    /// Index of the first word after the gap the loss belongs to.
+    from: Option<u64>,
+}
 /// A read that blocked at least this long found the port empty: the data it returns is fresh.
 const FRESH_READ_WAIT: Duration = Duration::from_micros(200);
 
@@ -816,9 +839,12 @@ impl<P: Read + Write + Send> Ppk2<P> {
             origin_ns: 0,
             lost_reported: 0,
             buf: vec![0; 64 * 1024],
-            lag_baseline_ns: None,
-            last_fresh: None,
+            fit: ClockFit::new(Some(SAMPLE_PERIOD_NS as f64)),
             lost_at_fresh: 0,
+            last_gap_end: None,
+            suspect: None,
+            lost_runs: Vec::new(),
+            last_placed_ns: 0,
         }
     }
 
@@ -916,27 +942,47 @@ impl<P: Read + Write + Send> Ppk2<P> {
 }
 
 impl<P> Ppk2<P> {
-    /// At a fresh read: whole counter cycles lost beyond what the counter showed (see [`Ppk2`]).
-    fn unseen_loss_cycles(&mut self) -> u64 {
-        let now = Instant::now();
-        let index_ns = (self.decoder.next_index() * SAMPLE_PERIOD_NS) as i64;
-        let lag = host_monotonic_ns() as i64 - self.origin_ns as i64 - index_ns;
-        let gap_seen = self.decoder.lost() > self.lost_at_fresh;
-        let mut extra = 0;
-        if let Some(base) = self.lag_baseline_ns {
-            let excess = lag - base;
-            if gap_seen && excess > LOSS_STEP_NS {
-                let cycle_ns = (u64::from(COUNTER_MODULUS) * SAMPLE_PERIOD_NS) as i64;
-                extra = ((excess as f64 / cycle_ns as f64).round()) as u64;
+    /// Words lost beyond what the counter showed, once that is certain (see [`Ppk2`]).
+    ///
+    /// After a counter gap, a fresh arrival more than [`LOSS_STEP_NS`] above the fitted clock is either
+    /// the rest of the loss or a USB stall that delivered old words late. A loss keeps every later
+    /// arrival that far above the line; a stall drains within milliseconds. So the suspicion is
+    /// confirmed only when no arrival for [`LOSS_CONFIRM_NS`] came back down, and the loss is the
+    /// smallest excess seen, in whole counter cycles. Returns where the loss starts (the first word after
+    /// its gap) and how many words it adds.
+    fn unseen_loss(&mut self, last_index: u64, arrival_ns: f64, fresh: bool) -> Option<(u64, u64)> {
+        let line = self.fit.line()?;
+        let above = arrival_ns - line.to_host_ns(last_index as f64);
+        if let Some(s) = &mut self.suspect {
+            s.min_above = s.min_above.min(above);
+            if s.min_above <= LOSS_STEP_NS {
+                self.suspect = None;
+            } else if arrival_ns - s.since_ns >= LOSS_CONFIRM_NS {
+                let cycles = (s.min_above / (line.slope * f64::from(COUNTER_MODULUS))).round() as u64;
+                let from = s.from.unwrap_or(last_index);
+                self.suspect = None;
+                let words = cycles * u64::from(COUNTER_MODULUS);
+                self.lost_at_fresh = self.decoder.lost() + words;
+                return (cycles > 0).then_some((from, words));
             }
+            return None;
         }
-        let lag_after = lag - (extra * u64::from(COUNTER_MODULUS) * SAMPLE_PERIOD_NS) as i64;
-        let leak =
-            self.last_fresh.map_or(0, |t| (now.duration_since(t).as_nanos() as f64 * CLOCK_DRIFT_ALLOWANCE) as i64);
-        self.lag_baseline_ns = Some(self.lag_baseline_ns.map_or(lag_after, |b| (b + leak).min(lag_after)));
-        self.last_fresh = Some(now);
-        self.lost_at_fresh = self.decoder.lost() + extra * u64::from(COUNTER_MODULUS);
-        extra
+        if fresh {
+            let gap_seen = self.decoder.lost() > self.lost_at_fresh;
+            if gap_seen && above > LOSS_STEP_NS {
+                self.suspect = Some(SuspectedLoss { since_ns: arrival_ns, min_above: above, from: self.last_gap_end });
+            }
+            self.lost_at_fresh = self.decoder.lost();
+        }
+        None
+    }
+
+    /// Host time of sample `index` on the current fit (the start of the stream before any arrival).
+    fn place(&self, index: u64) -> u64 {
+        match self.fit.line() {
+            Some(line) => line.to_host_ns(index as f64).max(0.0).round() as u64,
+            None => self.origin_ns + index * SAMPLE_PERIOD_NS,
+        }
     }
 }
 
@@ -1007,9 +1053,12 @@ impl<P: Read + Write + Send> PowerMonitor for Ppk2<P> {
         }
         self.decoder.reset();
         self.lost_reported = 0;
-        self.lag_baseline_ns = None;
-        self.last_fresh = None;
+        self.fit.restart(0.0);
+        self.last_placed_ns = 0;
         self.lost_at_fresh = 0;
+        self.last_gap_end = None;
+        self.suspect = None;
+        self.lost_runs.clear();
         // The origin is taken just before the command goes out; the device starts sampling when it
         // arrives (USB latency, about a millisecond), a constant shift bounded by the write time.
         self.origin_ns = host_monotonic_ns();
@@ -1030,36 +1079,80 @@ impl<P: Read + Write + Send> PowerMonitor for Ppk2<P> {
         let deadline = Instant::now() + max_wait;
         let before = out.len();
         let voltage_v = self.sample_voltage_v();
-        let origin = self.origin_ns;
         loop {
             let asked = Instant::now();
             let n = self.port.read_some(&mut self.buf, "reading the sample stream")?;
+            let arrival_ns = host_monotonic_ns() as f64;
             let fresh = n > 0 && asked.elapsed() >= FRESH_READ_WAIT;
-            // Where in `out` the samples after the last counter gap of this read start.
-            let mut after_gap: Option<usize> = None;
+            let first_new = out.len();
+            let runs_before = self.lost_runs.len();
             if n > 0 {
                 let mut expected = self.decoder.next_index();
+                let runs = &mut self.lost_runs;
+                let gap_end = &mut self.last_gap_end;
                 self.decoder.feed(&self.buf[..n], |d| {
                     if d.index != expected {
-                        after_gap = Some(out.len());
+                        runs.push(LostRun {
+                            t_ns: 0,
+                            period_ns: SAMPLE_PERIOD_NS as f64,
+                            count: d.index - expected,
+                            clock: Some(expected as f64),
+                            clock_step: 1.0,
+                            reindex_until: None,
+                        });
+                        *gap_end = Some(d.index);
                     }
                     expected = d.index + 1;
                     out.push(Sample {
-                        t_ns: origin + d.index * SAMPLE_PERIOD_NS,
+                        t_ns: 0,
                         current_a: d.current_a,
                         voltage_v,
                         logic: Some(d.logic),
+                        clock: Some(d.index as f64),
                     })
                 });
             }
-            if fresh {
-                let extra = self.unseen_loss_cycles();
-                if extra > 0 {
-                    self.decoder.skip_cycles(extra);
-                    let shift = extra * u64::from(COUNTER_MODULUS) * SAMPLE_PERIOD_NS;
-                    if let Some(from) = after_gap {
-                        out[from..].iter_mut().for_each(|s| s.t_ns += shift);
+            if out.len() > first_new {
+                let mut last_index = self.decoder.next_index() - 1;
+                if let Some((from, words)) = self.unseen_loss(last_index, arrival_ns, fresh) {
+                    // The rest of the last gap: every word after it is later than the counter said,
+                    // including those already delivered (the session shifts them: `reindex`).
+                    // Samples handed out before this read are renumbered by their holder; this read's
+                    // here.
+                    let until = out[first_new].clock.unwrap_or(0.0);
+                    self.decoder.skip_cycles(words / u64::from(COUNTER_MODULUS));
+                    last_index += words;
+                    for s in &mut out[first_new..] {
+                        if let Some(x) = s.clock.as_mut().filter(|x| **x >= from as f64) {
+                            *x += words as f64;
+                        }
                     }
+                    self.lost_runs.push(LostRun {
+                        t_ns: 0,
+                        period_ns: SAMPLE_PERIOD_NS as f64,
+                        count: words,
+                        clock: Some(from as f64),
+                        clock_step: 1.0,
+                        reindex_until: Some(until),
+                    });
+                }
+                if self.suspect.is_none() {
+                    // While a loss is suspected, the words after the gap may be numbered too low:
+                    // they would bend the fit.
+                    self.fit.observe(last_index as f64, arrival_ns);
+                }
+                for i in first_new..out.len() {
+                    let t = self.place(out[i].clock.unwrap_or(0.0) as u64).max(self.last_placed_ns);
+                    out[i].t_ns = t;
+                    self.last_placed_ns = t;
+                }
+                for i in runs_before..self.lost_runs.len() {
+                    let r = &mut self.lost_runs[i];
+                    r.t_ns = match (self.fit.line(), r.clock) {
+                        (Some(line), Some(x)) => line.to_host_ns(x).max(0.0).round() as u64,
+                        _ => self.origin_ns,
+                    };
+                    r.period_ns = self.fit.line().map_or(SAMPLE_PERIOD_NS as f64, |l| l.slope);
                 }
             }
             let got_some = out.len() > before;
@@ -1083,6 +1176,14 @@ impl<P: Read + Write + Send> PowerMonitor for Ppk2<P> {
 
     fn lost_samples(&self) -> u64 {
         self.decoder.lost()
+    }
+
+    fn take_lost_runs(&mut self) -> Vec<LostRun> {
+        std::mem::take(&mut self.lost_runs)
+    }
+
+    fn clock_fit(&self) -> Option<ClockLine> {
+        self.fit.line()
     }
 
     fn as_source_meter(&mut self) -> Option<&mut dyn SourceMeter> {
@@ -1415,7 +1516,6 @@ UG4: 1.00\nIA: 56\nEND\n";
             "stop, metadata, source mode, 3300 mV, power on"
         );
         ppk.start().unwrap();
-        let origin = ppk.origin_ns;
         let mut stream = Vec::new();
         for c in [0u8, 1, 2, 5] {
             stream.extend(word(2000, 3, c, 1));
@@ -1428,8 +1528,15 @@ UG4: 1.00\nIA: 56\nEND\n";
         assert_eq!(first, ReadOutcome { samples: 1, lost: 0 });
         let second = ppk.read(&mut out, Duration::from_millis(50)).unwrap();
         assert_eq!(second, ReadOutcome { samples: 3, lost: 2 });
-        let t: Vec<u64> = out.iter().map(|s| s.t_ns - origin).collect();
+        // Placed by the index clock: until the fit has two seconds of arrivals, at the nominal 10 us.
+        crate::samples::place_samples(&mut out, &ppk.clock_fit().unwrap());
+        let t: Vec<u64> = out.iter().map(|s| s.t_ns - out[0].t_ns).collect();
         assert_eq!(t, [0, 10_000, 20_000, 50_000]);
+        assert_eq!(out.iter().map(|s| s.clock.unwrap()).collect::<Vec<_>>(), [0.0, 1.0, 2.0, 5.0]);
+        let runs = ppk.take_lost_runs();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!((runs[0].count, runs[0].clock), (2, Some(3.0)));
+        assert_eq!(runs[0].t_ns, out[0].t_ns + 30_000, "the lost slots sit where they were due");
         assert!(out.iter().all(|s| s.voltage_v == 3.3 && s.logic == Some(1)));
         assert_eq!(ppk.lost_samples(), 2);
         assert!(ppk.as_source_meter().is_some());

@@ -3,7 +3,9 @@
 //! Each poll sends the current query (default `MEAS:CURR?`) and, unless a fixed voltage is given, the
 //! voltage query (default `MEAS:VOLT?`), each followed by the termination (default `\n`), and reads one
 //! answer line per query. These instruments have no sample clock the host can see, so a sample is
-//! stamped with the host's monotonic time when the current answer arrived. An instrument that does not
+//! stamped with the host's monotonic time when the current query reached the meter (sent, plus its
+//! bytes' time on the wire): a meter measures on receipt, and a slow meter's reply delay is not the
+//! time of its reading. An instrument that does not
 //! answer within the reply timeout gives a [`MonitorErrorKind::Timeout`] naming the port and the query.
 //! The SCPI overload / not-a-number value (`9.9E37`, SCPI-99 vol. 1 §7.2.1.5) is not a reading: such
 //! polls are counted as lost samples.
@@ -12,8 +14,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use super::{
-    host_monotonic_ns, MonitorError, MonitorErrorKind, MonitorInfo, NamedPort, PowerMonitor, ReadOutcome, Sample,
-    SampleClock,
+    host_monotonic_ns, LostRun, MonitorError, MonitorErrorKind, MonitorInfo, NamedPort, PowerMonitor, ReadOutcome,
+    Sample, SampleClock,
 };
 
 /// Options for [`ScpiMonitor`].
@@ -79,6 +81,7 @@ pub struct ScpiMonitor<P> {
     resync: bool,
     lost: u64,
     lost_reported: u64,
+    lost_runs: Vec<LostRun>,
     identity: Option<MonitorInfo>,
 }
 
@@ -100,6 +103,7 @@ impl<P: Read + Write + Send> ScpiMonitor<P> {
             resync: false,
             lost: 0,
             lost_reported: 0,
+            lost_runs: Vec::new(),
             identity: None,
         }
     }
@@ -150,12 +154,24 @@ impl<P: Read + Write + Send> ScpiMonitor<P> {
     /// One poll: current (and voltage) now.
     fn poll(&mut self) -> Result<Option<Sample>, MonitorError> {
         let current_query = self.options.current_query.clone();
+        let sent_ns = host_monotonic_ns();
         let answer = self.query(&current_query)?;
-        let t_ns = host_monotonic_ns();
+        // The meter measures when the query has reached it: the send time plus the query's time on the
+        // wire (10 bits a byte at the baud rate). Its reply delay is not the time of the reading.
+        let wire_bits = 10 * (current_query.len() + self.options.termination.len()) as u64;
+        let t_ns = sent_ns + wire_bits * 1_000_000_000 / u64::from(self.options.baud.max(1));
         let current_a = match parse_scpi_number(&answer) {
             Ok(v) => v,
             Err(e) if e.contains("overload") => {
                 self.lost += 1;
+                self.lost_runs.push(LostRun {
+                    t_ns,
+                    period_ns: 0.0,
+                    count: 1,
+                    clock: None,
+                    clock_step: 0.0,
+                    reindex_until: None,
+                });
                 return Ok(None);
             }
             Err(e) => {
@@ -187,7 +203,7 @@ impl<P: Read + Write + Send> ScpiMonitor<P> {
             }
             (None, None) => f64::NAN,
         };
-        Ok(Some(Sample { t_ns, current_a, voltage_v, logic: None }))
+        Ok(Some(Sample::at(t_ns, current_a, voltage_v)))
     }
 
     fn period(&self) -> Duration {
@@ -239,6 +255,7 @@ impl<P: Read + Write + Send> PowerMonitor for ScpiMonitor<P> {
         self.next_poll = Some(Instant::now());
         self.lost = 0;
         self.lost_reported = 0;
+        self.lost_runs.clear();
         Ok(())
     }
 
@@ -275,6 +292,10 @@ impl<P: Read + Write + Send> PowerMonitor for ScpiMonitor<P> {
 
     fn lost_samples(&self) -> u64 {
         self.lost
+    }
+
+    fn take_lost_runs(&mut self) -> Vec<LostRun> {
+        std::mem::take(&mut self.lost_runs)
     }
 }
 

@@ -6,18 +6,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+use super::answer::{count, megabytes};
 use super::document::{Align, BannerKind, Block, Document, Figure, Table};
 use super::plots::{self, Bar, BarPlot, ReferenceLine, Series, SeriesStyle, Whisker, XyPlot};
 use super::power_trace::{PowerTrace, TRACE_BINS};
 use crate::analysis::battery::describe_workload;
-use crate::analysis::{BatteryTable, CellStats, PolicyKind, ProjectionSource, Rt3Schedule, RunAnalysis, RunData};
+use crate::analysis::{
+    BatteryTable, CellStats, PolicyKind, PolicyRow, ProjectionSource, Rt3Schedule, RunAnalysis, RunData, SwitchCost,
+};
 use crate::results::CellRecord;
 use crate::scenario::units::format_khz;
 use crate::scenario::Workload;
 use crate::stats::{Estimate, Statistic};
 
-/// RT3's claim: pattern sets switch "within 45 ms" (abstract, arXiv 2102.06336).
-pub const RT3_SWITCH_BUDGET_MS: f64 = 45.0;
+pub use crate::analysis::RT3_SWITCH_BUDGET_MS;
+
+/// Intervals from fewer values than this are not printed: with 2 repeats a 95 % Student-t
+/// interval spans ±6.3 standard errors and reads like a measurement when it is not one.
+pub const MIN_INTERVAL_VALUES: usize = 3;
 
 /// `v` with `decimals`, `-` when missing or not finite.
 pub(crate) fn num(v: Option<f64>, decimals: usize) -> String {
@@ -27,8 +33,12 @@ pub(crate) fn num(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-/// `point [lower, upper]`.
-fn with_ci(e: &Estimate, decimals: usize) -> String {
+/// `point [lower, upper]` from `n` values; with fewer than [`MIN_INTERVAL_VALUES`], the point
+/// and `(n=2: no interval)`.
+fn with_ci(e: &Estimate, decimals: usize, n: usize) -> String {
+    if n < MIN_INTERVAL_VALUES {
+        return format!("{} (n={n}: no interval)", num(Some(e.point), decimals));
+    }
     format!("{} [{}, {}]", num(Some(e.point), decimals), num(Some(e.lower), decimals), num(Some(e.upper), decimals))
 }
 
@@ -66,21 +76,23 @@ pub(crate) fn board_names(run: &RunData) -> Vec<String> {
     set.into_iter().collect()
 }
 
-/// Whether `board` was simulated (run.json says so, or any of its cells does).
+/// Whether `board` was simulated (run.json says so, or any of its cells or switch rows does).
 pub(crate) fn board_simulated(run: &RunData, board: &str) -> bool {
-    run.info.boards.get(board).is_some_and(|b| b.simulated) || run.cells.iter().any(|c| c.board == board && c.simulated)
+    run.info.boards.get(board).is_some_and(|b| b.simulated)
+        || run.cells.iter().any(|c| c.board == board && c.simulated)
+        || run.switches.of_board(board).any(|r| r.simulated == Some(true))
 }
 
 /// The builder's shared context.
-struct Ctx<'a> {
-    run: &'a RunData,
-    analysis: &'a RunAnalysis,
-    variants: Vec<String>,
-    boards: Vec<String>,
+pub(super) struct Ctx<'a> {
+    pub(super) run: &'a RunData,
+    pub(super) analysis: &'a RunAnalysis,
+    pub(super) variants: Vec<String>,
+    pub(super) boards: Vec<String>,
 }
 
 impl Ctx<'_> {
-    fn color_of(&self, variant: &str) -> usize {
+    pub(super) fn color_of(&self, variant: &str) -> usize {
         self.variants.iter().position(|v| v == variant).unwrap_or(self.variants.len())
     }
     fn board_json(&self, board: &str) -> &Value {
@@ -95,19 +107,23 @@ impl Ctx<'_> {
     }
 }
 
-/// Builds the whole report.
+/// Builds the whole report: the answer first (RT3 schedule and best static policy against
+/// dense and block, per board), then the plots, then the details (schedule, battery, switching,
+/// every cell, power trace), then provenance (run, boards) and method.
 pub fn build_document(run: &RunData, analysis: &RunAnalysis, traces: &[PowerTrace]) -> Document {
     let ctx = Ctx { run, analysis, variants: variant_order(run), boards: board_names(run) };
     let mut doc = Document { title: format!("hil report: {}", run.scenario.name), blocks: Vec::new() };
     banners(&ctx, &mut doc);
-    run_section(&ctx, &mut doc);
-    boards_section(&ctx, &mut doc);
-    cells_section(&ctx, &mut doc);
+    super::answer::answer_section(&ctx, &mut doc);
     frequency_plots(&ctx, &mut doc);
+    summary_plots(&ctx, &mut doc);
     schedule_section(&ctx, &mut doc);
     battery_section(&ctx, &mut doc);
     switching_section(&ctx, &mut doc);
+    cells_section(&ctx, &mut doc);
     power_section(&ctx, traces, &mut doc);
+    run_section(&ctx, &mut doc);
+    boards_section(&ctx, &mut doc);
     method_section(&ctx, &mut doc);
     doc
 }
@@ -156,7 +172,7 @@ fn banners(ctx: &Ctx, doc: &mut Document) {
 fn run_section(ctx: &Ctx, doc: &mut Document) {
     let run = ctx.run;
     let info = &run.info;
-    doc.heading(2, "Run");
+    doc.heading(2, "Provenance: run");
     if let Some(d) = &run.scenario.description {
         doc.paragraph(d.trim());
     }
@@ -225,7 +241,7 @@ fn string_list(v: Option<&Value>) -> Option<String> {
 }
 
 fn boards_section(ctx: &Ctx, doc: &mut Document) {
-    doc.heading(2, "Boards");
+    doc.heading(2, "Provenance: boards");
     for board in &ctx.boards {
         let b = ctx.board_json(board);
         let info = ctx.run.info.boards.get(board.as_str()).cloned().unwrap_or_default();
@@ -237,7 +253,7 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
                 facts.push((k.to_string(), v));
             }
         };
-        fact("hardware", Some(if simulated { "SIMULATED".into() } else { "real board".into() }));
+        fact("hardware", Some(if simulated { "SIMULATED (not ARM hardware)".into() } else { "real board".into() }));
         if simulated {
             fact("simulation", Some(info.simulation.clone().unwrap_or_else(|| "no description recorded".into())));
         }
@@ -398,7 +414,9 @@ fn cells_section(ctx: &Ctx, doc: &mut Document) {
         "One row per (board, frequency, variant), repeats pooled: latency over every timed inference of every \
          repeat, energy per inference across repeats (gross: window energy over inferences, the board's idle power \
          included; net: idle power at the same frequency subtracted). Brackets are 95 % confidence intervals (see \
-         Method). The deadline is met when the pooled p99 latency is at most the deadline.",
+         Method); an interval from fewer than 3 values is not printed (n=2: no interval). The deadline is met when \
+         the pooled p99 latency is at most the deadline. Fidelity: the variant's final hidden states against the \
+         dense model's over the seeded inputs, measured on the board.",
     );
     for board in &ctx.boards {
         let cells = ctx.cells_of(board);
@@ -421,11 +439,13 @@ fn cells_section(ctx: &Ctx, doc: &mut Document) {
             ("net energy/inference (mJ)", Align::Right),
             ("mean power (W)", Align::Right),
             ("idle power (W)", Align::Right),
+            ("fidelity (cosine)", Align::Right),
+            ("fidelity (rel. L2)", Align::Right),
             ("flags", Align::Left),
         ]);
         for c in cells {
             let (median, p99) = match &c.latency {
-                Some(l) => (with_ci(&l.median, 3), with_ci(&l.p99, 3)),
+                Some(l) => (with_ci(&l.median, 3, l.n), with_ci(&l.p99, 3, l.n)),
                 None => (num(Some(c.latency_ms(Statistic::Median)), 3), num(Some(c.latency_ms(Statistic::P99)), 3)),
             };
             let met = match deadline {
@@ -442,7 +462,7 @@ fn cells_section(ctx: &Ctx, doc: &mut Document) {
                 None => "-".into(),
             };
             let energy = match &c.energy {
-                Some(e) => with_ci(&e.mean, 3),
+                Some(e) => with_ci(&e.mean, 3, e.n),
                 None => num(c.energy_mean_mj(), 3),
             };
             t.push(vec![
@@ -460,6 +480,8 @@ fn cells_section(ctx: &Ctx, doc: &mut Document) {
                 num(c.net_energy_mean_mj(), 3),
                 num(c.mean_power_mean_w(), 3),
                 num(c.idle_power_mean_w(), 3),
+                num(c.fidelity_cosine, 4),
+                num(c.fidelity_rel_l2, 4),
                 flags(c),
             ]);
         }
@@ -572,7 +594,7 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
     if ctx.analysis.cells.is_empty() {
         return;
     }
-    doc.heading(2, "Latency and energy against frequency");
+    doc.heading(2, "Plots: latency and energy against frequency");
     let deadline = ctx.run.scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3);
     for board in &ctx.boards {
         let cells = ctx.cells_of(board);
@@ -614,8 +636,8 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
                 x_label: "CPU frequency (MHz)".into(),
                 y_label: "energy per inference (mJ)".into(),
                 series: frequency_series(ctx, &cells, |c| match &c.energy {
-                    Some(e) => Some(e.mean),
-                    None => c.energy_mean_mj().map(|p| Estimate { point: p, lower: p, upper: p }),
+                    Some(e) if e.n >= MIN_INTERVAL_VALUES => Some(e.mean),
+                    _ => c.energy_mean_mj().map(|p| Estimate { point: p, lower: p, upper: p }),
                 }),
                 horizontal: vec![],
                 vertical: vec![],
@@ -627,7 +649,13 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
                 format!("energy_{board}.svg"),
                 format!(
                     "Gross energy per inference (board idle power included) against CPU frequency, mean over repeats, \
-                     one line per variant, board {board}. Whiskers: 95 % Student-t interval of the mean across repeats."
+                     one line per variant, board {board}. Whiskers: 95 % Student-t interval of the mean across repeats, \
+                     drawn only from {MIN_INTERVAL_VALUES} or more repeats{}.",
+                    if cells.iter().any(|c| c.energy_per_inference_mj.len() < MIN_INTERVAL_VALUES) {
+                        " (this run has fewer, so no whiskers)"
+                    } else {
+                        ""
+                    }
                 ),
                 plots::xy_plot_svg(&energy),
             );
@@ -641,18 +669,13 @@ fn schedule_section(ctx: &Ctx, doc: &mut Document) {
     if ctx.analysis.schedules.is_empty() {
         return;
     }
-    doc.heading(2, "RT3 schedule");
+    doc.heading(2, "Details: RT3 schedule");
     for s in &ctx.analysis.schedules {
         doc.heading(3, format!("Board {}", s.board));
         doc.paragraph(format!("Rule: {}.", s.rule.describe()));
         doc.table(schedule_table(s));
-        if !s.is_complete() {
-            let missing: Vec<String> =
-                s.levels.iter().filter(|l| l.selected.is_none()).map(|l| format_khz(l.freq_khz)).collect();
-            doc.paragraph(format!(
-                "Nothing meets the deadline at {}: the schedule has no variant there.",
-                missing.join(", ")
-            ));
+        if let Some(n) = s.incomplete_note() {
+            doc.paragraph(n);
         }
     }
 }
@@ -663,9 +686,9 @@ fn schedule_table(s: &Rt3Schedule) -> Table {
     let mut cols = vec![
         ("level", Align::Right),
         ("frequency", Align::Right),
-        ("variant", Align::Left),
-        ("kind", Align::Left),
+        ("pattern set", Align::Left),
         ("sparsity", Align::Right),
+        ("fidelity (cosine)", Align::Right),
     ];
     if has_accuracy {
         cols.push(("accuracy", Align::Right));
@@ -676,7 +699,8 @@ fn schedule_table(s: &Rt3Schedule) -> Table {
         ("median latency (ms)", Align::Right),
         ("energy/inference (mJ)", Align::Right),
         ("net energy/inference (mJ)", Align::Right),
-        ("meeting the deadline", Align::Left),
+        ("pattern sets meeting the deadline", Align::Left),
+        ("ranked by", Align::Left),
         ("note", Align::Left),
     ]);
     let mut t = Table::new(&cols);
@@ -685,7 +709,7 @@ fn schedule_table(s: &Rt3Schedule) -> Table {
         let mut row = vec![l.level.to_string(), format_khz(l.freq_khz)];
         match &l.selected {
             Some(v) => {
-                row.extend([v.variant.clone(), v.kind.clone(), num(Some(v.sparsity), 3)]);
+                row.extend([v.variant.clone(), num(Some(v.sparsity), 3), num(v.fidelity_cosine, 4)]);
                 if has_accuracy {
                     row.push(num(v.accuracy, 4));
                 }
@@ -704,7 +728,7 @@ fn schedule_table(s: &Rt3Schedule) -> Table {
                 row.extend(["-".to_string(), "-".into(), "-".into(), "-".into()]);
             }
         }
-        row.extend([meeting, l.note.clone()]);
+        row.extend([meeting, l.ranking.map(|r| r.label().to_string()).unwrap_or_else(|| "-".into()), l.note.clone()]);
         t.push(row);
     }
     t
@@ -713,6 +737,7 @@ fn schedule_table(s: &Rt3Schedule) -> Table {
 fn battery_table(t: &BatteryTable) -> Table {
     let mut table = Table::new(&[
         ("policy", Align::Left),
+        ("meets the deadline", Align::Left),
         ("hours", Align::Right),
         ("inferences per charge", Align::Right),
         ("mean power (W)", Align::Right),
@@ -721,11 +746,23 @@ fn battery_table(t: &BatteryTable) -> Table {
         ("note", Align::Left),
     ]);
     for r in &t.rows {
+        let meets = match (r.kind, r.meets_deadline) {
+            (PolicyKind::Rt3Schedule, _) => {
+                if r.complete {
+                    "at every level".to_string()
+                } else {
+                    "not at every level".into()
+                }
+            }
+            (_, Some(m)) => yes_no(m),
+            (_, None) => "-".into(),
+        };
         match &r.outcome {
             Ok(p) => table.push(vec![
                 r.name.clone(),
+                meets,
                 num(Some(p.hours), 2),
-                num(Some(p.inferences), 0),
+                count(Some(p.inferences)),
                 num(Some(p.mean_power_w), 3),
                 num(r.gain_vs_dense_top, 2),
                 num(r.gain_vs_block_top, 2),
@@ -733,6 +770,7 @@ fn battery_table(t: &BatteryTable) -> Table {
             ]),
             Err(e) => table.push(vec![
                 r.name.clone(),
+                meets,
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -745,7 +783,9 @@ fn battery_table(t: &BatteryTable) -> Table {
     table
 }
 
-/// The measured table's policies beside the paper model's, matched by policy name.
+/// The measured table's policies beside the paper model's: the named policies (baselines,
+/// best static, RT3 schedule) by kind, since each side picks its own best static pair and
+/// schedule; the static pairs by name.
 fn model_vs_measurement(measured: &BatteryTable, model: &BatteryTable) -> Table {
     let mut t = Table::new(&[
         ("policy", Align::Left),
@@ -758,16 +798,21 @@ fn model_vs_measurement(measured: &BatteryTable, model: &BatteryTable) -> Table 
         ("model × block", Align::Right),
     ]);
     for r in &measured.rows {
-        let Some(m) = model.rows.iter().find(|m| m.name == r.name) else { continue };
+        let m = match r.kind {
+            PolicyKind::Static => model.rows.iter().find(|m| m.kind == PolicyKind::Static && m.name == r.name),
+            kind => model.rows.iter().find(|m| m.kind == kind),
+        };
+        let Some(m) = m else { continue };
+        let name = if r.name == m.name { r.name.clone() } else { format!("{} (model: {})", r.name, m.name) };
         let (a, b) = (r.outcome.as_ref().ok().map(|p| p.inferences), m.outcome.as_ref().ok().map(|p| p.inferences));
         let ratio = match (a, b) {
             (Some(a), Some(b)) if a > 0.0 => Some(b / a),
             _ => None,
         };
         t.push(vec![
-            r.name.clone(),
-            num(a, 0),
-            num(b, 0),
+            name,
+            count(a),
+            count(b),
             num(ratio, 2),
             num(r.gain_vs_dense_top, 2),
             num(m.gain_vs_dense_top, 2),
@@ -778,28 +823,134 @@ fn model_vs_measurement(measured: &BatteryTable, model: &BatteryTable) -> Table 
     t
 }
 
+/// The measured battery projection as bars: the named policies first (RT3 schedule, best
+/// static, baselines), then every static pair.
 fn battery_plot(ctx: &Ctx, t: &BatteryTable) -> BarPlot {
-    let bars = t
-        .rows
+    let rank = |k: PolicyKind| match k {
+        PolicyKind::Rt3Schedule => 0,
+        PolicyKind::BestStatic => 1,
+        PolicyKind::DenseAtTop => 2,
+        PolicyKind::BlockAtTop => 3,
+        PolicyKind::Static => 4,
+    };
+    let mut rows: Vec<&PolicyRow> = t.rows.iter().collect();
+    rows.sort_by_key(|r| rank(r.kind));
+    let bars = rows
         .iter()
         .map(|r| {
             let color = match (r.kind, &r.variant) {
                 (PolicyKind::Rt3Schedule, _) | (_, None) => ctx.variants.len(),
                 (_, Some(v)) => ctx.color_of(v),
             };
+            // Inferences per charge (RT3's "runs"): what the gains and the best static compare.
             let (value, value_text) = match &r.outcome {
-                Ok(p) => (p.hours, format!("{:.2} h{}", p.hours, if r.complete { "" } else { " (incomplete)" })),
+                Ok(p) => (
+                    p.inferences / 1e6,
+                    format!(
+                        "{:.2} M, {:.2} h{}",
+                        p.inferences / 1e6,
+                        p.hours,
+                        if r.complete { "" } else { " (incomplete)" }
+                    ),
+                ),
                 Err(_) => (f64::NAN, "not projected".into()),
             };
-            Bar { label: r.name.clone(), value, color, value_text }
+            let label = match (r.kind, r.meets_deadline) {
+                (PolicyKind::Static, Some(false)) => format!("{} (misses deadline)", r.name),
+                _ => r.name.clone(),
+            };
+            Bar { label, value, color, value_text }
         })
         .collect();
     BarPlot {
-        title: format!("Battery life per policy, board {} ({})", t.board, describe_workload(&t.workload)),
-        value_label: "hours of battery life".into(),
+        title: format!("Inferences per charge per policy, board {} ({})", t.board, describe_workload(&t.workload)),
+        value_label: "inferences per charge (millions)".into(),
         bars,
         reference: None,
         log_scale: false,
+    }
+}
+
+/// Battery life and switch costs per board, as plots (the tables are in the answer and the details).
+fn summary_plots(ctx: &Ctx, doc: &mut Document) {
+    let measured: Vec<&BatteryTable> =
+        ctx.analysis.battery.iter().filter(|t| t.source == ProjectionSource::Measured).collect();
+    let any_switch = ctx.boards.iter().any(|b| ctx.run.switches.of_board(b).next().is_some());
+    if measured.iter().all(|t| t.rows.iter().all(|r| r.outcome.is_err())) && !any_switch {
+        return;
+    }
+    doc.heading(2, "Plots: battery life and switching");
+    for board in &ctx.boards {
+        if let Some(m) = measured.iter().find(|t| &t.board == board) {
+            if m.rows.iter().any(|r| r.outcome.is_ok()) {
+                push_plot(
+                    doc,
+                    format!("battery_{board}.svg"),
+                    format!(
+                        "Projected inferences per charge (and hours of battery life) per policy on board {board} \
+                         (measured energy, {}): the RT3 schedule, the best static policy, dense and block at the top \
+                         frequency, then every static (frequency, variant) pair.",
+                        m.battery.describe()
+                    ),
+                    plots::bar_plot_svg(&battery_plot(ctx, m)),
+                );
+            }
+        }
+        let rows: Vec<&SwitchCost> = ctx.run.switches.of_board(board).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut bars = Vec::new();
+        for r in &rows {
+            let color = ctx.color_of(&r.variant);
+            if let Some(h) = r.hot_total_ms() {
+                bars.push(Bar {
+                    label: format!("{} hot + first inference", r.variant),
+                    value: h.max(1e-6),
+                    color,
+                    value_text: format!("{h:.3} ms"),
+                });
+            }
+            if let Some(c) = r.cold_switch_ms {
+                bars.push(Bar {
+                    label: format!("{} cold", r.variant),
+                    value: c.max(1e-6),
+                    color,
+                    value_text: format!("{c:.2} ms"),
+                });
+            }
+            if let Some(c) = r.cold_total_ms() {
+                bars.push(Bar {
+                    label: format!("{} cold + first inference", r.variant),
+                    value: c.max(1e-6),
+                    color,
+                    value_text: format!("{c:.2} ms"),
+                });
+            }
+        }
+        if bars.is_empty() {
+            continue;
+        }
+        let plot = BarPlot {
+            title: format!("Pattern-set switch costs, board {board}"),
+            value_label: "time (ms, log scale)".into(),
+            bars,
+            reference: Some(ReferenceLine {
+                value: RT3_SWITCH_BUDGET_MS,
+                label: format!("RT3: {RT3_SWITCH_BUDGET_MS} ms"),
+            }),
+            log_scale: true,
+        };
+        push_plot(
+            doc,
+            format!("switch_{board}.svg"),
+            format!(
+                "Switching to each pattern set on board {board} (log scale), against RT3's {RT3_SWITCH_BUDGET_MS} ms \
+                 (dashed): hot (prepacked, with its first-inference penalty), cold (packed from the set's \
+                 definitions) and cold with its first-inference penalty. A negative penalty counts as none."
+            ),
+            plots::bar_plot_svg(&plot),
+        );
     }
 }
 
@@ -807,12 +958,13 @@ fn battery_section(ctx: &Ctx, doc: &mut Document) {
     if ctx.analysis.battery.is_empty() {
         return;
     }
-    doc.heading(2, "Battery life");
+    doc.heading(2, "Details: battery life");
     let shares = ctx.run.scenario.policy.battery_shares.clone();
     doc.paragraph(format!(
         "Projected from measured energy per inference, idle power and latency per cell. Policies: dense and block at \
-         the top frequency, every measured (frequency, variant) pair, and the RT3 schedule with the battery's energy \
-         split across its levels (highest first) {}. Gains are ratios of inferences per charge.",
+         the top frequency, every measured (frequency, variant) pair, the best static one (meeting the deadline, most \
+         inferences per charge) and the RT3 schedule with the battery's energy split across its levels (highest \
+         first) {}. Gains are ratios of inferences per charge.",
         match shares {
             Some(s) => format!(
                 "as the scenario says: {}",
@@ -838,17 +990,6 @@ fn battery_section(ctx: &Ctx, doc: &mut Document) {
             doc.table(battery_table(m));
             if !m.notes.is_empty() {
                 doc.list(m.notes.clone());
-            }
-            if m.rows.iter().any(|r| r.outcome.is_ok()) {
-                push_plot(
-                    doc,
-                    format!("battery_{board}.svg"),
-                    format!(
-                        "Projected hours of battery life per policy on board {board} (measured energy, {}).",
-                        m.battery.describe()
-                    ),
-                    plots::bar_plot_svg(&battery_plot(ctx, m)),
-                );
             }
         }
         if let Some(model) = model {
@@ -884,6 +1025,17 @@ pub(crate) fn human_ns(ns: u64) -> String {
     }
 }
 
+/// A duration given in µs, readable: `0.8 µs`, `12.4 µs`, `1.20 ms`.
+pub(crate) fn human_us(us: f64) -> String {
+    if !us.is_finite() {
+        "-".into()
+    } else if us < 1_000.0 {
+        format!("{us:.1} µs")
+    } else {
+        format!("{:.2} ms", us / 1e3)
+    }
+}
+
 /// Median switch time per variant (ns) from `run.json`'s `boards.<board>.switch_ns`.
 pub(crate) fn switch_times(board_json: &Value) -> BTreeMap<String, u64> {
     board_json
@@ -894,71 +1046,94 @@ pub(crate) fn switch_times(board_json: &Value) -> BTreeMap<String, u64> {
 }
 
 fn switching_section(ctx: &Ctx, doc: &mut Document) {
-    doc.heading(2, "Pattern-set switching");
+    doc.heading(2, "Details: pattern-set switching");
     doc.paragraph(format!(
-        "Time for the live agent to switch the active variant (RT3's run-time reconfiguration), median of repeated \
-         switches as timed by the agent, against the paper's claim of switching within {RT3_SWITCH_BUDGET_MS} ms."
+        "RT3 claims a pattern-set switch within {RT3_SWITCH_BUDGET_MS} ms: putting a set into effect. Measured per \
+         pattern set on the board (switch.parquet), each switch from the set's block base: hot (the set was prepacked \
+         at load; the live model points at it), cold (the set is assigned and packed from the resident BP weights and \
+         its stored pattern definitions, as on a device that holds one packed set at a time), and the first-inference \
+         penalty after each (the first inference minus the median of the next ones; negative: it was faster). \
+         Against {RT3_SWITCH_BUDGET_MS} ms: the switch plus its penalty (a negative penalty counts as none)."
     ));
+    if let Some(p) = &ctx.run.switches.problem {
+        doc.paragraph(format!("switch.parquet could not be read: {p}. Switch costs are not measured here."));
+    }
     for board in &ctx.boards {
-        let times = switch_times(ctx.board_json(board));
-        if times.is_empty() {
-            doc.paragraph(format!("Board {board}: switching time not measured in this run."));
-            continue;
-        }
-        let mut ordered: Vec<(&String, &u64)> = times.iter().collect();
-        ordered.sort_by_key(|(v, _)| (ctx.color_of(v), v.to_string()));
-        let kinds: BTreeMap<&str, &str> =
-            ctx.run.cells.iter().map(|c| (c.variant.as_str(), c.variant_kind.as_str())).collect();
-        let mut t = Table::new(&[
-            ("variant", Align::Left),
-            ("kind", Align::Left),
-            ("switch time", Align::Right),
-            ("switch time (ns)", Align::Right),
-            (&format!("within {RT3_SWITCH_BUDGET_MS} ms"), Align::Left),
-        ]);
-        for (v, ns) in &ordered {
-            t.push(vec![
-                v.to_string(),
-                kinds.get(v.as_str()).map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
-                human_ns(**ns),
-                ns.to_string(),
-                yes_no(**ns as f64 / 1e6 <= RT3_SWITCH_BUDGET_MS),
-            ]);
-        }
         doc.heading(3, format!("Board {board}"));
-        doc.table(t);
-        let plot = BarPlot {
-            title: format!("Switch time per variant, board {board}"),
-            value_label: "switch time (ms, log scale)".into(),
-            bars: ordered
-                .iter()
-                .map(|(v, ns)| Bar {
-                    label: v.to_string(),
-                    value: **ns as f64 / 1e6,
-                    color: ctx.color_of(v),
-                    value_text: human_ns(**ns),
-                })
-                .collect(),
-            reference: Some(ReferenceLine {
-                value: RT3_SWITCH_BUDGET_MS,
-                label: format!("RT3: {RT3_SWITCH_BUDGET_MS} ms"),
-            }),
-            log_scale: true,
-        };
-        push_plot(
-            doc,
-            format!("switch_{board}.svg"),
-            format!(
-                "Median time to switch the live model to each variant on board {board} (log scale), against RT3's \
-                 {RT3_SWITCH_BUDGET_MS} ms (dashed)."
-            ),
-            plots::bar_plot_svg(&plot),
-        );
+        let rows: Vec<&SwitchCost> = ctx.run.switches.of_board(board).collect();
+        if rows.is_empty() {
+            doc.paragraph(format!(
+                "Board {board}: switch costs not measured in this run (no switch.parquet rows): hot switch, cold \
+                 switch, first-inference penalty and memory per strategy are unknown."
+            ));
+        } else {
+            let within_cell = |total: Option<f64>| match total {
+                Some(t) => yes_no(t <= RT3_SWITCH_BUDGET_MS),
+                None => "-".into(),
+            };
+            let mut t = Table::new(&[
+                ("pattern set", Align::Left),
+                ("measured at", Align::Right),
+                ("rounds", Align::Right),
+                ("hot switch", Align::Right),
+                ("hot first-inference penalty (ms)", Align::Right),
+                (&format!("hot within {RT3_SWITCH_BUDGET_MS} ms"), Align::Left),
+                ("cold switch (ms)", Align::Right),
+                ("cold first-inference penalty (ms)", Align::Right),
+                (&format!("cold within {RT3_SWITCH_BUDGET_MS} ms"), Align::Left),
+                ("this set's packed bytes", Align::Right),
+            ]);
+            for r in &rows {
+                t.push(vec![
+                    r.variant.clone(),
+                    r.freq_khz.map(format_khz).unwrap_or_else(|| "-".into()),
+                    r.rounds.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                    r.hot_switch_us.map(human_us).unwrap_or_else(|| "not measured".into()),
+                    num(r.hot_first_inference_penalty_ms, 2),
+                    within_cell(r.hot_total_ms()),
+                    r.cold_switch_ms.map(|c| format!("{c:.2}")).unwrap_or_else(|| "not measured".into()),
+                    num(r.cold_penalty_ms(), 2),
+                    within_cell(r.cold_total_ms()),
+                    r.resident_bytes.map(megabytes).unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            doc.table(t);
+            let all = rows.iter().find_map(|r| r.resident_bytes_all_prepacked);
+            let one = rows.iter().find_map(|r| r.resident_bytes_one_set);
+            let mut m = Table::new(&[
+                ("strategy", Align::Left),
+                ("model memory held", Align::Right),
+                ("switch it allows", Align::Left),
+            ]);
+            m.push(vec![
+                "every pattern set prepacked".into(),
+                all.map(megabytes).unwrap_or_else(|| "not measured".into()),
+                "hot".into(),
+            ]);
+            m.push(vec![
+                "one pattern set at a time".into(),
+                one.map(megabytes).unwrap_or_else(|| "not measured".into()),
+                "cold".into(),
+            ]);
+            doc.paragraph(format!("Memory each strategy costs on board {board} (packed weights of the model):"));
+            doc.table(m);
+        }
+        // Older runs (and this one, for every variant) record the agent's hot switch in run.json.
+        let times = switch_times(ctx.board_json(board));
+        if !times.is_empty() {
+            let mut ordered: Vec<(&String, &u64)> = times.iter().collect();
+            ordered.sort_by_key(|(v, _)| (ctx.color_of(v), v.to_string()));
+            doc.paragraph(format!(
+                "Hot switch of every loaded variant as the agent timed it (run.json switch_ns, median; all variants \
+                 prepacked, so a pointer swap): {}.",
+                ordered.iter().map(|(v, ns)| format!("{v} {}", human_ns(**ns))).collect::<Vec<_>>().join(", ")
+            ));
+        }
     }
 }
 
 fn power_section(ctx: &Ctx, traces: &[PowerTrace], doc: &mut Document) {
-    doc.heading(2, "Power trace");
+    doc.heading(2, "Details: power trace");
     for board in &ctx.boards {
         let Some(trace) = traces.iter().find(|t| t.board() == board) else {
             doc.paragraph(format!("Board {board}: no power measured (no monitor), so no trace."));
@@ -1096,7 +1271,12 @@ mod tests {
         assert_eq!(num(Some(1.23456), 2), "1.23");
         assert_eq!(num(None, 2), "-");
         assert_eq!(num(Some(f64::NAN), 2), "-");
-        assert_eq!(with_ci(&Estimate { point: 2.0, lower: 1.5, upper: 2.25 }, 2), "2.00 [1.50, 2.25]");
+        let e = Estimate { point: 2.0, lower: 1.5, upper: 2.25 };
+        assert_eq!(with_ci(&e, 2, 3), "2.00 [1.50, 2.25]");
+        // Fewer than 3 values: no interval, said so.
+        assert_eq!(with_ci(&e, 2, 2), "2.00 (n=2: no interval)");
+        assert_eq!(human_us(0.78), "0.8 µs");
+        assert_eq!(human_us(1500.0), "1.50 ms");
     }
 
     #[test]

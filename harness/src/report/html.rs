@@ -30,7 +30,12 @@ const STYLE: &str = "\
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
 h1{border-bottom:2px solid #444}
 h2{border-bottom:1px solid #bbb;margin-top:2em}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
+div.table-wrap{max-width:100%;overflow-x:auto;margin:0.8em 0;border:1px solid #e4e4e4}
+table{border-collapse:collapse;font-size:0.9em}
+div.table-wrap table{margin:0}
+td{overflow-wrap:break-word}
+td:last-child{min-width:14em}
+td.num{overflow-wrap:normal;white-space:nowrap}
 th,td{border:1px solid #ccc;padding:0.25em 0.6em;vertical-align:top}
 th{background:#f0f0f0}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -52,8 +57,9 @@ fn align_class(align: Align) -> &'static str {
     }
 }
 
+/// Every table sits in its own horizontally scrolling box, so a wide one never widens the page.
 fn table(out: &mut String, t: &Table) {
-    out.push_str("<table>\n<thead><tr>");
+    out.push_str("<div class=\"table-wrap\">\n<table>\n<thead><tr>");
     for c in &t.columns {
         let _ = write!(out, "<th{}>{}</th>", align_class(c.align), escape(&c.title));
     }
@@ -65,7 +71,7 @@ fn table(out: &mut String, t: &Table) {
         }
         out.push_str("</tr>\n");
     }
-    out.push_str("</tbody>\n</table>\n");
+    out.push_str("</tbody>\n</table>\n</div>\n");
 }
 
 /// Strips an XML declaration a plotting backend may put before `<svg`: it is only allowed at
@@ -109,11 +115,11 @@ pub fn render(doc: &Document) -> String {
                 out.push_str("</div>\n");
             }
             Block::Facts(facts) => {
-                out.push_str("<table class=\"facts\">\n<tbody>\n");
+                out.push_str("<div class=\"table-wrap\">\n<table class=\"facts\">\n<tbody>\n");
                 for (k, v) in facts {
                     let _ = writeln!(out, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
                 }
-                out.push_str("</tbody>\n</table>\n");
+                out.push_str("</tbody>\n</table>\n</div>\n");
             }
             Block::List(items) => {
                 out.push_str("<ul>\n");
@@ -171,5 +177,8 @@ mod tests {
         t.push(vec!["dense".into(), "1.0".into()]);
         let html = render(&Document { title: "t".into(), blocks: vec![Block::Table(t)] });
         assert!(html.contains("<tr><td>dense</td><td class=\"num\">1.0</td></tr>"), "{html}");
+        // Each table scrolls inside its own box rather than widening the page.
+        assert!(html.contains("<div class=\"table-wrap\">\n<table>"), "{html}");
+        assert!(STYLE.contains("div.table-wrap{max-width:100%;overflow-x:auto"));
     }
 }

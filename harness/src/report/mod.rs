@@ -7,12 +7,14 @@
 //!   journal's per-window means). That is all the I/O before writing.
 //! - [`crate::analysis::analyze_run`] turns the run into statistics, the RT3 schedule and
 //!   battery projections (measured and the paper's model).
-//! - [`content::build_document`] says what the report says, as a format-neutral
+//! - [`content::build_document`] says what the report says, answer first ([`answer`]: the
+//!   RT3 schedule and the best static policy against dense and block, per board), as a format-neutral
 //!   [`document::Document`] with its plots ([`plots`], SVG strings drawn with plotters);
 //!   [`markdown::render`] and [`html::render`] print it. All pure and sorted, with seeded
 //!   resampling and no generation timestamp, so the same directory gives the same bytes.
 //! - [`write_reports`] writes the files (atomically); [`terminal_summary`] is the short table.
 
+pub mod answer;
 pub mod content;
 pub mod document;
 pub mod html;

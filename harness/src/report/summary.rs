@@ -1,6 +1,7 @@
 //! The compact table `hil run` prints after a run (and `hil report` prints too): per board,
 //! level and variant the median latency, whether the deadline was met, and energy per
-//! inference; the RT3 schedule's pick marked; a SIMULATED banner first when any board was
+//! inference; the RT3 schedule's pick marked, with its battery gain and the best static
+//! policy's; a SIMULATED banner first when any board was
 //! simulated, so a simulated result is never mistaken for hardware.
 
 use std::fmt::Write as _;
@@ -105,7 +106,7 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
         ]);
     }
     out.push_str(&text_table(&t));
-    out.push_str("(RT3 *: the variant the RT3 schedule runs at that level)\n");
+    out.push_str("(RT3 *: the pattern set the RT3 schedule runs at that level)\n");
     for table in analysis.battery.iter().filter(|t| t.source == ProjectionSource::Measured) {
         let Some(row) = table.row(PolicyKind::Rt3Schedule) else { continue };
         match &row.outcome {
@@ -117,11 +118,29 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
                     p.hours,
                     num(row.gain_vs_dense_top, 2),
                     num(row.gain_vs_block_top, 2),
-                    if row.complete { "" } else { " (incomplete: some level has no variant)" }
+                    if row.complete { "" } else { " (INCOMPLETE: some level has no pattern set meeting the deadline)" }
                 );
             }
             Err(e) => {
                 let _ = writeln!(out, "battery, board {}: RT3 schedule not projected: {e}", table.board);
+            }
+        }
+        if let Some(best) = table.row(PolicyKind::BestStatic) {
+            match &best.outcome {
+                Ok(p) => {
+                    let _ = writeln!(
+                        out,
+                        "battery, board {}: {} {:.2} h, x{} vs dense at top, x{} vs block at top",
+                        table.board,
+                        best.name,
+                        p.hours,
+                        num(best.gain_vs_dense_top, 2),
+                        num(best.gain_vs_block_top, 2),
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "battery, board {}: best static policy: none ({e})", table.board);
+                }
             }
         }
     }

@@ -364,8 +364,9 @@ pub enum MonitorSettings {
 pub enum Ppk2Settings {
     /// The PPK2 powers the board at this voltage (800-5000 mV, REGULATOR_SET's range).
     SourceMeter { source_mv: u32 },
-    /// The PPK2 sits in series with the board's own supply.
-    AmpereMeter,
+    /// The PPK2 sits in series with the board's own supply, whose rail is at `rail_mv` (the PPK2 only
+    /// measures current in this mode: power and energy need the rail's voltage).
+    AmpereMeter { rail_mv: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -373,6 +374,9 @@ pub struct InaSettings {
     pub format: InaFormat,
     /// Column names overriding the auto-detected mapping (`None`: detect from the header).
     pub columns: InaColumns,
+    /// The fields of a headerless line, in order, in header syntax (`millis`, `Current[mA]`, `-` to
+    /// skip); `None`: the sketch prints a header (or the default Adafruit-style layout applies).
+    pub layout: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -448,14 +452,18 @@ pub struct ModelSpec {
     pub seq: Option<u32>,
     /// Seed for synthetic weights and inputs.
     pub seed: u64,
+    /// `rt3-transformer` only: also run the output projection onto its 33,278-word vocabulary
+    /// (most of the model's MACs) as a linear layer, pruned like the others (`lm_head: true`).
+    pub lm_head: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSource {
     Preset(ModelPreset),
-    /// A safetensors file already on the board (absolute path).
+    /// A safetensors file already on the board (absolute path), read as `preset`'s architecture.
     Safetensors {
         path: String,
+        preset: ModelPreset,
     },
 }
 
@@ -465,7 +473,8 @@ pub enum ModelPreset {
     Distilbert,
     /// 6 layers, d=384, 12 heads, FFN 1536.
     Minilm,
-    /// RT3's own model: 2 layers, d=800, 4 heads, FFN 200, seq 35.
+    /// RT3's own model, the PyTorch word-language-model Transformer: 2 layers, d=800, 4 heads,
+    /// FFN 200, seq 35, ReLU, causal attention, a 33,278-word vocabulary.
     Rt3Transformer,
 }
 
@@ -478,6 +487,11 @@ impl ModelPreset {
             ModelPreset::Rt3Transformer => "rt3-transformer",
         }
     }
+
+    /// Whether the model has a vocabulary, so `lm_head` applies.
+    pub fn has_vocabulary(self) -> bool {
+        matches!(self, ModelPreset::Rt3Transformer)
+    }
 }
 
 /// One way of running the model.
@@ -489,6 +503,9 @@ pub struct VariantSpec {
     /// Task accuracy of this variant (fraction in [0, 1]) when known from training; the RT3
     /// schedule then prefers the most accurate variant that meets the deadline.
     pub accuracy: Option<f64>,
+    /// For a pattern set: the least cosine similarity of its output to the dense model's (measured
+    /// on the board, `fidelity_cosine`) for the RT3 schedule to choose it.
+    pub min_fidelity: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -266,15 +266,26 @@ pub struct RawMonitor {
     // ppk2
     pub mode: Option<RawPpk2Mode>,
     pub source_voltage_mv: Option<RawScalar>,
+    pub rail_voltage_mv: Option<RawScalar>,
     // ina
     pub format: Option<RawInaFormat>,
-    pub columns: Option<RawInaColumns>,
+    pub columns: Option<RawInaColumnsSpec>,
     // scpi
     pub current_query: Option<String>,
     pub voltage_query: Option<String>,
     pub termination: Option<RawTermination>,
     pub poll_interval: Option<RawScalar>,
     pub reply_timeout: Option<RawScalar>,
+}
+
+/// `columns:` of an INA monitor: a map naming the header fields that hold each quantity, or, for a
+/// sketch that prints no header, the list of its fields in order (header syntax, `-` skips a field).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawInaColumnsSpec {
+    // The list first: serde would also read a sequence into the struct's fields in order.
+    Layout(Vec<String>),
+    Named(RawInaColumns),
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +323,7 @@ pub struct RawModel {
     pub safetensors: Option<String>,
     pub seq: Option<RawScalar>,
     pub seed: Option<RawScalar>,
+    pub lm_head: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -344,6 +356,7 @@ pub struct RawVariant {
     pub method: Option<RawPatternMethod>,
     pub seed: Option<RawScalar>,
     pub accuracy: Option<RawScalar>,
+    pub min_fidelity: Option<RawScalar>,
 }
 
 #[derive(Debug, Deserialize)]

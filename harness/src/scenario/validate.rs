@@ -613,6 +613,14 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
         Some(root) => c.board_path(&p("sysfs_root"), root).unwrap_or_default(),
         None => "/sys".to_string(),
     };
+    if rb.sudo == Some(true) && sysfs_root != "/sys" && !sysfs_root.is_empty() {
+        c.fail(
+            &p("sysfs_root"),
+            shown_str(&sysfs_root),
+            "with `sudo: true` the cpufreq writes must go to the kernel's /sys (sudo is lent to nothing else); \
+             a fake sysfs tree needs no sudo",
+        );
+    }
 
     let thermal_zone = rb.thermal_zone.as_ref().map(|z| {
         let ok = !z.is_empty() && z.len() <= 64 && z.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
@@ -672,6 +680,7 @@ fn monitor(c: &mut Checker, path: &str, m: &RawMonitor) -> Option<MonitorSpec> {
     if kind != MonitorKind::Ppk2 {
         c.not_applicable(&p("mode"), &m.mode, |v| format!("{v:?}"), &only("ppk2"));
         c.not_applicable(&p("source_voltage_mv"), &m.source_voltage_mv, RawScalar::shown, &only("ppk2"));
+        c.not_applicable(&p("rail_voltage_mv"), &m.rail_voltage_mv, RawScalar::shown, &only("ppk2"));
     }
     if kind != MonitorKind::Ina {
         c.not_applicable(&p("format"), &m.format, |v| format!("{v:?}"), &only("ina"));
@@ -713,18 +722,38 @@ fn monitor(c: &mut Checker, path: &str, m: &RawMonitor) -> Option<MonitorSpec> {
                     "say `source` (the PPK2 powers the board at source_voltage_mv) or `ampere` (in series with the \
                      board's supply); there is no default because the wrong one can damage a board",
                 );
-                MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter)
+                MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter { rail_mv: 0 })
             }
             Some(RawPpk2Mode::Ampere) => {
                 c.not_applicable(
                     &p("source_voltage_mv"),
                     &m.source_voltage_mv,
                     RawScalar::shown,
-                    "applies to mode: source only",
+                    "applies to mode: source only; in ampere mode give the board's rail as rail_voltage_mv",
                 );
-                MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter)
+                // In series with the board's own supply the PPK2 measures current only; the rail it
+                // sits in is whatever that supply gives (1 V to 20 V is what labs wire a PPK2 into;
+                // the PPK2 itself is specified for 0.8-5 V in ampere mode).
+                let mv = match &m.rail_voltage_mv {
+                    Some(v) => c.uint(&p("rail_voltage_mv"), v, PPK2_MIN_MV, PPK2_MAX_MV).unwrap_or(0),
+                    None => {
+                        c.missing(
+                            &p("rail_voltage_mv"),
+                            "ampere mode measures current only: give the voltage of the rail the PPK2 sits in \
+                             series with, in mV (800-5000), so power and energy can be computed",
+                        );
+                        0
+                    }
+                };
+                MonitorSettings::Ppk2(Ppk2Settings::AmpereMeter { rail_mv: mv as u32 })
             }
             Some(RawPpk2Mode::Source) => {
+                c.not_applicable(
+                    &p("rail_voltage_mv"),
+                    &m.rail_voltage_mv,
+                    RawScalar::shown,
+                    "applies to mode: ampere only; in source mode the PPK2 sets the rail (source_voltage_mv)",
+                );
                 let mv = match &m.source_voltage_mv {
                     Some(v) => c.uint(&p("source_voltage_mv"), v, PPK2_MIN_MV, PPK2_MAX_MV).unwrap_or(0),
                     None => {
@@ -737,7 +766,50 @@ fn monitor(c: &mut Checker, path: &str, m: &RawMonitor) -> Option<MonitorSpec> {
         },
         MonitorKind::Ina => {
             let mut columns = InaColumns::default();
-            if let Some(cols) = &m.columns {
+            let mut layout = None;
+            let format = match m.format {
+                None | Some(RawInaFormat::Auto) => InaFormat::Auto,
+                Some(RawInaFormat::Csv) => InaFormat::Csv,
+                Some(RawInaFormat::Tsv) => InaFormat::Tsv,
+                Some(RawInaFormat::KeyValue) => InaFormat::KeyValue,
+            };
+            if let Some(RawInaColumnsSpec::Layout(fields)) = &m.columns {
+                if format == InaFormat::KeyValue {
+                    c.fail(
+                        &p("columns"),
+                        format!("{fields:?}"),
+                        "a list of fields describes headerless CSV/TSV lines; key-value blocks name their own fields",
+                    );
+                }
+                if fields.is_empty() || fields.len() > 32 {
+                    c.fail(
+                        &p("columns"),
+                        format!("{fields:?}"),
+                        "list 1-32 fields, in the order the sketch prints them",
+                    );
+                } else if let Some(bad) = fields.iter().find(|f| !printable_ascii(f, 64) || f.contains([',', '\t'])) {
+                    c.fail(
+                        &p("columns"),
+                        shown_str(bad),
+                        "each field must be 1-64 printable ASCII characters, no separators",
+                    );
+                } else if let Some(bad) = fields.iter().find(|f| crate::power::ina::classify_field(f).is_none()) {
+                    c.fail(
+                        &p("columns"),
+                        shown_str(bad),
+                        "not a field this driver knows: use e.g. millis, BusV[V], ShuntV[mV], Current[mA], Power[mW], or - to skip",
+                    );
+                } else if !fields.iter().any(|f| {
+                    matches!(
+                        crate::power::ina::classify_field(f).map(|c| c.quantity),
+                        Some(crate::power::ina::Quantity::Current | crate::power::ina::Quantity::Power)
+                    )
+                }) {
+                    c.fail(&p("columns"), format!("{fields:?}"), "the fields must include a current or a power");
+                }
+                layout = Some(fields.clone());
+            }
+            if let Some(RawInaColumnsSpec::Named(cols)) = &m.columns {
                 let mut col = |field: &str, v: &Option<String>| {
                     v.as_ref().map(|name| {
                         if !printable_ascii(name, 64) {
@@ -755,13 +827,7 @@ fn monitor(c: &mut Checker, path: &str, m: &RawMonitor) -> Option<MonitorSpec> {
                 columns.voltage = col("voltage", &cols.voltage);
                 columns.power = col("power", &cols.power);
             }
-            let format = match m.format {
-                None | Some(RawInaFormat::Auto) => InaFormat::Auto,
-                Some(RawInaFormat::Csv) => InaFormat::Csv,
-                Some(RawInaFormat::Tsv) => InaFormat::Tsv,
-                Some(RawInaFormat::KeyValue) => InaFormat::KeyValue,
-            };
-            MonitorSettings::Ina(InaSettings { format, columns })
+            MonitorSettings::Ina(InaSettings { format, columns, layout })
         }
         MonitorKind::Scpi => {
             let mut query = |field: &str, v: &Option<String>, default: &str| match v {
@@ -836,27 +902,46 @@ fn battery(c: &mut Checker, path: &str, b: &RawBattery) -> Option<BatterySpec> {
 }
 
 fn model(c: &mut Checker, m: &RawModel) -> Option<ModelSpec> {
-    let source = match (&m.preset, &m.safetensors) {
-        (Some(preset), None) => ModelSource::Preset(match preset {
-            RawPreset::Distilbert => ModelPreset::Distilbert,
-            RawPreset::Minilm => ModelPreset::Minilm,
-            RawPreset::Rt3Transformer => ModelPreset::Rt3Transformer,
-        }),
-        (None, Some(path)) => {
-            ModelSource::Safetensors { path: c.board_path("model.safetensors", path).unwrap_or_default() }
+    let preset = m.preset.map(|preset| match preset {
+        RawPreset::Distilbert => ModelPreset::Distilbert,
+        RawPreset::Minilm => ModelPreset::Minilm,
+        RawPreset::Rt3Transformer => ModelPreset::Rt3Transformer,
+    });
+    // With a safetensors file the preset names the architecture it is read as.
+    let source = match (preset, &m.safetensors) {
+        (Some(preset), None) => ModelSource::Preset(preset),
+        (Some(preset), Some(path)) => {
+            ModelSource::Safetensors { path: c.board_path("model.safetensors", path).unwrap_or_default(), preset }
         }
-        (Some(_), Some(path)) => {
-            c.fail("model.safetensors", shown_str(path), "give either `preset` or `safetensors`, not both");
+        (None, Some(path)) => {
+            c.board_path("model.safetensors", path);
+            c.missing(
+                "model.preset",
+                "a safetensors file needs `preset` to name the architecture it holds (distilbert, minilm, \
+                 rt3-transformer)",
+            );
             return None;
         }
         (None, None) => {
-            c.missing("model.preset", "give `preset` (distilbert, minilm, rt3-transformer) or `safetensors`");
+            c.missing(
+                "model.preset",
+                "give `preset` (distilbert, minilm, rt3-transformer), optionally with `safetensors`",
+            );
             return None;
         }
     };
+    let preset = preset.expect("a source was found, so a preset was given");
+    let lm_head = m.lm_head.unwrap_or(false);
+    if lm_head && !preset.has_vocabulary() {
+        c.fail(
+            "model.lm_head",
+            "true",
+            format!("{} has no vocabulary to project onto; only rt3-transformer has an lm_head", preset.as_str()),
+        );
+    }
     let seq = m.seq.as_ref().and_then(|s| c.uint("model.seq", s, 1, 4096)).map(|v| v as u32);
     let seed = c.opt_uint("model.seed", &m.seed, 0, 0, u64::MAX);
-    Some(ModelSpec { source, seq, seed })
+    Some(ModelSpec { source, seq, seed, lm_head })
 }
 
 fn variants(c: &mut Checker, raw: &[RawVariant], model_seed: u64) -> Vec<VariantSpec> {
@@ -938,7 +1023,15 @@ fn variants(c: &mut Checker, raw: &[RawVariant], model_seed: u64) -> Vec<Variant
             }
         };
         let accuracy = v.accuracy.as_ref().and_then(|a| c.real(&p("accuracy"), a, 0.0, 1.0, false));
-        out.push(VariantSpec { name: v.name.clone(), kind, accuracy });
+        let min_fidelity = v.min_fidelity.as_ref().and_then(|f| c.real(&p("min_fidelity"), f, 0.0, 1.0, false));
+        if min_fidelity.is_some() && !matches!(kind, VariantKind::Pattern { .. }) {
+            c.fail(
+                &p("min_fidelity"),
+                format!("{:?}", min_fidelity.unwrap_or_default()),
+                "only pattern sets are scheduled (dense and block variants are the baselines): remove it here",
+            );
+        }
+        out.push(VariantSpec { name: v.name.clone(), kind, accuracy, min_fidelity });
     }
     // Pattern bases, once every name is known. The agent prepares variants in order, so the
     // base comes first; and a set's sparsity counts the base's BP zeros, so it exceeds it.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use harness::results::CellRecord;
+use harness::results::{CellRecord, SwitchRecord};
 
 /// A finished cell with the given per-iteration latencies and (optional) power figures.
 pub fn record(
@@ -48,6 +48,7 @@ pub fn record(
         throttled: false,
         temp_before_c: None,
         temp_after_c: None,
+        cooldown_timed_out: false,
         checksum: format!("{variant}-sum"),
         mean_power_w: energy_mj.map(|e| e / s.mean_ms),
         idle_power_w: idle_w,
@@ -57,6 +58,18 @@ pub fn record(
         lost_samples: energy_mj.map(|_| 0),
         clock_offset_uncertainty_us: None,
         power_flagged: energy_mj.map(|_| false),
+        power_rate_hz: None,
+        power_few_samples: None,
+        energy_missing_reason: None,
+        monitor_clock_ppm: None,
+        monitor_clock_points: None,
+        monitor_clock_spread_us: None,
+        monitor_clock_bound_us: None,
+        fidelity_cosine: None,
+        fidelity_rel_l2: None,
+        fidelity_kind: None,
+        time_capped: false,
+        agent_note: None,
         window_host_start_ns: None,
         window_host_end_ns: None,
         window_energy_j: energy_mj.map(|e| e * n as f64 / 1e3),
@@ -136,4 +149,38 @@ pub fn run_json(model_seed: u64) -> serde_json::Value {
             }
         }
     })
+}
+
+/// `rec` with a measured output fidelity (cosine; relative L2 derived for a unit-norm output).
+pub fn with_fidelity(mut rec: CellRecord, cosine: f64) -> CellRecord {
+    rec.fidelity_cosine = Some(cosine);
+    rec.fidelity_rel_l2 = Some((2.0 - 2.0 * cosine).max(0.0).sqrt());
+    rec.fidelity_kind = Some("perturbation (synthetic weights)".into());
+    rec
+}
+
+/// A `switch.parquet` row as the runner writes it.
+pub fn switch_record(board: &str, variant: &str, hot_us: f64, cold_ms: f64, cold_penalty_ms: f64) -> SwitchRecord {
+    SwitchRecord {
+        board: board.into(),
+        variant: variant.into(),
+        freq_khz: 600_000,
+        simulated: true,
+        rounds: 5,
+        hot_switch_us: hot_us,
+        cold_switch_ms: cold_ms,
+        hot_first_inference_penalty_ms: -0.1,
+        cold_first_inference_penalty_ms: cold_penalty_ms,
+        first_inference_penalty_ms: cold_penalty_ms,
+        resident_bytes: 4_000_000,
+        resident_bytes_all_prepacked: Some(80_000_000),
+        resident_bytes_one_set: Some(60_000_000),
+        within_45_ms: cold_ms + cold_penalty_ms.max(0.0) <= 45.0,
+    }
+}
+
+/// Writes `dir/switch.parquet` from `rows` (what `ResultsStore::append_switches` leaves behind).
+pub fn write_switch_parquet(dir: &Path, rows: &[SwitchRecord]) {
+    let mut df = harness::results::switch_frame(rows).unwrap();
+    harness::results::write_parquet_atomic(&dir.join(harness::results::SWITCH_PARQUET), &mut df).unwrap();
 }

@@ -44,7 +44,7 @@ const MAX_PANEL_ROWS: usize = 8;
 /// the kernel issues `vectors + rows` loads for `rows * vectors` FMAs, which
 /// leaves the load ports idle enough for the gathered `xᵀ` rows to stream
 /// from L2.
-const fn blocking(backend: Backend) -> (usize, usize) {
+pub(super) const fn blocking(backend: Backend) -> (usize, usize) {
     match backend {
         Backend::Avx512 => (8, 3),
         Backend::Avx2Fma => (6, 2),
@@ -57,7 +57,7 @@ const fn blocking(backend: Backend) -> (usize, usize) {
 /// `max_height` allows and of near-equal heights (a 32-row strip with 6-row
 /// panels becomes 6+6+5+5+5+5, not 6+6+6+6+6+2: a 2-row panel would run at a
 /// fraction of the micro-kernel's peak).
-fn panels(rows: usize, max_height: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(super) fn panels(rows: usize, max_height: usize) -> impl Iterator<Item = (usize, usize)> {
     let count = rows.div_ceil(max_height);
     let base = rows.checked_div(count).unwrap_or(0);
     let taller = rows.checked_rem(count).unwrap_or(0);
@@ -192,28 +192,16 @@ impl BlockSparseLinear {
                 y: SharedOut(y.as_mut_slice().as_mut_ptr()),
                 backend,
             };
-            let threads = threads.count().min(self.strips.len()).max(1);
-            if threads == 1 {
-                job.run(0..self.strips.len());
-            } else {
-                let per_thread = self.strips.len().div_ceil(threads);
-                std::thread::scope(|scope| {
-                    for first in (0..self.strips.len()).step_by(per_thread) {
-                        let last = (first + per_thread).min(self.strips.len());
-                        let job = &job;
-                        scope.spawn(move || job.run(first..last));
-                    }
-                });
-            }
+            super::split_range(self.strips.len(), threads, &|range| job.run(range));
         });
     }
 }
 
 thread_local! {
     /// Feature-major activations `xᵀ` of the current `forward` call.
-    static XT_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static XT_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// One strip's `rows x tokens` outputs before they are transposed into `y`.
-    static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `len` floats of `buf` starting on a cache line, growing `buf` if needed.
@@ -221,7 +209,7 @@ thread_local! {
 /// The micro-kernel loads whole vectors from `xᵀ` rows and the tile: with
 /// the 16-byte alignment a large `Vec` gets from the allocator, a 64-byte
 /// AVX-512 load would straddle two cache lines every time.
-fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     let slack = CACHE_LINE_BYTES / std::mem::size_of::<f32>();
     if buf.len() < len + slack {
         buf.resize(len + slack, 0.0);
@@ -232,7 +220,14 @@ fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// The output pointer, shared by threads that write disjoint columns of `y`.
 #[derive(Clone, Copy, Debug)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the field).
+    pub(super) fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: threads write disjoint strips (output columns) through it; `forward`
 // holds the unique borrow of `y` until every thread has joined.
 unsafe impl Send for SharedOut {}
@@ -305,15 +300,15 @@ unsafe fn strips_neon(job: &StripJob, range: std::ops::Range<usize>, tile: &mut 
 /// chunk is reused by every panel of the strip, so it must stay in L1d
 /// (48 KiB on the x86-64 reference machine, 32-64 KiB on Cortex-A cores),
 /// next to the panel's weights and output rows.
-const XT_CHUNK_BYTES: usize = 24 * 1024;
+pub(super) const XT_CHUNK_BYTES: usize = 24 * 1024;
 
 /// How many kept columns ahead the micro-kernel prefetches `xᵀ` rows: enough
 /// iterations (about 12 cycles each) to cover an L2 or L3 hit. Measured on the
 /// reference x86-64 machine: about 10 % faster for 3072->768 (whose 1.5 MiB
 /// `xᵀ` does not stay in L2), no change for 768->3072.
-const PREFETCH_AHEAD: usize = 8;
+pub(super) const PREFETCH_AHEAD: usize = 8;
 
-const CACHE_LINE_BYTES: usize = 64;
+pub(super) const CACHE_LINE_BYTES: usize = 64;
 
 /// The strip loop, written once over the vector type `V` with `NV` token
 /// vectors per register block; inlined into each backend's entry function.
@@ -483,15 +478,17 @@ impl LinearKernel for BlockSparseLinear {
         self.forward_with(x, y, threads, self.backend);
     }
 
-    /// `nnz` counts every stored (and multiplied) weight: `rows x kept` per
-    /// strip, which for a BP mask is exactly the kept weights. `bytes` adds
-    /// the `u32` column indices and the per-strip bookkeeping.
+    /// `multiplied` counts every stored weight: `rows x kept` per strip, which
+    /// for a BP mask is exactly the kept weights (a partially kept column
+    /// stores explicit zeros); `nnz` the non-zero ones. `bytes` adds the `u32`
+    /// column indices and the per-strip bookkeeping.
     fn stats(&self) -> LayerStats {
-        let nnz = self.weights.len();
-        let bytes = nnz * std::mem::size_of::<f32>()
+        let multiplied = self.weights.len();
+        let nnz = self.weights.iter().filter(|v| **v != 0.0).count();
+        let bytes = multiplied * std::mem::size_of::<f32>()
             + self.cols.len() * std::mem::size_of::<u32>()
             + self.strips.len() * std::mem::size_of::<Strip>();
-        LayerStats { out_features: self.out_features, in_features: self.in_features, nnz, bytes }
+        LayerStats { out_features: self.out_features, in_features: self.in_features, nnz, bytes, multiplied }
     }
 
     fn effective_weights(&self) -> Matrix {

@@ -102,7 +102,7 @@ impl LinearKernel for DenseLinear {
     fn stats(&self) -> LayerStats {
         let (in_features, out_features) = self.wt.shape();
         let nnz = out_features * in_features;
-        LayerStats { out_features, in_features, nnz, bytes: nnz * std::mem::size_of::<f32>() }
+        LayerStats { out_features, in_features, nnz, bytes: nnz * std::mem::size_of::<f32>(), multiplied: nnz }
     }
 
     fn effective_weights(&self) -> Matrix {

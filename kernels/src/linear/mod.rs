@@ -8,9 +8,35 @@
 
 pub mod block;
 pub mod dense;
+pub mod masked;
 pub mod pattern;
 
 use crate::matrix::Matrix;
+use std::ops::Range;
+
+/// The one thread-splitting scheme of the sparse kernels: `work` runs over
+/// `0..n` (strips of output rows, or token panels) cut into at most
+/// `threads` contiguous ranges, on rayon's global pool, the pool `gemm`'s
+/// dense path uses too. The pool's threads are created once and live for the
+/// process, so their thread-local scratch (transposed tiles, panels) is
+/// allocated once per thread; one thread runs `work` inline, with no pool.
+///
+/// `work` must not call back into a kernel that borrows the calling thread's
+/// scratch (the calling thread may execute parts while it waits).
+pub(crate) fn split_range(n: usize, threads: Threads, work: &(dyn Fn(Range<usize>) + Sync)) {
+    let parts = threads.count().min(n).max(1);
+    if parts == 1 {
+        work(0..n);
+        return;
+    }
+    let per = n.div_ceil(parts);
+    rayon::scope(|s| {
+        for first in (0..n).step_by(per) {
+            let last = (first + per).min(n);
+            s.spawn(move |_| work(first..last));
+        }
+    });
+}
 
 /// What a layer stores: for reports and the agent's `load` reply.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,10 +44,15 @@ use crate::matrix::Matrix;
 pub struct LayerStats {
     pub out_features: usize,
     pub in_features: usize,
-    /// Weights actually stored and multiplied (explicit zeros excluded).
+    /// Non-zero weights the layer stores (explicit zeros excluded).
     pub nnz: usize,
     /// Bytes of the packed weights plus any index data.
     pub bytes: usize,
+    /// Weights multiplied per token, explicit zeros included (padding and
+    /// union slots of the pattern kernel, BP zeros under a partially kept
+    /// column of the block kernel): the honest work count, `>= nnz`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub multiplied: usize,
 }
 
 impl LayerStats {

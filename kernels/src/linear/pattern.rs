@@ -713,17 +713,15 @@ impl LinearKernel for PatternSparseLinear {
         }
         let pw = self.panel_width();
         let panels = tokens.div_ceil(pw);
-        let workers = threads.count().min(panels);
-        if workers <= 1 {
-            self.forward_tokens(x, 0, y.as_mut_slice());
-            return;
-        }
+        let out = self.out_features;
+        let y_rows = super::block::SharedOut(y.as_mut_slice().as_mut_ptr());
         // Threads take contiguous runs of whole panels (disjoint token rows of y).
-        let per_worker = panels.div_ceil(workers) * pw;
-        std::thread::scope(|s| {
-            for (i, rows) in y.as_mut_slice().chunks_mut(per_worker * self.out_features).enumerate() {
-                s.spawn(move || self.forward_tokens(x, i * per_worker, rows));
-            }
+        super::split_range(panels, threads, &|range| {
+            let (t0, t1) = (range.start * pw, (range.end * pw).min(tokens));
+            // SAFETY: ranges are disjoint, so each part owns token rows t0..t1 of `y`
+            // (`tokens x out`), which `forward` borrows mutably until every part is done.
+            let rows = unsafe { std::slice::from_raw_parts_mut(y_rows.ptr().add(t0 * out), (t1 - t0) * out) };
+            self.forward_tokens(x, t0, rows);
         });
     }
 
@@ -732,7 +730,13 @@ impl LinearKernel for PatternSparseLinear {
             + std::mem::size_of_val(self.cols.as_slice())
             + std::mem::size_of_val(self.runs.as_slice())
             + std::mem::size_of_val(self.groups.as_slice());
-        LayerStats { out_features: self.out_features, in_features: self.in_features, nnz: self.nnz, bytes }
+        LayerStats {
+            out_features: self.out_features,
+            in_features: self.in_features,
+            nnz: self.nnz,
+            bytes,
+            multiplied: self.weights.len(),
+        }
     }
 
     /// Rebuilt from the packed groups, so it checks the packing as well.

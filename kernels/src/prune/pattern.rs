@@ -465,6 +465,13 @@ fn choose_set(layer: &TiledLayer, candidates: &[Vec<u32>], patterns_per_set: usi
 /// When the config is invalid ([`PatternConfig::validate`]) or `base` does not
 /// have the shape of `w`.
 pub fn generate_pattern_set(w: &Matrix, base: &Mask, cfg: &PatternConfig) -> PatternSet {
+    generate_for_total(w, base, cfg, w.rows() * w.cols())
+}
+
+/// [`generate_pattern_set`] with the sparsity target counted over `total`
+/// weights instead of `w`'s own (the compacted matrix of a BP base stands for
+/// a larger layer).
+fn generate_for_total(w: &Matrix, base: &Mask, cfg: &PatternConfig, total: usize) -> PatternSet {
     if let Err(e) = cfg.validate() {
         panic!("generate_pattern_set: {e}");
     }
@@ -476,12 +483,11 @@ pub fn generate_pattern_set(w: &Matrix, base: &Mask, cfg: &PatternConfig) -> Pat
         return PatternSet::new(tile, vec![Pattern::from_keep(tile, vec![true; area])]);
     }
     let candidates = Candidates::new(&layer, cfg);
-    let total = w.rows() * w.cols();
     let target_kept = ((1.0 - cfg.sparsity) * total as f64).round() as usize;
     let evaluate = |k: usize| choose_set(&layer, &candidates.with_kept(&layer, k), cfg.patterns_per_set);
 
     let no_padding = w.rows().is_multiple_of(tile) && w.cols().is_multiple_of(tile);
-    let choice = if no_padding && base.kept() == total {
+    let choice = if no_padding && total == w.rows() * w.cols() && base.kept() == total {
         // Every tile keeps exactly k weights whichever pattern it takes.
         let k = ((1.0 - cfg.sparsity) * area as f64).round() as usize;
         evaluate(k.min(area))
@@ -552,6 +558,147 @@ pub fn assign_patterns(w: &Matrix, base: &Mask, set: &PatternSet) -> PatternAssi
         }
     }
     PatternAssignment { tile, tiles_down: layer.tiles_down, tiles_across: layer.tiles_across, chosen, mask }
+}
+
+/// The compacted blocks of a BP base, on which pattern tiles are laid.
+///
+/// # Semantics of PP on a BP base
+/// The base is read as strips of `strip_rows` rows (the BP block height; the
+/// last strip may be shorter). Strip `s` keeps the input columns
+/// `K_s` that any of its rows keeps (ascending); for a BP mask made of whole
+/// column segments, those are exactly the kept segments' columns, whatever
+/// their width. Its *compacted block* is `w[rows of s][K_s]`, a dense
+/// `rows x |K_s|` matrix holding every weight BP kept and nothing it removed.
+/// The compacted blocks are stacked, each strip starting on a tile boundary
+/// (padded down to a whole number of tiles), and left-aligned; pattern tiles
+/// are laid over that stack exactly as over a plain matrix
+/// ([`generate_pattern_set`], [`assign_patterns`]; edge tiles zero-padded).
+/// Weight `(r, K_s[j])` of strip `s` is then kept iff the base keeps it AND
+/// the pattern of its compacted tile (`(strip offset + r - s·strip_rows) / tile`,
+/// `j / tile`) keeps its in-tile position. The final mask is therefore the
+/// base mask intersected with a pattern mask; the pattern mask is a union of
+/// whole patterns in compacted coordinates, so a kernel that runs on the
+/// compacted blocks multiplies kept weights only.
+///
+/// With a dense base (or any base whose strips keep every column) and
+/// `strip_rows` a multiple of the tile, compaction is the identity and this
+/// is plain PP.
+#[derive(Clone, Debug)]
+pub struct BlockCompaction {
+    rows: usize,
+    cols: usize,
+    strip_rows: usize,
+    /// Per strip: first row in the compacted stack, kept input columns.
+    strips: Vec<(usize, Vec<u32>)>,
+    /// Rows and columns of the compacted stack.
+    stack_rows: usize,
+    stack_cols: usize,
+}
+
+impl BlockCompaction {
+    /// Reads the strips of `base` (`strip_rows` rows each) for tiles of `tile`.
+    ///
+    /// # Panics
+    /// When `strip_rows` or `tile` is 0.
+    pub fn new(base: &Mask, strip_rows: usize, tile: usize) -> Self {
+        assert!(strip_rows > 0 && tile > 0, "BlockCompaction: strip_rows and tile must be at least 1");
+        let (rows, cols) = base.shape();
+        let mut strips = Vec::with_capacity(rows.div_ceil(strip_rows));
+        let mut offset = 0;
+        for row0 in (0..rows).step_by(strip_rows) {
+            let h = strip_rows.min(rows - row0);
+            let kept: Vec<u32> =
+                (0..cols).filter(|&c| (row0..row0 + h).any(|r| base.get(r, c))).map(|c| c as u32).collect();
+            strips.push((offset, kept));
+            offset += h.next_multiple_of(tile);
+        }
+        let stack_cols = strips.iter().map(|(_, k)| k.len()).max().unwrap_or(0);
+        Self { rows, cols, strip_rows, strips, stack_rows: offset, stack_cols }
+    }
+
+    /// Shape of the compacted stack.
+    pub fn stack_shape(&self) -> (usize, usize) {
+        (self.stack_rows, self.stack_cols)
+    }
+
+    /// Kept input columns of each strip.
+    pub fn kept_columns(&self) -> impl Iterator<Item = &[u32]> {
+        self.strips.iter().map(|(_, k)| k.as_slice())
+    }
+
+    /// Every original position `(r, c)` and its place `(sr, sc)` in the stack.
+    fn positions(&self) -> impl Iterator<Item = ((usize, usize), (usize, usize))> + '_ {
+        self.strips.iter().enumerate().flat_map(move |(s, (offset, kept))| {
+            let row0 = s * self.strip_rows;
+            let h = self.strip_rows.min(self.rows - row0);
+            (0..h).flat_map(move |lr| {
+                kept.iter().enumerate().map(move |(j, &c)| ((row0 + lr, c as usize), (offset + lr, j)))
+            })
+        })
+    }
+
+    /// The compacted stack of `w` (zeros in padding).
+    pub fn compact_weights(&self, w: &Matrix) -> Matrix {
+        assert_eq!(w.shape(), (self.rows, self.cols), "BlockCompaction: weights have the wrong shape");
+        let mut out = Matrix::zeros(self.stack_rows, self.stack_cols);
+        for ((r, c), (sr, sc)) in self.positions() {
+            out.set(sr, sc, w.get(r, c));
+        }
+        out
+    }
+
+    /// The compacted stack of `mask` (padding not kept).
+    pub fn compact_mask(&self, mask: &Mask) -> Mask {
+        assert_eq!(mask.shape(), (self.rows, self.cols), "BlockCompaction: mask has the wrong shape");
+        let mut out = Mask::from_vec(self.stack_rows, self.stack_cols, vec![false; self.stack_rows * self.stack_cols]);
+        for ((r, c), (sr, sc)) in self.positions() {
+            out.set(sr, sc, mask.get(r, c));
+        }
+        out
+    }
+
+    /// A mask over the stack, back in the original coordinates (dropped columns not kept).
+    pub fn lift(&self, stacked: &Mask) -> Mask {
+        assert_eq!(stacked.shape(), (self.stack_rows, self.stack_cols), "BlockCompaction::lift: wrong shape");
+        let mut out = Mask::from_vec(self.rows, self.cols, vec![false; self.rows * self.cols]);
+        for ((r, c), (sr, sc)) in self.positions() {
+            out.set(r, c, stacked.get(sr, sc));
+        }
+        out
+    }
+}
+
+/// A pattern assignment on the compacted blocks of a BP base.
+#[derive(Clone, Debug)]
+pub struct BlockPatternAssignment {
+    /// Choices per tile of the compacted stack (its mask is in stack coordinates).
+    pub compacted: PatternAssignment,
+    /// The final mask in the layer's coordinates: base AND pattern (see [`BlockCompaction`]).
+    pub mask: Mask,
+}
+
+/// [`generate_pattern_set`] on the compacted blocks of the BP `base` read as
+/// strips of `strip_rows` rows; `cfg.sparsity` is the target for the whole
+/// layer, BP zeros included.
+pub fn generate_pattern_set_on_blocks(w: &Matrix, base: &Mask, strip_rows: usize, cfg: &PatternConfig) -> PatternSet {
+    let compaction = BlockCompaction::new(base, strip_rows, cfg.tile.max(1));
+    let (wc, bc) = (compaction.compact_weights(w), compaction.compact_mask(base));
+    generate_for_total(&wc, &bc, cfg, w.rows() * w.cols())
+}
+
+/// [`assign_patterns`] on the compacted blocks of the BP `base` (see
+/// [`BlockCompaction`] for the exact semantics).
+pub fn assign_patterns_on_blocks(
+    w: &Matrix,
+    base: &Mask,
+    strip_rows: usize,
+    set: &PatternSet,
+) -> BlockPatternAssignment {
+    let compaction = BlockCompaction::new(base, strip_rows, set.tile());
+    let (wc, bc) = (compaction.compact_weights(w), compaction.compact_mask(base));
+    let compacted = assign_patterns(&wc, &bc, set);
+    let mask = compaction.lift(compacted.mask());
+    BlockPatternAssignment { compacted, mask }
 }
 
 #[cfg(test)]

@@ -180,6 +180,22 @@ pub fn known_hosts_entries(text: &str) -> impl Iterator<Item = &str> {
     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// The 1-based line of a `@revoked` entry for this key, if any. OpenSSH's `sshd(8)`: a key on a
+/// `@revoked` line "must not ever be accepted"; this refuses it for every host, under every checking
+/// mode (accept-new would otherwise add a revoked key as new, since libssh2 skips the marker).
+pub fn revoked_line(text: &str, key: &ServerHostKey) -> Option<usize> {
+    let ours = base64(&key.blob, false);
+    text.lines().enumerate().find_map(|(i, line)| {
+        let mut fields = line.split_whitespace();
+        if fields.next() != Some("@revoked") {
+            return None;
+        }
+        // @revoked <patterns> <type> <base64> [comment]
+        let blob = fields.nth(2)?;
+        (blob.trim_end_matches('=') == ours).then_some(i + 1)
+    })
+}
+
 /// Standard base64 (RFC 4648 section 4), with or without `=` padding.
 pub fn base64(data: &[u8], pad: bool) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -202,6 +218,19 @@ pub fn base64(data: &[u8], pad: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revoked_key_is_found_whatever_its_host_pattern_and_padding() {
+        let key = ServerHostKey { blob: b"\0\0\0\x0bssh-ed25519 some key bytes".to_vec() };
+        let padded = base64(&key.blob, true);
+        let text = format!("# comment\nboard.example ssh-ed25519 AAAAother\n@revoked * ssh-ed25519 {padded} old key\n");
+        assert_eq!(revoked_line(&text, &key), Some(3));
+        let unpadded = format!("@revoked [10.0.0.2]:2222 ssh-ed25519 {}\n", base64(&key.blob, false));
+        assert_eq!(revoked_line(&unpadded, &key), Some(1));
+        // The same key, not revoked; and a revoked other key.
+        assert_eq!(revoked_line(&format!("board ssh-ed25519 {padded}\n"), &key), None);
+        assert_eq!(revoked_line("@revoked * ssh-ed25519 AAAAC3Nza\n", &key), None);
+    }
 
     fn ed25519_key() -> ServerHostKey {
         let mut blob = Vec::new();
