@@ -162,7 +162,10 @@ pub fn cell_order(levels: usize, variants: usize, repeats: u32) -> Vec<(usize, u
 /// overhead and, with a cool-down temperature, a margin for waiting.
 pub fn estimate_cell(scenario: &Scenario) -> Duration {
     let m = &scenario.measure;
-    let per_inference = scenario.constraints.latency_deadline.unwrap_or(ASSUMED_INFERENCE);
+    let per_inference = match &scenario.constraints.latency_deadline {
+        Some(crate::scenario::Deadline::Fixed(d)) => *d,
+        _ => ASSUMED_INFERENCE,
+    };
     let by_count = per_inference.saturating_mul(u32::try_from(m.min_iterations).unwrap_or(u32::MAX));
     let warmup = per_inference.saturating_mul(m.warmup_iterations);
     let cooldown = if m.cooldown_temp_c.is_some() { COOLDOWN_MARGIN } else { Duration::ZERO };
@@ -344,7 +347,7 @@ fn summary(scenario: &Scenario) -> Vec<(&'static str, String)> {
             "dvfs",
             format!("{}, settle {}", describe_governor(&scenario.dvfs.governor), format_duration(scenario.dvfs.settle)),
         ),
-        ("deadline", scenario.constraints.latency_deadline.map(format_duration).unwrap_or_else(|| "none".to_string())),
+        ("deadline", scenario.constraints.latency_deadline.as_ref().map(|d| d.explain()).unwrap_or_else(|| "none".into())),
         ("order", "repeat-major (each level x variant once per repeat), variants rotated each repeat".to_string()),
     ];
     if let Some(r) = &scenario.regression {

@@ -18,6 +18,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use crate::plan::CellKey;
+use crate::scenario::Deadline;
 
 /// One finished cell: what `cells.parquet` holds per row (latencies go to `latency.parquet`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,6 +111,10 @@ pub struct CellRecord {
     pub time_capped: bool,
     #[serde(default)]
     pub agent_note: Option<String>,
+    /// On a simulated board: the mean factor the agent stretched the window's inferences by
+    /// (`f_max / f` of the simulated clock); `None` on real hardware.
+    #[serde(default)]
+    pub sim_stretch_factor: Option<f64>,
     /// The agent's window on the host's monotonic clock (after clock alignment), ns.
     #[serde(default)]
     pub window_host_start_ns: Option<i64>,
@@ -206,6 +211,7 @@ fn cells_frame_text(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "fidelity_kind" => |r| r.fidelity_kind.clone(),
         "time_capped" => |r| r.time_capped,
         "agent_note" => |r| r.agent_note.clone(),
+        "sim_stretch_factor" => |r| r.sim_stretch_factor,
     )
 }
 
@@ -421,6 +427,30 @@ pub struct ResultsStore {
     dir: PathBuf,
     cells: Vec<CellRecord>,
     switches: Vec<SwitchRecord>,
+    /// A deadline relative to a measured variant, resolved in the tables as cells arrive.
+    deadline: Option<Deadline>,
+}
+
+/// Fills `deadline_ms` / `deadline_met` of cells journaled without them because the scenario's
+/// deadline is relative (`1.3x dense`): per board, the factor times the reference variant's p99
+/// over every timed inference of every repeat at the highest frequency it was measured at (the
+/// statistic the RT3 schedule judges, [`crate::analysis::ScheduleRule::for_board`]). Cells of a
+/// board whose reference has no latencies yet keep them empty.
+pub fn fill_relative_deadlines(cells: &mut [CellRecord], deadline: &Deadline) {
+    let Deadline::Relative { reference, .. } = deadline else { return };
+    let boards: HashSet<String> = cells.iter().map(|c| c.board.clone()).collect();
+    for board in boards {
+        let of_reference = || cells.iter().filter(|c| c.board == board && &c.variant == reference);
+        let Some(top) = of_reference().map(|c| c.freq_khz).max() else { continue };
+        let pooled: Vec<u64> =
+            of_reference().filter(|c| c.freq_khz == top).flat_map(|c| c.latencies_ns.iter().copied()).collect();
+        let p99 = crate::stats::Sample::from_ns(&pooled).ok().map(|s| crate::stats::Statistic::P99.of(&s));
+        let Some(ms) = deadline.resolve_ms(p99) else { continue };
+        for c in cells.iter_mut().filter(|c| c.board == board) {
+            c.deadline_ms = Some(ms);
+            c.deadline_met = Some(c.latency_p99_ms <= ms);
+        }
+    }
 }
 
 impl ResultsStore {
@@ -436,7 +466,12 @@ impl ResultsStore {
             switches.retain(|s| !(s.board == r.board && s.variant == r.variant));
             switches.push(r);
         }
-        Ok(Self { dir: dir.to_path_buf(), cells, switches })
+        Ok(Self { dir: dir.to_path_buf(), cells, switches, deadline: None })
+    }
+
+    /// The scenario's deadline, for resolving a relative one in the tables.
+    pub fn set_deadline(&mut self, deadline: Option<Deadline>) {
+        self.deadline = deadline;
     }
 
     pub fn dir(&self) -> &Path {
@@ -499,7 +534,11 @@ impl ResultsStore {
 
     /// Regenerates `cells.parquet` and `latency.parquet` from the journal.
     pub fn write_tables(&self) -> Result<()> {
-        let mut cells = cells_frame(&self.cells).context("building cells table")?;
+        let mut rows = self.cells.clone();
+        if let Some(d) = &self.deadline {
+            fill_relative_deadlines(&mut rows, d);
+        }
+        let mut cells = cells_frame(&rows).context("building cells table")?;
         write_parquet_atomic(&self.dir.join(CELLS_PARQUET), &mut cells)?;
         let mut lat = latency_frame(&self.cells).context("building latency table")?;
         write_parquet_atomic(&self.dir.join(LATENCY_PARQUET), &mut lat)?;
@@ -605,6 +644,7 @@ pub(crate) mod tests {
             fidelity_kind: None,
             time_capped: false,
             agent_note: None,
+            sim_stretch_factor: None,
             started_at: "2026-11-28T10:00:00Z".into(),
             attempts: 1,
             iterations: 3,

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use device_agent::protocol::{
     HelloReply, LoadReply, LoadRequest, ModelSpec as WireModel, PatternMethod as WireMethod, RunRequest,
     VariantSpecWire,
@@ -168,7 +168,8 @@ pub fn run_scenario(
     stop: Arc<AtomicBool>,
 ) -> Result<RunOutcome> {
     let (dir, meta) = crate::runmeta::open_run_dir(scenario, scenario_text, opts)?;
-    let store = ResultsStore::open(&dir)?;
+    let mut store = ResultsStore::open(&dir)?;
+    store.set_deadline(scenario.constraints.latency_deadline.clone());
     let done: HashSet<_> = store.finished();
     if !done.is_empty() {
         eprintln!("resuming {}: {} cells already finished", dir.display(), done.len());
@@ -338,6 +339,22 @@ pub fn load_request(scenario: &Scenario) -> LoadRequest {
     LoadRequest { model, variants, residency: Default::default() }
 }
 
+/// A simulated board's agent must stretch its inferences by the simulated clock: one that runs at
+/// the host's full speed would report latencies (and energies) that do not follow the simulated
+/// frequency, under a SIMULATED label that claims they do. The reverse cannot happen: the agent
+/// refuses to stretch under a tree that is not the simulator's.
+fn check_stretching(board: &str, simulated: bool, hello: &HelloReply) -> Result<()> {
+    if simulated && hello.sim_stretch.is_none() {
+        bail!(
+            "board {board} is simulated, but its agent does not stretch inferences by the simulated clock \
+             (its hello has no sim_stretch): latency would not follow the simulated frequency. Start the agent \
+             through the simulator's wrapper (`hil sim serve` prints its run-agent path, for exec_prefix) or \
+             with --sim-sysfs-root pointing at the simulator's tree"
+        );
+    }
+    Ok(())
+}
+
 /// Starts the agent and loads the model; returns the client and the load reply.
 fn start_agent(
     board: &mut dyn Board,
@@ -384,7 +401,7 @@ fn run_board_inner(
 ) -> Result<()> {
     let scenario = shared.scenario;
     let name = spec.name.as_str();
-    // A simulated board brings its own fake sysfs, throttled agent and emulated PPK2.
+    // A simulated board brings its own fake sysfs, stretching agent wrapper and emulated PPK2.
     let sim = if spec.sim {
         bar.set_message("starting simulator");
         let root = Path::new(&spec.workdir).join("sim");
@@ -424,9 +441,13 @@ fn run_board_inner(
     if simulated && !spec.sim {
         say(bar, format!("board {name}: its sysfs tree is hil's simulator's: every result is labelled SIMULATED"));
     }
+    let served_description = (simulated && !spec.sim).then(|| served_sim_description(report.simulated.as_ref()));
     shared.update_board_meta(name, |m| {
         m.transport = board.transport().to_string();
         m.simulated = simulated;
+        if let Some(d) = &served_description {
+            m.simulation = Some(d.clone());
+        }
         m.probe = Some(report.clone());
         m.restored_from_previous_crash = recovered.is_some();
         m.policies = resolved.policies.clone();
@@ -484,6 +505,22 @@ fn run_board_inner(
     }
 }
 
+/// What a board served by `hil sim serve` is, from the marker its simulator left in the sysfs tree
+/// (the same facts a `sim: true` board records from its own simulator).
+fn served_sim_description(marker: Option<&serde_json::Value>) -> String {
+    let field = |k: &str| marker.and_then(|m| m.pointer(k)).and_then(|v| v.as_str()).map(str::to_string);
+    let number = |k: &str| marker.and_then(|m| m.pointer(k)).and_then(|v| v.as_f64());
+    let speed = field("/speed").unwrap_or_else(|| "speed model not recorded".into());
+    let power = match (field("/model/formula"), number("/model/static_w"), number("/model/dyn_coeff")) {
+        (Some(f), Some(s), Some(c)) => format!("power model {f} with static_w {s} W, dyn_coeff {c:.3e} W/(V^2 Hz)"),
+        _ => "power model not recorded".into(),
+    };
+    format!(
+        "SIMULATED board served by `hil sim serve` (its sysfs tree carries the simulator's marker): {speed}; \
+         {power}; power read through its emulated PPK2"
+    )
+}
+
 /// Prints a line above the board's progress bar, or to stderr when there are no bars
 /// (`--no-progress`, or stderr is not a terminal), so retries show in CI logs too.
 fn say(bar: &ProgressBar, line: String) {
@@ -520,6 +557,7 @@ fn measure_cells(
     let name = spec.name.as_str();
     bar.set_message("loading model");
     let (mut agent, hello, load) = start_agent(guard.board(), spec, scenario, &deployed.remote_path)?;
+    check_stretching(name, simulated, &hello)?;
     shared.update_board_meta(name, |m| {
         m.agent_hello = Some(hello);
         m.model = Some(load.clone());
@@ -899,7 +937,8 @@ fn measure_cell(
 
     let summary = LatencySummary::from_ns(&run.latencies_ns)
         .ok_or_else(|| CellError::Fatal(anyhow!("agent returned no latencies for {}", cell.key)))?;
-    let deadline_ms = scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1000.0);
+    // A relative deadline depends on cells measured later: the tables and the analysis resolve it.
+    let deadline_ms = scenario.constraints.latency_deadline.as_ref().and_then(|d| d.fixed_ms());
     let variant = scenario.variant(&cell.key.variant).expect("planned variants exist");
     Ok(CellRecord {
         board: cell.key.board.clone(),
@@ -955,6 +994,7 @@ fn measure_cell(
         window_energy_j: measured.as_ref().map(|m| m.power.energy.energy_j),
         time_capped: run.time_capped,
         agent_note: run.note.clone(),
+        sim_stretch_factor: run.sim_stretch_factor,
         latencies_ns: run.latencies_ns,
     })
 }

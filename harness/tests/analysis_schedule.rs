@@ -249,3 +249,39 @@ fn scenario_accuracy_and_min_fidelity_reach_the_rule() {
     assert_eq!(rule.accuracy.get("pp"), Some(&0.9));
     assert_eq!(rule.min_fidelity.get("pp"), Some(&0.8));
 }
+
+#[test]
+fn a_relative_deadline_is_resolved_per_board_against_the_reference_at_the_top_level() {
+    use harness::scenario::Deadline;
+    // 1.5 x dense's p99 at 1500 MHz (5 ms) = 7.5 ms: at 1000 MHz only pp87 (3 ms) meets it
+    // among the pattern sets; at 600 MHz none does (the fastest, pp87, takes 9.5 ms).
+    let rule = ScheduleRule {
+        deadline: Some(Deadline::Relative { factor: 1.5, reference: "dense".into() }),
+        ..ScheduleRule::default()
+    };
+    let stats = aggregate_cells(&cells(LEVELS), &SummaryConfig { resamples: 50, ..SummaryConfig::default() });
+    let refs: Vec<&CellStats> = stats.iter().collect();
+    let resolved = rule.for_board(&refs);
+    assert!((resolved.deadline_ms.unwrap() - 7.5).abs() < 1e-9, "{:?}", resolved.deadline_ms);
+    assert!(resolved.deadline_basis().unwrap().contains("1.5 x dense"), "{:?}", resolved.deadline_basis());
+    let sched = rt3_schedule("b", &refs, &resolved);
+    assert_eq!(picked(&sched), vec![Some("pp62"), Some("pp87"), None]);
+    assert!(!sched.is_complete());
+
+    // Unresolvable (no dense measured): nothing meets it, and the schedule says why.
+    let without_dense: Vec<&CellStats> = stats.iter().filter(|c| c.key.variant != "dense").collect();
+    let unresolved = rule.for_board(&without_dense);
+    assert_eq!(unresolved.deadline_ms, None);
+    assert!(!unresolved.meets_deadline(0.001));
+    let sched = rt3_schedule("b", &without_dense, &unresolved);
+    assert_eq!(picked(&sched), vec![None, None, None]);
+    assert!(sched.levels[0].note.contains("unresolved"), "{}", sched.levels[0].note);
+
+    // The journal's cells get the same deadline in the tables.
+    let mut records = cells(LEVELS);
+    harness::results::fill_relative_deadlines(&mut records, rule.deadline.as_ref().unwrap());
+    for r in &records {
+        assert!((r.deadline_ms.unwrap() - 7.5).abs() < 1e-9);
+        assert_eq!(r.deadline_met, Some(r.latency_p99_ms <= 7.5), "{} {}", r.variant, r.freq_khz);
+    }
+}

@@ -41,6 +41,12 @@ fn ci_run_directory_is_complete_and_plausible() {
         assert!(c.idle_power_w.is_some_and(|p| p > 0.0), "{key}: idle power {:?}", c.idle_power_w);
         assert_eq!(c.power_flagged, Some(false), "{key}: power window flagged");
         assert!(c.iterations >= scenario.measure.min_iterations, "{key}: {} iterations", c.iterations);
+        // Served by `hil sim serve` behind SSH: labelled simulated from the marker alone, and
+        // the agent stretched its inferences by the simulated clock.
+        assert!(c.simulated, "{key}: a board behind `hil sim serve` is labelled simulated");
+        let factor = c.sim_stretch_factor.unwrap_or(f64::NAN);
+        let expected = 1_500_000.0 / c.freq_khz as f64;
+        assert!((factor - expected).abs() < 0.02 * expected, "{key}: stretch factor {factor}, expected {expected}");
     }
     for file in ["report.md", "report.html", "cells.parquet", "latency.parquet", "power.parquet"] {
         assert!(dir.join(file).is_file(), "{file} missing from {}", dir.display());
@@ -52,5 +58,20 @@ fn ci_run_directory_is_complete_and_plausible() {
         assert_eq!(b["agent_hello"]["arch"], "aarch64", "{}: the aarch64 agent ran", board.name);
         assert_eq!(b["selftest"]["passed"], true, "{}: selftest", board.name);
         assert_eq!(b["monitor"]["simulated"], true, "{}: the emulated PPK2 is labelled simulated", board.name);
+        assert_eq!(b["simulated"], true, "{}: the board is labelled simulated in run.json", board.name);
+        let what = b["simulation"].as_str().unwrap_or_default();
+        assert!(what.contains("SIMULATED") && what.contains("hil sim serve"), "{}: simulation {what:?}", board.name);
+    }
+    for table in ["cells.parquet", "latency.parquet", "power.parquet", "switch.parquet"] {
+        let path = dir.join(table);
+        if !path.is_file() {
+            assert_ne!(table, "cells.parquet", "cells.parquet missing");
+            continue;
+        }
+        let file = std::fs::File::open(&path).unwrap();
+        use polars::prelude::*;
+        let df = ParquetReader::new(file).finish().unwrap();
+        let col = df.column("simulated").unwrap_or_else(|_| panic!("{table} has no simulated column"));
+        assert_eq!(col.bool().unwrap().all(), true, "{table}: every row simulated");
     }
 }

@@ -336,3 +336,18 @@ fn every_problem_is_reported_at_once() {
     assert_eq!((problems[1].path.as_str(), problems[1].line), ("boards[0].user", 5));
     assert!(err.to_string().contains("2 problems"));
 }
+
+#[test]
+fn relative_deadlines_name_a_variant_and_a_sane_factor() {
+    use harness::scenario::Deadline;
+    let with_deadline = |d: &str| format!("{BASE}constraints:\n  latency_deadline: {d}\n");
+    let s = parse_scenario(&with_deadline("1.3x dense"), "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.constraints.latency_deadline, Some(Deadline::Relative { factor: 1.3, reference: "dense".into() }));
+    let s = parse_scenario(&with_deadline("20ms"), "t.yaml").unwrap();
+    assert_eq!(s.constraints.latency_deadline, Some(Deadline::Fixed(std::time::Duration::from_millis(20))));
+    expect(&with_deadline("1.3x nosuch"), "constraints.latency_deadline", "nosuch", 25);
+    expect(&with_deadline("0x dense"), "constraints.latency_deadline", "0x dense", 25);
+    expect(&with_deadline("NaNx dense"), "constraints.latency_deadline", "NaNx dense", 25);
+    expect(&with_deadline("1e9x dense"), "constraints.latency_deadline", "1e9x dense", 25);
+    expect(&with_deadline("fast dense"), "constraints.latency_deadline", "fast dense", 25);
+}

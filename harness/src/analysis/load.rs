@@ -90,7 +90,10 @@ pub fn load_run(dir: &Path) -> Result<RunData> {
         .with_context(|| format!("reading the scenario copy {}", scenario_path.display()))?;
     let scenario = parse_scenario(&text, &scenario_path.display().to_string())
         .with_context(|| format!("parsing the scenario copy {}", scenario_path.display()))?;
-    let cells = read_journal(dir).with_context(|| format!("reading {}", dir.join(JOURNAL).display()))?;
+    let mut cells = read_journal(dir).with_context(|| format!("reading {}", dir.join(JOURNAL).display()))?;
+    if let Some(d) = &scenario.constraints.latency_deadline {
+        crate::results::fill_relative_deadlines(&mut cells, d);
+    }
     let run_json = dir.join(RUN_JSON);
     let text = std::fs::read_to_string(&run_json).with_context(|| format!("reading {}", run_json.display()))?;
     let raw: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", run_json.display()))?;

@@ -78,6 +78,7 @@ pub fn analyze_run(run: &RunData, options: &AnalysisOptions) -> RunAnalysis {
     let mut battery = Vec::new();
     for board in boards {
         let board_cells: Vec<&CellStats> = cells.iter().filter(|c| c.key.board == board).collect();
+        let rule = rule.for_board(&board_cells);
         let schedule = rt3_schedule(board, &board_cells, &rule);
         let shares = run.scenario.policy.shares_for(schedule.levels.len());
         let mut model = options.battery_override.clone().unwrap_or_else(|| {
@@ -95,6 +96,14 @@ pub fn analyze_run(run: &RunData, options: &AnalysisOptions) -> RunAnalysis {
         schedules.push(schedule);
     }
     RunAnalysis { cells, schedules, battery, method: options.summary.method() }
+}
+
+impl RunAnalysis {
+    /// The latency deadline on `board` in ms (a relative one resolved against that board's cells);
+    /// `None` without a deadline or when it could not be resolved.
+    pub fn deadline_ms(&self, board: &str) -> Option<f64> {
+        self.schedules.iter().find(|s| s.board == board).and_then(|s| s.rule.deadline_ms)
+    }
 }
 
 /// Formats a float for tables: `-` for missing or non-finite values.

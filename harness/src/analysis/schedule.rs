@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use super::cells::CellStats;
 use super::fmt_opt;
 use crate::scenario::units::format_khz;
-use crate::scenario::Scenario;
+use crate::scenario::{Deadline, Scenario};
 use crate::stats::Statistic;
 
 /// The variant kind RT3 schedules; every other kind is a baseline.
@@ -35,7 +35,11 @@ pub const PATTERN_KIND: &str = "pattern";
 /// How variants are judged against the deadline and ranked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleRule {
-    /// `None`: no deadline, every variant qualifies.
+    /// The scenario's deadline (`None`: no deadline, every variant qualifies).
+    pub deadline: Option<Deadline>,
+    /// The deadline in ms on this board: the scenario's fixed one, or a relative one resolved
+    /// against the board's cells ([`ScheduleRule::for_board`]). `None` with a deadline set means
+    /// it could not be resolved (its reference was not measured): then nothing meets it.
     pub deadline_ms: Option<f64>,
     /// The latency statistic compared with the deadline (p99 by default, see the module docs).
     pub statistic: Statistic,
@@ -47,14 +51,22 @@ pub struct ScheduleRule {
 
 impl Default for ScheduleRule {
     fn default() -> Self {
-        Self { deadline_ms: None, statistic: Statistic::P99, accuracy: BTreeMap::new(), min_fidelity: BTreeMap::new() }
+        Self {
+            deadline: None,
+            deadline_ms: None,
+            statistic: Statistic::P99,
+            accuracy: BTreeMap::new(),
+            min_fidelity: BTreeMap::new(),
+        }
     }
 }
 
 impl ScheduleRule {
     pub fn from_scenario(scenario: &Scenario) -> Self {
+        let deadline = scenario.constraints.latency_deadline.clone();
         Self {
-            deadline_ms: scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3),
+            deadline_ms: deadline.as_ref().and_then(Deadline::fixed_ms),
+            deadline,
             statistic: Statistic::P99,
             accuracy: scenario.variants.iter().filter_map(|v| v.accuracy.map(|a| (v.name.clone(), a))).collect(),
             min_fidelity: scenario
@@ -65,8 +77,50 @@ impl ScheduleRule {
         }
     }
 
-    /// Whether a latency (the rule's statistic, ms) meets the deadline; a missing one never does.
+    /// A fixed deadline in ms (`Some(d)`), a deadline given as a variant's latency.
+    pub fn fixed(deadline_ms: Option<f64>) -> Self {
+        Self {
+            deadline: deadline_ms.map(|d| Deadline::Fixed(std::time::Duration::from_secs_f64(d / 1e3))),
+            deadline_ms,
+            ..Self::default()
+        }
+    }
+
+    /// The rule on one board: a relative deadline (`1.3x dense`) becomes that factor times the
+    /// reference variant's statistic at the highest frequency measured on the board.
+    pub fn for_board(&self, cells: &[&CellStats]) -> Self {
+        let mut rule = self.clone();
+        if let Some(d @ Deadline::Relative { reference, .. }) = &self.deadline {
+            let top = cells.iter().filter(|c| &c.key.variant == reference).map(|c| c.key.freq_khz).max();
+            let reference_ms = cells
+                .iter()
+                .find(|c| Some(c.key.freq_khz) == top && &c.key.variant == reference)
+                .map(|c| c.latency_ms(self.statistic));
+            rule.deadline_ms = d.resolve_ms(reference_ms);
+        }
+        rule
+    }
+
+    /// How the deadline was set, for reports: `20 ms` or `1.3 x dense's p99 at 1500 MHz = 5.21 ms`.
+    pub fn deadline_basis(&self) -> Option<String> {
+        match (&self.deadline, self.deadline_ms) {
+            (None, None) => None,
+            (None, Some(ms)) | (Some(Deadline::Fixed(_)), Some(ms)) => Some(format!("{} ms", fmt_ms(ms))),
+            (Some(Deadline::Relative { factor, reference }), Some(ms)) => Some(format!(
+                "{} ms ({factor} x {reference}'s {} at the top level)",
+                fmt_ms(ms),
+                self.statistic.label()
+            )),
+            (Some(d), None) => Some(format!("{} (unresolved: its reference was not measured)", d.describe())),
+        }
+    }
+
+    /// Whether a latency (the rule's statistic, ms) meets the deadline; a missing one never does,
+    /// nor does any when a relative deadline could not be resolved.
     pub fn meets_deadline(&self, latency_ms: f64) -> bool {
+        if self.deadline.is_some() && self.deadline_ms.is_none() {
+            return false;
+        }
         latency_ms.is_finite() && self.deadline_ms.is_none_or(|d| latency_ms <= d)
     }
 
@@ -94,10 +148,15 @@ impl ScheduleRule {
         let ranking = "the one with the best output fidelity (cosine to dense) when measured for all of them, \
                        else the most accurate when the scenario gives every one an accuracy, else the least sparse";
         let qualifying = match self.deadline_ms {
-            Some(d) => format!(
+            Some(_) => format!(
                 "per level, among the pattern sets (dense and block are baselines, never scheduled) whose {} latency \
-                 (all inferences of all repeats pooled) is at most the {d} ms deadline{floor}",
-                self.statistic.label()
+                 (all inferences of all repeats pooled) is at most the deadline of {}{floor}",
+                self.statistic.label(),
+                self.deadline_basis().unwrap_or_default()
+            ),
+            None if self.deadline.is_some() => format!(
+                "the deadline {} could not be resolved, so no pattern set meets it{floor}",
+                self.deadline_basis().unwrap_or_default()
             ),
             None => format!(
                 "no latency deadline in the scenario, so every pattern set meets it; per level, among the pattern sets \
@@ -246,9 +305,10 @@ fn choice_note(
             };
             let head = match deadline {
                 Some(d) => format!(
-                    "{} of {} pattern sets meet the {d} ms deadline ({stat}) at {at}; {} {why}",
+                    "{} of {} pattern sets meet the {} ms deadline ({stat}) at {at}; {} {why}",
                     meeting.len(),
                     patterns.len(),
+                    fmt_ms(d),
                     c.variant
                 ),
                 None => format!("no deadline: {} {why} of {} pattern sets", c.variant, patterns.len()),
@@ -272,13 +332,28 @@ fn choice_note(
                 .min_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms));
             match fastest {
                 Some(f) => format!(
-                    "no pattern set meets the {d} ms deadline ({stat}) at {at}; the fastest, {}, has {stat} {:.2} ms",
-                    f.variant, f.latency_ms
+                    "no pattern set meets the {} ms deadline ({stat}) at {at}; the fastest, {}, has {stat} {:.2} ms",
+                    fmt_ms(d),
+                    f.variant,
+                    f.latency_ms
                 ),
                 None => format!("no pattern set has a latency measured at {at}"),
             }
         }
+        (None, None) if rule.deadline.is_some() => format!(
+            "no pattern set can meet the deadline at {at}: {}",
+            rule.deadline_basis().unwrap_or_default()
+        ),
         (None, None) => format!("no pattern set has a latency measured at {at}"),
+    }
+}
+
+/// A deadline in ms as reports print it: whole numbers bare, others to 0.01 ms.
+pub fn fmt_ms(ms: f64) -> String {
+    if ms.fract() == 0.0 {
+        format!("{ms}")
+    } else {
+        format!("{ms:.2}")
     }
 }
 

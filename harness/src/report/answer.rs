@@ -89,8 +89,14 @@ pub(super) fn answer_section(ctx: &Ctx, doc: &mut Document) {
         return;
     }
     doc.heading(2, "Answer: the RT3 schedule against dense and block");
-    let deadline = match ctx.run.scenario.constraints.latency_deadline {
-        Some(d) => format!("the {} ms latency deadline (on the p99 latency)", d.as_secs_f64() * 1e3),
+    let deadline = match &ctx.run.scenario.constraints.latency_deadline {
+        Some(d @ crate::scenario::Deadline::Fixed(_)) => {
+            format!("the {} latency deadline (on the p99 latency)", d.describe())
+        }
+        Some(d) => format!(
+            "a latency deadline of {} (on the p99 latency; its value per board is in each table's heading)",
+            d.explain()
+        ),
         None => "no latency deadline (the scenario sets none, so everything meets it)".into(),
     };
     doc.paragraph(format!(
@@ -207,7 +213,7 @@ fn point_deadline(ctx: &Ctx, board: &str, r: &PolicyRow, stat: crate::stats::Sta
 fn answer_table(ctx: &Ctx, board: &str, schedule: &Rt3Schedule, measured: Option<&BatteryTable>) -> Table {
     let stat = schedule.rule.statistic;
     let deadline_title = match schedule.rule.deadline_ms {
-        Some(d) => format!("deadline ({} ≤ {d} ms)", stat.label()),
+        Some(d) => format!("deadline ({} ≤ {} ms)", stat.label(), crate::analysis::schedule::fmt_ms(d)),
         None => "deadline (none set)".into(),
     };
     let mut t = Table::new(&[

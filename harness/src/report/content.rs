@@ -11,6 +11,7 @@ use super::document::{Align, BannerKind, Block, Document, Figure, Table};
 use super::plots::{self, Bar, BarPlot, ReferenceLine, Series, SeriesStyle, Whisker, XyPlot};
 use super::power_trace::{PowerTrace, TRACE_BINS};
 use crate::analysis::battery::describe_workload;
+use crate::analysis::schedule::fmt_ms;
 use crate::analysis::{
     BatteryTable, CellStats, PolicyKind, PolicyRow, ProjectionSource, Rt3Schedule, RunAnalysis, RunData, SwitchCost,
 };
@@ -132,8 +133,8 @@ fn banners(ctx: &Ctx, doc: &mut Document) {
     let simulated: Vec<&String> = ctx.boards.iter().filter(|b| board_simulated(ctx.run, b)).collect();
     if !simulated.is_empty() {
         let mut lines = vec![
-            "This run measured a simulated board, not ARM hardware: latency comes from this host's CPU (throttled to \
-             follow the simulated frequency) and power from the simulator's model, read through an emulated monitor. \
+            "This run measured a simulated board, not ARM hardware: latency comes from this host's CPU (each inference \
+             stretched, busy on its core, by f_max / f of the simulated clock) and power from the simulator's model, read through an emulated monitor. \
              Use these numbers to check the tooling, not to judge a board."
                 .to_string(),
         ];
@@ -179,8 +180,8 @@ fn run_section(ctx: &Ctx, doc: &mut Document) {
     let levels: BTreeSet<u64> = run.cells.iter().map(|c| c.freq_khz).collect();
     let repeats: BTreeSet<u32> = run.cells.iter().map(|c| c.repeat).collect();
     let measured_variants: BTreeSet<&str> = run.cells.iter().map(|c| c.variant.as_str()).collect();
-    let deadline = match run.scenario.constraints.latency_deadline {
-        Some(d) => format!("{} ms, judged on the p99 latency of each cell", d.as_secs_f64() * 1e3),
+    let deadline = match &run.scenario.constraints.latency_deadline {
+        Some(d) => format!("{}, judged on the p99 latency of each cell", d.explain()),
         None => "none".into(),
     };
     let unknown = || "unknown".to_string();
@@ -407,9 +408,7 @@ fn flags(c: &CellStats) -> String {
 }
 
 fn cells_section(ctx: &Ctx, doc: &mut Document) {
-    let run = ctx.run;
     doc.heading(2, "Results per cell");
-    let deadline = run.scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3);
     doc.paragraph(
         "One row per (board, frequency, variant), repeats pooled: latency over every timed inference of every \
          repeat, energy per inference across repeats (gross: window energy over inferences, the board's idle power \
@@ -424,6 +423,7 @@ fn cells_section(ctx: &Ctx, doc: &mut Document) {
             continue;
         }
         doc.heading(3, format!("Board {board}"));
+        let deadline = ctx.analysis.deadline_ms(board);
         let mut t = Table::new(&[
             ("level", Align::Right),
             ("frequency", Align::Right),
@@ -595,12 +595,12 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
         return;
     }
     doc.heading(2, "Plots: latency and energy against frequency");
-    let deadline = ctx.run.scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3);
     for board in &ctx.boards {
         let cells = ctx.cells_of(board);
         if cells.is_empty() {
             continue;
         }
+        let deadline = ctx.analysis.deadline_ms(board);
         let latency = XyPlot {
             title: format!("Median latency per inference, board {board}"),
             x_label: "CPU frequency (MHz)".into(),
@@ -613,7 +613,7 @@ fn frequency_plots(ctx: &Ctx, doc: &mut Document) {
                 }
             }),
             horizontal: deadline
-                .map(|d| ReferenceLine { value: d, label: format!("deadline {d} ms (on p99)") })
+                .map(|d| ReferenceLine { value: d, label: format!("deadline {} ms (on p99)", fmt_ms(d)) })
                 .into_iter()
                 .collect(),
             vertical: vec![],

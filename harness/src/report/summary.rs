@@ -61,10 +61,12 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
         out.push_str("no finished cells\n");
         return out;
     }
-    let deadline = run.scenario.constraints.latency_deadline.map(|d| d.as_secs_f64() * 1e3);
-    let deadline_title = match deadline {
-        Some(d) => format!("p99<={d}ms"),
-        None => "deadline".into(),
+    // One deadline for every board when it is fixed; a relative one is resolved per board.
+    let fixed = run.scenario.constraints.latency_deadline.as_ref().and_then(|d| d.fixed_ms());
+    let deadline_title = match (&run.scenario.constraints.latency_deadline, fixed) {
+        (Some(_), Some(d)) => format!("p99<={}ms", crate::analysis::schedule::fmt_ms(d)),
+        (Some(d), None) => format!("p99<={}", d.describe()),
+        (None, _) => "deadline".into(),
     };
     let mut t = Table::new(&[
         ("board", Align::Left),
@@ -80,7 +82,7 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
     ]);
     for c in &analysis.cells {
         let p99 = c.latency_ms(Statistic::P99);
-        let met = match deadline {
+        let met = match analysis.deadline_ms(&c.key.board) {
             Some(_) if !p99.is_finite() => "-",
             Some(d) if p99 <= d => "met",
             Some(_) => "MISSED",

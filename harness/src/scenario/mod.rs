@@ -624,7 +624,58 @@ pub struct MeasureSpec {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Constraints {
     /// Latency an inference must meet (RT3's timing constraint); `None`: no deadline.
-    pub latency_deadline: Option<Duration>,
+    pub latency_deadline: Option<Deadline>,
+}
+
+/// RT3's timing constraint, as the scenario gives it.
+///
+/// A fixed duration is what a real deployment has. A deadline relative to a variant measured in
+/// the same run (`"1.3x dense"`: 1.3 times dense's latency at the board's top level) keeps an
+/// experiment's shape independent of how fast the board is: the simulated default runs on
+/// whatever host the user has, and only ratios between levels and variants are the simulator's;
+/// the absolute speed is the host's.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Deadline {
+    Fixed(Duration),
+    /// `factor` times `reference`'s latency (the schedule's statistic, p99 over every timed
+    /// inference of every repeat) at the highest frequency measured on the same board.
+    Relative { factor: f64, reference: String },
+}
+
+impl Deadline {
+    /// The deadline in ms when it does not depend on measurements.
+    pub fn fixed_ms(&self) -> Option<f64> {
+        match self {
+            Deadline::Fixed(d) => Some(d.as_secs_f64() * 1e3),
+            Deadline::Relative { .. } => None,
+        }
+    }
+
+    /// The deadline given the reference's latency statistic at the top level (ms).
+    pub fn resolve_ms(&self, reference_ms: Option<f64>) -> Option<f64> {
+        match self {
+            Deadline::Fixed(d) => Some(d.as_secs_f64() * 1e3),
+            Deadline::Relative { factor, .. } => reference_ms.filter(|r| r.is_finite()).map(|r| factor * r),
+        }
+    }
+
+    /// As the scenario writes it: `20ms`, `1.3x dense`.
+    pub fn describe(&self) -> String {
+        match self {
+            Deadline::Fixed(d) => units::format_duration(*d),
+            Deadline::Relative { factor, reference } => format!("{factor}x {reference}"),
+        }
+    }
+
+    /// In words, for reports: `20 ms`, `1.3 x dense's p99 at the top level`.
+    pub fn explain(&self) -> String {
+        match self {
+            Deadline::Fixed(d) => units::format_duration(*d),
+            Deadline::Relative { factor, reference } => {
+                format!("{factor} x {reference}'s p99 latency at the board's top level, measured in the same run")
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -58,7 +58,7 @@ pub(super) fn validate(
     let variants = variants(&mut c, &raw.variants, model.as_ref().map_or(0, |m| m.seed));
     let dvfs = dvfs(&mut c, &raw.dvfs);
     let measure = measure(&mut c, raw.measure.as_ref());
-    let constraints = constraints(&mut c, raw.constraints.as_ref());
+    let constraints = constraints(&mut c, raw.constraints.as_ref(), &variants);
     let policy = policy(&mut c, raw.policy.as_ref(), &dvfs.levels);
     let regression = raw.regression.as_ref().map(|r| regression(&mut c, r));
 
@@ -1165,10 +1165,33 @@ fn measure(c: &mut Checker, m: Option<&RawMeasure>) -> MeasureSpec {
     }
 }
 
-fn constraints(c: &mut Checker, raw: Option<&RawConstraints>) -> Constraints {
-    let latency_deadline = raw
-        .and_then(|r| r.latency_deadline.as_ref())
-        .and_then(|d| c.duration("constraints.latency_deadline", d, Duration::from_micros(1), HOUR));
+/// `latency_deadline`: a duration (`20ms`), or a factor of a variant measured in the same run
+/// (`1.3x dense`: 1.3 times dense's p99 at the board's top level).
+fn constraints(c: &mut Checker, raw: Option<&RawConstraints>, variants: &[VariantSpec]) -> Constraints {
+    const PATH: &str = "constraints.latency_deadline";
+    let Some(d) = raw.and_then(|r| r.latency_deadline.as_ref()) else { return Constraints::default() };
+    let relative = d.text.trim().split_once(char::is_whitespace).and_then(|(f, v)| {
+        let factor = f.strip_suffix(['x', 'X'])?;
+        Some((factor.trim().to_string(), v.trim().to_string()))
+    });
+    let latency_deadline = match relative {
+        Some((factor, reference)) => {
+            let factor = match factor.parse::<f64>() {
+                Ok(f) if f.is_finite() && f > 0.0 && f <= 1000.0 => Some(f),
+                _ => {
+                    c.fail(PATH, d.shown(), "the factor before `x` must be a number in (0, 1000], e.g. `1.3x dense`");
+                    None
+                }
+            };
+            let known = variants.iter().any(|v| v.name == reference);
+            if !known {
+                let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+                c.fail(PATH, d.shown(), format!("names no variant of this scenario (variants: {})", names.join(", ")));
+            }
+            factor.filter(|_| known).map(|factor| Deadline::Relative { factor, reference })
+        }
+        None => c.duration(PATH, d, Duration::from_micros(1), HOUR).map(Deadline::Fixed),
+    };
     Constraints { latency_deadline }
 }
 

@@ -70,6 +70,7 @@ pub fn record(
         fidelity_kind: None,
         time_capped: false,
         agent_note: None,
+        sim_stretch_factor: None,
         window_host_start_ns: None,
         window_host_end_ns: None,
         window_energy_j: energy_mj.map(|e| e * n as f64 / 1e3),
