@@ -730,7 +730,7 @@ pub fn repeats_needed(
     power: f64,
 ) -> Option<usize> {
     let effect = (change_pct / 100.0).ln_1p().abs();
-    if !(effect.is_finite() && effect > 0.0) || !(sd_log_base.is_finite() && sd_log_candidate.is_finite()) {
+    if !(effect.is_finite() && effect > 0.0 && sd_log_base.is_finite() && sd_log_candidate.is_finite()) {
         return None;
     }
     let (vb, vc) = (sd_log_base * sd_log_base, sd_log_candidate * sd_log_candidate);

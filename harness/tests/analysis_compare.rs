@@ -372,7 +372,10 @@ fn with_no_true_change_the_false_positive_rate_is_at_most_alpha() {
     // a 4 % standard deviation between repeats; judged with the default 3 % threshold and
     // with none at all (the test alone).
     let alpha = 0.05;
-    let configs = [CompareConfig { threshold_pct: 3.0, alpha }, CompareConfig { threshold_pct: 0.0, alpha }];
+    let configs = [
+        CompareConfig { threshold_pct: 3.0, alpha, ..CompareConfig::default() },
+        CompareConfig { threshold_pct: 0.0, alpha, ..CompareConfig::default() },
+    ];
     for (config, t) in configs.iter().zip(run_trials(300, 13, 5, 1.0, 0.04, &configs)) {
         let rate = |k: usize| k as f64 / t.n as f64;
         eprintln!("threshold {} %: {t:?}", config.threshold_pct);
@@ -402,7 +405,7 @@ fn a_large_true_change_is_detected_with_enough_repeats() {
 #[test]
 #[ignore = "slow (minutes in debug): prints the calibration table"]
 fn calibration_over_many_trials() {
-    let config = CompareConfig { threshold_pct: 0.0, alpha: 0.05 };
+    let config = CompareConfig { threshold_pct: 0.0, alpha: 0.05, ..CompareConfig::default() };
     for repeats in [3, 5, 10] {
         for (scale, label) in [(1.0, "no change"), (1.10, "+10 %")] {
             let t = &run_trials(2000, 100 + u64::from(repeats), repeats, scale, 0.04, &[config])[0];
@@ -440,7 +443,7 @@ fn a_change_whose_interval_spans_zero_is_inconclusive_with_the_repeats_needed() 
 
 #[test]
 fn the_method_is_documented_where_it_is_printed() {
-    let method = CompareConfig { threshold_pct: 5.0, alpha: 0.01 }.method();
+    let method = CompareConfig { threshold_pct: 5.0, alpha: 0.01, ..CompareConfig::default() }.method();
     for needle in
         ["Repeats are the unit", "99 % Welch t interval", "p < 0.01", "+5 %", "never a regression", "3 repeats"]
     {
@@ -468,7 +471,7 @@ proptest! {
         threshold_pct in 0.0f64..20.0,
         alpha in 0.001f64..0.5,
     ) {
-        let config = CompareConfig { threshold_pct, alpha };
+        let config = CompareConfig { threshold_pct, alpha, ..CompareConfig::default() };
         let m = compare_metric("latency", "ms", Statistic::Median, &base, &cand, &config);
         let e = m.change_pct;
         match &m.verdict {
@@ -506,7 +509,7 @@ proptest! {
     ) {
         let point = lower + t * (upper - lower);
         let e = Estimate { point, lower, upper };
-        let (v, _) = decide(&e, (0.1, 0.1), (3, 3), &CompareConfig { threshold_pct, alpha: 0.05 });
+        let (v, _) = decide(&e, (0.1, 0.1), (3, 3), &CompareConfig { threshold_pct, alpha: 0.05, ..CompareConfig::default() });
         prop_assert!(!matches!(v, Verdict::Regressed | Verdict::Improved), "{:?} {:?}", e, v);
     }
 }

@@ -110,7 +110,7 @@ impl BatteryModel {
     /// Energy delivered at constant average power `power_w` (Peukert-corrected): nominal at
     /// or below the rated power, less above it; never more than nominal.
     pub fn usable_energy_j(&self, power_w: f64) -> f64 {
-        if self.peukert_exponent == 1.0 || !(power_w > 0.0) {
+        if self.peukert_exponent == 1.0 || power_w.is_nan() || power_w <= 0.0 {
             return self.energy_j;
         }
         let rated_over_actual = (self.rated_power_w() / power_w).min(1.0);

@@ -38,7 +38,7 @@ use crate::stats::{
     Statistic, MAX_REPEATS_NEEDED, MIN_REPEATS,
 };
 
-/// Power the "need >= N repeats per side" advice is computed for.
+/// Default power the "need >= N repeats per side" advice is computed for.
 pub const PLANNING_POWER: f64 = 0.8;
 
 /// The noise threshold and the significance level.
@@ -49,11 +49,14 @@ pub struct CompareConfig {
     /// Significance level of the test; intervals are at confidence `1 - alpha`, so "the
     /// interval excludes zero" and "p < alpha" are the same statement.
     pub alpha: f64,
+    /// Probability of detection the "need >= N repeats per side" advice of an inconclusive
+    /// verdict aims at (default [`PLANNING_POWER`]).
+    pub planning_power: f64,
 }
 
 impl Default for CompareConfig {
     fn default() -> Self {
-        Self { threshold_pct: 3.0, alpha: 0.05 }
+        Self { threshold_pct: 3.0, alpha: 0.05, planning_power: PLANNING_POWER }
     }
 }
 
@@ -86,7 +89,7 @@ impl CompareConfig {
             alpha = self.alpha,
             thr = self.threshold_pct,
             min = MIN_REPEATS,
-            power = percent(PLANNING_POWER),
+            power = percent(self.planning_power),
         )
     }
 }
@@ -180,12 +183,12 @@ pub fn decide(
         // Beyond the threshold, but the interval reaches zero: the data cannot tell.
         let have = repeats.0.max(repeats.1);
         let needed =
-            repeats_needed(sd_logs.0, sd_logs.1, e.point, config.alpha, PLANNING_POWER).map(|n| n.max(have + 1));
+            repeats_needed(sd_logs.0, sd_logs.1, e.point, config.alpha, config.planning_power).map(|n| n.max(have + 1));
         let advice = match needed {
             Some(n) => format!(
                 "need >= {n} repeats per side to detect a change of this size ({} % power, from the variation between \
                  repeats seen here)",
-                percent(PLANNING_POWER)
+                percent(config.planning_power)
             ),
             None => format!(
                 "more than {MAX_REPEATS_NEEDED} repeats per side would be needed to detect a change of this size: reduce \
