@@ -4,15 +4,19 @@ mod analysis_support;
 
 use std::time::Duration;
 
-use analysis_support::{constant_ns, record};
-use harness::analysis::battery::{battery_csv, project, work_cost, OperatingPoint, Segment};
+use analysis_support::{constant_ns, record, run_json, scenario_yaml, write_run};
+use harness::analysis::battery::{
+    battery_csv, project, window_ms_per_inference, work_cost, OperatingPoint, Segment, PEUKERT_RATED_HOURS,
+};
 use harness::analysis::rt3_model::{model_levels, model_projection, rt3_power_w, rt3_runs, scaled_latency_ms};
 use harness::analysis::{
-    aggregate_cells, rt3_schedule, BatteryModel, CellStats, PolicyKind, ProjectionSource, ScheduleRule,
+    aggregate_cells, analyze_run, battery_model, load_run, rt3_schedule, AnalysisOptions, BatteryModel, CellStats,
+    PolicyKind, ProjectionSource, ScheduleRule,
 };
 use harness::results::CellRecord;
 use harness::scenario::Workload;
 use harness::stats::SummaryConfig;
+use proptest::prelude::*;
 
 const MHZ: u64 = 1000;
 
@@ -209,7 +213,7 @@ fn periodic_workload_pays_idle_power_between_inferences() {
     // A period shorter than the latency is a clear error.
     let err =
         work_cost(&op(8.0, 24.0, Some(1.0)), &Workload::Periodic { period: Duration::from_millis(5) }).unwrap_err();
-    assert!(err.contains("period 5 ms is shorter than the mean latency") && err.contains("8.000 ms"), "{err}");
+    assert!(err.contains("period 5 ms is shorter than the time one inference") && err.contains("8.000 ms"), "{err}");
     // No idle power measured: said, not guessed.
     let err = work_cost(&op(8.0, 24.0, None), &w).unwrap_err();
     assert!(err.contains("no idle power measured"), "{err}");
@@ -229,6 +233,160 @@ fn peukert_exponent_shrinks_capacity_at_high_current() {
     // 1000 mAh at 3.7 V = 13,320 J.
     assert!(close(BatteryModel::from_mah(1000.0, 3.7, "cli").unwrap().energy_j, 13_320.0, 1e-12));
     assert!(BatteryModel::from_mah(-1.0, 3.7, "cli").unwrap_err().contains("-1 mAh"));
+}
+
+#[test]
+fn peukert_never_gives_more_than_nominal_capacity() {
+    // RT3's 37,800 J rated at 20 h: the rated (C/20) load is 37,800 / 72,000 s = 0.525 W.
+    let b = BatteryModel { peukert_exponent: 1.2, ..BatteryModel::rt3_default() };
+    assert!(close(b.rated_power_w(), 0.525, 1e-12));
+    // Below it (the old formula gave 37,800 x (0.525/0.1)^0.2 = 52,300 J here): nominal.
+    assert_eq!(b.usable_energy_j(0.1), 37_800.0);
+    assert_eq!(b.usable_energy_j(0.525), 37_800.0);
+    assert!(b.usable_energy_j(0.6) < 37_800.0);
+    // No power, or a non-number: nominal, not NaN.
+    assert_eq!(b.usable_energy_j(0.0), 37_800.0);
+    assert_eq!(b.usable_energy_j(f64::NAN), 37_800.0);
+    // A projection at a light load gets exactly the ideal battery's inferences.
+    let light = op(8.0, 0.8, None); // 0.1 W
+    let ideal =
+        project(&BatteryModel::rt3_default(), &Workload::BackToBack, &[Segment { share: 1.0, point: light.clone() }])
+            .unwrap();
+    let peukert = project(&b, &Workload::BackToBack, &[Segment { share: 1.0, point: light }]).unwrap();
+    assert_eq!(ideal, peukert);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn peukert_capacity_is_at_most_nominal_and_falls_with_load(
+        k in 1.0f64..=2.0,
+        energy_j in 1.0f64..1e7,
+        p1 in 1e-4f64..1e3,
+        factor in 1.0f64..100.0,
+    ) {
+        let b = BatteryModel { energy_j, peukert_exponent: k, rated_hours: PEUKERT_RATED_HOURS, source: "test".into() };
+        let (u1, u2) = (b.usable_energy_j(p1), b.usable_energy_j(p1 * factor));
+        prop_assert!(u1 <= energy_j && u2 <= energy_j, "{} {} {}", u1, u2, energy_j);
+        prop_assert!(u2 <= u1 * (1.0 + 1e-12), "more load, less energy: {} then {}", u1, u2);
+        prop_assert!(u2 > 0.0);
+        if p1 * factor <= b.rated_power_w() {
+            prop_assert_eq!(u2, energy_j);
+        }
+    }
+}
+
+/// A scenario whose board `sim` has a 10 Wh battery with Peukert exponent 1.05.
+fn scenario_with_battery() -> harness::scenario::Scenario {
+    let yaml = scenario_yaml("1500MHz", None, "").replace(
+        "    workdir: /tmp/hil-synth\n",
+        "    workdir: /tmp/hil-synth\n    battery:\n      capacity_wh: 10\n      peukert_exponent: 1.05\n",
+    );
+    harness::scenario::parse_scenario(&yaml, "synth.yaml").unwrap()
+}
+
+#[test]
+fn battery_precedence_is_command_line_then_scenario_then_rt3() {
+    let with = scenario_with_battery();
+    let without = harness::scenario::parse_scenario(&scenario_yaml("1500MHz", None, ""), "synth.yaml").unwrap();
+    let none = AnalysisOptions::default();
+    // 1. Nothing on the command line: the scenario board's battery, with its exponent.
+    let b = battery_model(&with, "sim", &none);
+    assert_eq!((b.energy_j, b.peukert_exponent), (36_000.0, 1.05));
+    assert!(b.source.contains("scenario boards[sim].battery: 10 Wh"), "{}", b.source);
+    // 2. No battery in the scenario: RT3's.
+    assert_eq!(battery_model(&without, "sim", &none), BatteryModel::rt3_default());
+    // 3. --capacity-mah/--voltage replace the scenario's battery (exponent and all).
+    let cli = AnalysisOptions {
+        battery_override: Some(BatteryModel::from_mah(1000.0, 3.7, "--capacity-mah/--voltage").unwrap()),
+        ..AnalysisOptions::default()
+    };
+    let b = battery_model(&with, "sim", &cli);
+    assert_eq!((b.energy_j, b.peukert_exponent), (13_320.0, 1.0));
+    assert!(b.source.starts_with("--capacity-mah/--voltage"), "{}", b.source);
+    assert_eq!(battery_model(&without, "sim", &cli), b);
+    // 4. --peukert replaces the exponent of whichever battery is used, and says so.
+    let k = AnalysisOptions { peukert_override: Some(1.1), ..AnalysisOptions::default() };
+    let b = battery_model(&with, "sim", &k);
+    assert_eq!((b.energy_j, b.peukert_exponent), (36_000.0, 1.1));
+    assert!(b.source.contains("Peukert exponent 1.1 from --peukert (was 1.05)"), "{}", b.source);
+    assert!(b.describe().contains("Peukert exponent 1.1"), "{}", b.describe());
+    let b = battery_model(&without, "sim", &k);
+    assert_eq!((b.energy_j, b.peukert_exponent), (37_800.0, 1.1));
+    let both = AnalysisOptions { peukert_override: Some(1.2), ..cli.clone() };
+    let b = battery_model(&with, "sim", &both);
+    assert_eq!((b.energy_j, b.peukert_exponent), (13_320.0, 1.2));
+    // The same exponent as the source's: nothing to say.
+    let same = AnalysisOptions { peukert_override: Some(1.05), ..AnalysisOptions::default() };
+    assert!(!battery_model(&with, "sim", &same).source.contains("--peukert"));
+}
+
+#[test]
+fn analyze_run_projects_with_the_battery_the_precedence_picks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let yaml = scenario_yaml("1500MHz", None, "").replace(
+        "    workdir: /tmp/hil-synth\n",
+        "    workdir: /tmp/hil-synth\n    battery:\n      capacity_wh: 10\n      peukert_exponent: 1.05\n",
+    );
+    let recs: Vec<CellRecord> = (0..2)
+        .map(|r| record("sim", 1_500_000, 0, "dense", "dense", 0.0, r, constant_ns(8.0, 10), Some(24.0), Some(1.0)))
+        .collect();
+    write_run(&dir, &yaml, &run_json(7), &recs);
+    let run = load_run(&dir).unwrap();
+    let measured = |o: &AnalysisOptions| {
+        analyze_run(&run, o).battery.into_iter().find(|t| t.source == ProjectionSource::Measured).unwrap().battery
+    };
+    assert_eq!(measured(&AnalysisOptions::default()).energy_j, 36_000.0);
+    let o = AnalysisOptions {
+        battery_override: Some(BatteryModel::from_mah(1000.0, 3.7, "cli").unwrap()),
+        peukert_override: Some(1.1),
+        ..AnalysisOptions::default()
+    };
+    let b = measured(&o);
+    assert_eq!((b.energy_j, b.peukert_exponent), (13_320.0, 1.1));
+}
+
+#[test]
+fn back_to_back_takes_energy_and_time_from_the_same_window() {
+    // Each inference takes 8 ms, but the window also holds 2 ms between inferences (the agent's
+    // bookkeeping): 10 inferences in a 100 ms window using 0.24 J, 24 mJ per inference at a
+    // window mean power of 2.4 W. Time per inference is 10 ms, not the 8 ms mean latency.
+    let recs: Vec<CellRecord> = (0..3)
+        .map(|r| {
+            let mut rec = record("b", 1_500_000, 0, "dense", "dense", 0.0, r, constant_ns(8.0, 10), Some(24.0), None);
+            rec.window_ns = 100_000_000;
+            rec.window_energy_j = Some(0.24);
+            rec.mean_power_w = Some(0.24 / 0.1);
+            rec
+        })
+        .collect();
+    let s = stats(&recs);
+    assert!(close(window_ms_per_inference(&s[0]).unwrap(), 10.0, 1e-12));
+    let point = OperatingPoint::from_cell(&s[0]).unwrap();
+    assert!(close(point.latency_mean_ms, 10.0, 1e-12), "{point:?}");
+    assert!(close(s[0].latency_mean_ms, 8.0, 1e-12));
+    let refs: Vec<&CellStats> = s.iter().collect();
+    let sched = rt3_schedule("b", &refs, &rule(None));
+    let t = harness::analysis::battery::project_board(
+        "b",
+        &refs,
+        &sched,
+        &[1.0],
+        &BatteryModel::rt3_default(),
+        Workload::BackToBack,
+    );
+    let p = t.row(PolicyKind::DenseAtTop).unwrap().outcome.clone().unwrap();
+    // 37,800 J / 24 mJ = 1,575,000 inferences x 10 ms = 4.375 h, at the window's 2.4 W.
+    assert!(close(p.inferences, 1_575_000.0, 1e-9), "{p:?}");
+    assert!(close(p.hours, 4.375, 1e-9), "{p:?}");
+    assert!(close(p.mean_power_w, 2.4, 1e-9), "{p:?}");
+    // Energy without the window's power cannot be timed: said, not guessed from the latency.
+    let mut odd = recs.clone();
+    odd[0].mean_power_w = None;
+    let err = OperatingPoint::from_cell(&stats(&odd)[0]).unwrap_err();
+    assert!(err.contains("3 repeats have an energy per inference but 2 a window mean power"), "{err}");
 }
 
 #[test]

@@ -3,11 +3,13 @@
 //! Known values were computed by hand (and checked with a few lines of plain Python using
 //! the same textbook formulas; numpy/scipy were not available): numpy's default (type 7)
 //! percentiles, the sample standard deviation, Student's t quantile t(0.975, 7) =
-//! 2.364624 from tables, and scipy's asymptotic Mann-Whitney U (tie and continuity corrected).
+//! 2.364624 from tables, scipy's asymptotic Mann-Whitney U (tie and continuity corrected), and
+//! Welch's t on logarithms (Student's t by its regularised incomplete beta function).
 
 use harness::stats::{
-    bootstrap_relative_change, mann_whitney_min_p, mann_whitney_u, summarize, t_interval_mean, tukey_outliers,
-    OutlierSeverity, Sample, SampleError, Statistic, SummaryConfig,
+    bootstrap_relative_change, mann_whitney_min_p, mann_whitney_u, repeat_change, repeats_needed, summarize,
+    t_interval_mean, tukey_outliers, OutlierSeverity, RepeatChangeError, Sample, SampleError, Statistic, SummaryConfig,
+    MAX_REPEATS_NEEDED, MIN_REPEATS,
 };
 use proptest::prelude::*;
 
@@ -111,6 +113,51 @@ fn bootstrap_change_finds_a_known_shift_and_is_seeded() {
     assert_eq!(ch, bootstrap_relative_change(&b, &c, Statistic::Median, &cfg), "same seed, same interval");
 }
 
+#[test]
+fn repeat_change_is_welch_on_logarithms() {
+    // ln[10, 11, 12] against ln[12, 13, 15]: sd 0.0911923 and 0.1130470, difference of log means
+    // 0.190838, Welch df 3.828595, t(0.975, 3.83) = 2.826161: +21.0265 % [-4.5103 %, +53.3927 %],
+    // p = 0.088161 (a few lines of plain Python with the textbook formulas).
+    let ch = repeat_change(&[10.0, 11.0, 12.0], &[12.0, 13.0, 15.0], 0.95).unwrap();
+    assert!(close(ch.base, 10.969_613, 1e-6) && close(ch.candidate, 13.276_144, 1e-6), "{ch:?}");
+    assert!(close(ch.change_pct.point, 21.026_547, 1e-5), "{ch:?}");
+    assert!(close(ch.change_pct.lower, -4.510_291, 1e-4), "{ch:?}");
+    assert!(close(ch.change_pct.upper, 53.392_707, 1e-4), "{ch:?}");
+    assert!(close(ch.df, 3.828_595, 1e-6), "{ch:?}");
+    assert!(close(ch.p_value, 0.088_161, 1e-5), "{ch:?}");
+    assert!(close(ch.sd_log_base, 0.091_192_25, 1e-8) && close(ch.sd_log_candidate, 0.113_046_99, 1e-8));
+    // No spread at all: the interval is the point; p 0 when the means differ, 1 when they do not.
+    let flat = repeat_change(&[2.0; 3], &[3.0; 4], 0.95).unwrap();
+    assert!(close(flat.change_pct.point, 50.0, 1e-9) && flat.change_pct.lower == flat.change_pct.upper);
+    assert_eq!((flat.p_value, flat.df), (0.0, f64::INFINITY));
+    assert_eq!(repeat_change(&[2.0; 3], &[2.0; 3], 0.95).unwrap().p_value, 1.0);
+    // Refusals name the side and the value.
+    assert_eq!(
+        repeat_change(&[1.0, 2.0], &[1.0, 2.0, 3.0], 0.95),
+        Err(RepeatChangeError::TooFewRepeats { side: "base", n: 2, min: MIN_REPEATS })
+    );
+    let err = repeat_change(&[1.0, 2.0, 3.0], &[1.0, 0.0, 3.0], 0.95).unwrap_err();
+    assert_eq!(err.to_string(), "candidate repeat 1 is 0: a relative change needs positive, finite values");
+    assert!(repeat_change(&[1.0, f64::NAN, 3.0], &[1.0, 2.0, 3.0], 0.95).is_err());
+}
+
+#[test]
+fn repeats_needed_follows_the_usual_sample_size() {
+    // sd 0.1 per side, a 10 % change, alpha 0.05, 80 % power: the smallest n with
+    // (t(0.975, 2(n-1)) + 0.841621) x sqrt(0.02 / n) <= ln 1.1 is 19.
+    assert_eq!(repeats_needed(0.1, 0.1, 10.0, 0.05, 0.8), Some(19));
+    // More spread or a smaller change needs more; no spread needs the minimum.
+    assert!(repeats_needed(0.2, 0.1, 10.0, 0.05, 0.8).unwrap() > 19);
+    assert!(repeats_needed(0.1, 0.1, 5.0, 0.05, 0.8).unwrap() > 19);
+    assert_eq!(repeats_needed(0.0, 0.0, 10.0, 0.05, 0.8), Some(MIN_REPEATS));
+    // Nothing to detect, or hopeless: None.
+    assert_eq!(repeats_needed(0.1, 0.1, 0.0, 0.05, 0.8), None);
+    assert_eq!(repeats_needed(1.0, 1.0, 0.01, 0.05, 0.8), None);
+    assert!(repeats_needed(0.1, 0.1, f64::NAN, 0.05, 0.8).is_none());
+    // Just under the cap is still an answer: sd 1 per side and a 10 % change need ~1,700.
+    assert!(repeats_needed(1.0, 1.0, 10.0, 0.05, 0.8).is_some_and(|n| n > 1000 && n < MAX_REPEATS_NEEDED));
+}
+
 fn values() -> impl Strategy<Value = Vec<f64>> {
     prop::collection::vec(-1e3f64..1e3, 2..60)
 }
@@ -168,6 +215,28 @@ proptest! {
         prop_assert!((ab.p_value - ba.p_value).abs() < 1e-12);
         prop_assert!((0.0..=1.0).contains(&ab.p_value));
         prop_assert!((ab.u_a - ba.u_b).abs() < 1e-9);
+    }
+
+    #[test]
+    fn repeat_change_is_scale_free_and_antisymmetric(
+        b in prop::collection::vec(0.1f64..100.0, 3..12),
+        c in prop::collection::vec(0.1f64..100.0, 3..12),
+        k in 0.01f64..100.0,
+    ) {
+        let ch = repeat_change(&b, &c, 0.95).unwrap();
+        prop_assert!(ch.change_pct.lower <= ch.change_pct.point && ch.change_pct.point <= ch.change_pct.upper);
+        prop_assert!(ch.change_pct.lower > -100.0);
+        // Milliseconds or seconds: the same relative change.
+        let scaled = |v: &[f64]| v.iter().map(|x| x * k).collect::<Vec<_>>();
+        let s = repeat_change(&scaled(&b), &scaled(&c), 0.95).unwrap();
+        prop_assert!((s.change_pct.point - ch.change_pct.point).abs() < 1e-6 * (1.0 + ch.change_pct.point.abs()));
+        prop_assert!((s.p_value - ch.p_value).abs() < 1e-9);
+        // Swapping the sides inverts the ratio, with the same p.
+        let r = repeat_change(&c, &b, 0.95).unwrap();
+        let inv = |pct: f64| (1.0 / (1.0 + pct / 100.0) - 1.0) * 100.0;
+        prop_assert!((r.change_pct.point - inv(ch.change_pct.point)).abs() < 1e-6 * (1.0 + r.change_pct.point.abs()));
+        prop_assert!((r.change_pct.lower - inv(ch.change_pct.upper)).abs() < 1e-6 * (1.0 + r.change_pct.lower.abs()));
+        prop_assert!((r.p_value - ch.p_value).abs() < 1e-9);
     }
 
     #[test]

@@ -2,19 +2,25 @@
 //! policy, from measured energy per inference, idle power and latency.
 //!
 //! # Model
-//! - **Battery**: nominal energy `E` (J) from the scenario's board battery, the command line
-//!   (`mAh x V x 3.6`), or RT3's 37,800 J. Optional Peukert exponent `k` (1 = ideal): the
-//!   energy a battery delivers at average current `I` is `E x (I_rated / I)^(k-1)`, with
-//!   `I_rated = C / H` the current that empties it in its rated time `H` (20 h, the C/20
-//!   convention Peukert ratings are quoted at). Currents are taken at the battery's nominal
-//!   voltage, which cancels: `I_rated / I = E / (3600 s/h x H x P)` for average power `P`.
+//! - **Battery**: nominal energy `E` (J) from the command line (`mAh x V x 3.6`), else the
+//!   scenario's board battery, else RT3's 37,800 J (precedence: [`super::battery_model`]).
+//!   Optional Peukert exponent `k` (1 = ideal): the energy a battery delivers at average
+//!   current `I` is `E x min(1, I_rated / I)^(k-1)`, with `I_rated = C / H` the current that
+//!   empties it in its rated time `H` (20 h, the C/20 convention Peukert ratings are quoted
+//!   at). Currents are taken at the battery's nominal voltage, which cancels:
+//!   `I_rated / I = E / (3600 s/h x H x P)` for average power `P`. Below the rated current the
+//!   battery gives its nominal energy, never more: the rated capacity is what a slow
+//!   discharge delivers, and extrapolating Peukert's law below it would invent capacity.
 //!   Peukert's law describes constant loads; for the RT3 schedule it is applied per level
 //!   (each level draws its share of the battery at its own power), an approximation.
 //! - **Workload**: back-to-back inference costs the cell's gross energy per inference
-//!   (window energy / inferences, idle included since the board is on) and takes its mean
-//!   latency. Periodic inference (one per period `T`) costs that energy plus measured idle
-//!   power for `T - mean latency`, and takes `T`; a period shorter than the mean latency is
-//!   an error for that policy (the board cannot keep up).
+//!   (window energy / inferences, idle included since the board is on) and takes the same
+//!   window's duration per inference (window duration / inferences), so energy and time come
+//!   from the same window and their ratio is the window's measured mean power. (The mean
+//!   latency would leave out the time between timed inferences, making the board look faster
+//!   at the same energy.) Periodic inference (one per period `T`) costs that energy plus
+//!   measured idle power for the rest of the period, and takes `T`; a period shorter than an
+//!   inference's time is an error for that policy (the board cannot keep up).
 //! - **Policies**: dense at the top frequency, block-pruned at the top frequency, every static
 //!   (frequency, variant) pair, the best static one (the pair, of any variant kind, meeting
 //!   the deadline, and for a pattern set its `min_fidelity`, with the most inferences per
@@ -96,12 +102,18 @@ impl BatteryModel {
         })
     }
 
-    /// Energy delivered at constant average power `power_w` (Peukert-corrected).
+    /// The average power that empties the battery in its rated time (the C/20 load), W.
+    pub fn rated_power_w(&self) -> f64 {
+        self.energy_j / (3600.0 * self.rated_hours)
+    }
+
+    /// Energy delivered at constant average power `power_w` (Peukert-corrected): nominal at
+    /// or below the rated power, less above it; never more than nominal.
     pub fn usable_energy_j(&self, power_w: f64) -> f64 {
-        if self.peukert_exponent == 1.0 || power_w <= 0.0 {
+        if self.peukert_exponent == 1.0 || power_w.is_nan() || power_w <= 0.0 {
             return self.energy_j;
         }
-        let rated_over_actual = self.energy_j / (3600.0 * self.rated_hours * power_w);
+        let rated_over_actual = (self.rated_power_w() / power_w).min(1.0);
         self.energy_j * rated_over_actual.powf(self.peukert_exponent - 1.0)
     }
 
@@ -130,6 +142,10 @@ pub fn describe_workload(w: &Workload) -> String {
 pub struct OperatingPoint {
     pub freq_khz: u64,
     pub variant: String,
+    /// Time one inference takes back to back, ms. Measured ([`OperatingPoint::from_cell`]): the
+    /// timed window's duration / its inferences, the window `energy_per_inference_mj` comes
+    /// from (not the mean latency, which leaves out the time between inferences). In RT3's
+    /// model: its scaled latency. (The name predates that; the field is the time per inference.)
     pub latency_mean_ms: f64,
     /// Gross energy per inference, mJ.
     pub energy_per_inference_mj: f64,
@@ -139,6 +155,12 @@ pub struct OperatingPoint {
 
 impl OperatingPoint {
     /// From aggregated cells; an error when energy was not measured.
+    ///
+    /// Energy and time per inference both come from each repeat's timed window, averaged over
+    /// the repeats with power: energy per inference is the window's energy / inferences, and
+    /// the window's duration per inference is that energy divided by the window's mean power
+    /// (which the energy integration defines as window energy / window duration, see
+    /// [`crate::energy::window_energy`]), i.e. window duration / inferences.
     pub fn from_cell(c: &CellStats) -> Result<Self, String> {
         let energy = c
             .energy_mean_mj()
@@ -146,7 +168,7 @@ impl OperatingPoint {
         Ok(Self {
             freq_khz: c.key.freq_khz,
             variant: c.key.variant.clone(),
-            latency_mean_ms: c.latency_mean_ms,
+            latency_mean_ms: window_ms_per_inference(c)?,
             energy_per_inference_mj: energy,
             idle_power_w: c.idle_power_mean_w(),
         })
@@ -155,6 +177,32 @@ impl OperatingPoint {
     fn label(&self) -> String {
         format!("{} at {}", self.variant, format_khz(self.freq_khz))
     }
+}
+
+/// The timed window's duration per inference (ms), mean over the repeats with power: per repeat,
+/// gross energy per inference (mJ) / the window's mean power (W) = window duration / inferences.
+pub fn window_ms_per_inference(c: &CellStats) -> Result<f64, String> {
+    let (energy, power) = (&c.energy_per_inference_mj, &c.mean_power_w);
+    if energy.is_empty() {
+        return Err(format!("{}: no energy per inference measured (no power monitor?)", c.key));
+    }
+    if energy.len() != power.len() {
+        return Err(format!(
+            "{}: {} repeats have an energy per inference but {} a window mean power; the time per inference \
+             cannot be paired with its energy",
+            c.key,
+            energy.len(),
+            power.len()
+        ));
+    }
+    let mut total = 0.0;
+    for (e, p) in energy.iter().zip(power) {
+        if !(*p > 0.0 && p.is_finite()) {
+            return Err(format!("{}: a window's mean power is {p} W, cannot time its inferences", c.key));
+        }
+        total += e / p;
+    }
+    Ok(total / energy.len() as f64)
 }
 
 /// Energy and time of one unit of work: an inference back to back, or one period.
@@ -166,21 +214,22 @@ pub struct WorkCost {
 
 /// The cost of one inference under `workload` (see the module docs).
 pub fn work_cost(op: &OperatingPoint, workload: &Workload) -> Result<WorkCost, String> {
-    let latency_s = op.latency_mean_ms / 1e3;
+    let busy_s = op.latency_mean_ms / 1e3;
     let energy_j = op.energy_per_inference_mj / 1e3;
-    if !(latency_s.is_finite() && latency_s > 0.0) {
-        return Err(format!("{}: no usable latency ({} ms)", op.label(), op.latency_mean_ms));
+    if !(busy_s.is_finite() && busy_s > 0.0) {
+        return Err(format!("{}: no usable time per inference ({} ms)", op.label(), op.latency_mean_ms));
     }
     if !(energy_j.is_finite() && energy_j > 0.0) {
         return Err(format!("{}: no usable energy per inference ({} mJ)", op.label(), op.energy_per_inference_mj));
     }
     match workload {
-        Workload::BackToBack => Ok(WorkCost { energy_j, seconds: latency_s }),
+        Workload::BackToBack => Ok(WorkCost { energy_j, seconds: busy_s }),
         Workload::Periodic { period } => {
             let period_s = period.as_secs_f64();
-            if period_s < latency_s {
+            if period_s < busy_s {
                 return Err(format!(
-                    "the period {} ms is shorter than the mean latency of {} ({:.3} ms): the board cannot keep up",
+                    "the period {} ms is shorter than the time one inference of {} takes back to back ({:.3} ms): \
+                     the board cannot keep up",
                     period_s * 1e3,
                     op.label(),
                     op.latency_mean_ms
@@ -190,7 +239,7 @@ pub fn work_cost(op: &OperatingPoint, workload: &Workload) -> Result<WorkCost, S
                 .idle_power_w
                 .filter(|p| p.is_finite())
                 .ok_or_else(|| format!("{}: no idle power measured, needed for a periodic workload", op.label()))?;
-            Ok(WorkCost { energy_j: energy_j + idle_w * (period_s - latency_s), seconds: period_s })
+            Ok(WorkCost { energy_j: energy_j + idle_w * (period_s - busy_s), seconds: period_s })
         }
     }
 }

@@ -1,65 +1,95 @@
 //! Regression checks between two runs (`hil compare BASE CAND`).
 //!
-//! Cells are matched by (board, frequency, variant). For each match:
-//! - **latency**: every timed inference of every repeat pooled per side; the change in the
-//!   median, with a seeded percentile-bootstrap interval, and a two-sided Mann-Whitney U
-//!   test (normal approximation, tie-corrected) on the pooled inferences;
-//! - **energy per inference** (gross): one value per repeat; the change in the mean across
-//!   repeats with a bootstrap interval and the same test. With fewer than two repeats with
-//!   power on a side it is not tested, and when the samples are too small for the test ever
-//!   to reach significance (3 against 3 repeats cannot; 4 against 4 can) the metric is
-//!   reported as "not tested" with the change and its interval, never as "unchanged".
+//! Cells are matched by (board, frequency, variant). **The repeat is the unit**: each repeat
+//! of a cell gives one value per metric, its median latency (over its timed inferences) and
+//! its gross energy per inference (window energy / inferences). Thousands of inferences of
+//! one repeat are not thousands of independent measurements: what differs between two runs
+//! is mostly what differs between repeats (placement, temperature, the OS), so a test that
+//! pooled them would call any such difference significant (it did: +20 % [-22 %, +85 %] was
+//! "p < 0.0001, REGRESSED").
 //!
-//! A metric **regressed** only when the change is significant (p < alpha) AND larger than the
-//! noise threshold (default 3 %): a tiny but significant change from thousands of
-//! inferences is not a regression, nor is a large change the data cannot support. A metric
-//! that got significantly better by more than the threshold is "improved".
-//! Pooling inferences treats them as independent; drift between repeats makes the test
-//! optimistic, which the threshold guards against.
+//! For each metric, [`crate::stats::repeat_change`] gives the change of the geometric mean over
+//! repeats, `candidate / base - 1`, with a `1 - alpha` Welch t interval on the logarithms and
+//! its p-value. The verdict ([`decide`]):
+//! - **REGRESSED**: the interval lies above zero (p < alpha) AND the change exceeds
+//!   `+threshold` %. A change whose interval includes zero is never a regression;
+//! - **improved**: the mirror image;
+//! - **inconclusive**: fewer than [`MIN_REPEATS`] repeats on a side (the spread between
+//!   repeats cannot be estimated), or a change beyond the threshold whose interval includes
+//!   zero; the verdict says how many repeats per side would detect a change of that size;
+//! - **unchanged**: otherwise (within the threshold, or no evidence of a change);
+//! - **not tested**: a side has no value at all (e.g. no power monitor), or a value is not
+//!   positive.
 //!
 //! Correctness regressions: a matched cell whose output checksums differ between the runs
 //! (same model and same variant definition: the kernels must give the same bits), and a
 //! failed agent selftest recorded in the candidate's `run.json`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::cells::{aggregate_cells, CellGroupKey, CellStats};
+use super::cells::CellGroupKey;
 use super::load::{RunData, SelftestFailure};
+use crate::results::CellRecord;
 use crate::scenario::{ModelSource, ModelSpec};
 use crate::stats::{
-    bootstrap_relative_change, mann_whitney_min_p, mann_whitney_u, Estimate, Sample, Statistic, SummaryConfig,
+    geometric_mean_change_pct, percentile_sorted, repeat_change, repeats_needed, Estimate, RepeatChangeError,
+    Statistic, MAX_REPEATS_NEEDED, MIN_REPEATS,
 };
 
-/// Thresholds and the bootstrap's configuration.
+/// Default power the "need >= N repeats per side" advice is computed for.
+pub const PLANNING_POWER: f64 = 0.8;
+
+/// The noise threshold and the significance level.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CompareConfig {
     /// Changes smaller than this (percent) are noise whatever the test says.
     pub threshold_pct: f64,
-    /// Significance level of the test.
+    /// Significance level of the test; intervals are at confidence `1 - alpha`, so "the
+    /// interval excludes zero" and "p < alpha" are the same statement.
     pub alpha: f64,
-    pub summary: SummaryConfig,
+    /// Probability of detection the "need >= N repeats per side" advice of an inconclusive
+    /// verdict aims at (default [`PLANNING_POWER`]).
+    pub planning_power: f64,
 }
 
 impl Default for CompareConfig {
     fn default() -> Self {
-        Self { threshold_pct: 3.0, alpha: 0.05, summary: SummaryConfig::default() }
+        Self { threshold_pct: 3.0, alpha: 0.05, planning_power: PLANNING_POWER }
     }
 }
 
+/// `0.95` as `95`, `0.975` as `97.5`.
+fn percent(x: f64) -> String {
+    let p = (x * 1000.0).round() / 10.0;
+    format!("{p}")
+}
+
 impl CompareConfig {
+    /// Confidence of the change's interval (`1 - alpha`).
+    pub fn confidence(&self) -> f64 {
+        1.0 - self.alpha
+    }
+
+    /// How the comparison was made, for reports and `hil compare`'s output.
     pub fn method(&self) -> String {
         format!(
-            "Latency: median of all inferences pooled over repeats; energy: mean gross energy per inference over \
-             repeats. Change = candidate / base - 1 with a {:.0} % percentile-bootstrap interval ({} resamples, \
-             ChaCha8 seed {:#x}); two-sided Mann-Whitney U test (normal approximation, tie and continuity \
-             corrected). Regressed when p < {} and the change exceeds +{} %.",
-            self.summary.confidence * 100.0,
-            self.summary.resamples,
-            self.summary.seed,
-            self.alpha,
-            self.threshold_pct
+            "Repeats are the unit: each repeat of a cell gives one value per metric (latency: the median of its \
+             timed inferences; energy: its gross energy per inference), so the spread between repeats, not the number \
+             of inferences, sets the uncertainty. Change = ratio of the geometric means over repeats, candidate / base \
+             - 1, with a {conf} % Welch t interval on the logarithms (Welch-Satterthwaite degrees of freedom) and \
+             Welch's two-sided p-value; no resampling, so the result is deterministic. REGRESSED when the interval \
+             lies above 0 (p < {alpha}) and the change exceeds +{thr} %; improved when it lies below 0 and the change \
+             is beyond -{thr} %; inconclusive with fewer than {min} repeats on a side, or when the change exceeds the \
+             threshold but its interval includes 0 (the verdict gives the repeats per side that would detect a change \
+             of that size with {power} % power); unchanged otherwise. A change whose interval includes 0 is never a \
+             regression.",
+            conf = percent(self.confidence()),
+            alpha = self.alpha,
+            thr = self.threshold_pct,
+            min = MIN_REPEATS,
+            power = percent(self.planning_power),
         )
     }
 }
@@ -81,7 +111,9 @@ pub enum Verdict {
     Regressed,
     Improved,
     Unchanged,
-    /// Not enough data to test (the reason).
+    /// The data cannot decide (why, and the repeats per side that would).
+    Inconclusive(String),
+    /// Nothing to test (the reason).
     NotTested(String),
 }
 
@@ -91,7 +123,16 @@ impl Verdict {
             Verdict::Regressed => "REGRESSED",
             Verdict::Improved => "improved",
             Verdict::Unchanged => "unchanged",
+            Verdict::Inconclusive(_) => "inconclusive",
             Verdict::NotTested(_) => "not tested",
+        }
+    }
+
+    /// `inconclusive: why`, `not tested: why`, or the label.
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::Inconclusive(why) | Verdict::NotTested(why) => format!("{}: {why}", self.label()),
+            v => v.label().to_string(),
         }
     }
 }
@@ -102,43 +143,73 @@ pub struct MetricComparison {
     /// `latency` or `energy per inference`.
     pub metric: &'static str,
     pub unit: &'static str,
+    /// The per-repeat statistic (latency: the median of a repeat's inferences).
     pub statistic: Statistic,
+    /// Repeats with a value on each side.
     pub n_base: usize,
     pub n_candidate: usize,
-    /// The statistic on each side (`NaN` when not tested).
+    /// Geometric mean over repeats on each side (`NaN` when not tested).
     pub base: f64,
     pub candidate: f64,
-    /// Percent change with its interval.
+    /// Percent change with its `1 - alpha` interval (bounds `NaN` with too few repeats).
     pub change_pct: Estimate,
+    /// Welch's two-sided p-value (`NaN` when not computed).
     pub p_value: f64,
+    /// For an inconclusive verdict: repeats per side that would decide it (`None`: more than
+    /// [`MAX_REPEATS_NEEDED`], or not applicable).
+    pub repeats_needed: Option<usize>,
     pub verdict: Verdict,
 }
 
-impl MetricComparison {
-    fn not_tested(
-        metric: &'static str,
-        unit: &'static str,
-        statistic: Statistic,
-        n: (usize, usize),
-        why: String,
-    ) -> Self {
-        let nan = Estimate { point: f64::NAN, lower: f64::NAN, upper: f64::NAN };
-        Self {
-            metric,
-            unit,
-            statistic,
-            n_base: n.0,
-            n_candidate: n.1,
-            base: f64::NAN,
-            candidate: f64::NAN,
-            change_pct: nan,
-            p_value: f64::NAN,
-            verdict: Verdict::NotTested(why),
-        }
+const NAN_ESTIMATE: Estimate = Estimate { point: f64::NAN, lower: f64::NAN, upper: f64::NAN };
+
+/// The verdict for a change with its interval (see the module docs), given the spread between
+/// repeats for the advice on how many are needed. Pure; a change whose interval includes zero
+/// is never [`Verdict::Regressed`] nor [`Verdict::Improved`].
+pub fn decide(
+    change_pct: &Estimate,
+    sd_logs: (f64, f64),
+    repeats: (usize, usize),
+    config: &CompareConfig,
+) -> (Verdict, Option<usize>) {
+    let (e, thr) = (change_pct, config.threshold_pct);
+    if e.lower > 0.0 && e.point > thr {
+        return (Verdict::Regressed, None);
     }
+    if e.upper < 0.0 && e.point < -thr {
+        return (Verdict::Improved, None);
+    }
+    if e.point.abs() > thr {
+        // Beyond the threshold, but the interval reaches zero: the data cannot tell.
+        let have = repeats.0.max(repeats.1);
+        let needed =
+            repeats_needed(sd_logs.0, sd_logs.1, e.point, config.alpha, config.planning_power).map(|n| n.max(have + 1));
+        let advice = match needed {
+            Some(n) => format!(
+                "need >= {n} repeats per side to detect a change of this size ({} % power, from the variation between \
+                 repeats seen here)",
+                percent(config.planning_power)
+            ),
+            None => format!(
+                "more than {MAX_REPEATS_NEEDED} repeats per side would be needed to detect a change of this size: reduce \
+                 the variation between repeats"
+            ),
+        };
+        let why = format!(
+            "the change {:+.2} % exceeds the {thr} % threshold but its {} % interval [{:+.2}, {:+.2}] includes 0; \
+             {advice}",
+            e.point,
+            percent(config.confidence()),
+            e.lower,
+            e.upper
+        );
+        return (Verdict::Inconclusive(why), needed);
+    }
+    (Verdict::Unchanged, None)
 }
 
-/// Tests `candidate` against `base` for one metric where larger is worse.
+/// Tests `candidate` against `base` for one metric where larger is worse. `base` and
+/// `candidate` hold one value per repeat.
 pub fn compare_metric(
     metric: &'static str,
     unit: &'static str,
@@ -147,43 +218,117 @@ pub fn compare_metric(
     candidate: &[f64],
     config: &CompareConfig,
 ) -> MetricComparison {
-    let n = (base.len(), candidate.len());
-    let (b, c) = match (Sample::new(base.to_vec()), Sample::new(candidate.to_vec())) {
-        (Ok(b), Ok(c)) => (b, c),
-        (Err(e), _) => return MetricComparison::not_tested(metric, unit, statistic, n, format!("base: {e}")),
-        (_, Err(e)) => return MetricComparison::not_tested(metric, unit, statistic, n, format!("candidate: {e}")),
-    };
-    let change = bootstrap_relative_change(&b, &c, statistic, &config.summary);
-    let test = mann_whitney_u(&c, &b);
-    let significant = test.p_value < config.alpha;
-    let pct = change.change_pct.point;
-    let min_p = mann_whitney_min_p(b.len(), c.len());
-    let verdict = if pct.is_nan() {
-        Verdict::NotTested(format!("the base {} is zero", statistic.label()))
-    } else if min_p >= config.alpha {
-        Verdict::NotTested(format!(
-            "{} against {} values cannot reach p < {} (at best p = {min_p:.3}); measure more repeats",
-            n.0, n.1, config.alpha
-        ))
-    } else if significant && pct > config.threshold_pct {
-        Verdict::Regressed
-    } else if significant && pct < -config.threshold_pct {
-        Verdict::Improved
-    } else {
-        Verdict::Unchanged
-    };
-    MetricComparison {
+    let mut m = MetricComparison {
         metric,
         unit,
         statistic,
-        n_base: n.0,
-        n_candidate: n.1,
-        base: change.base,
-        candidate: change.candidate,
-        change_pct: change.change_pct,
-        p_value: test.p_value,
-        verdict,
+        n_base: base.len(),
+        n_candidate: candidate.len(),
+        base: f64::NAN,
+        candidate: f64::NAN,
+        change_pct: NAN_ESTIMATE,
+        p_value: f64::NAN,
+        repeats_needed: None,
+        verdict: Verdict::Unchanged,
+    };
+    for (side, v) in [("base", base), ("candidate", candidate)] {
+        if v.is_empty() {
+            m.verdict = Verdict::NotTested(format!("the {side} run has no {metric} value in any repeat"));
+            return m;
+        }
     }
+    match repeat_change(base, candidate, config.confidence()) {
+        Ok(ch) => {
+            m.base = ch.base;
+            m.candidate = ch.candidate;
+            m.change_pct = ch.change_pct;
+            m.p_value = ch.p_value;
+            let (verdict, needed) =
+                decide(&ch.change_pct, (ch.sd_log_base, ch.sd_log_candidate), (base.len(), candidate.len()), config);
+            m.verdict = verdict;
+            m.repeats_needed = needed;
+        }
+        Err(RepeatChangeError::TooFewRepeats { .. }) => {
+            // Still say what the change looks like, without an interval.
+            if let Some((b, c, pct)) = geometric_mean_change_pct(base, candidate) {
+                m.base = b;
+                m.candidate = c;
+                m.change_pct = Estimate { point: pct, ..NAN_ESTIMATE };
+            }
+            m.repeats_needed = Some(MIN_REPEATS);
+            m.verdict = Verdict::Inconclusive(format!(
+                "need >= {MIN_REPEATS} repeats per side to estimate the variation between repeats (base {}, candidate \
+                 {})",
+                base.len(),
+                candidate.len()
+            ));
+        }
+        Err(e @ RepeatChangeError::NotPositive { .. }) => m.verdict = Verdict::NotTested(e.to_string()),
+    }
+    m
+}
+
+/// One (board, frequency, variant) of a run as `hil compare` sees it: one value per repeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepeatValues {
+    pub key: CellGroupKey,
+    /// Per repeat, in repeat order: the median latency of its timed inferences, ms (the
+    /// journal's per-repeat median when the inferences were not stored).
+    pub latency_median_ms: Vec<f64>,
+    /// Per repeat with power, in repeat order: gross energy per inference, mJ.
+    pub energy_per_inference_mj: Vec<f64>,
+    /// Output checksums seen over the repeats.
+    pub checksums: BTreeSet<String>,
+}
+
+/// The median of one repeat's latencies (ms), or its stored median without them.
+fn repeat_median_ms(r: &CellRecord) -> Option<f64> {
+    if r.latencies_ns.is_empty() {
+        return (r.iterations > 0 && r.latency_median_ms.is_finite()).then_some(r.latency_median_ms);
+    }
+    let mut ms: Vec<f64> = r.latencies_ns.iter().map(|ns| *ns as f64 / 1e6).collect();
+    ms.sort_by(f64::total_cmp);
+    percentile_sorted(&ms, 0.5)
+}
+
+/// Groups a run's cells by (board, frequency, variant), one value per repeat, ordered as
+/// [`super::aggregate_cells`] orders them (board, frequency highest first, variants in the
+/// order they first appear).
+pub fn repeat_values(cells: &[CellRecord]) -> Vec<RepeatValues> {
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut groups: BTreeMap<CellGroupKey, Vec<&CellRecord>> = BTreeMap::new();
+    for c in cells {
+        let n = first_seen.len();
+        first_seen.entry(c.variant.as_str()).or_insert(n);
+        groups
+            .entry(CellGroupKey { board: c.board.clone(), freq_khz: c.freq_khz, variant: c.variant.clone() })
+            .or_default()
+            .push(c);
+    }
+    let mut out: Vec<RepeatValues> = groups
+        .into_iter()
+        .map(|(key, mut reps)| {
+            reps.sort_by_key(|r| r.repeat);
+            RepeatValues {
+                key,
+                latency_median_ms: reps.iter().filter_map(|r| repeat_median_ms(r)).collect(),
+                energy_per_inference_mj: reps
+                    .iter()
+                    .filter_map(|r| r.energy_per_inference_mj)
+                    .filter(|v| v.is_finite())
+                    .collect(),
+                checksums: reps.iter().map(|r| r.checksum.clone()).collect(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.key.board.as_str(), std::cmp::Reverse(a.key.freq_khz), first_seen[a.key.variant.as_str()]).cmp(&(
+            b.key.board.as_str(),
+            std::cmp::Reverse(b.key.freq_khz),
+            first_seen[b.key.variant.as_str()],
+        ))
+    });
+    out
 }
 
 /// Output checksums of a matched cell on both sides.
@@ -234,15 +379,15 @@ pub struct Comparison {
     pub selftest_failed_boards: Vec<String>,
 }
 
-/// Compares aggregated cells (the pure core of [`compare_runs`]). `variant_changed` names the
-/// variants whose definition differs between the two scenarios.
+/// Compares cells' per-repeat values (the pure core of [`compare_runs`]). `variant_changed`
+/// names the variants whose definition differs between the two scenarios.
 pub fn compare_cells(
-    base: &[CellStats],
-    candidate: &[CellStats],
+    base: &[RepeatValues],
+    candidate: &[RepeatValues],
     variant_changed: &BTreeSet<String>,
     config: &CompareConfig,
 ) -> (Vec<CellComparison>, Vec<CellGroupKey>, Vec<CellGroupKey>) {
-    let cand_by_key: BTreeMap<&CellGroupKey, &CellStats> = candidate.iter().map(|c| (&c.key, c)).collect();
+    let cand_by_key: BTreeMap<&CellGroupKey, &RepeatValues> = candidate.iter().map(|c| (&c.key, c)).collect();
     let base_keys: BTreeSet<&CellGroupKey> = base.iter().map(|c| &c.key).collect();
     let mut matched = Vec::new();
     let mut only_in_base = Vec::new();
@@ -251,10 +396,16 @@ pub fn compare_cells(
             only_in_base.push(b.key.clone());
             continue;
         };
-        let pooled = |s: &CellStats| s.latency_sample.as_ref().map(|s| s.sorted().to_vec()).unwrap_or_default();
         matched.push(CellComparison {
             key: b.key.clone(),
-            latency: compare_metric("latency", "ms", Statistic::Median, &pooled(b), &pooled(c), config),
+            latency: compare_metric(
+                "latency",
+                "ms",
+                Statistic::Median,
+                &b.latency_median_ms,
+                &c.latency_median_ms,
+                config,
+            ),
             energy: compare_metric(
                 "energy per inference",
                 "mJ",
@@ -324,8 +475,8 @@ pub fn compare_runs(base: &RunData, candidate: &RunData, config: &CompareConfig)
         .filter(|v| candidate.scenario.variant(&v.name).is_some_and(|c| c.kind != v.kind))
         .map(|v| v.name.clone())
         .collect();
-    let b = aggregate_cells(&base.cells, &config.summary);
-    let c = aggregate_cells(&candidate.cells, &config.summary);
+    let b = repeat_values(&base.cells);
+    let c = repeat_values(&candidate.cells);
     let (cells, only_in_base, only_in_candidate) = compare_cells(&b, &c, &variant_changed, config);
     if cells.is_empty() {
         return Err(CompareError::NothingMatches { base: base.dir.clone(), candidate: candidate.dir.clone() });
@@ -359,10 +510,9 @@ fn fmt_change(m: &MetricComparison) -> String {
     if e.point.is_nan() {
         return "-".into();
     }
-    // An interval from fewer than 3 values per side is too wide to mean anything: say so.
-    let n = m.n_base.min(m.n_candidate);
-    if n < 3 {
-        return format!("{:+.2} % (n={n}: no interval)", e.point);
+    if e.lower.is_nan() || e.upper.is_nan() {
+        // Fewer than MIN_REPEATS repeats on a side: the spread between repeats is unknown.
+        return format!("{:+.2} % (repeats {}/{}: no interval)", e.point, m.n_base, m.n_candidate);
     }
     format!("{:+.2} % [{:+.2}, {:+.2}]", e.point, e.lower, e.upper)
 }
@@ -415,25 +565,38 @@ impl Comparison {
         out
     }
 
+    /// One line per inconclusive metric: what could not be decided and how many repeats would.
+    pub fn inconclusive(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &self.cells {
+            for m in [&c.latency, &c.energy] {
+                if let Verdict::Inconclusive(why) = &m.verdict {
+                    out.push(format!("{}: {} {}: {why}", c.key, m.metric, fmt_change(m)));
+                }
+            }
+        }
+        out
+    }
+
     /// The comparison as a Markdown table and lists.
     pub fn to_markdown(&self) -> String {
-        let conf = self.config.summary.confidence * 100.0;
+        let conf = percent(self.config.confidence());
         let mut out = format!(
-            "Comparison of {} (candidate) against {} (base): threshold {} %, alpha {}.\n\n",
+            "Comparison of {} (candidate) against {} (base): threshold {} %, alpha {}. Base and candidate are \
+             geometric means over repeats of each repeat's value (latency: the median of its inferences).\n\n",
             self.candidate_dir.display(),
             self.base_dir.display(),
             self.config.threshold_pct,
             self.config.alpha
         );
-        let _ =
-            writeln!(out, "| cell | metric | base | candidate | change ({conf:.0} % CI) | p | n base/cand | verdict |");
+        let _ = writeln!(
+            out,
+            "| cell | metric (per repeat) | base | candidate | change ({conf} % CI) | p | repeats base/cand | verdict |"
+        );
         out.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");
         for c in &self.cells {
             for m in [&c.latency, &c.energy] {
-                let verdict = match &m.verdict {
-                    Verdict::NotTested(why) => format!("not tested: {why}"),
-                    v => v.label().to_string(),
-                };
+                let verdict = m.verdict.describe();
                 let _ = writeln!(
                     out,
                     "| {} | {} {} ({}) | {} | {} | {} | {} | {}/{} | {} |",
@@ -480,6 +643,17 @@ impl Comparison {
                 );
             }
         }
+        let inconclusive = self.inconclusive();
+        if !inconclusive.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{} inconclusive (not counted as regressions; measure more repeats):",
+                inconclusive.len()
+            );
+            for line in inconclusive {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
         let regressions = self.regressions();
         if regressions.is_empty() {
             out.push_str("\nNo regressions.\n");
@@ -522,7 +696,7 @@ impl Comparison {
                     name: format!("{} {}", c.key.variant, m.metric),
                     failure: (m.verdict == Verdict::Regressed).then(|| detail.clone()),
                     skipped: match &m.verdict {
-                        Verdict::NotTested(why) => Some(why.clone()),
+                        Verdict::NotTested(_) | Verdict::Inconclusive(_) => Some(m.verdict.describe()),
                         _ => None,
                     },
                 });

@@ -35,19 +35,22 @@ pub use load::{load_run, BoardInfo, RunData, RunInfo, SelftestFailure, SelftestS
 pub use schedule::{rt3_schedule, Ranking, Rt3Schedule, ScheduleLevel, ScheduleRule};
 pub use switch::{SwitchCost, SwitchData, RT3_SWITCH_BUDGET_MS};
 
-use crate::scenario::Workload;
+use crate::scenario::{Scenario, Workload};
 use crate::stats::SummaryConfig;
 
 /// Choices that are not in the scenario (battery overrides from the command line, the
-/// bootstrap's size and seed).
+/// bootstrap's size and seed). What the command line gives wins over the scenario: see
+/// [`battery_model`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AnalysisOptions {
     pub summary: SummaryConfig,
-    /// Overrides every board's battery (`hil battery --capacity-mah N --voltage V`).
+    /// Replaces every board's battery, the scenario's included (`hil battery --capacity-mah N
+    /// --voltage V`).
     pub battery_override: Option<BatteryModel>,
     /// Overrides the scenario's workload (`hil battery --period-ms N`).
     pub workload_override: Option<Workload>,
-    /// Peukert exponent applied when the battery source does not give one (`--peukert`).
+    /// Replaces the Peukert exponent of whichever battery is used, the scenario's
+    /// `peukert_exponent` included (`--peukert`).
     pub peukert_override: Option<f64>,
     /// Core voltages per level, highest first, for the paper's power model (`--voltages`);
     /// `None`: RT3's own three voltages when there are three levels.
@@ -67,6 +70,33 @@ pub struct RunAnalysis {
     pub method: String,
 }
 
+/// The battery projected for `board`, by precedence (the command line wins, as command-line
+/// options do everywhere in `hil`):
+/// 1. `options.battery_override` (`--capacity-mah/--voltage`) when given;
+/// 2. else the scenario board's `battery`;
+/// 3. else RT3's 37,800 J ideal battery.
+///
+/// Then `options.peukert_override` (`--peukert`), when given, replaces the exponent of that
+/// battery, whatever it was (the scenario's `peukert_exponent`, else 1), and the battery's
+/// `source` says so.
+pub fn battery_model(scenario: &Scenario, board: &str, options: &AnalysisOptions) -> BatteryModel {
+    let mut model = options.battery_override.clone().unwrap_or_else(|| {
+        scenario
+            .board(board)
+            .and_then(|b| b.battery.as_ref())
+            .map(|spec| BatteryModel::from_spec(spec, &format!("scenario boards[{board}].battery")))
+            .unwrap_or_else(BatteryModel::rt3_default)
+    });
+    if let Some(k) = options.peukert_override {
+        if k != model.peukert_exponent {
+            model.source =
+                format!("{}; Peukert exponent {k} from --peukert (was {})", model.source, model.peukert_exponent);
+        }
+        model.peukert_exponent = k;
+    }
+    model
+}
+
 /// Statistics, RT3 schedule and battery projections (measured and modelled) for a run.
 pub fn analyze_run(run: &RunData, options: &AnalysisOptions) -> RunAnalysis {
     let cells = aggregate_cells(&run.cells, &options.summary);
@@ -81,16 +111,7 @@ pub fn analyze_run(run: &RunData, options: &AnalysisOptions) -> RunAnalysis {
         let rule = rule.for_board(&board_cells);
         let schedule = rt3_schedule(board, &board_cells, &rule);
         let shares = run.scenario.policy.shares_for(schedule.levels.len());
-        let mut model = options.battery_override.clone().unwrap_or_else(|| {
-            run.scenario
-                .board(board)
-                .and_then(|b| b.battery.as_ref())
-                .map(|spec| BatteryModel::from_spec(spec, &format!("scenario boards[{board}].battery")))
-                .unwrap_or_else(BatteryModel::rt3_default)
-        });
-        if let Some(k) = options.peukert_override {
-            model.peukert_exponent = k;
-        }
+        let model = battery_model(&run.scenario, board, options);
         battery.push(battery::project_board(board, &board_cells, &schedule, &shares, &model, workload));
         battery.push(rt3_model::model_projection(board, &board_cells, &rule, &shares, options.voltages_v.as_deref()));
         schedules.push(schedule);

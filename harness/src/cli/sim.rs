@@ -38,16 +38,33 @@ enum SimCommands {
         /// The board's name, recorded in the simulator's marker.
         #[arg(long, default_value = "serve")]
         name: String,
-        /// Stop after this many seconds (default: run until Ctrl-C/SIGTERM). Either way it exits within
-        /// 2 s of being asked, whatever a PPK2 client left behind.
+        /// Stop after this many seconds, 0 to a year (default: run until Ctrl-C/SIGTERM). Either way it
+        /// exits within 2 s of being asked, whatever a PPK2 client left behind.
         #[arg(long)]
         seconds: Option<f64>,
     },
 }
 
+/// Longest `--seconds`: a year (a longer run is one that should be stopped by a signal).
+pub const MAX_SERVE_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// `--seconds S` as a duration: a finite number from 0 to a year (0 stops at once). NaN,
+/// infinities, negatives and larger values are errors naming the argument and value.
+pub fn serve_limit(seconds: f64) -> Result<Duration> {
+    if !(seconds.is_finite() && (0.0..=MAX_SERVE_SECONDS).contains(&seconds)) {
+        anyhow::bail!(
+            "--seconds {seconds:?}: give a number of seconds from 0 to {MAX_SERVE_SECONDS} (a year), or leave it out to \
+             run until Ctrl-C"
+        );
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 impl SimCmd {
     pub fn run(self) -> Result<ExitCode> {
         let SimCommands::Serve { root, name, seconds } = self.command;
+        // Checked before anything starts: a bad limit must not leave a simulator behind.
+        let limit = seconds.map(serve_limit).transpose()?;
         let root = std::path::absolute(&root).with_context(|| format!("resolving {}", root.display()))?;
         let sim = Simulator::start(
             &root,
@@ -71,7 +88,7 @@ impl SimCmd {
             }
         })
         .context("installing the Ctrl-C handler")?;
-        let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s.clamp(0.0, 1e9)));
+        let deadline = limit.and_then(|d| Instant::now().checked_add(d));
         while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
             std::thread::sleep(POLL);
         }
