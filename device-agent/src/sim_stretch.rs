@@ -554,7 +554,11 @@ mod agent_tests {
         assert_eq!(fast.sim_stretch_factor, Some(1.0));
         let fast_median = median(fast_a.latencies_ns.clone()).min(median(fast.latencies_ns.clone()));
         let ratio = median(slow.latencies_ns.clone()) / fast_median;
-        assert!((2.0..3.2).contains(&ratio), "600 vs 1500 MHz latency ratio {ratio}");
+        // What this checks is that the stretch is applied once (no stretch reads 1.0, a double one
+        // 6.25), not its precision: on a loaded 2-core host the fast and slow windows see
+        // different interruptions. Precision is measured end to end on a quiet host
+        // (harness/tests/sim_speed_power.rs and the default scenario's latency ratios).
+        assert!((1.6..3.6).contains(&ratio), "600 vs 1500 MHz latency ratio {ratio}");
 
         // Real hardware: no stretch, no factor; old replies without the field still decode.
         let mut plain = Agent::new(AgentOptions::default());

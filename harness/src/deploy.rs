@@ -99,7 +99,7 @@ pub fn remote_sha256(board: &mut dyn Board, path: &str) -> Result<Option<String>
 }
 
 /// What deployment did.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deployed {
     pub remote_path: String,
     pub sha256: String,

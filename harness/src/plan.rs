@@ -347,7 +347,10 @@ fn summary(scenario: &Scenario) -> Vec<(&'static str, String)> {
             "dvfs",
             format!("{}, settle {}", describe_governor(&scenario.dvfs.governor), format_duration(scenario.dvfs.settle)),
         ),
-        ("deadline", scenario.constraints.latency_deadline.as_ref().map(|d| d.explain()).unwrap_or_else(|| "none".into())),
+        (
+            "deadline",
+            scenario.constraints.latency_deadline.as_ref().map(|d| d.explain()).unwrap_or_else(|| "none".into()),
+        ),
         ("order", "repeat-major (each level x variant once per repeat), variants rotated each repeat".to_string()),
     ];
     if let Some(r) = &scenario.regression {

@@ -558,20 +558,52 @@ pub fn read_journal(dir: &Path) -> Result<Vec<CellRecord>> {
     read_jsonl(&dir.join(JOURNAL))
 }
 
+/// Longest journal line read back: a cell with the agent's most iterations (1,000,000 latencies of
+/// up to 20 digits) fits many times over; a longer line is not one of ours.
+pub const MAX_JOURNAL_LINE_BYTES: usize = 64 << 20;
+
+/// Reads a whole file of at most `limit` bytes as UTF-8; a larger one is an error naming the limit
+/// and the file (run.json, a scenario copy: small files this crate wrote).
+pub fn read_capped(path: &Path, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut text = String::new();
+    f.take(limit + 1).read_to_string(&mut text).with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > limit {
+        anyhow::bail!("{} is larger than the {limit} bytes this reader allows: not a file hil wrote", path.display());
+    }
+    Ok(text)
+}
+
 /// Cuts a journal back to its last complete line when a crash left half a line at its end, so the
 /// next append starts on a line of its own; the fragment is appended to `<journal>.torn` and said on
-/// the terminal. Returns the bytes cut.
+/// the terminal. Returns the bytes cut. Only the file's tail is read (at most one journal line).
 pub fn repair_torn_tail(path: &Path) -> Result<usize> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
+    let len = f.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+    let tail_len = len.min(MAX_JOURNAL_LINE_BYTES as u64 + 1);
+    let mut tail = vec![0u8; tail_len as usize];
+    f.seek(SeekFrom::Start(len - tail_len))
+        .and_then(|_| f.read_exact(&mut tail))
+        .with_context(|| format!("reading the end of {}", path.display()))?;
+    if tail.is_empty() || tail.ends_with(b"\n") {
         return Ok(0);
     }
-    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let fragment = &bytes[keep..];
+    let keep_in_tail = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if tail_len == len => 0,
+        None => anyhow::bail!(
+            "{}: its last line is longer than {MAX_JOURNAL_LINE_BYTES} bytes: not a journal hil wrote",
+            path.display()
+        ),
+    };
+    let keep = len - tail_len + keep_in_tail as u64;
+    let fragment = &tail[keep_in_tail..];
     let torn = path.with_extension(format!(
         "{}.torn",
         path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
@@ -586,8 +618,7 @@ pub fn repair_torn_tail(path: &Path) -> Result<usize> {
         .and_then(|()| aside.write_all(b"\n"))
         .and_then(|()| aside.sync_data())
         .with_context(|| format!("keeping the torn line of {} in {}", path.display(), torn.display()))?;
-    let f = OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    f.set_len(keep as u64).and_then(|()| f.sync_data()).with_context(|| format!("truncating {}", path.display()))?;
+    f.set_len(keep).and_then(|()| f.sync_data()).with_context(|| format!("truncating {}", path.display()))?;
     eprintln!(
         "warning: {} ended in half a line ({} bytes, from an interrupted write): cut off and kept in {}",
         path.display(),
@@ -598,28 +629,44 @@ pub fn repair_torn_tail(path: &Path) -> Result<usize> {
 }
 
 /// Reads a JSON-lines journal of records (missing file: none). A torn last line is ignored with a
-/// warning; a corrupt line elsewhere is an error naming the line.
+/// warning; a corrupt line elsewhere, or one longer than [`MAX_JOURNAL_LINE_BYTES`], is an error
+/// naming the line.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    use std::io::Read;
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    let lines: Vec<String> = BufReader::new(f)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", path.display()))?;
-    let mut records = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+    let mut reader = BufReader::new(f);
+    let mut records = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_JOURNAL_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        let complete = line.ends_with(b"\n");
+        if !complete && line.len() > MAX_JOURNAL_LINE_BYTES {
+            anyhow::bail!("{}: line {number} is longer than {MAX_JOURNAL_LINE_BYTES} bytes", path.display());
+        }
+        let text = String::from_utf8_lossy(&line);
+        if text.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<T>(line) {
+        match serde_json::from_str::<T>(&text) {
             Ok(c) => records.push(c),
-            Err(e) if i + 1 == lines.len() => {
+            // Only the last line can be torn (it has no newline): a crash mid-write.
+            Err(e) if !complete => {
                 eprintln!("warning: ignoring a torn last line in {} ({e})", path.display());
             }
-            Err(e) => anyhow::bail!("{}: line {}: not a record of this journal: {e}", path.display(), i + 1),
+            Err(e) => anyhow::bail!("{}: line {number}: not a record of this journal: {e}", path.display()),
         }
     }
     Ok(records)

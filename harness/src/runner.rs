@@ -29,7 +29,7 @@ use device_agent::protocol::{
     VariantSpecWire,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{AgentClient, AgentError};
 use crate::board::Board;
@@ -44,10 +44,10 @@ use crate::energy::{
     MIN_WINDOW_SAMPLES,
 };
 use crate::plan::{plan_board, Cell};
-use crate::power::MonitorInfo;
 use crate::power_session::PowerSession;
 use crate::probe::{probe, ProbeReport};
 use crate::results::{CellRecord, ResultsStore};
+use crate::runmeta::BoardMeta;
 use crate::scenario::probe_check::{BoardFacts, PolicyFacts, ThermalZoneFacts};
 use crate::scenario::{
     validate_against_probe, BoardSpec, GovernorChoice, ModelSource, MonitorKind, MonitorPort, MonitorSettings,
@@ -70,7 +70,7 @@ pub struct RunOptions {
 }
 
 /// How one board's part of the run ended.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BoardOutcome {
     pub board: String,
     pub cells_done: usize,
@@ -95,32 +95,6 @@ impl RunOutcome {
     }
 }
 
-/// Per-board facts recorded in `run.json`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct BoardMeta {
-    pub transport: String,
-    pub simulated: bool,
-    /// What was simulated and how (for `sim: true` boards).
-    pub simulation: Option<String>,
-    pub monitor: Option<MonitorInfo>,
-    pub probe: Option<ProbeReport>,
-    pub restored_from_previous_crash: bool,
-    pub policies: Vec<String>,
-    pub levels_khz: Vec<u64>,
-    pub saved_dvfs: Option<serde_json::Value>,
-    pub agent: Option<Deployed>,
-    pub agent_hello: Option<HelloReply>,
-    pub model: Option<LoadReply>,
-    /// Median time to switch the live model to each variant (pattern-set switching), ns.
-    pub switch_ns: std::collections::BTreeMap<String, u64>,
-    /// Every variant's kernels against the scalar reference on this board's CPU.
-    pub selftest: Option<device_agent::protocol::SelftestReply>,
-    /// Every variant's output against the dense model's, on this board.
-    #[serde(default)]
-    pub fidelity: Option<device_agent::protocol::FidelityReply>,
-    pub outcome: Option<BoardOutcome>,
-}
-
 /// Shared state of one run: the results store, `run.json`, the stop flag, the agent builds.
 struct RunShared<'s> {
     scenario: &'s Scenario,
@@ -134,7 +108,7 @@ struct RunShared<'s> {
 impl RunShared<'_> {
     fn update_board_meta(&self, board: &str, f: impl FnOnce(&mut BoardMeta)) {
         let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
-        f(meta.boards.entry(board.to_string()).or_default());
+        f(meta.current_mut().boards.entry(board.to_string()).or_default());
         let dir = self.store.lock().unwrap_or_else(|p| p.into_inner()).dir().to_path_buf();
         if let Err(e) = meta.write(&dir) {
             eprintln!("warning: could not update run.json: {e:#}");
@@ -480,7 +454,7 @@ fn run_board_inner(
 
     let policy_ids: Vec<u32> = resolved.policies.iter().map(|p| policy_id(p)).collect::<Result<_>>()?;
     let mut guard = DvfsGuard::save(board.as_mut(), sysfs.clone(), &policy_ids, &restore_path)?;
-    shared.update_board_meta(name, |m| m.saved_dvfs = serde_json::to_value(guard.saved()).ok());
+    shared.update_board_meta(name, |m| m.saved_dvfs = Some(guard.saved().clone()));
 
     let mut power = match &spec.monitor {
         Some(m) => {

@@ -188,7 +188,7 @@ fn changed_checksums_and_failed_selftests_are_correctness_regressions() {
     assert!(cmp.regressions().iter().any(|r| r.contains("output checksum changed") && r.contains("deadbeef")));
 
     let mut json = run_json(7);
-    json["boards"]["sim"]["selftest"] = serde_json::json!({
+    json["sessions"][0]["boards"]["sim"]["selftest"] = serde_json::json!({
         "passed": false, "tokens": 4,
         "results": [{"variant": "bp", "max_abs_err": 0.5, "max_rel_err": 0.1, "worst": "layer.0.ffn_in", "checks": 9, "passed": false}]
     });
@@ -595,4 +595,54 @@ fn on_a_real_run_directory() {
     assert_eq!(code, ExitCode::SUCCESS);
     let code = compare_cmd(&[dir.as_str(), dir.as_str()]).run().unwrap();
     assert_eq!(code, ExitCode::SUCCESS, "a run compared with itself has no regressions");
+}
+
+#[test]
+fn runs_that_measured_different_setups_are_refused_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, cand) = (tmp.path().join("base"), tmp.path().join("cand"));
+    make_run(&base, &synthetic_cells(1, 1.0));
+
+    // A variant whose definition changed (pp at another sparsity) is not the same experiment.
+    write_run(&cand, &scenario().replace("sparsity: 0.75", "sparsity: 0.8"), &run_json(7), &synthetic_cells(1, 1.0));
+    let err = compare_runs(&load_run(&base).unwrap(), &load_run(&cand).unwrap(), &config()).unwrap_err();
+    assert!(matches!(&err, CompareError::DifferentSetup { field, .. } if field == "variants[pp]"), "{err}");
+
+    // The agent ran on another platform (another SIMD extension): the numbers change with no regression.
+    let mut json = run_json(7);
+    json["sessions"][0]["boards"]["sim"]["agent_hello"]["simd"] = serde_json::json!(["avx512f"]);
+    write_run(&cand, &scenario(), &json, &synthetic_cells(1, 1.0));
+    let err = compare_runs(&load_run(&base).unwrap(), &load_run(&cand).unwrap(), &config()).unwrap_err();
+    assert!(matches!(&err, CompareError::DifferentSetup { field, .. } if field == "boards.sim.agent_hello"), "{err}");
+    // hil compare exits 2 on it, naming the field.
+    let err = compare_cmd(&[base.to_str().unwrap(), cand.to_str().unwrap()]).run().unwrap_err();
+    assert!(format!("{err:#}").contains("boards.sim.agent_hello differs"), "{err:#}");
+
+    // A resumed candidate whose two sessions deployed different agent builds mixes two codes,
+    // and a resumed candidate whose second session loaded another model is refused the same way.
+    let mut json = run_json(7);
+    let mut session = json["sessions"][0].clone();
+    json["sessions"][0]["boards"]["sim"]["agent"] =
+        serde_json::json!({"remote_path": "/tmp/hil/hil-agent", "sha256": "aa", "uploaded": true});
+    session["boards"]["sim"]["agent"] =
+        serde_json::json!({"remote_path": "/tmp/hil/hil-agent", "sha256": "bb", "uploaded": true});
+    json["sessions"].as_array_mut().unwrap().push(session.clone());
+    write_run(&cand, &scenario(), &json, &synthetic_cells(1, 1.0));
+    let err = compare_runs(&load_run(&base).unwrap(), &load_run(&cand).unwrap(), &config()).unwrap_err();
+    assert!(matches!(&err, CompareError::DifferentSetup { field, .. } if field == "boards.sim.agent.sha256"), "{err}");
+    let mut json = run_json(7);
+    session["boards"]["sim"]["agent"] = serde_json::Value::Null;
+    session["boards"]["sim"]["model"]["model"]["seed"] = serde_json::json!(8);
+    json["sessions"].as_array_mut().unwrap().push(session);
+    write_run(&cand, &scenario(), &json, &synthetic_cells(1, 1.0));
+    let err = compare_runs(&load_run(&base).unwrap(), &load_run(&cand).unwrap(), &config()).unwrap_err();
+    assert!(matches!(err, CompareError::DifferentModels { .. }), "{err}");
+    assert!(err.to_string().contains("session 1 of the candidate run"), "{err}");
+
+    // The same run against itself, resumed or not, compares.
+    let mut json = run_json(7);
+    let again = json["sessions"][0].clone();
+    json["sessions"].as_array_mut().unwrap().push(again);
+    write_run(&cand, &scenario(), &json, &synthetic_cells(1, 1.0));
+    compare_runs(&load_run(&base).unwrap(), &load_run(&cand).unwrap(), &config()).unwrap();
 }

@@ -51,15 +51,24 @@ fn ci_run_directory_is_complete_and_plausible() {
     for file in ["report.md", "report.html", "cells.parquet", "latency.parquet", "power.parquet"] {
         assert!(dir.join(file).is_file(), "{file} missing from {}", dir.display());
     }
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    let meta = harness::runmeta::RunMeta::read(&dir).expect("run.json reads as this hil's run.json");
     for board in &scenario.boards {
-        let b = &run["boards"][&board.name];
-        assert_eq!(b["transport"], "ssh", "{}: reached over SSH", board.name);
-        assert_eq!(b["agent_hello"]["arch"], "aarch64", "{}: the aarch64 agent ran", board.name);
-        assert_eq!(b["selftest"]["passed"], true, "{}: selftest", board.name);
-        assert_eq!(b["monitor"]["simulated"], true, "{}: the emulated PPK2 is labelled simulated", board.name);
-        assert_eq!(b["simulated"], true, "{}: the board is labelled simulated in run.json", board.name);
-        let what = b["simulation"].as_str().unwrap_or_default();
+        let b = meta.board(&board.name).unwrap_or_else(|| panic!("{} missing from run.json", board.name));
+        assert_eq!(b.transport, "ssh", "{}: reached over SSH", board.name);
+        assert_eq!(
+            b.agent_hello.as_ref().map(|h| h.arch.as_str()),
+            Some("aarch64"),
+            "{}: the aarch64 agent ran",
+            board.name
+        );
+        assert!(b.selftest.as_ref().is_some_and(|s| s.passed), "{}: selftest", board.name);
+        assert!(
+            b.monitor.as_ref().is_some_and(|m| m.simulated),
+            "{}: the emulated PPK2 is labelled simulated",
+            board.name
+        );
+        assert!(b.simulated, "{}: the board is labelled simulated in run.json", board.name);
+        let what = b.simulation.as_deref().unwrap_or_default();
         assert!(what.contains("SIMULATED") && what.contains("hil sim serve"), "{}: simulation {what:?}", board.name);
     }
     for table in ["cells.parquet", "latency.parquet", "power.parquet", "switch.parquet"] {

@@ -69,10 +69,8 @@ fn plug_in_ppk2(port: &Path) -> Ppk2Emulator {
     emulator
 }
 
-fn run_json(run_dir: &Path) -> serde_json::Value {
-    let path = run_dir.join(harness::runmeta::RUN_JSON);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+fn run_json(run_dir: &Path) -> harness::runmeta::RunMeta {
+    harness::runmeta::RunMeta::read(run_dir).unwrap_or_else(|e| panic!("{}: {e:#}", run_dir.display()))
 }
 
 /// A board "site": the simulator's tree under `<work>/<name>-sim`, the workdir under `<work>/<name>-wd`.
@@ -360,7 +358,7 @@ fn sigint_stops_promptly_restores_cpufreq_keeps_cells_and_resume_completes() {
     let run_dir = find_run_dir(&out, "sigint").expect("run directory");
     let kept = unique_journal(&run_dir);
     assert!(!kept.is_empty() && kept.len() < CELLS_PER_BOARD, "stopped early with finished cells kept: {}", kept.len());
-    assert_eq!(run_json(&run_dir)["interrupted"], true, "run.json records the interruption");
+    assert!(run_json(&run_dir).interrupted(), "run.json records the interruption");
 
     let mut resumed = HilRun::start(&bins, &scenario, &out, Some(&run_dir), &work.path().join("resumed"));
     let (status, _) = resumed.wait(RUN_LIMIT);
@@ -465,15 +463,19 @@ fn sigkill_leaves_the_restore_file_and_resume_restores_cpufreq_first_then_comple
         resumed.output()
     );
     let meta = run_json(&run_dir);
-    let board = &meta["boards"]["sshboard"];
-    assert_eq!(board["restored_from_previous_crash"], true, "run.json: {board:#}");
+    // Both sessions are in run.json: the killed one and the resume.
+    assert_eq!(meta.sessions.len(), 2, "{meta:#?}");
+    assert!(meta.sessions[0].boards.contains_key("sshboard"), "the killed session's provenance is kept");
+    let board = meta.board("sshboard").expect("sshboard in run.json");
+    assert!(board.restored_from_previous_crash, "run.json: {board:#?}");
     // The settings this run saved (before its own first write) are the original ones, not the
     // pinned ones the killed run left: the restore file was applied before anything else.
-    for policy in board["saved_dvfs"]["policies"].as_array().expect("saved_dvfs.policies") {
-        let name = format!("policy{}", policy["policy"]);
-        assert_eq!(policy["governor"].as_str(), Some(before[&format!("{name}/scaling_governor")].as_str()), "{policy}");
-        assert_eq!(policy["min_khz"].to_string(), before[&format!("{name}/scaling_min_freq")], "{policy}");
-        assert_eq!(policy["max_khz"].to_string(), before[&format!("{name}/scaling_max_freq")], "{policy}");
+    for policy in &board.saved_dvfs.as_ref().expect("saved_dvfs").policies {
+        let name = format!("policy{}", policy.policy);
+        let s = &policy.settings;
+        assert_eq!(s.governor, before[&format!("{name}/scaling_governor")], "{policy:?}");
+        assert_eq!(s.min_khz.to_string(), before[&format!("{name}/scaling_min_freq")], "{policy:?}");
+        assert_eq!(s.max_khz.to_string(), before[&format!("{name}/scaling_max_freq")], "{policy:?}");
     }
     let expected = format!("{} cells measured, {} already done", CELLS_PER_BOARD - kept.len(), kept.len());
     assert!(

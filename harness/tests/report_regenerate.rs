@@ -14,7 +14,6 @@ use harness::report::{terminal_summary, write_reports, ReportPaths};
 use harness::results::{write_power_part, CellKey, CellRecord};
 use quick_xml::events::Event;
 use quick_xml::Reader;
-use serde_json::json;
 
 const LEVELS_KHZ: [u64; 3] = [1_500_000, 1_000_000, 600_000];
 /// (name, kind, sparsity, latency at the top level in ms).
@@ -147,27 +146,43 @@ fn cell(board: &str, simulated: bool, level: usize, variant: usize, repeat: u32,
     }
 }
 
-fn board_json(simulated: bool, simulation: &str) -> serde_json::Value {
-    let mut b = json!({
-        "transport": if simulated { "local" } else { "ssh" },
-        "simulated": simulated,
-        "probe": {"arch": "aarch64", "kernel": "6.6.31-v8+", "cpu": {"model": "Cortex-A72", "cores": 4}, "thermal_zones": [{"index": 0, "type": "cpu-thermal", "temp_millicelsius": 45000}]},
-        "policies": ["policy0"],
-        "levels_khz": LEVELS_KHZ,
-        "agent": {"remote_path": "/tmp/hil/hil-agent", "sha256": "ab".repeat(32)},
-        "agent_hello": {"agent_version": "0.1.0", "arch": "aarch64", "simd": ["neon"], "cpu_model": "Cortex-A72", "kernel": {"release": "6.6.31-v8+"}},
-        "monitor": {"model": "PPK2", "serial": "C1A2B3", "calibration": [["R0", "1003.35"], ["GS1", "112.789"]], "sample_rate_hz": 100000.0, "simulated": simulated},
-        "model": {"model": {"preset": "rt3-transformer", "seq": 35, "seed": 7, "layers": 2}, "variants": [
-            {"name": "dense", "kind": "dense", "sparsity": 0.0, "nnz": 5760000, "bytes": 23040000, "prepare_ns": 82719266},
-            {"name": "bp50", "kind": "block", "sparsity": 0.5, "nnz": 2880000, "bytes": 11892960, "prepare_ns": 109716944},
-            {"name": "pp75", "kind": "pattern", "base": "bp50", "sparsity": 0.75, "nnz": 1439355, "bytes": 10447004, "prepare_ns": 951400000, "pattern_generation_ns": 497800000}
-        ]}
-    });
-    if simulated {
-        b["simulation"] = json!(simulation);
-        b["switch_ns"] = json!({"dense": 1_200_000u64, "bp50": 850_000u64, "pp75": 310_000u64});
+fn board_meta(simulated: bool, simulation: &str) -> harness::runmeta::BoardMeta {
+    use analysis_support::{hello, load_reply, monitor, variant_report};
+    let mut m = monitor("PPK2", simulated);
+    m.sample_rate_hz = Some(100_000.0);
+    harness::runmeta::BoardMeta {
+        transport: if simulated { "local" } else { "ssh" }.into(),
+        simulated,
+        simulation: simulated.then(|| simulation.to_string()),
+        policies: vec!["policy0".into()],
+        levels_khz: LEVELS_KHZ.to_vec(),
+        agent: Some(harness::deploy::Deployed {
+            remote_path: "/tmp/hil/hil-agent".into(),
+            sha256: "ab".repeat(32),
+            uploaded: true,
+        }),
+        agent_hello: Some(hello("aarch64", &["neon"], "Cortex-A72")),
+        monitor: Some(m),
+        model: Some(load_reply(
+            "rt3-transformer",
+            7,
+            35,
+            vec![
+                variant_report("dense", "dense", None, 0.0),
+                variant_report("bp50", "block", None, 0.5),
+                variant_report("pp75", "pattern", Some("bp50"), 0.75),
+            ],
+        )),
+        switch_ns: if simulated {
+            [("dense", 1_200_000u64), ("bp50", 850_000), ("pp75", 310_000)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
+        ..Default::default()
     }
-    b
 }
 
 /// A finished run of one board: 3 levels x 3 variants x 2 repeats, with power; the simulated
@@ -182,17 +197,7 @@ fn make_run_with(dir: &Path, simulated: bool, simulation: &str, repeats: u32, sw
         analysis_support::write_switch_parquet(dir, &[analysis_support::switch_record(board, "pp75", 0.9, 12.0, 1.0)]);
     }
     fs::write(dir.join("scenario.yaml"), scenario_yaml(simulated)).unwrap();
-    let run = json!({
-        "harness_version": "0.1.0",
-        "git_commit": "0123456789abcdef0123456789abcdef01234567",
-        "scenario": "synth",
-        "scenario_sha256": "cd".repeat(32),
-        "host": "lab-host",
-        "started_at": "2026-11-28T10:00:00Z",
-        "finished_at": "2026-11-28T10:05:00Z",
-        "interrupted": false,
-        "boards": {board: board_json(simulated, simulation)}
-    });
+    let run = analysis_support::run_meta(vec![(board, board_meta(simulated, simulation))]);
     fs::write(dir.join("run.json"), serde_json::to_string_pretty(&run).unwrap()).unwrap();
     let mut journal = String::new();
     let mut t0 = 1_000_000_000_i64;

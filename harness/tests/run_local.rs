@@ -145,11 +145,13 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     assert!(f("resident_bytes") > 0.0);
     assert_eq!(sw.column("simulated").unwrap().bool().unwrap().get(0), Some(true));
 
-    let run_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("run.json")).unwrap()).unwrap();
-    let board = &run_json["boards"]["simboard"];
-    assert!(board["simulation"].as_str().unwrap().contains("SIMULATED"));
-    assert_eq!(board["monitor"]["simulated"], true);
+    let meta = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
+    assert_eq!(meta.schema_version, harness::runmeta::RUN_JSON_SCHEMA);
+    assert_eq!(meta.sessions.len(), 1);
+    let board = meta.board("simboard").unwrap();
+    assert!(board.simulation.as_deref().unwrap().contains("SIMULATED"));
+    assert!(board.monitor.as_ref().unwrap().simulated);
+    assert!(board.agent.is_some() && board.model.is_some() && board.selftest.is_some());
 
     // The simulator's tree is back to what it booted with: ondemand, full range.
     let policy = work.path().join("wd/sim/sys/devices/system/cpu/cpufreq/policy0");

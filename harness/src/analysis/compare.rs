@@ -101,6 +101,10 @@ pub enum CompareError {
     NoCells { side: &'static str, dir: PathBuf },
     #[error("the runs used different models, so their latencies, energies and checksums are not comparable: {detail}")]
     DifferentModels { detail: String },
+    /// The runs (or the sessions of one resumed run) differ in something that changes what is
+    /// measured other than the code under test: a variant's definition, the agent's platform.
+    #[error("{field} differs: {detail}; the runs are not comparable")]
+    DifferentSetup { field: String, detail: String },
     #[error("no cell of {base} matches a cell of {candidate} by (board, frequency, variant)")]
     NothingMatches { base: PathBuf, candidate: PathBuf },
 }
@@ -435,22 +439,92 @@ fn describe_model(m: &ModelSpec) -> String {
     format!("{source}, sequence length {seq}, seed {}", m.seed)
 }
 
-/// Refuses runs of different models: the scenario's model section, and the model each
-/// board's agent reported loading, must agree.
-fn check_same_model(base: &RunData, candidate: &RunData) -> Result<(), CompareError> {
+/// The loaded model of every session of every board, `(board, session, model)`.
+fn loaded_models(run: &RunData) -> Vec<(String, usize, &device_agent::protocol::ModelInfo)> {
+    let mut out = Vec::new();
+    for board in run.meta.board_names() {
+        for (i, b) in run.meta.board_sessions(board) {
+            if let Some(load) = &b.model {
+                out.push((board.to_string(), i, &load.model));
+            }
+        }
+    }
+    out
+}
+
+/// What an agent ran on and how, apart from its code: a change here changes the numbers without
+/// anything regressing (another architecture, SIMD extension or thread count).
+fn agent_platform(hello: &device_agent::protocol::HelloReply) -> String {
+    format!("{} / SIMD [{}] / {} thread(s)", hello.arch, hello.simd.join(", "), hello.threads)
+}
+
+/// Refuses a pair that measured different things: the scenario's model section and the model
+/// each board's agent reported loading (in every session of both runs), the definition of every
+/// variant both runs have, and each board's agent platform. The agent's own code may differ (that
+/// is what a regression check compares), but not within one run: a resumed run whose sessions ran
+/// different agent builds mixes two codes in its cells.
+fn check_comparable(base: &RunData, candidate: &RunData) -> Result<(), CompareError> {
     let (bm, cm) = (&base.scenario.model, &candidate.scenario.model);
     if bm != cm {
         return Err(CompareError::DifferentModels {
             detail: format!("base scenario model: {}; candidate: {}", describe_model(bm), describe_model(cm)),
         });
     }
-    for (board, b) in &base.info.boards {
-        if let (Some(bmodel), Some(cmodel)) =
-            (&b.model, candidate.info.boards.get(board).and_then(|c| c.model.as_ref()))
-        {
-            if bmodel != cmodel {
+    let all: Vec<(&str, String, usize, &device_agent::protocol::ModelInfo)> = loaded_models(base)
+        .into_iter()
+        .map(|(b, i, m)| ("base", b, i, m))
+        .chain(loaded_models(candidate).into_iter().map(|(b, i, m)| ("candidate", b, i, m)))
+        .collect();
+    for (side, board, session, model) in &all {
+        for (other_side, other_board, other_session, other) in &all {
+            if board == other_board && model != other {
                 return Err(CompareError::DifferentModels {
-                    detail: format!("board {board} loaded {bmodel} in the base run and {cmodel} in the candidate"),
+                    detail: format!(
+                        "board {board} loaded {} in session {session} of the {side} run and {} in session \
+                         {other_session} of the {other_side} run",
+                        serde_json::to_string(model).unwrap_or_default(),
+                        serde_json::to_string(other).unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+    for v in &base.scenario.variants {
+        if let Some(c) = candidate.scenario.variant(&v.name) {
+            if c.kind != v.kind {
+                return Err(CompareError::DifferentSetup {
+                    field: format!("variants[{}]", v.name),
+                    detail: format!("base {:?}, candidate {:?}", v.kind, c.kind),
+                });
+            }
+        }
+    }
+    for (side, run) in [("base", base), ("candidate", candidate)] {
+        for board in run.meta.board_names() {
+            let builds: BTreeSet<&str> = run
+                .meta
+                .board_sessions(board)
+                .filter_map(|(_, b)| b.agent.as_ref().map(|a| a.sha256.as_str()))
+                .collect();
+            if builds.len() > 1 {
+                return Err(CompareError::DifferentSetup {
+                    field: format!("boards.{board}.agent.sha256"),
+                    detail: format!(
+                        "the {side} run was resumed with another agent build ({}), so its cells were measured by \
+                         different code",
+                        builds.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    for board in base.meta.board_names() {
+        let platform = |run: &RunData| run.meta.board(board).and_then(|b| b.agent_hello.as_ref()).map(agent_platform);
+        if let (Some(b), Some(c)) = (platform(base), platform(candidate)) {
+            if b != c {
+                return Err(CompareError::DifferentSetup {
+                    field: format!("boards.{board}.agent_hello"),
+                    detail: format!("base {b}, candidate {c}"),
                 });
             }
         }
@@ -467,7 +541,7 @@ pub fn compare_runs(base: &RunData, candidate: &RunData, config: &CompareConfig)
     if candidate.cells.is_empty() {
         return Err(CompareError::NoCells { side: "candidate", dir: candidate.dir.clone() });
     }
-    check_same_model(base, candidate)?;
+    check_comparable(base, candidate)?;
     let variant_changed: BTreeSet<String> = base
         .scenario
         .variants
@@ -483,8 +557,11 @@ pub fn compare_runs(base: &RunData, candidate: &RunData, config: &CompareConfig)
     }
     let mut selftest_failures = Vec::new();
     let mut selftest_failed_boards = Vec::new();
-    for (board, info) in &candidate.info.boards {
-        if let Some(st) = &info.selftest {
+    for board in candidate.meta.board_names() {
+        let Some(reply) = candidate.meta.board(board).and_then(|b| b.selftest.as_ref()) else { continue };
+        let st = super::load::SelftestSummary::from_reply(reply);
+        let board = board.to_string();
+        {
             if !st.passed {
                 if st.failures.is_empty() {
                     selftest_failed_boards.push(board.clone());

@@ -31,7 +31,7 @@ pub mod switch;
 pub use battery::{BatteryModel, BatteryTable, LevelShare, PolicyKind, PolicyRow, Projection, ProjectionSource};
 pub use cells::{aggregate_cells, CellGroupKey, CellStats};
 pub use compare::{compare_runs, CompareConfig, Comparison, Verdict};
-pub use load::{load_run, BoardInfo, RunData, RunInfo, SelftestFailure, SelftestSummary};
+pub use load::{load_run, RunData, SelftestFailure, SelftestSummary};
 pub use schedule::{rt3_schedule, Ranking, Rt3Schedule, ScheduleLevel, ScheduleRule};
 pub use switch::{SwitchCost, SwitchData, RT3_SWITCH_BUDGET_MS};
 

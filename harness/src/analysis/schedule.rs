@@ -340,10 +340,9 @@ fn choice_note(
                 None => format!("no pattern set has a latency measured at {at}"),
             }
         }
-        (None, None) if rule.deadline.is_some() => format!(
-            "no pattern set can meet the deadline at {at}: {}",
-            rule.deadline_basis().unwrap_or_default()
-        ),
+        (None, None) if rule.deadline.is_some() => {
+            format!("no pattern set can meet the deadline at {at}: {}", rule.deadline_basis().unwrap_or_default())
+        }
         (None, None) => format!("no pattern set has a latency measured at {at}"),
     }
 }

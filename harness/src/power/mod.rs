@@ -29,7 +29,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What kind of failure a monitor hit, so generic code can decide retry-or-abort without downcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -118,7 +118,7 @@ pub fn classify_io_error(err: &io::Error) -> MonitorErrorKind {
 pub use crate::samples::{LostRun, Sample};
 
 /// Where a monitor's timestamps come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleClock {
     /// Sample index x period from the stream start (the monitor's own crystal).
@@ -134,7 +134,7 @@ pub enum SampleClock {
 }
 
 /// What an instrument says about itself.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MonitorInfo {
     /// e.g. `Nordic PPK2`, `PPK2 (simulated)`, `INA219/INA226 text`, or the SCPI `*IDN?` model.
     pub model: String,

@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-
 use super::answer::{count, megabytes};
 use super::document::{Align, BannerKind, Block, Document, Figure, Table};
 use super::plots::{self, Bar, BarPlot, ReferenceLine, Series, SeriesStyle, Whisker, XyPlot};
@@ -13,9 +11,11 @@ use super::power_trace::{PowerTrace, TRACE_BINS};
 use crate::analysis::battery::describe_workload;
 use crate::analysis::schedule::fmt_ms;
 use crate::analysis::{
-    BatteryTable, CellStats, PolicyKind, PolicyRow, ProjectionSource, Rt3Schedule, RunAnalysis, RunData, SwitchCost,
+    BatteryTable, CellStats, PolicyKind, PolicyRow, ProjectionSource, Rt3Schedule, RunAnalysis, RunData,
+    SelftestSummary, SwitchCost,
 };
 use crate::results::CellRecord;
+use crate::runmeta::BoardMeta;
 use crate::scenario::units::format_khz;
 use crate::scenario::Workload;
 use crate::stats::{Estimate, Statistic};
@@ -47,14 +47,6 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
-fn str_at(v: &Value, pointer: &str) -> Option<String> {
-    match v.pointer(pointer)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    }
-}
-
 fn mhz(freq_khz: u64) -> f64 {
     freq_khz as f64 / 1e3
 }
@@ -72,14 +64,19 @@ fn variant_order(run: &RunData) -> Vec<String> {
 
 /// Every board the run knows of (run.json and journal), in name order.
 pub(crate) fn board_names(run: &RunData) -> Vec<String> {
-    let set: BTreeSet<String> =
-        run.info.boards.keys().cloned().chain(run.cells.iter().map(|c| c.board.clone())).collect();
+    let set: BTreeSet<String> = run
+        .meta
+        .board_names()
+        .into_iter()
+        .map(str::to_string)
+        .chain(run.cells.iter().map(|c| c.board.clone()))
+        .collect();
     set.into_iter().collect()
 }
 
 /// Whether `board` was simulated (run.json says so, or any of its cells or switch rows does).
 pub(crate) fn board_simulated(run: &RunData, board: &str) -> bool {
-    run.info.boards.get(board).is_some_and(|b| b.simulated)
+    run.meta.board_simulated(board)
         || run.cells.iter().any(|c| c.board == board && c.simulated)
         || run.switches.of_board(board).any(|r| r.simulated == Some(true))
 }
@@ -95,13 +92,6 @@ pub(super) struct Ctx<'a> {
 impl Ctx<'_> {
     pub(super) fn color_of(&self, variant: &str) -> usize {
         self.variants.iter().position(|v| v == variant).unwrap_or(self.variants.len())
-    }
-    fn board_json(&self, board: &str) -> &Value {
-        self.run
-            .info
-            .raw
-            .pointer(&format!("/boards/{}", board.replace('~', "~0").replace('/', "~1")))
-            .unwrap_or(&Value::Null)
     }
     fn cells_of(&self, board: &str) -> Vec<&CellStats> {
         self.analysis.cells.iter().filter(|c| c.key.board == board).collect()
@@ -141,16 +131,15 @@ fn banners(ctx: &Ctx, doc: &mut Document) {
         for b in simulated {
             let what = ctx
                 .run
-                .info
-                .boards
-                .get(b.as_str())
+                .meta
+                .board(b)
                 .and_then(|i| i.simulation.clone())
                 .unwrap_or_else(|| "simulated (no description recorded in run.json)".into());
             lines.push(format!("Board {b}: {what}"));
         }
         doc.blocks.push(Block::Banner { kind: BannerKind::Warning, title: "SIMULATED".into(), lines });
     }
-    if ctx.run.info.interrupted {
+    if ctx.run.meta.interrupted() {
         doc.blocks.push(Block::Banner {
             kind: BannerKind::Warning,
             title: "INTERRUPTED".into(),
@@ -172,7 +161,7 @@ fn banners(ctx: &Ctx, doc: &mut Document) {
 
 fn run_section(ctx: &Ctx, doc: &mut Document) {
     let run = ctx.run;
-    let info = &run.info;
+    let meta = &run.meta;
     doc.heading(2, "Provenance: run");
     if let Some(d) = &run.scenario.description {
         doc.paragraph(d.trim());
@@ -184,16 +173,29 @@ fn run_section(ctx: &Ctx, doc: &mut Document) {
         Some(d) => format!("{}, judged on the p99 latency of each cell", d.explain()),
         None => "none".into(),
     };
-    let unknown = || "unknown".to_string();
+    let sessions: Vec<String> = meta
+        .sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "{}: {} to {}{} on {}, hil {}",
+                i + 1,
+                s.started_at,
+                s.finished_at.as_deref().unwrap_or("not finished"),
+                if s.interrupted { " (interrupted)" } else { "" },
+                s.host,
+                s.build.describe()
+            )
+        })
+        .collect();
     let facts = vec![
         ("scenario".to_string(), run.scenario.name.clone()),
-        ("scenario SHA-256".into(), info.scenario_sha256.clone().unwrap_or_else(unknown)),
-        ("harness version".into(), info.harness_version.clone().unwrap_or_else(unknown)),
-        ("git commit".into(), info.git_commit.clone().unwrap_or_else(unknown)),
-        ("host".into(), info.host.clone().unwrap_or_else(unknown)),
-        ("started".into(), info.started_at.clone().unwrap_or_else(unknown)),
-        ("finished".into(), info.finished_at.clone().unwrap_or_else(|| "not finished".into())),
-        ("interrupted".into(), yes_no(info.interrupted)),
+        ("scenario SHA-256".into(), meta.scenario_sha256.clone()),
+        ("started".into(), meta.started_at().unwrap_or("unknown").to_string()),
+        ("finished".into(), meta.finished_at().unwrap_or("not finished").to_string()),
+        ("interrupted".into(), yes_no(meta.interrupted())),
+        (format!("sessions ({})", sessions.len()), sessions.join("; ")),
         (
             "cells".into(),
             format!(
@@ -211,41 +213,13 @@ fn run_section(ctx: &Ctx, doc: &mut Document) {
     doc.facts(facts);
 }
 
-/// `k=v, k=v` from a `[[k, v], ...]` array.
-fn pairs(v: Option<&Value>) -> Option<String> {
-    let items = v?.as_array()?;
-    let text: Vec<String> = items
-        .iter()
-        .filter_map(|p| {
-            let p = p.as_array()?;
-            let k = p.first()?.as_str()?;
-            let v = match p.get(1)? {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            Some(format!("{k}={v}"))
-        })
-        .collect();
-    (!text.is_empty()).then(|| text.join(", "))
-}
-
-fn string_list(v: Option<&Value>) -> Option<String> {
-    let items = v?.as_array()?;
-    let text: Vec<String> = items
-        .iter()
-        .map(|i| match i {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect();
-    (!text.is_empty()).then(|| text.join(", "))
-}
-
 fn boards_section(ctx: &Ctx, doc: &mut Document) {
     doc.heading(2, "Provenance: boards");
     for board in &ctx.boards {
-        let b = ctx.board_json(board);
-        let info = ctx.run.info.boards.get(board.as_str()).cloned().unwrap_or_default();
+        let default = BoardMeta::default();
+        let b = ctx.run.meta.board(board).unwrap_or(&default);
+        let hello = b.agent_hello.as_ref();
+        let probe = b.probe.as_ref();
         let simulated = board_simulated(ctx.run, board);
         doc.heading(3, format!("Board {board}{}", if simulated { " (SIMULATED)" } else { "" }));
         let mut facts: Vec<(String, String)> = Vec::new();
@@ -254,36 +228,36 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
                 facts.push((k.to_string(), v));
             }
         };
+        let join = |items: &[String]| (!items.is_empty()).then(|| items.join(", "));
         fact("hardware", Some(if simulated { "SIMULATED (not ARM hardware)".into() } else { "real board".into() }));
         if simulated {
-            fact("simulation", Some(info.simulation.clone().unwrap_or_else(|| "no description recorded".into())));
+            fact("simulation", Some(b.simulation.clone().unwrap_or_else(|| "no description recorded".into())));
         }
-        fact("transport", str_at(b, "/transport"));
-        fact("architecture", str_at(b, "/agent_hello/arch").or_else(|| str_at(b, "/probe/arch")));
-        fact("kernel", info.kernel_release.clone().or_else(|| str_at(b, "/probe/kernel")));
-        fact("CPU", info.cpu_model.clone().or_else(|| str_at(b, "/probe/cpu/model")));
-        fact("board model", str_at(b, "/probe/cpu/board_model").or_else(|| str_at(b, "/agent_hello/board_model")));
-        fact("cores", str_at(b, "/agent_hello/cores").or_else(|| str_at(b, "/probe/cpu/cores")));
-        fact("agent CPUs", string_list(b.pointer("/agent_hello/allowed_cpus")));
-        fact("SIMD", string_list(b.pointer("/agent_hello/simd")));
-        fact("cpufreq policies", string_list(b.get("policies")));
+        fact("transport", (!b.transport.is_empty()).then(|| b.transport.clone()));
+        fact("architecture", hello.map(|h| h.arch.clone()).or_else(|| probe.map(|p| p.arch.clone())));
+        fact("kernel", hello.map(|h| h.kernel.release.clone()).or_else(|| probe.map(|p| p.kernel.clone())));
+        fact("CPU", hello.map(|h| h.cpu_model.clone()).or_else(|| probe.and_then(|p| p.cpu.model.clone())));
         fact(
-            "levels measured",
-            b.get("levels_khz")
-                .and_then(Value::as_array)
-                .map(|l| l.iter().filter_map(Value::as_u64).map(format_khz).collect::<Vec<_>>().join(", ")),
+            "board model",
+            probe.and_then(|p| p.cpu.board_model.clone()).or_else(|| hello.and_then(|h| h.board_model.clone())),
         );
+        fact("cores", hello.map(|h| h.cores.to_string()).or_else(|| probe.map(|p| p.cpu.cores.to_string())));
+        fact("agent CPUs", hello.and_then(|h| join(&h.allowed_cpus.iter().map(|c| c.to_string()).collect::<Vec<_>>())));
+        fact("SIMD", hello.and_then(|h| join(&h.simd)));
+        fact("cpufreq policies", join(&b.policies));
+        fact("levels measured", join(&b.levels_khz.iter().map(|k| format_khz(*k)).collect::<Vec<_>>()));
         fact(
             "cpufreq before the run",
-            b.pointer("/saved_dvfs/policies").and_then(Value::as_array).map(|ps| {
-                ps.iter()
+            b.saved_dvfs.as_ref().map(|d| {
+                d.policies
+                    .iter()
                     .map(|p| {
                         format!(
                             "policy{}: {} {}-{}",
-                            str_at(p, "/policy").unwrap_or_else(|| "?".into()),
-                            str_at(p, "/governor").unwrap_or_else(|| "?".into()),
-                            p.get("min_khz").and_then(Value::as_u64).map(format_khz).unwrap_or_else(|| "?".into()),
-                            p.get("max_khz").and_then(Value::as_u64).map(format_khz).unwrap_or_else(|| "?".into()),
+                            p.policy,
+                            p.settings.governor,
+                            format_khz(p.settings.min_khz),
+                            format_khz(p.settings.max_khz)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -292,48 +266,73 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
         );
         fact(
             "thermal zones",
-            b.pointer("/probe/thermal_zones").and_then(Value::as_array).and_then(|zs| {
-                let text: Vec<String> = zs
-                    .iter()
-                    .map(|z| {
-                        let temp = z
-                            .get("temp_millicelsius")
-                            .and_then(Value::as_f64)
-                            .map(|t| format!(" {:.1} °C at probe", t / 1e3));
-                        format!("{}{}", str_at(z, "/type").unwrap_or_else(|| "?".into()), temp.unwrap_or_default())
-                    })
-                    .collect();
-                (!text.is_empty()).then(|| text.join(", "))
+            probe.and_then(|p| {
+                join(
+                    &p.thermal_zones
+                        .iter()
+                        .map(|z| {
+                            let temp = z.temp_millicelsius.map(|t| format!(" {:.1} °C at probe", t as f64 / 1e3));
+                            format!("{}{}", z.zone_type, temp.unwrap_or_default())
+                        })
+                        .collect::<Vec<_>>(),
+                )
             }),
         );
-        fact("agent version", info.agent_version.clone());
-        fact("agent SHA-256", str_at(b, "/agent/sha256"));
-        fact("agent path", str_at(b, "/agent/remote_path"));
-        match b.get("monitor").filter(|m| m.is_object()) {
+        fact("agent version", hello.map(|h| h.agent_version.clone()));
+        fact("agent SHA-256", b.agent.as_ref().map(|a| a.sha256.clone()));
+        fact("agent path", b.agent.as_ref().map(|a| a.remote_path.clone()));
+        let earlier_agents: BTreeSet<&str> = ctx
+            .run
+            .meta
+            .board_sessions(board)
+            .filter_map(|(_, s)| s.agent.as_ref().map(|a| a.sha256.as_str()))
+            .filter(|sha| Some(*sha) != b.agent.as_ref().map(|a| a.sha256.as_str()))
+            .collect();
+        if !earlier_agents.is_empty() {
+            fact(
+                "AGENT CHANGED between sessions",
+                Some(format!(
+                    "earlier sessions ran {}: cells of this board were measured by different builds",
+                    earlier_agents.into_iter().collect::<Vec<_>>().join(", ")
+                )),
+            );
+        }
+        match &b.monitor {
             Some(m) => {
-                fact("power monitor", str_at(m, "/model"));
-                fact("monitor serial", Some(str_at(m, "/serial").unwrap_or_else(|| "not reported".into())));
-                fact("monitor sample rate", m.get("sample_rate_hz").and_then(Value::as_f64).map(|r| format!("{r} Hz")));
-                fact("monitor sample clock", str_at(m, "/clock"));
-                fact(
-                    "monitor calibration",
-                    Some(pairs(m.get("calibration")).unwrap_or_else(|| "none reported".into())),
-                );
+                let kv = |pairs: &[(String, String)]| {
+                    (!pairs.is_empty())
+                        .then(|| pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+                };
+                fact("power monitor", Some(m.model.clone()));
+                fact("monitor port", Some(m.port.clone()));
+                fact("monitor serial", Some(m.serial.clone().unwrap_or_else(|| "not reported".into())));
+                fact("monitor sample rate", m.sample_rate_hz.map(|r| format!("{r} Hz")));
+                fact("monitor sample clock", Some(format!("{:?}", m.clock)));
+                fact("monitor calibration", Some(kv(&m.calibration).unwrap_or_else(|| "none reported".into())));
             }
             None => fact("power monitor", Some("none: no energy or power figures".into())),
         }
-        if let Some(model) = &info.model {
-            let text: Vec<String> = ["preset", "source", "path", "layers", "d_model", "heads", "ffn", "seq", "seed"]
-                .iter()
-                .filter_map(|k| model.get(*k).filter(|v| !v.is_null()).map(|v| (k, v)))
-                .map(|(k, v)| match v {
-                    Value::String(s) => format!("{k} {s}"),
-                    other => format!("{k} {other}"),
-                })
-                .collect();
+        if let Some(load) = &b.model {
+            let m = &load.model;
+            let mut text = vec![format!("preset {}", m.preset), format!("source {}", m.source)];
+            if let Some(path) = &m.path {
+                text.push(format!("path {path}"));
+            }
+            text.extend([
+                format!("layers {}", m.layers),
+                format!("d_model {}", m.d_model),
+                format!("heads {}", m.heads),
+                format!("ffn {}", m.ffn),
+                format!("seq {}", m.seq),
+                format!("seed {}", m.seed),
+            ]);
+            if m.lm_head {
+                text.push("lm_head".into());
+            }
             fact("model", Some(text.join(", ")));
         }
-        if let Some(st) = &info.selftest {
+        if let Some(reply) = &b.selftest {
+            let st = SelftestSummary::from_reply(reply);
             let text = if st.passed {
                 "passed".to_string()
             } else {
@@ -347,28 +346,30 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
             fact("kernel selftest", Some(text));
         }
         doc.facts(facts);
-        if let Some(variants) = b.pointer("/model/variants").and_then(Value::as_array).filter(|v| !v.is_empty()) {
+        if let Some(load) = b.model.as_ref().filter(|l| !l.variants.is_empty()) {
             let mut t = Table::new(&[
                 ("variant", Align::Left),
                 ("kind", Align::Left),
                 ("base", Align::Left),
                 ("sparsity", Align::Right),
                 ("non-zero weights", Align::Right),
+                ("weights multiplied", Align::Right),
                 ("bytes", Align::Right),
                 ("prepare (ms)", Align::Right),
                 ("pattern generation (ms)", Align::Right),
             ]);
-            let ms = |v: &Value, k: &str| num(v.get(k).and_then(Value::as_f64).map(|ns| ns / 1e6), 1);
-            for v in variants {
+            let ms = |ns: Option<u64>| num(ns.map(|ns| ns as f64 / 1e6), 1);
+            for v in &load.variants {
                 t.push(vec![
-                    str_at(v, "/name").unwrap_or_default(),
-                    str_at(v, "/kind").unwrap_or_default(),
-                    str_at(v, "/base").unwrap_or_else(|| "-".into()),
-                    num(v.get("sparsity").and_then(Value::as_f64), 3),
-                    str_at(v, "/nnz").unwrap_or_else(|| "-".into()),
-                    str_at(v, "/bytes").unwrap_or_else(|| "-".into()),
-                    ms(v, "prepare_ns"),
-                    ms(v, "pattern_generation_ns"),
+                    v.name.clone(),
+                    v.kind.clone(),
+                    v.base.clone().unwrap_or_else(|| "-".into()),
+                    num(Some(v.sparsity), 3),
+                    count(Some(v.nnz as f64)),
+                    if v.multiplied > 0 { count(Some(v.multiplied as f64)) } else { "-".into() },
+                    count(Some(v.bytes as f64)),
+                    ms(Some(v.prepare_ns)),
+                    ms(v.pattern_generation_ns),
                 ]);
             }
             doc.paragraph(format!("Variants the agent loaded on {board}:"));
@@ -1037,14 +1038,6 @@ pub(crate) fn human_us(us: f64) -> String {
 }
 
 /// Median switch time per variant (ns) from `run.json`'s `boards.<board>.switch_ns`.
-pub(crate) fn switch_times(board_json: &Value) -> BTreeMap<String, u64> {
-    board_json
-        .get("switch_ns")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
-        .unwrap_or_default()
-}
-
 fn switching_section(ctx: &Ctx, doc: &mut Document) {
     doc.heading(2, "Details: pattern-set switching");
     doc.paragraph(format!(
@@ -1119,7 +1112,7 @@ fn switching_section(ctx: &Ctx, doc: &mut Document) {
             doc.table(m);
         }
         // Older runs (and this one, for every variant) record the agent's hot switch in run.json.
-        let times = switch_times(ctx.board_json(board));
+        let times = ctx.run.meta.board(board).map(|b| b.switch_ns.clone()).unwrap_or_default();
         if !times.is_empty() {
             let mut ordered: Vec<(&String, &u64)> = times.iter().collect();
             ordered.sort_by_key(|(v, _)| (ctx.color_of(v), v.to_string()));
@@ -1280,22 +1273,9 @@ mod tests {
     }
 
     #[test]
-    fn switch_times_are_read_from_run_json_and_shown_in_a_readable_unit() {
-        let b = serde_json::json!({"switch_ns": {"pp75": 310_000, "dense": 206, "bad": "x"}});
-        let t = switch_times(&b);
-        assert_eq!(t.into_iter().collect::<Vec<_>>(), vec![("dense".to_string(), 206), ("pp75".to_string(), 310_000)]);
-        assert!(switch_times(&serde_json::json!({})).is_empty());
-        assert!(switch_times(&serde_json::json!({"switch_ns": {}})).is_empty());
+    fn switch_times_are_shown_in_a_readable_unit() {
         assert_eq!(human_ns(206), "206 ns");
         assert_eq!(human_ns(12_400), "12.4 µs");
         assert_eq!(human_ns(45_000_000), "45.00 ms");
-    }
-
-    #[test]
-    fn calibration_pairs_and_lists_are_flattened_for_provenance() {
-        let v = serde_json::json!([["R0", "1003.35"], ["GS1", 112.789], ["broken"]]);
-        assert_eq!(pairs(Some(&v)).as_deref(), Some("R0=1003.35, GS1=112.789"));
-        assert_eq!(pairs(Some(&serde_json::json!([]))), None);
-        assert_eq!(string_list(Some(&serde_json::json!(["neon", 2]))).as_deref(), Some("neon, 2"));
     }
 }

@@ -54,7 +54,7 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
             simulated.join(", ")
         );
     }
-    if run.info.interrupted {
+    if run.meta.interrupted() {
         out.push_str("*** INTERRUPTED: only finished cells are summarised ***\n");
     }
     if analysis.cells.is_empty() {

@@ -639,7 +639,10 @@ pub enum Deadline {
     Fixed(Duration),
     /// `factor` times `reference`'s latency (the schedule's statistic, p99 over every timed
     /// inference of every repeat) at the highest frequency measured on the same board.
-    Relative { factor: f64, reference: String },
+    Relative {
+        factor: f64,
+        reference: String,
+    },
 }
 
 impl Deadline {

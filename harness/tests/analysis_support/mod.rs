@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
+use device_agent::protocol::{HelloReply, KernelInfo, LoadReply, ModelInfo, VariantReport};
+use harness::power::{MonitorInfo, SampleClock};
 use harness::results::{CellRecord, SwitchRecord};
+use harness::runmeta::{BoardMeta, BuildInfo, RunMeta, SessionMeta, RUN_JSON_SCHEMA};
 
 /// A finished cell with the given per-iteration latencies and (optional) power figures.
 pub fn record(
@@ -128,28 +131,136 @@ pub fn write_run(dir: &Path, scenario: &str, run_json: &serde_json::Value, cells
     std::fs::write(dir.join("cells.jsonl"), journal).unwrap();
 }
 
-/// A `run.json` like the runner's, with the model the agent loaded.
+/// The agent's `hello` as a board of `arch` with `simd` would answer it.
+pub fn hello(arch: &str, simd: &[&str], cpu_model: &str) -> HelloReply {
+    HelloReply {
+        agent: "hil-agent".into(),
+        agent_version: "0.1.0".into(),
+        arch: arch.into(),
+        simd: simd.iter().map(|s| s.to_string()).collect(),
+        cpu_model: cpu_model.into(),
+        board_model: None,
+        cores: 4,
+        allowed_cpus: vec![0],
+        threads: 1,
+        kernel: KernelInfo {
+            sysname: "Linux".into(),
+            release: "6.6.31-v8+".into(),
+            version: "#1 SMP PREEMPT".into(),
+            machine: arch.into(),
+            nodename: "board".into(),
+        },
+        mem_total_bytes: Some(4 << 30),
+        mem_available_bytes: Some(3 << 30),
+        sim_stretch: None,
+    }
+}
+
+/// One variant of a `load` reply.
+pub fn variant_report(name: &str, kind: &str, base: Option<&str>, sparsity: f64) -> VariantReport {
+    let dense_weights = 5_760_000u64;
+    let nnz = ((1.0 - sparsity) * dense_weights as f64) as u64;
+    VariantReport {
+        name: name.into(),
+        kind: kind.into(),
+        base: base.map(str::to_string),
+        sparsity,
+        nnz,
+        multiplied: nnz,
+        bytes: nnz * 4,
+        dense_weights,
+        prepare_ns: 100_000_000,
+        pattern_generation_ns: (kind == "pattern").then_some(50_000_000),
+    }
+}
+
+/// The agent's `load` reply for `preset` with `seed`, `seq` and `variants`.
+pub fn load_reply(preset: &str, seed: u64, seq: usize, variants: Vec<VariantReport>) -> LoadReply {
+    LoadReply {
+        model: ModelInfo {
+            preset: preset.into(),
+            source: "synthetic".into(),
+            path: None,
+            seed,
+            seq,
+            layers: 2,
+            d_model: 800,
+            heads: 4,
+            ffn: 200,
+            vocab: Some(33_278),
+            lm_head: false,
+            parameters: 30_000_000,
+            macs: 200_000_000,
+        },
+        residency: Default::default(),
+        resident_bytes: None,
+        resident_bytes_all_prepacked: None,
+        resident_bytes_one_set: None,
+        active: variants.first().map(|v| v.name.clone()).unwrap_or_default(),
+        variants,
+        estimated_bytes: 1 << 26,
+        mem_available_bytes: Some(3 << 30),
+        load_ns: 1_000_000_000,
+    }
+}
+
+/// A monitor's identity.
+pub fn monitor(model: &str, simulated: bool) -> MonitorInfo {
+    MonitorInfo {
+        model: model.into(),
+        serial: Some("C1A2B3".into()),
+        metadata: vec![],
+        calibration: vec![("R0".into(), "1003.35".into()), ("GS1".into(), "112.789".into())],
+        sample_rate_hz: Some(100_000.0),
+        clock: SampleClock::StreamIndex,
+        simulated,
+        port: "/dev/ttyACM0".into(),
+    }
+}
+
+/// A one-session `run.json` (this hil's typed layout) holding `boards`.
+pub fn run_meta(boards: Vec<(&str, BoardMeta)>) -> RunMeta {
+    RunMeta {
+        schema_version: RUN_JSON_SCHEMA,
+        scenario: "synth".into(),
+        scenario_source: "synth.yaml".into(),
+        scenario_sha256: "cd".repeat(32),
+        sessions: vec![SessionMeta {
+            started_at: "2026-11-28T10:00:00Z".into(),
+            finished_at: Some("2026-11-28T10:05:00Z".into()),
+            interrupted: false,
+            host: "lab-host".into(),
+            build: BuildInfo {
+                harness_version: "0.1.0".into(),
+                git_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+                git_dirty: Some(false),
+            },
+            boards: boards.into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
+        }],
+    }
+}
+
+/// A `run.json` like the runner's for the simulated board `sim`, with the model the agent loaded.
 pub fn run_json(model_seed: u64) -> serde_json::Value {
-    serde_json::json!({
-        "harness_version": "0.1.0",
-        "git_commit": null,
-        "scenario": "synth",
-        "scenario_sha256": "00",
-        "host": "test",
-        "started_at": "2026-11-28T10:00:00Z",
-        "finished_at": "2026-11-28T10:05:00Z",
-        "interrupted": false,
-        "boards": {
-            "sim": {
-                "transport": "local",
-                "simulated": true,
-                "simulation": "SIMULATED board (test)",
-                "monitor": {"model": "PPK2 (simulated)"},
-                "agent_hello": {"agent_version": "0.1.0", "cpu_model": "test cpu", "kernel": {"release": "6.0"}},
-                "model": {"model": {"preset": "rt3-transformer", "seed": model_seed, "seq": 35}}
-            }
-        }
-    })
+    let board = BoardMeta {
+        transport: "local".into(),
+        simulated: true,
+        simulation: Some("SIMULATED board (test)".into()),
+        monitor: Some(monitor("PPK2 (simulated)", true)),
+        agent_hello: Some(hello("x86_64", &["avx2", "fma"], "test cpu")),
+        model: Some(load_reply(
+            "rt3-transformer",
+            model_seed,
+            35,
+            vec![
+                variant_report("dense", "dense", None, 0.0),
+                variant_report("bp", "block", None, 0.5),
+                variant_report("pp", "pattern", Some("bp"), 0.75),
+            ],
+        )),
+        ..BoardMeta::default()
+    };
+    serde_json::to_value(run_meta(vec![("sim", board)])).unwrap()
 }
 
 /// `rec` with a measured output fidelity (cosine; relative L2 derived for a unit-norm output).
