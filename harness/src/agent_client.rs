@@ -1,6 +1,8 @@
 //! The harness side of the agent protocol: typed requests over a board's
 //! [`InteractiveSession`], each reply matched to its request by `id`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use device_agent::protocol::{
@@ -22,6 +24,10 @@ pub enum AgentError {
     /// The agent answered with an error or with something unexpected.
     #[error("agent on {board}: `{cmd}`: {detail}")]
     Protocol { board: String, cmd: &'static str, detail: String },
+    /// The user asked to stop (Ctrl-C) while the agent was working on `cmd`; the session is no
+    /// longer in step with the agent and is dropped.
+    #[error("agent on {board}: `{cmd}` abandoned: stopping on request")]
+    Interrupted { board: String, cmd: &'static str },
 }
 
 impl AgentError {
@@ -29,7 +35,7 @@ impl AgentError {
     pub fn is_retryable(&self) -> bool {
         match self {
             AgentError::Transport(e) => e.kind.is_retryable() || e.kind == ErrorKind::Remote,
-            AgentError::Protocol { .. } => false,
+            AgentError::Protocol { .. } | AgentError::Interrupted { .. } => false,
         }
     }
 }
@@ -41,7 +47,13 @@ pub struct AgentClient {
     next_id: u64,
     /// How long to wait for a reply beyond what the request itself takes.
     pub reply_timeout: Duration,
+    /// Set on Ctrl-C: a wait for a reply (a model load of half an hour, a long window) gives up
+    /// within [`INTERRUPT_POLL`].
+    interrupt: Option<Arc<AtomicBool>>,
 }
+
+/// How often a wait for the agent looks at the interrupt flag.
+pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,7 +63,18 @@ impl std::fmt::Debug for AgentClient {
 
 impl AgentClient {
     pub fn new(board: &str, session: Box<dyn InteractiveSession>) -> Self {
-        Self { board: board.to_string(), session, next_id: 1, reply_timeout: Duration::from_secs(60) }
+        Self { board: board.to_string(), session, next_id: 1, reply_timeout: Duration::from_secs(60), interrupt: None }
+    }
+
+    /// Makes every wait for a reply give up (with [`AgentError::Interrupted`]) once `flag` is set.
+    #[must_use]
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
     }
 
     /// Sends `command` and waits up to `timeout` for the reply carrying the same id.
@@ -74,8 +97,14 @@ impl AgentClient {
                 )
                 .into());
             }
-            let line = match self.session.read_line(left) {
+            if self.interrupted() {
+                return Err(AgentError::Interrupted { board: self.board.clone(), cmd });
+            }
+            let slice = if self.interrupt.is_some() { left.min(INTERRUPT_POLL) } else { left };
+            let line = match self.session.read_line(slice) {
                 Ok(l) => l,
+                // A slice passed without a reply: look at the flag and the deadline again.
+                Err(e) if e.kind == ErrorKind::Timeout && slice < left => continue,
                 Err(mut e) => {
                     let tail = self.session.stderr_tail();
                     if !tail.is_empty() {
@@ -157,8 +186,13 @@ impl AgentClient {
         self.call(Command::Selftest(SelftestRequest::default()), self.reply_timeout)
     }
 
-    /// Asks the agent to quit and closes the session.
+    /// Asks the agent to quit and closes the session. After an interruption the agent may still
+    /// be busy with the abandoned request: the session is dropped without waiting (a local agent
+    /// is killed; a remote one sees its stdin close).
     pub fn quit(mut self) -> Result<(), AgentError> {
+        if self.interrupted() {
+            return Ok(());
+        }
         let r = self.call::<QuitReply>(Command::Quit, Duration::from_secs(10));
         let _ = self.session.close();
         r.map(|_| ())

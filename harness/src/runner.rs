@@ -335,10 +335,12 @@ fn start_agent(
     spec: &BoardSpec,
     scenario: &Scenario,
     remote_path: &str,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(AgentClient, HelloReply, LoadReply)> {
     let argv = agent_argv(spec, remote_path, scenario.measure.threads);
     let session = board.spawn(&argv).with_context(|| format!("starting the agent on board {}", spec.name))?;
-    let mut agent = AgentClient::new(&spec.name, session);
+    // Every wait for the agent (a model load can take half an hour on a slow board) gives way to Ctrl-C.
+    let mut agent = AgentClient::new(&spec.name, session).with_interrupt(stop.clone());
     let hello = agent.hello().context("agent hello")?;
     // Building every variant (pattern generation included) is slow on a small board at a low clock.
     let load = agent.load(load_request(scenario), Duration::from_secs(1800)).context("agent load")?;
@@ -360,8 +362,12 @@ fn run_board(
         interrupted: false,
         error: None,
     };
-    if let Err(e) = run_board_inner(shared, spec, done, bar, &mut outcome) {
-        outcome.error = Some(format!("{e:#}"));
+    match run_board_inner(shared, spec, done, bar, &mut outcome) {
+        // Whatever a wait gave up with after Ctrl-C (a model load, a reconnect), the board was
+        // interrupted, not failed: `--resume` completes it.
+        Err(_) if shared.stopping() => outcome.interrupted = true,
+        Err(e) => outcome.error = Some(format!("{e:#}")),
+        Ok(()) => {}
     }
     outcome
 }
@@ -396,6 +402,7 @@ fn run_board_inner(
     let spec = &effective;
     bar.set_message("connecting");
     let mut board = open_board(spec)?;
+    board.set_interrupt(shared.stop.clone());
     let sysfs = Sysfs::new(spec.sysfs_root.clone(), spec.sudo);
     let restore_path = restore_file_path(&spec.workdir);
 
@@ -530,7 +537,7 @@ fn measure_cells(
     let scenario = shared.scenario;
     let name = spec.name.as_str();
     bar.set_message("loading model");
-    let (mut agent, hello, load) = start_agent(guard.board(), spec, scenario, &deployed.remote_path)?;
+    let (mut agent, hello, load) = start_agent(guard.board(), spec, scenario, &deployed.remote_path, &shared.stop)?;
     check_stretching(name, simulated, &hello)?;
     shared.update_board_meta(name, |m| {
         m.agent_hello = Some(hello);
@@ -622,7 +629,9 @@ fn measure_cells(
                             return Ok(());
                         }
                     }
-                    if let Err(err) = reconnect_with_agent(guard, spec, scenario, &deployed.remote_path, &mut agent) {
+                    if let Err(err) =
+                        reconnect_with_agent(guard, spec, scenario, &deployed.remote_path, &mut agent, &shared.stop)
+                    {
                         if shared.stopping() {
                             outcome.interrupted = true;
                             return Ok(());
@@ -676,9 +685,10 @@ fn reconnect_with_agent(
     scenario: &Scenario,
     remote_path: &str,
     agent: &mut AgentClient,
+    stop: &Arc<AtomicBool>,
 ) -> Result<()> {
     guard.board().reconnect()?;
-    let (new_agent, _, _) = start_agent(guard.board(), spec, scenario, remote_path)?;
+    let (new_agent, _, _) = start_agent(guard.board(), spec, scenario, remote_path, stop)?;
     *agent = new_agent;
     Ok(())
 }
@@ -786,7 +796,11 @@ fn measure_cell(
             scenario.measure.cooldown_timeout,
             Duration::from_millis(500),
             &mut clock,
+            Some(ctx.stop),
         ) {
+            if e.kind == crate::dvfs::DvfsErrorKind::Interrupted {
+                return Err(CellError::Fatal(anyhow!(e)));
+            }
             cooldown_timed_out = true;
             eprintln!("warning: {e}; measuring anyway (the cell is flagged cooldown_timed_out)");
         }

@@ -105,9 +105,17 @@ fn cool_down_waits_until_below_the_threshold() {
         let temp = 62_000 - (now.as_secs_f64() * 4_000.0) as i64;
         tree_for_clock.set_temp(0, temp).unwrap();
     });
-    let report =
-        wait_for_cool_down(&mut board, &sysfs, 0, 50_000, Duration::from_secs(60), Duration::from_secs(1), &mut clock)
-            .unwrap();
+    let report = wait_for_cool_down(
+        &mut board,
+        &sysfs,
+        0,
+        50_000,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        &mut clock,
+        None,
+    )
+    .unwrap();
     // 62 -> 58 -> 54 -> 50 (not below) -> 46.
     assert_eq!(report.start_millicelsius, 62_000);
     assert_eq!(report.end_millicelsius, 46_000);
@@ -117,9 +125,17 @@ fn cool_down_waits_until_below_the_threshold() {
 
     // Already cool: no sleep at all.
     let mut idle = FakeClock::new(|_| {});
-    let report =
-        wait_for_cool_down(&mut board, &sysfs, 0, 50_000, Duration::from_secs(60), Duration::from_secs(1), &mut idle)
-            .unwrap();
+    let report = wait_for_cool_down(
+        &mut board,
+        &sysfs,
+        0,
+        50_000,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        &mut idle,
+        None,
+    )
+    .unwrap();
     assert_eq!((report.polls, report.waited), (1, Duration::ZERO));
     assert!(idle.sleeps.is_empty());
 }
@@ -134,9 +150,17 @@ fn cool_down_times_out_with_the_temperatures_in_the_message() {
     let polls = Rc::new(Cell::new(0));
     let seen = polls.clone();
     let mut clock = FakeClock::new(move |_| seen.set(seen.get() + 1));
-    let err =
-        wait_for_cool_down(&mut board, &sysfs, 0, 50_000, Duration::from_secs(10), Duration::from_secs(3), &mut clock)
-            .unwrap_err();
+    let err = wait_for_cool_down(
+        &mut board,
+        &sysfs,
+        0,
+        50_000,
+        Duration::from_secs(10),
+        Duration::from_secs(3),
+        &mut clock,
+        None,
+    )
+    .unwrap_err();
     assert_eq!(err.kind, DvfsErrorKind::CoolDownTimeout);
     let text = err.to_string();
     assert!(text.starts_with("board rpi4: "), "{text}");

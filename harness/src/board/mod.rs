@@ -31,6 +31,8 @@ pub enum ErrorKind {
     Remote,
     /// A local I/O problem (reading the file to upload, ...).
     Local,
+    /// The user asked to stop (Ctrl-C) while this waited: never retry.
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -174,4 +176,7 @@ pub trait Board: Send {
     fn reconnect(&mut self) -> Result<(), BoardError>;
     /// `"ssh"` or `"local"`, for run.json and reports.
     fn transport(&self) -> &'static str;
+    /// A flag that, once set, makes waits of this transport that can last seconds (reconnect
+    /// backoff) give up with [`ErrorKind::Interrupted`] within a fraction of a second.
+    fn set_interrupt(&mut self, _flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
 }

@@ -728,6 +728,8 @@ pub struct SshBoard {
     config: SshConfig,
     /// `None` after a connection-level failure; the next operation reconnects once.
     conn: Option<Connection>,
+    /// Set on Ctrl-C: the reconnect backoff stops waiting.
+    interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl std::fmt::Debug for SshBoard {
@@ -741,7 +743,7 @@ impl SshBoard {
     /// [`ErrorKind::HostKey`] or [`ErrorKind::Auth`] before anything runs.
     pub fn connect(config: SshConfig) -> Result<Self, BoardError> {
         let conn = open_connection(&config)?;
-        Ok(Self { config, conn: Some(conn) })
+        Ok(Self { config, conn: Some(conn), interrupt: None })
     }
 
     /// The configuration this board was connected with.
@@ -931,7 +933,15 @@ impl Board for SshBoard {
                 }
                 Err(e) if !e.kind.is_retryable() => return Err(e),
                 Err(e) => match delays.get(attempt - 1) {
-                    Some(wait) => thread::sleep(*wait),
+                    Some(wait) => {
+                        if !self.sleep_unless_interrupted(*wait) {
+                            return Err(self.err(
+                                ErrorKind::Interrupted,
+                                format!("reconnect {}", self.config.endpoint()),
+                                format!("stopped on request after {attempt} attempt(s); last: {}", e.detail),
+                            ));
+                        }
+                    }
                     None => {
                         return Err(BoardError {
                             what: format!("reconnect {}", self.config.endpoint()),
@@ -951,9 +961,29 @@ impl Board for SshBoard {
     fn transport(&self) -> &'static str {
         "ssh"
     }
+
+    fn set_interrupt(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.interrupt = Some(flag);
+    }
 }
 
 impl SshBoard {
+    /// Sleeps `total` in short slices; `false` as soon as the interrupt flag is set.
+    fn sleep_unless_interrupted(&self, total: Duration) -> bool {
+        let interrupted = || self.interrupt.as_ref().is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+        let end = Instant::now() + total;
+        loop {
+            if interrupted() {
+                return false;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+
     /// Best-effort removal of a temporary upload left by a failed attempt.
     fn cleanup_temp(&mut self, tmp: &str) {
         if let Some(conn) = self.conn.as_mut() {

@@ -19,8 +19,11 @@ use crate::scenario::parse_scenario;
 /// variant and repeat: pins the frequency, settles, waits for the thermal zone to cool, runs
 /// the agent's timed window and records the cell. Results go to
 /// OUT/<scenario>/<UTC stamp>/ (run.json, scenario.yaml, cells.jsonl, cells.parquet,
-/// latency.parquet), written after every cell. Ctrl-C stops after the current cell and
-/// restores the boards' cpufreq settings; `--resume` completes the run later.
+/// latency.parquet), written after every cell. Ctrl-C (or SIGTERM) stops within about a second
+/// wherever the run is (a model load, a cool-down wait, a reconnect backoff, a long window: the
+/// cell in progress is abandoned), restores the boards' cpufreq settings, keeps every finished
+/// cell and marks the run interrupted in run.json; `--resume RUN_DIR` completes it later, adding
+/// a session to run.json.
 ///
 /// At the end it writes report.md/report.html (and battery.csv) into the run directory and
 /// prints a summary; when the scenario names `regression.baseline`, it compares against it.
@@ -74,7 +77,8 @@ impl RunCmd {
                 eprintln!("\nhil: still restoring the boards' cpufreq settings; please wait");
             } else {
                 eprintln!(
-                    "\nhil: stopping after the current cell; restoring cpufreq settings (finished cells are kept)"
+                    "\nhil: stopping now (the cell in progress is abandoned, finished cells are kept); restoring \
+                     cpufreq settings; `hil run --resume RUN_DIR` completes the run"
                 );
             }
         })

@@ -198,6 +198,8 @@ pub enum DvfsErrorKind {
     CoolDownTimeout,
     /// The restore file could not be read, parsed, written or removed.
     RestoreFile,
+    /// A wait (the cool-down) stopped because the user asked to stop.
+    Interrupted,
 }
 
 /// A DVFS error naming the board, the policy, the path and what happened.

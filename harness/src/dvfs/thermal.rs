@@ -178,6 +178,7 @@ pub fn wait_for_cool_down(
     timeout: Duration,
     poll: Duration,
     clock: &mut dyn Clock,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<CoolDownReport, DvfsError> {
     let start = clock.now();
     let start_temp = read_zone_temp(board, sysfs, index)?;
@@ -208,6 +209,19 @@ pub fn wait_for_cool_down(
                         waited.as_secs_f64(),
                         threshold_millicelsius as f64 / 1000.0,
                         start_temp as f64 / 1000.0,
+                    ),
+                ))
+            }
+            CoolDownStep::Wait if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) => {
+                return Err(DvfsError::new(
+                    board.name(),
+                    None,
+                    Some(&sysfs.thermal_zone_path(index, "temp")),
+                    DvfsErrorKind::Interrupted,
+                    format!(
+                        "stopped on request while waiting for {:.1} °C to fall below {:.1} °C",
+                        temp as f64 / 1000.0,
+                        threshold_millicelsius as f64 / 1000.0
                     ),
                 ))
             }
