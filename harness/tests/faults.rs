@@ -591,3 +591,186 @@ fn wrong_or_unknown_host_key_is_refused_and_nothing_runs_on_the_board() {
     assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq untouched");
     assert!(unique_journal(&outcome.dir).is_empty(), "no cells");
 }
+
+// -------------------------------------------------------------------------------------------------
+// Issue 13: torn journal + resume, Ctrl-C during a model load and during a cool-down wait.
+// -------------------------------------------------------------------------------------------------
+
+/// Time from SIGINT until the board's cpufreq settings are back (the promise: within 2 s,
+/// wherever the run was). The process exits after that, once the report is written.
+const RESTORED_WITHIN: Duration = Duration::from_secs(2);
+
+/// Sends SIGINT to `run` and returns how long the board's cpufreq took to be `before` again
+/// (polled every 20 ms) and how long the process took to exit.
+fn interrupt_and_time(run: &mut HilRun, site: &Site, before: &faults_support::CpufreqSettings) -> (Duration, Duration) {
+    let sent = std::time::Instant::now();
+    run.signal(libc::SIGINT);
+    let restored = faults_support::wait_for(
+        "cpufreq restored after SIGINT",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || (cpufreq_settings(&site.sys()) == *before).then(|| sent.elapsed()),
+    );
+    let (status, _) = run.wait(Duration::from_secs(60));
+    let exited = sent.elapsed();
+    assert_eq!(status.code(), Some(1), "an interrupted run exits 1:\n{}", run.output());
+    (restored, exited)
+}
+
+/// Asserts what an interruption must leave: the board reported interrupted (not failed), the
+/// restore file gone, run.json marking the session interrupted, and no agent left running.
+fn assert_interrupted_cleanly(run: &HilRun, out: &Path, scenario: &str, site: &Site) -> PathBuf {
+    let stdout = run.stdout_text();
+    assert!(stdout.contains("interrupted") && !stdout.contains("FAILED"), "interrupted, not failed:\n{}", run.output());
+    assert!(!restore_file(&site.workdir).exists(), "restore file removed after the restore on Ctrl-C");
+    let run_dir = find_run_dir(out, scenario).expect("run directory");
+    assert!(run_json(&run_dir).interrupted(), "run.json records the interruption");
+    let agent = site.workdir.join("hil-agent");
+    faults_support::wait_for("the agent to exit", Duration::from_secs(10), Duration::from_millis(50), || {
+        faults_support::processes_running(&agent).is_empty().then_some(())
+    });
+    run_dir
+}
+
+#[test]
+fn torn_journal_line_is_cut_aside_and_resume_reads_every_cell_back() {
+    let _serial = serial("torn_journal_line_is_cut_aside_and_resume_reads_every_cell_back");
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "torn");
+    let scenario = work.path().join("torn.yaml");
+    let board = local_board_yaml("bench", &site.sim_root, &site.workdir, None);
+    std::fs::write(&scenario, scenario_yaml("torn", &[board], Timing::SHORT)).unwrap();
+    let out = work.path().join("results");
+
+    let mut first = HilRun::start(&bins, &scenario, &out, None, &work.path().join("first"));
+    let (status, _) = first.wait(RUN_LIMIT);
+    assert!(status.success(), "{}", first.output());
+    let run_dir = find_run_dir(&out, "torn").expect("run directory");
+    let complete = unique_journal(&run_dir);
+    assert_eq!(complete.len(), CELLS_PER_BOARD);
+
+    // A crash in the middle of writing the last cell: its line is half there, no newline.
+    let journal = run_dir.join(harness::results::JOURNAL);
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let last = lines[lines.len() - 1];
+    let torn = format!("{}\n{}", lines[..lines.len() - 1].join("\n"), &last[..last.len() / 2]);
+    std::fs::write(&journal, &torn).unwrap();
+
+    let mut resumed = HilRun::start(&bins, &scenario, &out, Some(&run_dir), &work.path().join("resumed"));
+    let (status, _) = resumed.wait(RUN_LIMIT);
+    assert!(status.success(), "--resume completes the run:\n{}", resumed.output());
+    assert!(resumed.stderr_text().contains("ended in half a line"), "the cut is said:\n{}", resumed.output());
+    let aside = std::fs::read_to_string(run_dir.join("cells.jsonl.torn")).expect("the torn line is kept aside");
+    assert_eq!(aside.trim_end(), &last[..last.len() / 2]);
+    let cells = unique_journal(&run_dir);
+    assert_eq!(cells.len(), CELLS_PER_BOARD, "every cell reads back: the torn one was measured again");
+    let lost = complete.last().unwrap().key();
+    assert!(cells.iter().any(|c| c.key() == lost), "the cell whose line was torn is measured again");
+    // Report, compare and a further resume read the journal.
+    harness::analysis::load_run(&run_dir).expect("the run loads");
+    let meta = run_json(&run_dir);
+    assert_eq!(meta.sessions.len(), 2, "both sessions in run.json");
+}
+
+#[test]
+fn sigint_during_a_model_load_restores_within_two_seconds() {
+    let _serial = serial("sigint_during_a_model_load_restores_within_two_seconds");
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "load");
+    let before = cpufreq_settings(&site.sys());
+    // DistilBERT with a pattern set: building it takes this debug agent many seconds.
+    let board = local_board_yaml("bench", &site.sim_root, &site.workdir, None);
+    let text = scenario_yaml("load", &[board], Timing::SHORT)
+        .replace("preset: rt3-transformer\n  seq: 8", "preset: distilbert\n  seq: 128")
+        .replace(
+            "    block_rows: 16\n",
+            "    block_rows: 16\n  - name: pp75\n    kind: pattern\n    base: bp50\n    tile: 16\n    sparsity: 0.75\n",
+        );
+    let scenario = work.path().join("load.yaml");
+    std::fs::write(&scenario, &text).unwrap();
+    let out = work.path().join("results");
+
+    let mut run = HilRun::start(&bins, &scenario, &out, None, &work.path().join("run"));
+    // The agent is up (hello answered at once): the run is inside the load.
+    let agent = site.workdir.join("hil-agent");
+    faults_support::wait_for("the agent to start", FIRST_CELL_LIMIT, Duration::from_millis(20), || {
+        (!faults_support::processes_running(&agent).is_empty()).then_some(())
+    });
+    thread::sleep(Duration::from_millis(500));
+    let (restored, exited) = interrupt_and_time(&mut run, &site, &before);
+    eprintln!("[faults] SIGINT during the model load: cpufreq restored after {restored:.2?}, exit after {exited:.2?}");
+    let run_dir = assert_interrupted_cleanly(&run, &out, "load", &site);
+    let meta = run_json(&run_dir);
+    let board = meta.board("bench").expect("bench in run.json");
+    assert!(board.model.is_none(), "the SIGINT came during the load (no model recorded): {board:#?}");
+    assert!(restored <= RESTORED_WITHIN, "cpufreq restored {restored:?} after SIGINT (at most {RESTORED_WITHIN:?})");
+    assert!(unique_journal(&run_dir).is_empty());
+}
+
+#[test]
+fn sigint_during_a_cool_down_wait_restores_within_two_seconds_in_every_session() {
+    let _serial = serial("sigint_during_a_cool_down_wait_restores_within_two_seconds_in_every_session");
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "cool");
+    let before = cpufreq_settings(&site.sys());
+    // The simulated SoC idles at 45 °C: a 30 °C threshold is never reached.
+    let board = local_board_yaml("bench", &site.sim_root, &site.workdir, None) + "    thermal_zone: cpu-thermal\n";
+    let text = scenario_yaml("cool", &[board], Timing::SHORT)
+        .replace("  max_attempts: 3\n", "  max_attempts: 3\n  cooldown_temp_c: 30\n  cooldown_timeout: 10min\n");
+    let scenario = work.path().join("cool.yaml");
+    std::fs::write(&scenario, &text).unwrap();
+    let out = work.path().join("results");
+
+    let mut run = HilRun::start(&bins, &scenario, &out, None, &work.path().join("run"));
+    // Pinned for the first cell, then waiting for the zone to cool.
+    faults_support::wait_for("the first level to be pinned", FIRST_CELL_LIMIT, Duration::from_millis(20), || {
+        (cpufreq_settings(&site.sys()) != before).then_some(())
+    });
+    thread::sleep(Duration::from_secs(1));
+    assert!(run.running(), "still waiting for the cool-down:\n{}", run.output());
+    let (restored, exited) = interrupt_and_time(&mut run, &site, &before);
+    eprintln!("[faults] SIGINT during the cool-down: cpufreq restored after {restored:.2?}, exit after {exited:.2?}");
+    let run_dir = assert_interrupted_cleanly(&run, &out, "cool", &site);
+    assert!(restored <= RESTORED_WITHIN, "cpufreq restored {restored:?} after SIGINT (at most {RESTORED_WITHIN:?})");
+    assert!(unique_journal(&run_dir).is_empty(), "no cell was measured warm");
+
+    // A resume must use the same scenario, so it waits again: interrupt it too, then check that
+    // run.json keeps both sessions.
+    let mut resumed = HilRun::start(&bins, &scenario, &out, Some(&run_dir), &work.path().join("resumed"));
+    faults_support::wait_for("the resumed run to pin", FIRST_CELL_LIMIT, Duration::from_millis(20), || {
+        (cpufreq_settings(&site.sys()) != before).then_some(())
+    });
+    let (restored, _) = interrupt_and_time(&mut resumed, &site, &before);
+    assert!(restored <= RESTORED_WITHIN, "cpufreq restored {restored:?} after the second SIGINT");
+    let meta = run_json(&run_dir);
+    assert_eq!(meta.sessions.len(), 2, "each session is kept");
+    assert!(meta.sessions.iter().all(|s| s.interrupted && s.boards.contains_key("bench")), "{meta:#?}");
+}
+
+#[test]
+fn a_revoked_host_key_refuses_the_board_even_under_accept_new_and_nothing_runs() {
+    let _serial = serial("a_revoked_host_key_refuses_the_board_even_under_accept_new_and_nothing_runs");
+    let sshd = sshd_or_skip!();
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "revoked");
+    let before = cpufreq_settings(&site.sys());
+    let text = format!("@revoked * {}\n", sshd.host_public_key);
+    let revoked = SshLogin { known_hosts: sshd.write_known_hosts("known_hosts_revoked", &text), ..login(&sshd) };
+    let board = ssh_board_yaml("revoked", &revoked, &site.sim_root, &site.workdir)
+        .replace("host_key_checking: strict", "host_key_checking: accept-new");
+    let scenario = scenario_yaml("revoked", &[board], Timing::SHORT);
+    let out = work.path().join("results");
+    let outcome = run_bounded(&scenario, &out, &bins.agent, RUN_LIMIT).unwrap_or_else(|e| panic!("{e:#}"));
+    let error = outcome.boards[0].error.as_deref().unwrap_or_else(|| panic!("refused: {:?}", outcome.boards));
+    eprintln!("[faults] revoked key: {error}");
+    assert!(error.contains("REVOKED"), "the message says the key is revoked: {error}");
+    assert_eq!(sshd.accepted_logins(), 0, "no login with a revoked host key:\n{}", sshd.log_text());
+    assert_eq!(std::fs::read_to_string(&revoked.known_hosts).unwrap(), text, "accept-new added nothing");
+    assert!(!site.workdir.join("hil-agent").exists(), "nothing deployed");
+    assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq untouched");
+}
