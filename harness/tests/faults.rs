@@ -774,3 +774,33 @@ fn a_revoked_host_key_refuses_the_board_even_under_accept_new_and_nothing_runs()
     assert!(!site.workdir.join("hil-agent").exists(), "nothing deployed");
     assert_eq!(cpufreq_settings(&site.sys()), before, "cpufreq untouched");
 }
+
+#[test]
+fn a_regression_baseline_of_another_model_fails_the_gate_with_exit_2_after_the_run() {
+    let _serial = serial("a_regression_baseline_of_another_model_fails_the_gate_with_exit_2_after_the_run");
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "gate");
+    let board = local_board_yaml("bench", &site.sim_root, &site.workdir, None);
+    let base_text = scenario_yaml("gate", &[board], Timing::SHORT);
+    let base_scenario = work.path().join("base.yaml");
+    std::fs::write(&base_scenario, &base_text).unwrap();
+    let out = work.path().join("base-results");
+    let mut base = HilRun::start(&bins, &base_scenario, &out, None, &work.path().join("base"));
+    let (status, _) = base.wait(RUN_LIMIT);
+    assert!(status.success(), "{}", base.output());
+    let base_dir = find_run_dir(&out, "gate").expect("baseline run directory");
+
+    // Same scenario but another model seed (other weights): the gate cannot compare, so it fails.
+    let cand_text = base_text.replace("seed: 5", "seed: 6")
+        + &format!("regression:\n  baseline: {}\n  threshold_pct: 5\n", base_dir.display());
+    let cand_scenario = work.path().join("cand.yaml");
+    std::fs::write(&cand_scenario, &cand_text).unwrap();
+    let out = work.path().join("cand-results");
+    let mut cand = HilRun::start(&bins, &cand_scenario, &out, None, &work.path().join("cand"));
+    let (status, _) = cand.wait(RUN_LIMIT);
+    assert_eq!(status.code(), Some(2), "an incompatible baseline fails the gate:\n{}", cand.output());
+    assert!(cand.stderr_text().contains("different models"), "says why:\n{}", cand.output());
+    let cand_dir = find_run_dir(&out, "gate").expect("the run itself is kept");
+    assert_eq!(unique_journal(&cand_dir).len(), CELLS_PER_BOARD, "the cells are kept");
+}

@@ -351,3 +351,96 @@ fn relative_deadlines_name_a_variant_and_a_sane_factor() {
     expect(&with_deadline("1e9x dense"), "constraints.latency_deadline", "1e9x dense", 25);
     expect(&with_deadline("fast dense"), "constraints.latency_deadline", "fast dense", 25);
 }
+
+mod numeric_fields {
+    //! Every numeric field of a scenario, fed any number-like text: the scenario is either accepted
+    //! or refused with an error naming that field; nothing panics.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// (path as errors name it, the base text's line to replace, its template with `{}`).
+    const FIELDS: &[(&str, &str, &str)] = &[
+        ("measure.min_duration", "  min_duration: 1s\n", "  min_duration: {}\n"),
+        ("measure.repeats", "  repeats: 2\n", "  repeats: {}\n"),
+        ("variants[1].sparsity", "    sparsity: 0.5\n", "    sparsity: {}\n"),
+        ("variants[2].sparsity", "    sparsity: 0.75\n", "    sparsity: {}\n"),
+        ("dvfs.levels", "  levels: [1500MHz, 600MHz]\n", "  levels: [{}, 600MHz]\n"),
+    ];
+
+    /// Fields not in the base scenario, appended to a section.
+    const EXTRA: &[(&str, &str, &str)] = &[
+        ("measure.warmup_iterations", "measure:\n", "measure:\n  warmup_iterations: {}\n"),
+        ("measure.min_iterations", "measure:\n", "measure:\n  min_iterations: {}\n"),
+        ("measure.idle_duration", "measure:\n", "measure:\n  idle_duration: {}\n"),
+        ("measure.max_attempts", "measure:\n", "measure:\n  max_attempts: {}\n"),
+        ("measure.max_lost_fraction", "measure:\n", "measure:\n  max_lost_fraction: {}\n"),
+        ("measure.threads", "measure:\n", "measure:\n  threads: {}\n"),
+        ("measure.cooldown_temp_c", "measure:\n", "measure:\n  cooldown_temp_c: {}\n"),
+        ("measure.cooldown_timeout", "measure:\n", "measure:\n  cooldown_timeout: {}\n"),
+        ("dvfs.settle", "dvfs:\n", "dvfs:\n  settle: {}\n"),
+        ("model.seq", "model:\n", "model:\n  seq: {}\n"),
+        ("model.seed", "model:\n", "model:\n  seed: {}\n"),
+        ("variants[1].block_rows", "    kind: block\n", "    kind: block\n    block_rows: {}\n"),
+        ("variants[2].tile", "    kind: pattern\n", "    kind: pattern\n    tile: {}\n"),
+        ("variants[2].patterns", "    kind: pattern\n", "    kind: pattern\n    patterns: {}\n"),
+        ("boards[0].port", "    user: pi\n", "    user: pi\n    port: {}\n"),
+        ("boards[0].connect_timeout", "    user: pi\n", "    user: pi\n    connect_timeout: {}\n"),
+        ("boards[0].battery.capacity_wh", "    user: pi\n", "    user: pi\n    battery:\n      capacity_wh: {}\n"),
+    ];
+
+    fn number_like() -> impl Strategy<Value = String> {
+        let specials = prop::sample::select(vec![
+            "NaN",
+            ".nan",
+            "inf",
+            "-inf",
+            ".inf",
+            "-.inf",
+            "1e308",
+            "1e309",
+            "-1e308",
+            "1e-320",
+            "0",
+            "-0",
+            "-1",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+            "0x10",
+            "1_000",
+            "",
+            "~",
+        ]);
+        let units = prop::sample::select(vec!["", "", "ms", "s", "h", "MHz", "GHz", "kHz", "%", "x dense", " ns"]);
+        prop_oneof![
+            specials.prop_map(str::to_string),
+            (any::<f64>(), units.clone()).prop_map(|(v, u)| format!("{v}{u}")),
+            (any::<i64>(), units).prop_map(|(v, u)| format!("{v}{u}")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_number_is_accepted_or_refused_naming_its_field(field in 0..FIELDS.len() + EXTRA.len(), value in number_like()) {
+            let (path, old, template) =
+                if field < FIELDS.len() { FIELDS[field] } else { EXTRA[field - FIELDS.len()] };
+            let text = BASE.replacen(old, &template.replace("{}", &value), 1);
+            prop_assert_ne!(&text, BASE);
+            match std::panic::catch_unwind(|| parse_scenario(&text, "t.yaml")) {
+                Err(_) => prop_assert!(false, "parsing panicked on {path} = {value:?}"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    // An empty value is YAML's null: the field is missing, which may be said of the
+                    // key it stands in for (capacity_wh missing: capacity_mah or capacity_wh needed).
+                    let null = value.is_empty() || value == "~";
+                    prop_assert!(
+                        msg.contains(path) || (null && msg.contains("(missing)")),
+                        "{path} = {value:?}: the error does not name the field: {msg}"
+                    );
+                }
+            }
+        }
+    }
+}
