@@ -804,3 +804,68 @@ fn a_regression_baseline_of_another_model_fails_the_gate_with_exit_2_after_the_r
     let cand_dir = find_run_dir(&out, "gate").expect("the run itself is kept");
     assert_eq!(unique_journal(&cand_dir).len(), CELLS_PER_BOARD, "the cells are kept");
 }
+
+#[test]
+fn sigint_during_a_long_window_restores_within_two_seconds() {
+    let _serial = serial("sigint_during_a_long_window_restores_within_two_seconds");
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "window");
+    let before = cpufreq_settings(&site.sys());
+    let board = local_board_yaml("bench", &site.sim_root, &site.workdir, None);
+    // A 60 s window: the SIGINT lands in it.
+    let timing = Timing { window: Duration::from_secs(60), ..Timing::SHORT };
+    let scenario = work.path().join("window.yaml");
+    std::fs::write(&scenario, scenario_yaml("window", &[board], timing)).unwrap();
+    let out = work.path().join("results");
+    let mut run = HilRun::start(&bins, &scenario, &out, None, &work.path().join("run"));
+    faults_support::wait_for("the first level to be pinned", FIRST_CELL_LIMIT, Duration::from_millis(20), || {
+        (cpufreq_settings(&site.sys()) != before).then_some(())
+    });
+    // Settle (30 ms), idle power (200 ms), one warm-up inference: then the window runs.
+    thread::sleep(Duration::from_secs(2));
+    assert!(run.running(), "{}", run.output());
+    let (restored, exited) = interrupt_and_time(&mut run, &site, &before);
+    eprintln!("[faults] SIGINT during a 60 s window: cpufreq restored after {restored:.2?}, exit after {exited:.2?}");
+    let run_dir = assert_interrupted_cleanly(&run, &out, "window", &site);
+    assert!(restored <= RESTORED_WITHIN, "cpufreq restored {restored:?} after SIGINT (at most {RESTORED_WITHIN:?})");
+    assert!(unique_journal(&run_dir).is_empty(), "the abandoned window is not recorded");
+}
+
+#[test]
+fn sigint_during_the_reconnect_backoff_stops_within_two_seconds() {
+    let _serial = serial("sigint_during_the_reconnect_backoff_stops_within_two_seconds");
+    let mut sshd = sshd_or_skip!();
+    let work = tempdir();
+    let bins = Binaries::pin_into(&work.path().join("bin"));
+    let site = Site::new(work.path(), "backoff");
+    let timing = Timing { window: Duration::from_secs(3), ..Timing::SHORT };
+    let text =
+        scenario_yaml("backoff", &[ssh_board_yaml("sshboard", &login(&sshd), &site.sim_root, &site.workdir)], timing);
+    let scenario = work.path().join("backoff.yaml");
+    std::fs::write(&scenario, &text).unwrap();
+    let out = work.path().join("results");
+    let mut run = HilRun::start(&bins, &scenario, &out, None, &work.path().join("run"));
+    run.wait_for_journaled(&out, "backoff", 1, FIRST_CELL_LIMIT);
+    // The board goes away for good mid-cell: the run reconnects with backoff (0.5, 1, 2, 4, 8 s).
+    thread::sleep(Duration::from_millis(500));
+    sshd.stop();
+    thread::sleep(Duration::from_millis(2500));
+    assert!(run.running(), "still trying to reconnect:\n{}", run.output());
+    let sent = std::time::Instant::now();
+    run.signal(libc::SIGINT);
+    let (status, _) = run.wait(Duration::from_secs(30));
+    let took = sent.elapsed();
+    eprintln!("[faults] SIGINT during the reconnect backoff: exit after {took:.2?}");
+    assert_eq!(status.code(), Some(1), "{}", run.output());
+    let stdout = run.stdout_text();
+    assert!(stdout.contains("interrupted") && !stdout.contains("FAILED"), "interrupted, not failed:\n{}", run.output());
+    // The board cannot be reached, so its settings stay pinned, with the restore file that the
+    // next run applies first (the SIGKILL test covers that next run).
+    assert!(restore_file(&site.workdir).exists(), "the restore file stays for the next run");
+    // The report is written before exiting: allow it a few seconds on a loaded host.
+    assert!(took <= Duration::from_secs(8), "hil exited {took:?} after SIGINT");
+    let run_dir = find_run_dir(&out, "backoff").unwrap();
+    assert!(run_json(&run_dir).interrupted());
+    assert!(!unique_journal(&run_dir).is_empty(), "the finished cell is kept");
+}
