@@ -12,13 +12,88 @@ use sha2::{Digest, Sha256};
 
 use crate::board::Board;
 
+/// A target the agent is built for: a static binary that runs on the board as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentTarget {
+    pub triple: &'static str,
+    /// `uname -m` values that select it (`target: auto`); empty: only by name.
+    pub machines: &'static [&'static str],
+    /// What the boards are, for `hil agent targets`.
+    pub boards: &'static str,
+    /// How the static binary is linked, and what this host must install for it.
+    pub linked: &'static str,
+    pub install: &'static str,
+    /// The user-mode emulator that runs it on an x86-64 host (tests, CI).
+    pub emulator: Option<&'static str>,
+}
+
+/// Every target `hil` builds the agent for, `target: auto`'s choice per machine first.
+pub const AGENT_TARGETS: &[AgentTarget] = &[
+    AgentTarget {
+        triple: "aarch64-unknown-linux-musl",
+        machines: &["aarch64", "arm64"],
+        boards: "64-bit ARM: Raspberry Pi 3/4/5 on a 64-bit OS, Jetson, RK3588, most current boards",
+        linked: "musl, static, by the Rust-shipped rust-lld",
+        install: "rustup target add aarch64-unknown-linux-musl",
+        emulator: Some("qemu-aarch64-static (Debian: qemu-user-static)"),
+    },
+    AgentTarget {
+        triple: "thumbv7neon-unknown-linux-gnueabihf",
+        // armv8l: a 32-bit userland reporting an ARMv8 core; the 32-bit build runs there whether
+        // the kernel is 32- or 64-bit.
+        machines: &["armv7l", "armv7", "armhf", "armv7hl", "armv8l"],
+        boards: "32-bit ARMv7 with NEON: Odroid-XU4 (Cortex-A15/A7), Raspberry Pi 2/3/4 on 32-bit Raspberry Pi OS, \
+                 BeagleBone (Cortex-A8)",
+        linked: "glibc, static (+crt-static), by Debian's arm-linux-gnueabihf-gcc; NEON on by default",
+        install: "rustup target add thumbv7neon-unknown-linux-gnueabihf && apt-get install gcc-arm-linux-gnueabihf \
+                  libc6-dev-armhf-cross",
+        emulator: Some("qemu-arm-static (Debian: qemu-user-static)"),
+    },
+    AgentTarget {
+        triple: "armv7-unknown-linux-gnueabihf",
+        machines: &[],
+        boards: "32-bit ARMv7 without NEON (rare: e.g. Tegra 2); name it with `target:` (auto picks the NEON build)",
+        linked: "glibc, static (+crt-static), by Debian's arm-linux-gnueabihf-gcc; scalar kernels",
+        install: "rustup target add armv7-unknown-linux-gnueabihf && apt-get install gcc-arm-linux-gnueabihf \
+                  libc6-dev-armhf-cross",
+        emulator: Some("qemu-arm-static (Debian: qemu-user-static)"),
+    },
+    AgentTarget {
+        triple: "x86_64-unknown-linux-musl",
+        machines: &["x86_64", "amd64"],
+        boards: "x86-64 boards and hosts (an SSH board on a PC, CI)",
+        linked: "musl, static",
+        install: "rustup target add x86_64-unknown-linux-musl",
+        emulator: None,
+    },
+];
+
+/// The target named `triple`, if `hil` knows it.
+pub fn agent_target(triple: &str) -> Option<&'static AgentTarget> {
+    AGENT_TARGETS.iter().find(|t| t.triple == triple)
+}
+
+/// The supported targets as lines for help and errors: `triple: boards (install: ...)`.
+pub fn describe_agent_targets() -> String {
+    AGENT_TARGETS
+        .iter()
+        .map(|t| {
+            format!("  {}\n      {}\n      linked: {}\n      install: {}", t.triple, t.boards, t.linked, t.install)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The Rust target triple for a board's `uname -m`.
 pub fn target_for_machine(machine: &str) -> Result<&'static str> {
-    Ok(match machine.trim() {
-        "aarch64" | "arm64" => "aarch64-unknown-linux-musl",
-        "x86_64" | "amd64" => "x86_64-unknown-linux-musl",
-        other => bail!("no agent target known for machine `{other}`: set `target:` in the board's scenario entry"),
-    })
+    let m = machine.trim();
+    match AGENT_TARGETS.iter().find(|t| t.machines.contains(&m)) {
+        Some(t) => Ok(t.triple),
+        None => bail!(
+            "no agent target known for machine `{m}`: set `target:` in the board's scenario entry to one of:\n{}",
+            describe_agent_targets()
+        ),
+    }
 }
 
 /// The workspace root this `hil` was built from (where `cargo build -p device-agent` works).
@@ -47,12 +122,16 @@ pub fn build_agent(target: Option<&str>) -> Result<PathBuf> {
     if let Some(t) = target {
         cmd.args(["--target", t]);
     }
+    if let Some(t) = target.filter(|t| agent_target(t).is_none()) {
+        eprintln!("warning: {t} is not one of the targets hil is tested with:\n{}", describe_agent_targets());
+    }
     let status = cmd.status().with_context(|| format!("running cargo in {}", root.display()))?;
     if !status.success() {
-        bail!(
-            "building hil-agent{} failed ({status}); for aarch64 run `rustup target add aarch64-unknown-linux-musl`",
-            target.map(|t| format!(" for {t}")).unwrap_or_default()
-        );
+        let hint = match target.and_then(agent_target) {
+            Some(t) => format!("; {} needs: {}", t.triple, t.install),
+            None => format!("; the supported targets and what each needs:\n{}", describe_agent_targets()),
+        };
+        bail!("building hil-agent{} failed ({status}){hint}", target.map(|t| format!(" for {t}")).unwrap_or_default());
     }
     let path = agent_binary_path(&root, target);
     if !path.is_file() {
@@ -137,6 +216,12 @@ mod tests {
     fn machine_to_target() {
         assert_eq!(target_for_machine("aarch64\n").unwrap(), "aarch64-unknown-linux-musl");
         assert_eq!(target_for_machine("x86_64").unwrap(), "x86_64-unknown-linux-musl");
+        for armv7 in ["armv7l", "armv7", "armhf", "armv7l\n"] {
+            assert_eq!(target_for_machine(armv7).unwrap(), "thumbv7neon-unknown-linux-gnueabihf", "{armv7}");
+        }
+        let err = target_for_machine("armv6l").unwrap_err().to_string();
+        assert!(err.contains("armv6l") && err.contains("thumbv7neon-unknown-linux-gnueabihf"), "{err}");
+        assert!(err.contains("gcc-arm-linux-gnueabihf"), "says what to install: {err}");
         let err = target_for_machine("riscv64").unwrap_err().to_string();
         assert!(err.contains("riscv64") && err.contains("target:"), "{err}");
     }

@@ -442,6 +442,29 @@ Hardware\t: BCM2835\nRevision\t: c03114\nSerial\t\t: 10000000abcdef\nModel\t\t: 
         assert_eq!(info.core_kinds.len(), 2);
     }
 
+    /// An Odroid-XU4's `/proc/cpuinfo` under its 32-bit kernel (uname -m armv7l): four Cortex-A7
+    /// (part 0xc07) then four Cortex-A15 (0xc0f), `model name : ARMv7 Processor rev 3 (v7l)` on each.
+    const XU4_CPUINFO: &str = "processor\t: 0\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nBogoMIPS\t: 84.00\n\
+Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae\nCPU implementer\t: 0x41\n\
+CPU architecture: 7\nCPU variant\t: 0x0\nCPU part\t: 0xc07\nCPU revision\t: 3\n\n\
+processor\t: 1\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nCPU implementer\t: 0x41\nCPU part\t: 0xc07\n\n\
+processor\t: 2\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nCPU implementer\t: 0x41\nCPU part\t: 0xc07\n\n\
+processor\t: 3\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nCPU implementer\t: 0x41\nCPU part\t: 0xc07\n\n\
+processor\t: 4\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nCPU implementer\t: 0x41\nCPU part\t: 0xc0f\n\n\
+processor\t: 5\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nCPU implementer\t: 0x41\nCPU part\t: 0xc0f\n\n\
+processor\t: 6\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nCPU implementer\t: 0x41\nCPU part\t: 0xc0f\n\n\
+processor\t: 7\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nCPU implementer\t: 0x41\nCPU part\t: 0xc0f\n\n\
+Hardware\t: ODROID-XU4\nRevision\t: 0100\nSerial\t\t: 0000000000000000\n";
+
+    #[test]
+    fn armv7_big_little_names_the_a7_and_a15_clusters() {
+        let info = parse_cpuinfo(XU4_CPUINFO);
+        assert_eq!(info.cores, 8);
+        assert_eq!(info.model.as_deref(), Some("4x ARM Cortex-A7 + 4x ARM Cortex-A15"));
+        assert_eq!(info.hardware.as_deref(), Some("ODROID-XU4"));
+        assert_eq!(crate::deploy::target_for_machine("armv7l").unwrap(), "thumbv7neon-unknown-linux-gnueabihf");
+    }
+
     #[test]
     fn x86_and_unknown_parts_and_old_arm32() {
         let x86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n\n\

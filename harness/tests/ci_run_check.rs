@@ -55,12 +55,16 @@ fn ci_run_directory_is_complete_and_plausible() {
     for board in &scenario.boards {
         let b = meta.board(&board.name).unwrap_or_else(|| panic!("{} missing from run.json", board.name));
         assert_eq!(b.transport, "ssh", "{}: reached over SSH", board.name);
-        assert_eq!(
-            b.agent_hello.as_ref().map(|h| h.arch.as_str()),
-            Some("aarch64"),
-            "{}: the aarch64 agent ran",
-            board.name
-        );
+        // The agent built for the board's target ran: aarch64, or 32-bit ARM (`arm`) with NEON in use.
+        let hello = b.agent_hello.as_ref().expect("hello recorded");
+        match &board.target {
+            harness::scenario::TargetSpec::Triple(t) if t.starts_with("aarch64") => assert_eq!(hello.arch, "aarch64"),
+            harness::scenario::TargetSpec::Triple(t) if t.starts_with("thumbv7neon") => {
+                assert_eq!(hello.arch, "arm", "{}: the 32-bit agent ran", board.name);
+                assert!(hello.simd.iter().any(|s| s == "neon"), "{}: NEON in use: {:?}", board.name, hello.simd);
+            }
+            other => panic!("{}: unexpected target {other:?}", board.name),
+        }
         assert!(b.selftest.as_ref().is_some_and(|s| s.passed), "{}: selftest", board.name);
         assert!(
             b.monitor.as_ref().is_some_and(|m| m.simulated),
