@@ -86,13 +86,17 @@ start)
     rm -rf "$lab"
     mkdir -p "$lab/coordinator" "$lab/bin"
 
-    # The exporter starts `ser2net` from PATH with an accepter `tcp,PORT` (every interface); this
-    # wrapper binds it to loopback. `ser2net -v` (labgrid's version check) passes through untouched.
+    # The exporter starts `ser2net` from PATH with an accepter `tcp,PORT` (every interface) and
+    # ser2net's default 64-byte device buffer. This wrapper binds it to loopback and gives the
+    # connection a 16 KiB buffer (a PPK2 streams 400 kB/s: with 64 bytes ser2net wakes 6,250 times a
+    # second and, on a loaded host, stalls long enough to lose samples; harness/tests/serial_net.rs).
+    # `ser2net -v` (labgrid's version check) passes through untouched.
     real_ser2net=$(command -v ser2net || echo /usr/sbin/ser2net)
     cat > "$lab/bin/ser2net" <<WRAP
 #!/usr/bin/env bash
 args=()
 for a in "\$@"; do args+=("\${a/),tcp,/),tcp,127.0.0.1,}"); done
+case " \$* " in *" -Y "*) args+=(-Y "    dev-to-net-bufsize: 16384") ;; esac
 exec "$real_ser2net" "\${args[@]}"
 WRAP
     chmod +x "$lab/bin/ser2net"

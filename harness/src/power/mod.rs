@@ -305,8 +305,8 @@ pub fn open_monitor(
     port: &str,
     options: &MonitorOptions,
 ) -> Result<Box<dyn PowerMonitor>, MonitorError> {
-    if let Some(address) =
-        net::NetAddress::parse(port).map_err(|e| MonitorError::new(MonitorErrorKind::Config, port, "parsing the port", e))?
+    if let Some(address) = net::NetAddress::parse(port)
+        .map_err(|e| MonitorError::new(MonitorErrorKind::Config, port, "parsing the port", e))?
     {
         return open_network_monitor(kind, &address, options);
     }
@@ -377,7 +377,11 @@ fn open_network_monitor(
 /// Connects to a network serial port (for RFC 2217: 8N1 at `baud`), classifying failures like a
 /// serial port's: refused/reset/unreachable are `Disconnected` (an exporter restarting), so the runner
 /// retries them.
-pub fn open_net_port(address: &net::NetAddress, baud: u32, read_timeout: Duration) -> Result<net::NetPort, MonitorError> {
+pub fn open_net_port(
+    address: &net::NetAddress,
+    baud: u32,
+    read_timeout: Duration,
+) -> Result<net::NetPort, MonitorError> {
     let what = match address.protocol {
         net::NetProtocol::Raw => "connecting (raw TCP)".to_string(),
         net::NetProtocol::Rfc2217 => format!("connecting and setting {baud} 8N1 (RFC 2217)"),

@@ -37,7 +37,7 @@ pub const SE: u8 = 240;
 pub const OPT_BINARY: u8 = 0; // RFC 856
 pub const OPT_SGA: u8 = 3; // RFC 858
 pub const OPT_COM_PORT: u8 = 44; // RFC 2217
-// COM-PORT-OPTION client commands (RFC 2217 section 3); server replies add SERVER_OFFSET.
+                                 // COM-PORT-OPTION client commands (RFC 2217 section 3); server replies add SERVER_OFFSET.
 pub const CPO_SET_BAUDRATE: u8 = 1;
 pub const CPO_SET_DATASIZE: u8 = 2;
 pub const CPO_SET_PARITY: u8 = 3;
