@@ -339,7 +339,11 @@ fn ci_spec(busy: BusyPolicy) -> LabgridSpec {
 #[test]
 fn ci_lab_places_boards_monitors_busy_and_release() {
     let Some(client) = ci_lab() else { return };
-    assert!(client.who().unwrap().is_empty(), "a place is already held: {:?}", client.who());
+    // Only the board=ci places: the fault test below runs beside this one with a place of its own.
+    let held = |c: &LabgridClient| -> Vec<String> {
+        c.who().unwrap().into_iter().map(|w| w.place).filter(|p| p == "ci-a" || p == "ci-b").collect()
+    };
+    assert!(held(&client).is_empty(), "a place is already held: {:?}", client.who());
 
     let locks = acquire(&client, &ci_spec(BusyPolicy::Wait { timeout: Duration::from_secs(30) })).expect("acquire");
     let mut boards: Vec<_> = locks.iter().map(|l| l.board().clone()).collect();
@@ -367,20 +371,146 @@ fn ci_lab_places_boards_monitors_busy_and_release() {
     assert!(err.is_busy(), "{err}");
     let text = err.to_string();
     assert!(text.contains("ci-a held by") && text.contains("busy: refuse"), "{text}");
-    let who = client.who().unwrap();
-    assert_eq!(who.len(), 2, "the refused attempt left the held places alone: {who:?}");
+    assert_eq!(held(&client).len(), 2, "the refused attempt left the held places alone: {:?}", client.who());
 
     // A panic in a board thread while holding: still released.
     let client2 = client.clone();
     drop(locks);
-    assert!(client.who().unwrap().is_empty(), "released: {:?}", client.who());
+    assert!(held(&client).is_empty(), "released: {:?}", client.who());
     let r = std::panic::catch_unwind(move || {
         let _locks = acquire(&client2, &ci_spec(BusyPolicy::Refuse)).unwrap();
         panic!("board thread panicked");
     });
     assert!(r.is_err());
-    assert!(client.who().unwrap().is_empty(), "nothing locked after the panic: {:?}", client.who());
+    assert!(held(&client).is_empty(), "nothing locked after the panic: {:?}", client.who());
     // And the coordinator holds no reservation of ours (cancelled, not left to expire).
     let reservations = client.run(&["reservations"]).unwrap().stdout;
-    assert!(reservations.trim().is_empty(), "{reservations}");
+    assert!(!reservations.contains("main: board=ci"), "{reservations}");
+}
+
+/// A labgrid exporter this test started (its own pid), stopped with SIGTERM on drop.
+struct Exporter {
+    child: std::process::Child,
+}
+
+impl Exporter {
+    fn start(client: &LabgridClient, name: &str, config: &Path) -> Exporter {
+        let exporter = client.program().with_file_name("labgrid-exporter");
+        // The CI lab's ser2net wrapper (loopback only, 16 KiB buffer) when it is there.
+        let path = format!("/tmp/hil-ci-labgrid/bin:{}", std::env::var("PATH").unwrap_or_default());
+        let child = std::process::Command::new(&exporter)
+            .args(["-c", client.coordinator(), "-n", name, "--hostname", "127.0.0.1"])
+            .arg(config)
+            .env("PATH", path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", exporter.display()));
+        let exporter = Exporter { child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !client.run(&["resources"]).unwrap().stdout.contains(&format!("{name}/")) {
+            assert!(Instant::now() < deadline, "exporter {name} did not publish its resources");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        exporter
+    }
+
+    /// SIGTERM (the exporter stops its ser2net children), then wait.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// The exporter serving a place dies while its PPK2 is being read: the monitor fails with a retryable
+/// disconnection naming the port, the place is still released, and once the exporter is back the place
+/// resolves again to a working monitor (what the runner's retry does).
+#[test]
+fn ci_lab_exporter_dies_mid_measurement() {
+    let Some(client) = ci_lab() else { return };
+    let model = |_t_s: f64, supply_v: f64| 2.5 / supply_v.max(0.8);
+    let emulator = harness::sim::ppk2_emulator::Ppk2Emulator::spawn(
+        model,
+        harness::sim::ppk2_emulator::EmulatorConfig { initial_vdd_mv: 5000, ..Default::default() },
+    )
+    .unwrap();
+    let dir = tempfile::Builder::new().prefix("hil-lg-fault-").tempdir().unwrap();
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "fault-x:\n  NetworkService:\n    address: 127.0.0.1\n    username: root\n    port: 2299\n  RawSerialPort:\n    port: {}\n    speed: 115200\n",
+            emulator.port_path().display()
+        ),
+    )
+    .unwrap();
+    let mut exporter = Exporter::start(&client, "hil-fault", &config);
+    // The place may be left from an earlier killed run; create it afresh.
+    let _ = client.run(&["-p", "fault-x", "delete"]);
+    client.run(&["-p", "fault-x", "create"]).unwrap();
+    client.run(&["-p", "fault-x", "add-match", "hil-fault/fault-x/*"]).unwrap();
+    let spec = LabgridSpec {
+        coordinator: Some(client.coordinator().to_string()),
+        selector: PlaceSelector::Place("fault-x".into()),
+        busy: BusyPolicy::Refuse,
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut options = harness::power::MonitorOptions::default();
+        options.ppk2.mode = harness::power::ppk2::Ppk2Mode::Source { supply_mv: 5000 };
+        let mut locks = acquire(&client, &spec).expect("acquire fault-x");
+        let lock = locks.pop().unwrap();
+        let url = lock.board().monitor_port().expect("serial port");
+        let mut monitor = harness::power::open_monitor(harness::power::MonitorKind::Ppk2, &url, &options).unwrap();
+        monitor.start().unwrap();
+        let mut samples = Vec::new();
+        monitor.read(&mut samples, Duration::from_millis(300)).unwrap();
+        assert!(!samples.is_empty());
+        exporter.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match monitor.read(&mut samples, Duration::from_millis(100)) {
+                Err(e) => break e,
+                Ok(_) => assert!(Instant::now() < deadline, "reads went on after the exporter died"),
+            }
+        };
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains(&url), "{err}");
+        drop(monitor);
+        // The lock is given back although its exporter is gone.
+        lock.release().expect("release with the exporter gone");
+        assert!(client.who().unwrap().iter().all(|w| w.place != "fault-x"));
+
+        // The exporter comes back: the place resolves again (a new ser2net port) and reads.
+        exporter = Exporter::start(&client, "hil-fault", &config);
+        let mut locks = acquire(&client, &spec).expect("acquire fault-x again");
+        let url2 = locks[0].board().monitor_port().unwrap();
+        let mut monitor = harness::power::open_monitor(harness::power::MonitorKind::Ppk2, &url2, &options).unwrap();
+        let rec = harness::power::record(monitor.as_mut(), Duration::from_millis(500)).unwrap();
+        assert!(rec.samples.len() > 30_000, "{} samples after the exporter came back", rec.samples.len());
+        drop(monitor);
+        drop(locks.pop());
+    }));
+    let _ = client.run(&["-p", "fault-x", "delete"]);
+    drop(exporter);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -264,6 +264,8 @@ impl PendingReservation {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut stderr);
                 }
+                // Already exited (try_wait said so): this returns at once.
+                let _ = child.wait();
                 // The reader thread ends with the child's stdout; take the token line if it is late.
                 if self.token.is_none() {
                     if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {

@@ -649,7 +649,7 @@ impl<S: Read + Write> Write for TelnetPort<S> {
 #[derive(Debug)]
 pub enum NetPort {
     Raw(TcpStream),
-    Rfc2217(TelnetPort<TcpStream>),
+    Rfc2217(Box<TelnetPort<TcpStream>>),
 }
 
 impl NetPort {
@@ -680,7 +680,7 @@ impl NetPort {
         match address.protocol {
             NetProtocol::Raw => Ok(NetPort::Raw(stream)),
             NetProtocol::Rfc2217 => {
-                let mut port = TelnetPort::new(stream);
+                let mut port = Box::new(TelnetPort::new(stream));
                 port.negotiate(settings, NEGOTIATION_TIMEOUT)?;
                 Ok(NetPort::Rfc2217(port))
             }
