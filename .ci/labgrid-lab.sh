@@ -142,6 +142,9 @@ YAML
         lgc -p "ci-$b" add-match "hil-ci/ci-$b/*"
         lgc -p "ci-$b" set-tags board=ci
     done
+    # Per-place paths for scenarios/ci-labgrid.yaml (`/tmp/hil-ci-labgrid/boards/{place}/...`).
+    mkdir -p "$lab/boards"
+    for b in a b; do ln -sfn "$boards/$b" "$lab/boards/ci-$b"; done
     lgc -v places > "$lab/places.txt"
     echo "labgrid lab up: coordinator $coordinator, exporter hil-ci, places ci-a ci-b (board=ci)"
     ;;
