@@ -279,9 +279,10 @@ fn ppk2_stream_through_ser2net_loses_nothing_and_costs_little_cpu() {
     assert_eq!(dropped, 0, "the emulator had to drop samples: the path through ser2net did not keep up");
     // ... and the driver saw no counter gap.
     assert_eq!(rec.lost, 0, "the driver counted lost samples");
-    // Everything sent arrived, but for what was in flight when the stream stopped (< 250 ms backlog).
+    // Everything sent arrived, but for what was still in flight when the stream stopped (the
+    // emulator's backlog, at most 250 ms = 25,000 samples, plus what the pipes held).
     assert!(rec.samples.len() as u64 <= sent, "{} received > {sent} sent", rec.samples.len());
-    assert!(sent - rec.samples.len() as u64 <= 25_000, "{} received of {sent} sent", rec.samples.len());
+    assert!(sent - rec.samples.len() as u64 <= 40_000, "{} received of {sent} sent", rec.samples.len());
     assert!((95_000.0..=105_000.0).contains(&rate), "rate {rate} S/s");
     assert!(cpu_fraction < 0.10, "reading took {:.1} % of a core", cpu_fraction * 100.0);
 }
