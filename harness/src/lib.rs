@@ -4,6 +4,7 @@
 //! - [`board`]: the transport trait (SSH or local); [`probe`] and [`dvfs`] work through it.
 //! - [`power`]: power-monitor drivers (PPK2, INA2xx text, SCPI); [`energy`]: clock alignment
 //!   and energy integration as pure functions.
+//! - [`labgrid`]: boards reserved and locked from a labgrid lab (`labgrid-client`).
 //! - [`sim`]: the simulated board.
 
 pub mod agent_client;
@@ -15,6 +16,7 @@ pub mod connect;
 pub mod deploy;
 pub mod dvfs;
 pub mod energy;
+pub mod labgrid;
 pub mod plan;
 pub mod power;
 pub mod power_session;

@@ -11,7 +11,8 @@
 //!   [`ina::InaMonitor`] (INA219/INA226 Arduino sketches printing text), [`scpi::ScpiMonitor`] (bench
 //!   meters and supplies polled with SCPI queries).
 //! - [`detect`] finds a PPK2 through `/sys` (no libudev); [`open_monitor`] turns a kind, a port and
-//!   options into a boxed driver; [`summarize`] reduces a recording to the figures `hil monitor` prints.
+//!   options into a boxed driver (a port of `tcp://HOST:PORT` or `rfc2217://HOST:PORT` is a serial port
+//!   served over the network, see [`net`]); [`summarize`] reduces a recording to the figures `hil monitor` prints.
 //!
 //! Time: every [`Sample::t_ns`] is on the host's `CLOCK_MONOTONIC` (the clock [`host_monotonic_ns`]
 //! reads, the same the agent uses on a local board), but *placed by the monitor's own clock* where the
@@ -22,6 +23,7 @@
 
 pub mod detect;
 pub mod ina;
+pub mod net;
 pub mod ppk2;
 pub mod scpi;
 
@@ -296,12 +298,18 @@ pub struct MonitorOptions {
 /// The port name that asks [`open_monitor`] to find a PPK2 by USB ID (see [`detect`]).
 pub const AUTO_PORT: &str = "auto";
 
-/// Opens a monitor of `kind` on `port` (a device path, or [`AUTO_PORT`] for a PPK2) and identifies it.
+/// Opens a monitor of `kind` on `port` (a device path, [`AUTO_PORT`] for a PPK2, or a network port
+/// `tcp://HOST:PORT` / `rfc2217://HOST:PORT`) and identifies it.
 pub fn open_monitor(
     kind: MonitorKind,
     port: &str,
     options: &MonitorOptions,
 ) -> Result<Box<dyn PowerMonitor>, MonitorError> {
+    if let Some(address) = net::NetAddress::parse(port)
+        .map_err(|e| MonitorError::new(MonitorErrorKind::Config, port, "parsing the port", e))?
+    {
+        return open_network_monitor(kind, &address, options);
+    }
     match kind {
         MonitorKind::Ppk2 => {
             let mut monitor = if port == AUTO_PORT {
@@ -328,6 +336,66 @@ pub fn open_monitor(
             Ok(Box::new(monitor))
         }
     }
+}
+
+/// [`open_monitor`] for a serial port served over the network: the same drivers over a [`net::NetPort`].
+fn open_network_monitor(
+    kind: MonitorKind,
+    address: &net::NetAddress,
+    options: &MonitorOptions,
+) -> Result<Box<dyn PowerMonitor>, MonitorError> {
+    let name = address.to_string();
+    // The line settings an RFC 2217 server applies to the real port: each driver's own baud rate.
+    let (baud, read_timeout) = match kind {
+        MonitorKind::Ppk2 => (ppk2::BAUD, options.ppk2.read_timeout),
+        MonitorKind::Ina => (options.baud.unwrap_or(ina::DEFAULT_BAUD), options.ina.read_timeout),
+        MonitorKind::Scpi => (options.baud.unwrap_or(options.scpi.baud), Duration::from_millis(20)),
+    };
+    let stream = open_net_port(address, baud, read_timeout)?;
+    match kind {
+        MonitorKind::Ppk2 => {
+            let mut monitor = ppk2::Ppk2::new(stream, name, options.ppk2.clone());
+            monitor.connect()?;
+            monitor.identify()?;
+            Ok(Box::new(monitor))
+        }
+        MonitorKind::Ina => {
+            let mut monitor = ina::InaMonitor::new(stream, name, options.ina.clone());
+            monitor.identify()?;
+            Ok(Box::new(monitor))
+        }
+        MonitorKind::Scpi => {
+            let mut scpi = options.scpi.clone();
+            scpi.baud = baud;
+            let mut monitor = scpi::ScpiMonitor::new(stream, name, scpi);
+            monitor.identify()?;
+            Ok(Box::new(monitor))
+        }
+    }
+}
+
+/// Connects to a network serial port (for RFC 2217: 8N1 at `baud`), classifying failures like a
+/// serial port's: refused/reset/unreachable are `Disconnected` (an exporter restarting), so the runner
+/// retries them.
+pub fn open_net_port(
+    address: &net::NetAddress,
+    baud: u32,
+    read_timeout: Duration,
+) -> Result<net::NetPort, MonitorError> {
+    let what = match address.protocol {
+        net::NetProtocol::Raw => "connecting (raw TCP)".to_string(),
+        net::NetProtocol::Rfc2217 => format!("connecting and setting {baud} 8N1 (RFC 2217)"),
+    };
+    net::NetPort::open(address, &net::LineSettings::n81(baud), net::CONNECT_TIMEOUT, read_timeout).map_err(|e| {
+        let kind = match e.kind() {
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                MonitorErrorKind::Disconnected
+            }
+            io::ErrorKind::Unsupported | io::ErrorKind::InvalidData => MonitorErrorKind::Protocol,
+            _ => classify_io_error(&e),
+        };
+        MonitorError::new(kind, address.to_string(), what, e.to_string())
+    })
 }
 
 /// Opens a serial port for a driver, with a short read timeout so reads poll.
