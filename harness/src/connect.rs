@@ -69,6 +69,10 @@ pub fn open_scenario_monitor(spec: &MonitorSpec) -> Result<Box<dyn PowerMonitor>
     let port = match &spec.port {
         MonitorPort::Auto => AUTO_PORT.to_string(),
         MonitorPort::Path(p) => p.to_string_lossy().into_owned(),
+        MonitorPort::Network(address) => address.clone(),
+        MonitorPort::Labgrid => {
+            anyhow::bail!("the monitor's port comes from a labgrid place that has not been acquired yet (a bug in hil)")
+        }
     };
     Ok(open_monitor(kind, &port, &options)?)
 }

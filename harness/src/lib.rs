@@ -16,6 +16,7 @@ pub mod connect;
 pub mod deploy;
 pub mod dvfs;
 pub mod energy;
+pub mod lab;
 pub mod labgrid;
 pub mod plan;
 pub mod power;

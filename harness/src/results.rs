@@ -115,6 +115,11 @@ pub struct CellRecord {
     /// (`f_max / f` of the simulated clock); `None` on real hardware.
     #[serde(default)]
     pub sim_stretch_factor: Option<f64>,
+    /// For a board from a labgrid lab: the place it ran on and the host of the exporter serving it.
+    #[serde(default)]
+    pub place: Option<String>,
+    #[serde(default)]
+    pub exporter_host: Option<String>,
     /// The agent's window on the host's monotonic clock (after clock alignment), ns.
     #[serde(default)]
     pub window_host_start_ns: Option<i64>,
@@ -212,6 +217,8 @@ fn cells_frame_text(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "time_capped" => |r| r.time_capped,
         "agent_note" => |r| r.agent_note.clone(),
         "sim_stretch_factor" => |r| r.sim_stretch_factor,
+        "place" => |r| r.place.clone(),
+        "exporter_host" => |r| r.exporter_host.clone(),
     )
 }
 
@@ -240,6 +247,8 @@ pub fn latency_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "variant" => |r| r.cell.variant.clone(),
         "repeat" => |r| r.cell.repeat,
         "simulated" => |r| r.cell.simulated,
+        "place" => |r| r.cell.place.clone(),
+        "exporter_host" => |r| r.cell.exporter_host.clone(),
         "iteration" => |r| r.iteration,
         "latency_ns" => |r| r.latency_ns,
     )
@@ -287,6 +296,8 @@ pub fn power_windows_frame(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "variant" => |r| r.variant.clone(),
         "repeat" => |r| r.repeat,
         "simulated" => |r| r.simulated,
+        "place" => |r| r.place.clone(),
+        "exporter_host" => |r| r.exporter_host.clone(),
         "window_host_start_ns" => |r| r.window_host_start_ns,
         "window_host_end_ns" => |r| r.window_host_end_ns,
         "samples" => |r| r.power_samples,
@@ -397,6 +408,11 @@ pub struct SwitchRecord {
     pub resident_bytes_one_set: Option<u64>,
     /// RT3's claim: a switch within 45 ms (the cold switch plus its first-inference penalty).
     pub within_45_ms: bool,
+    /// For a board from a labgrid lab: the place and the exporter host serving it.
+    #[serde(default)]
+    pub place: Option<String>,
+    #[serde(default)]
+    pub exporter_host: Option<String>,
 }
 
 /// `switch.parquet`.
@@ -416,6 +432,8 @@ pub fn switch_frame(rows: &[SwitchRecord]) -> PolarsResult<DataFrame> {
         "resident_bytes_all_prepacked" => |r| r.resident_bytes_all_prepacked,
         "resident_bytes_one_set" => |r| r.resident_bytes_one_set,
         "within_45_ms" => |r| r.within_45_ms,
+        "place" => |r| r.place.clone(),
+        "exporter_host" => |r| r.exporter_host.clone(),
     )
 }
 pub const CELLS_PARQUET: &str = "cells.parquet";
@@ -692,6 +710,8 @@ pub(crate) mod tests {
             time_capped: false,
             agent_note: None,
             sim_stretch_factor: None,
+            place: None,
+            exporter_host: None,
             started_at: "2026-11-28T10:00:00Z".into(),
             attempts: 1,
             iterations: 3,
@@ -803,6 +823,8 @@ pub(crate) mod tests {
             resident_bytes_all_prepacked: Some(5000),
             resident_bytes_one_set: Some(3000),
             within_45_ms: cold < 45.0,
+            place: None,
+            exporter_host: None,
         };
         assert!(!store.has_switches("pi"));
         store.append_switches(&[row("pp62", 12.0), row("pp75", 10.0)]).unwrap();

@@ -123,6 +123,17 @@ pub struct BoardMeta {
     /// Every variant's output against the dense model's, on this board.
     pub fidelity: Option<FidelityReply>,
     pub outcome: Option<BoardOutcome>,
+    /// For a board from a labgrid lab: the scenario entry it came from and the place it ran on
+    /// (coordinator, reservation, exporter host, every resource `env` showed).
+    pub labgrid: Option<LabgridMeta>,
+}
+
+/// A labgrid board's provenance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabgridMeta {
+    /// The scenario board entry (its `labgrid:` section selected the place).
+    pub entry: String,
+    pub place: crate::labgrid::LabgridBoard,
 }
 
 impl RunMeta {

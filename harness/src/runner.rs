@@ -103,6 +103,8 @@ struct RunShared<'s> {
     stop: Arc<AtomicBool>,
     agent_builds: Mutex<HashMap<Option<String>, PathBuf>>,
     agent_override: Option<PathBuf>,
+    /// Boards from labgrid: board name -> (place, exporter host), for every result row.
+    places: HashMap<String, (String, String)>,
 }
 
 impl RunShared<'_> {
@@ -141,6 +143,16 @@ pub fn run_scenario(
     opts: &RunOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<RunOutcome> {
+    // Boards from labgrid are reserved and acquired first: a refused or failed reservation leaves
+    // no run directory behind, and every place is given back whatever happens after (its lock
+    // travels with its board and is dropped once the board's cpufreq settings are restored).
+    let run_boards = crate::lab::resolve_boards(scenario, &stop)?;
+    let expanded = Scenario { boards: run_boards.iter().map(|b| b.spec.clone()).collect(), ..scenario.clone() };
+    let scenario = &expanded;
+    let places: HashMap<String, (String, String)> = run_boards
+        .iter()
+        .filter_map(|b| b.lab.as_ref().map(|(l, _)| (b.spec.name.clone(), (l.place.clone(), l.exporter_host.clone()))))
+        .collect();
     let (dir, meta) = crate::runmeta::open_run_dir(scenario, scenario_text, opts)?;
     let mut store = ResultsStore::open(&dir)?;
     store.set_deadline(scenario.constraints.latency_deadline.clone());
@@ -155,6 +167,7 @@ pub fn run_scenario(
         stop,
         agent_builds: Mutex::new(HashMap::new()),
         agent_override: opts.agent_binary.clone(),
+        places,
     };
     let progress = if opts.progress {
         MultiProgress::new()
@@ -166,7 +179,8 @@ pub fn run_scenario(
         let handles: Vec<_> = scenario
             .boards
             .iter()
-            .map(|spec| {
+            .zip(run_boards)
+            .map(|(spec, run_board_entry)| {
                 let bar = progress.add(ProgressBar::new(0));
                 bar.set_style(
                     ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
@@ -177,7 +191,23 @@ pub fn run_scenario(
                 let shared = &shared;
                 let done = &done;
                 s.spawn(move || {
+                    let crate::lab::RunBoard { entry, lab, .. } = run_board_entry;
+                    let (place, lock) = match lab {
+                        Some((place, lock)) => (Some(place), Some(lock)),
+                        None => (None, None),
+                    };
+                    if let Some(place) = place {
+                        shared.update_board_meta(&spec.name, |m| {
+                            m.labgrid = Some(crate::runmeta::LabgridMeta { entry, place })
+                        });
+                    }
                     let outcome = run_board(shared, spec, done, &bar);
+                    // The board's cpufreq settings are restored by now: give the place back.
+                    if let Some(lock) = lock {
+                        if let Err(e) = lock.release() {
+                            say(&bar, format!("board {}: labgrid: {e}", spec.name));
+                        }
+                    }
                     bar.finish_with_message(match (&outcome.error, outcome.interrupted) {
                         (Some(e), _) => format!("FAILED: {e}"),
                         (None, true) => "interrupted".to_string(),
@@ -469,7 +499,17 @@ fn run_board_inner(
             let session = PowerSession::start(open_scenario_monitor(m)?)?;
             let info = session.info().clone();
             shared.update_board_meta(name, |meta| meta.monitor = Some(info));
-            Some(PowerState { spec: m.clone(), session: Some(session), gone: None, idle_w: HashMap::new() })
+            // A labgrid exporter that restarts serves the port anew (possibly on another TCP port):
+            // reopening asks labgrid where it is now.
+            let relocate: Option<Relocate> = shared.places.get(name).and_then(|_| {
+                let meta = shared.meta.lock().unwrap_or_else(|p| p.into_inner());
+                let lab = meta.board(name).and_then(|b| b.labgrid.clone())?;
+                Some(Box::new(move || {
+                    let client = crate::labgrid::LabgridClient::from_env(Some(&lab.place.coordinator));
+                    client.env(&lab.place.place).ok()?.serial().ok().flatten().map(|s| s.address().to_string())
+                }) as Relocate)
+            });
+            Some(PowerState { spec: m.clone(), session: Some(session), gone: None, idle_w: HashMap::new(), relocate })
         }
         None => None,
     };
@@ -582,6 +622,7 @@ fn measure_cells(
                 attempts,
                 results_dir: &results_dir,
                 stop: &shared.stop,
+                place: shared.places.get(name),
             };
             if pinned_khz != Some(cell.key.freq_khz) || cell.starts_level_visit {
                 pinned_khz = None;
@@ -666,7 +707,9 @@ fn measure_cells(
             }
             std::thread::sleep(scenario.dvfs.settle);
         }
-        match measure_reconfiguration(&mut agent, &load, name, simulated, lowest_khz.unwrap_or(0), &shared.stop) {
+        let place = shared.places.get(name);
+        match measure_reconfiguration(&mut agent, &load, name, simulated, lowest_khz.unwrap_or(0), &shared.stop, place)
+        {
             Ok(rows) if !rows.is_empty() => {
                 shared.store.lock().unwrap_or_else(|p| p.into_inner()).append_switches(&rows)?;
             }
@@ -704,6 +747,8 @@ struct CellContext<'a> {
     attempts: u32,
     results_dir: &'a Path,
     stop: &'a AtomicBool,
+    /// The labgrid place and its exporter host, for labgrid boards.
+    place: Option<&'a (String, String)>,
 }
 
 impl CellContext<'_> {
@@ -983,6 +1028,8 @@ fn measure_cell(
         time_capped: run.time_capped,
         agent_note: run.note.clone(),
         sim_stretch_factor: run.sim_stretch_factor,
+        place: ctx.place.map(|(p, _)| p.clone()),
+        exporter_host: ctx.place.map(|(_, h)| h.clone()),
         latencies_ns: run.latencies_ns,
     })
 }
@@ -1017,7 +1064,12 @@ struct PowerState {
     /// Why the monitor is gone for good (it did not come back): cells are recorded without energy.
     gone: Option<String>,
     idle_w: HashMap<u64, f64>,
+    /// Where a network monitor is now (a labgrid place's serial port after its exporter restarted).
+    relocate: Option<Relocate>,
 }
+
+/// Finds a monitor's current network address (`None`: not known now).
+type Relocate = Box<dyn Fn() -> Option<String> + Send>;
 
 /// How long to wait for an unplugged monitor to come back before going on without it.
 const MONITOR_RETURN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1067,6 +1119,9 @@ impl PowerState {
         let start = std::time::Instant::now();
         let mut delay = Duration::from_millis(250);
         loop {
+            if let Some(address) = self.relocate.as_ref().and_then(|r| r()) {
+                self.spec.port = MonitorPort::Network(address);
+            }
             match open_scenario_monitor(&self.spec).and_then(|m| Ok(PowerSession::start(m)?)) {
                 Ok(s) => {
                     self.session = Some(s);
@@ -1158,6 +1213,7 @@ fn measure_reconfiguration(
     simulated: bool,
     freq_khz: u64,
     stop: &AtomicBool,
+    place: Option<&(String, String)>,
 ) -> Result<Vec<crate::results::SwitchRecord>> {
     use device_agent::protocol::SwitchMode;
     let median = |mut v: Vec<f64>| -> f64 {
@@ -1206,6 +1262,8 @@ fn measure_reconfiguration(
             resident_bytes_all_prepacked: load.resident_bytes_all_prepacked,
             resident_bytes_one_set: load.resident_bytes_one_set,
             within_45_ms: cold_switch_ms + cold_penalty.max(0.0) <= 45.0,
+            place: place.map(|(p, _)| p.clone()),
+            exporter_host: place.map(|(_, h)| h.clone()),
         });
     }
     Ok(rows)

@@ -20,13 +20,39 @@ fn ci_run_directory_is_complete_and_plausible() {
     let scenario = parse_scenario(&text, "scenario.yaml").expect("scenario copy parses");
     let cells = read_journal(&dir).expect("journal readable");
     let done: HashSet<_> = cells.iter().map(|c| c.key()).collect();
-    for board in &scenario.boards {
+    let meta = harness::runmeta::RunMeta::read(&dir).expect("run.json reads as this hil's run.json");
+    // The boards that ran: a scenario entry, or for a labgrid entry the places it got (run.json
+    // names each place's entry).
+    let mut boards = Vec::new();
+    for entry in &scenario.boards {
+        if let Some(lab) = &entry.labgrid {
+            let places: Vec<&str> = meta
+                .board_names()
+                .into_iter()
+                .filter(|b| meta.board(b).and_then(|m| m.labgrid.as_ref()).is_some_and(|l| l.entry == entry.name))
+                .collect();
+            assert_eq!(places.len(), lab.selector.count(), "{}: every place of the entry ran: {places:?}", entry.name);
+            for place in places {
+                boards.push(harness::scenario::BoardSpec { name: place.to_string(), ..entry.clone() });
+            }
+        } else {
+            boards.push(entry.clone());
+        }
+    }
+    for board in &boards {
         let levels = match &scenario.dvfs.levels {
             harness::scenario::LevelsSpec::Khz(k) => k.clone(),
             harness::scenario::LevelsSpec::All => panic!("the CI scenario lists its levels"),
         };
         for cell in plan_board(&scenario, board, &levels).cells {
             assert!(done.contains(&cell.key), "cell {} missing from {}", cell.key, dir.display());
+        }
+        // Labgrid boards name their place and exporter host in every row.
+        if board.labgrid.is_some() {
+            for c in cells.iter().filter(|c| c.board == board.name) {
+                assert_eq!(c.place.as_deref(), Some(board.name.as_str()), "{}: place", c.key());
+                assert!(c.exporter_host.is_some(), "{}: exporter host", c.key());
+            }
         }
     }
     assert_eq!(cells.len(), done.len(), "no cell recorded twice");
@@ -39,6 +65,9 @@ fn ci_run_directory_is_complete_and_plausible() {
             c.energy_per_inference_mj
         );
         assert!(c.idle_power_w.is_some_and(|p| p > 0.0), "{key}: idle power {:?}", c.idle_power_w);
+        // The simulator's model: a busy core draws C V^2 f on top of the idle (static) power.
+        let (window, idle) = (c.mean_power_w.unwrap_or(0.0), c.idle_power_w.unwrap_or(0.0));
+        assert!(window > idle + 0.1, "{key}: window {window} W is not above idle {idle} W: the busy core is not seen");
         assert_eq!(c.power_flagged, Some(false), "{key}: power window flagged");
         assert!(c.iterations >= scenario.measure.min_iterations, "{key}: {} iterations", c.iterations);
         // Served by `hil sim serve` behind SSH: labelled simulated from the marker alone, and
@@ -51,8 +80,7 @@ fn ci_run_directory_is_complete_and_plausible() {
     for file in ["report.md", "report.html", "cells.parquet", "latency.parquet", "power.parquet"] {
         assert!(dir.join(file).is_file(), "{file} missing from {}", dir.display());
     }
-    let meta = harness::runmeta::RunMeta::read(&dir).expect("run.json reads as this hil's run.json");
-    for board in &scenario.boards {
+    for board in &boards {
         let b = meta.board(&board.name).unwrap_or_else(|| panic!("{} missing from run.json", board.name));
         assert_eq!(b.transport, "ssh", "{}: reached over SSH", board.name);
         // The agent built for the board's target ran: aarch64, or 32-bit ARM (`arm`) with NEON in use.

@@ -111,7 +111,9 @@ pub fn analyze_run(run: &RunData, options: &AnalysisOptions) -> RunAnalysis {
         let rule = rule.for_board(&board_cells);
         let schedule = rt3_schedule(board, &board_cells, &rule);
         let shares = run.scenario.policy.shares_for(schedule.levels.len());
-        let model = battery_model(&run.scenario, board, options);
+        // A board from a labgrid lab is named after its place; its settings are its entry's.
+        let entry = run.meta.board(board).and_then(|b| b.labgrid.as_ref()).map_or(board, |l| l.entry.as_str());
+        let model = battery_model(&run.scenario, entry, options);
         battery.push(battery::project_board(board, &board_cells, &schedule, &shares, &model, workload));
         battery.push(rt3_model::model_projection(board, &board_cells, &rule, &shares, options.voltages_v.as_deref()));
         schedules.push(schedule);

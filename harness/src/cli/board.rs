@@ -39,11 +39,19 @@ impl BoardCmd {
     pub fn run(self) -> Result<ExitCode> {
         let BoardCommands::Probe { scenario: path, board, json } = self.command;
         let scenario = load_scenario(&path)?;
-        let specs: Vec<_> = scenario.boards.iter().filter(|b| board.as_deref().is_none_or(|n| n == b.name)).collect();
-        if specs.is_empty() {
+        let selected: Vec<_> =
+            scenario.boards.iter().filter(|b| board.as_deref().is_none_or(|n| n == b.name)).cloned().collect();
+        if selected.is_empty() {
             let names: Vec<_> = scenario.boards.iter().map(|b| b.name.as_str()).collect();
             bail!("no board {:?} in {} (boards: {})", board.unwrap_or_default(), path.display(), names.join(", "));
         }
+        // Boards from labgrid are acquired for the probe and given back when it is done.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let only = crate::scenario::Scenario { boards: selected, ..scenario.clone() };
+        let run_boards = crate::lab::resolve_boards(&only, &stop)?;
+        let scenario =
+            crate::scenario::Scenario { boards: run_boards.iter().map(|b| b.spec.clone()).collect(), ..only };
+        let specs: Vec<_> = scenario.boards.iter().collect();
         let mut failed = false;
         for spec in specs {
             let result = open_board(spec).and_then(|mut b| Ok(probe(b.as_mut(), &spec.sysfs_root)?));

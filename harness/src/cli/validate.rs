@@ -12,7 +12,9 @@ use crate::scenario::load_scenario;
 /// Every field is validated (names, hosts, paths, numbers, variants, levels); the plan
 /// lists boards, levels, variants, the number of cells and an estimated duration.
 /// Checks that need the board (offered frequencies, CPUs, thermal zones) happen when
-/// `hil run` or `hil board probe` connects. Exit code 0 when valid, 2 otherwise.
+/// `hil run` or `hil board probe` connects. A board from labgrid is checked against its
+/// coordinator (labgrid-client runs, the coordinator answers, enough places match), without
+/// acquiring anything. Exit code 0 when valid, 2 otherwise.
 #[derive(Debug, Args)]
 pub struct ValidateCmd {
     /// Scenario YAML file.
@@ -22,8 +24,14 @@ pub struct ValidateCmd {
 impl ValidateCmd {
     pub fn run(self) -> Result<ExitCode> {
         let scenario = load_scenario(&self.scenario)?;
+        // Boards from labgrid: the client runs, the coordinator answers, enough places carry the
+        // tags (nothing is acquired; a failure names the command and its stderr).
+        let lab = crate::lab::preflight_all(&scenario)?;
         let plan = Plan::new(&scenario);
         println!("scenario {} ({}) is valid", scenario.name, self.scenario.display());
+        for line in lab {
+            println!("{line}");
+        }
         println!("{plan}");
         Ok(ExitCode::SUCCESS)
     }

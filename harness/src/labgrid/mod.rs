@@ -51,6 +51,9 @@ pub enum LabgridError {
     /// An acquired place lacks what a board needs (no `NetworkService`, an unusable serial port).
     #[error("labgrid place {place}: {detail}")]
     Resource { place: String, detail: String },
+    /// Stopped on request (Ctrl-C) while waiting for places; everything held was given back.
+    #[error("stopped on request while waiting for labgrid places ({0}); nothing is held")]
+    Interrupted(String),
 }
 
 impl LabgridError {
@@ -128,7 +131,7 @@ pub struct LabgridSpec {
 }
 
 /// One board resolved from an acquired place.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct LabgridBoard {
     /// The place; also the board's name in results.
     pub place: String,
@@ -398,6 +401,16 @@ pub fn busy_message(
 /// All reservations are made at once and waited for together, so two runs asking for the same pool
 /// are served in the coordinator's order (priority, then age) rather than each holding half of it.
 pub fn acquire(client: &LabgridClient, spec: &LabgridSpec) -> Result<Vec<PlaceLock>, LabgridError> {
+    acquire_unless_stopped(client, spec, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// [`acquire`], giving up (and giving back what it holds) within 50 ms of `stop` being set: a
+/// run waiting for busy places honours Ctrl-C.
+pub fn acquire_unless_stopped(
+    client: &LabgridClient,
+    spec: &LabgridSpec,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<PlaceLock>, LabgridError> {
     let count = spec.selector.count();
     if count == 0 {
         return Err(LabgridError::Unsatisfiable("labgrid: count must be at least 1".into()));
@@ -448,6 +461,11 @@ pub fn acquire(client: &LabgridClient, spec: &LabgridSpec) -> Result<Vec<PlaceLo
         }
         if allocated.iter().all(|a| *a) {
             break;
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(pending);
+            drop(locks);
+            return Err(LabgridError::Interrupted(spec.selector.describe()));
         }
         if Instant::now() >= deadline {
             let got = allocated.iter().filter(|a| **a).count();

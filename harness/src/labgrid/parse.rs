@@ -150,7 +150,7 @@ pub fn parse_places_verbose(stdout: &str) -> Result<Vec<PlaceInfo>, String> {
 }
 
 /// How a board is reached over SSH (a labgrid `NetworkService`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SshEndpoint {
     pub address: String,
     pub port: u16,
@@ -158,7 +158,7 @@ pub struct SshEndpoint {
 }
 
 /// A serial port an exporter serves over the network (a labgrid `NetworkSerialPort`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NetworkSerial {
     pub host: String,
     pub port: u16,

@@ -57,7 +57,7 @@ pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(3);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The two ways a serial port is served over TCP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetProtocol {
     /// Bytes as they are (ser2net `tcp,PORT` accepter; labgrid `protocol: raw`).

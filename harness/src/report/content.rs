@@ -234,6 +234,23 @@ fn boards_section(ctx: &Ctx, doc: &mut Document) {
             fact("simulation", Some(b.simulation.clone().unwrap_or_else(|| "no description recorded".into())));
         }
         fact("transport", (!b.transport.is_empty()).then(|| b.transport.clone()));
+        if let Some(lab) = &b.labgrid {
+            fact(
+                "labgrid place",
+                Some(format!(
+                    "{} (entry {}, coordinator {}, reservation {})",
+                    lab.place.place,
+                    lab.entry,
+                    lab.place.coordinator,
+                    lab.place.reservation.as_deref().unwrap_or("-")
+                )),
+            );
+            fact("exporter host", Some(lab.place.exporter_host.clone()));
+            fact(
+                "reached at",
+                Some(format!("{}@{}:{}", lab.place.ssh.username, lab.place.ssh.address, lab.place.ssh.port)),
+            );
+        }
         fact("architecture", hello.map(|h| h.arch.clone()).or_else(|| probe.map(|p| p.arch.clone())));
         fact("kernel", hello.map(|h| h.kernel.release.clone()).or_else(|| probe.map(|p| p.kernel.clone())));
         fact("CPU", hello.map(|h| h.cpu_model.clone()).or_else(|| probe.and_then(|p| p.cpu.model.clone())));

@@ -260,7 +260,15 @@ pub struct BoardSpec {
     /// (a simulated board brings its own emulated PPK2).
     pub monitor: Option<MonitorSpec>,
     pub battery: Option<BatterySpec>,
+    /// The board comes from a labgrid lab: this entry stands for the place(s) it selects, each a
+    /// board named after its place, reached at the place's `NetworkService` (the SSH transport's
+    /// host, port and user are filled in then), `{place}` in `workdir`, `sysfs_root` and
+    /// `exec_prefix` replaced by the place's name.
+    pub labgrid: Option<crate::labgrid::LabgridSpec>,
 }
+
+/// What `{place}` stands for in a labgrid board entry's paths.
+pub const PLACE_PLACEHOLDER: &str = "{place}";
 
 /// How the harness reaches a board.
 #[derive(Clone, Debug, PartialEq)]
@@ -350,6 +358,11 @@ pub enum MonitorPort {
     Auto,
     /// A serial device (or pseudo-terminal) on the host.
     Path(PathBuf),
+    /// A serial port served over the network: `tcp://HOST:PORT` (ser2net raw) or
+    /// `rfc2217://HOST:PORT` (Telnet COM-PORT-OPTION, what labgrid exporters offer).
+    Network(String),
+    /// The place's `NetworkSerialPort` (labgrid boards only), resolved when the place is acquired.
+    Labgrid,
 }
 
 /// Per-instrument settings.

@@ -223,6 +223,26 @@ pub struct RawBoard {
     pub thermal_zone: Option<String>,
     pub monitor: Option<RawMonitor>,
     pub battery: Option<RawBattery>,
+    pub labgrid: Option<RawLabgrid>,
+}
+
+/// `boards[].labgrid`: the board (or `count` boards) come from a labgrid coordinator.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLabgrid {
+    pub place: Option<String>,
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+    pub count: Option<RawScalar>,
+    pub coordinator: Option<String>,
+    pub busy: Option<RawBusy>,
+    pub wait_timeout: Option<RawScalar>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBusy {
+    Wait,
+    Refuse,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

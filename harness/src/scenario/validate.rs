@@ -440,6 +440,28 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
     let problems_before = c.problems.len();
     c.name(&p("name"), &rb.name);
     let sim = rb.sim.unwrap_or(false);
+    let labgrid = rb.labgrid.as_ref().and_then(|l| labgrid(c, &p("labgrid"), l));
+    if rb.labgrid.is_some() {
+        if sim {
+            c.fail(
+                &p("labgrid"),
+                "(a labgrid section)",
+                "a simulated board runs on this host: remove `labgrid` or `sim`",
+            );
+        }
+        if rb.transport == Some(RawTransport::Local) {
+            c.fail(
+                &p("transport"),
+                "\"local\"",
+                "a labgrid board is reached over SSH: use transport: ssh or leave it out",
+            );
+        }
+        let why = "comes from the labgrid place's NetworkService";
+        c.not_applicable(&p("host"), &rb.host, |v| shown_str(v), why);
+        c.not_applicable(&p("port"), &rb.port, RawScalar::shown, why);
+    }
+    // `{place}` stands for the place's name in a labgrid entry's paths; it is checked as a name.
+    let with_place = |v: &str| if rb.labgrid.is_some() { v.replace(PLACE_PLACEHOLDER, "place") } else { v.to_string() };
 
     let kind = match (rb.transport, sim) {
         (Some(RawTransport::Ssh), true) => {
@@ -474,6 +496,8 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
                     check_host(c, &p("host"), h);
                     h.clone()
                 }
+                // Filled in from the place's NetworkService when it is acquired.
+                None if rb.labgrid.is_some() => String::new(),
                 None => {
                     c.missing(&p("host"), "an SSH board needs `host`");
                     String::new()
@@ -484,6 +508,8 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
                     check_user(c, &p("user"), u);
                     u.clone()
                 }
+                // The NetworkService's username, unless the entry overrides it.
+                None if rb.labgrid.is_some() => String::new(),
                 None => {
                     c.missing(&p("user"), "an SSH board needs `user`");
                     String::new()
@@ -520,6 +546,7 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
         }
         let mut ok = true;
         for (j, arg) in list.iter().enumerate() {
+            let arg = &with_place(arg);
             let safe = !arg.is_empty() && arg.chars().all(|ch| ch.is_ascii_alphanumeric() || "._/+=:,@%-".contains(ch));
             if !safe {
                 c.fail(
@@ -563,9 +590,17 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
         }
     };
 
+    // A labgrid entry's paths may hold `{place}`: checked with a name in its stead, kept with it.
+    let keep_placeholder = |checked: Option<String>, original: &str| match checked {
+        Some(_) if original.contains(PLACE_PLACEHOLDER) => {
+            Some(if original.len() > 1 { original.trim_end_matches('/').to_string() } else { original.to_string() })
+        }
+        other => other,
+    };
     let workdir = match &rb.workdir {
         Some(w) => {
-            let checked = c.board_path(&p("workdir"), w);
+            let checked = c.board_path(&p("workdir"), &with_place(w));
+            let checked = keep_placeholder(checked, w);
             if checked.as_deref() == Some("/") {
                 c.fail(&p("workdir"), shown_str(w), "must not be the root directory");
             }
@@ -610,7 +645,10 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
             );
             String::new()
         }
-        Some(root) => c.board_path(&p("sysfs_root"), root).unwrap_or_default(),
+        Some(root) => {
+            let checked = c.board_path(&p("sysfs_root"), &with_place(root));
+            keep_placeholder(checked, root).unwrap_or_default()
+        }
         None => "/sys".to_string(),
     };
     if rb.sudo == Some(true) && sysfs_root != "/sys" && !sysfs_root.is_empty() {
@@ -639,7 +677,7 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
             c.fail(&p("monitor"), "(a monitor)", "a simulated board brings its own emulated PPK2; remove `monitor`");
             None
         }
-        Some(m) => monitor(c, &p("monitor"), m),
+        Some(m) => monitor(c, &p("monitor"), m, rb.labgrid.is_some()),
         None => None,
     };
     let battery = rb.battery.as_ref().and_then(|b| battery(c, &p("battery"), b));
@@ -661,14 +699,90 @@ fn board(c: &mut Checker, i: usize, rb: &RawBoard) -> Option<BoardSpec> {
         thermal_zone,
         monitor,
         battery,
+        labgrid,
     })
+}
+
+/// `boards[].labgrid`: exactly one of `place` or `tags` (with `count`, default 1), a coordinator
+/// `HOST:PORT`, and what to do when the places are busy (`refuse`, the default, or `wait` for at
+/// most `wait_timeout`, default 10 min).
+fn labgrid(c: &mut Checker, path: &str, raw: &RawLabgrid) -> Option<crate::labgrid::LabgridSpec> {
+    use crate::labgrid::{BusyPolicy, LabgridSpec, PlaceSelector};
+    let before = c.problems.len();
+    let p = |field: &str| format!("{path}.{field}");
+    let word = |s: &str| {
+        !s.is_empty() && s.len() <= 64 && s.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+    };
+    let selector = match (&raw.place, &raw.tags) {
+        (Some(place), None) => {
+            if !word(place) {
+                c.fail(&p("place"), shown_str(place), "must be a labgrid place name ([A-Za-z0-9._-], at most 64)");
+            }
+            c.not_applicable(
+                &p("count"),
+                &raw.count,
+                RawScalar::shown,
+                "applies to `tags` only (a place is one board)",
+            );
+            PlaceSelector::Place(place.clone())
+        }
+        (None, Some(tags)) => {
+            if tags.is_empty() {
+                c.fail(&p("tags"), "{}", "needs at least one tag, e.g. {board: rpi4}");
+            }
+            for (k, v) in tags {
+                if !word(k) || !word(v) {
+                    c.fail(
+                        &format!("{}.{k}", p("tags")),
+                        shown_str(v),
+                        "tag names and values may use letters, digits and . _ - only",
+                    );
+                }
+            }
+            let count = c.opt_uint(&p("count"), &raw.count, 1, 1, 64) as usize;
+            PlaceSelector::Tags { tags: tags.clone(), count }
+        }
+        (Some(_), Some(_)) => {
+            c.fail(&p("place"), "(place and tags)", "give either `place` or `tags`, not both");
+            return None;
+        }
+        (None, None) => {
+            c.missing(&p("place"), "a labgrid board needs `place: NAME` or `tags: {...}` (with `count`)");
+            return None;
+        }
+    };
+    let coordinator = raw.coordinator.as_ref().map(|co| {
+        let ok = co.rsplit_once(':').is_some_and(|(h, port)| {
+            !h.is_empty()
+                && !h.starts_with('-')
+                && h.chars().all(|ch| ch.is_ascii_alphanumeric() || ".-[]:".contains(ch))
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            c.fail(&p("coordinator"), shown_str(co), "must be HOST:PORT, e.g. 127.0.0.1:20408");
+        }
+        co.clone()
+    });
+    let busy = match raw.busy {
+        None | Some(RawBusy::Refuse) => {
+            c.not_applicable(&p("wait_timeout"), &raw.wait_timeout, RawScalar::shown, "applies to `busy: wait` only");
+            BusyPolicy::Refuse
+        }
+        Some(RawBusy::Wait) => {
+            let sec = Duration::from_secs(1);
+            BusyPolicy::Wait {
+                timeout: c.opt_duration(&p("wait_timeout"), &raw.wait_timeout, 600 * sec, sec, 24 * HOUR),
+            }
+        }
+    };
+    (c.problems.len() == before).then_some(LabgridSpec { coordinator, selector, busy })
 }
 
 fn printable_ascii(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.chars().all(|ch| (' '..='~').contains(&ch))
 }
 
-fn monitor(c: &mut Checker, path: &str, m: &RawMonitor) -> Option<MonitorSpec> {
+fn monitor(c: &mut Checker, path: &str, m: &RawMonitor, labgrid: bool) -> Option<MonitorSpec> {
     let before = c.problems.len();
     let kind = match m.kind {
         RawMonitorKind::Ppk2 => MonitorKind::Ppk2,
@@ -704,7 +818,23 @@ fn monitor(c: &mut Checker, path: &str, m: &RawMonitor) -> Option<MonitorSpec> {
             c.fail(&p("port"), "\"auto\"", "only a PPK2 can be found automatically; give the serial device");
             MonitorPort::Auto
         }
-        Some(port) => MonitorPort::Path(c.host_path(&p("port"), port).unwrap_or_default()),
+        Some("labgrid") if labgrid => MonitorPort::Labgrid,
+        Some("labgrid") => {
+            c.fail(
+                &p("port"),
+                "\"labgrid\"",
+                "only a board with a `labgrid` section has a place to take the port from",
+            );
+            MonitorPort::Auto
+        }
+        Some(port) => match crate::power::net::NetAddress::parse(port) {
+            Ok(Some(addr)) => MonitorPort::Network(addr.to_string()),
+            Err(why) => {
+                c.fail(&p("port"), shown_str(port), why);
+                MonitorPort::Auto
+            }
+            Ok(None) => MonitorPort::Path(c.host_path(&p("port"), port).unwrap_or_default()),
+        },
     };
     let baud = match (&m.baud, kind) {
         (Some(b), MonitorKind::Ppk2) => {

@@ -586,9 +586,23 @@ impl BusySampler {
             return 0.0;
         };
         let (busy, credit) = credit_period(reported.saturating_sub(credited), now.duration_since(since), self.cap);
-        self.credited = Some((credited + credit, now));
+        self.credited = Some((forgive_excess(reported, credited + credit, self.cap), now));
         busy
     }
+}
+
+/// How far behind the credited busy time may fall before the rest is dropped: a few scheduler
+/// ticks (the lag the carrying exists for). Reported time beyond it is not the simulated core's:
+/// an agent with more runnable threads than its core (qemu-user's helper thread waiting beside the
+/// emulated one on a loaded host) reports more than `cap` cores of run and run-queue time, and
+/// carrying that would keep the core "busy" long after the work ended (idle power read as busy).
+pub const MAX_BUSY_CARRY: Duration = Duration::from_millis(20);
+
+/// The new credited total: `credited`, raised so that at most [`MAX_BUSY_CARRY`] at `cap` cores
+/// stays owed of `reported`.
+fn forgive_excess(reported: u64, credited: u64, cap: f64) -> u64 {
+    let max_owed = (cap * MAX_BUSY_CARRY.as_nanos() as f64) as u64;
+    credited.max(reported.saturating_sub(max_owed))
 }
 
 /// One period of `period` with `owed` ns of reported busy time not yet credited: the busy cores
@@ -822,6 +836,29 @@ mod tests {
         // Two threads' worth on a cap of 4: both counted.
         assert_eq!(credit_period(2_000_000, ms, 4.0), (2.0, 2_000_000));
         assert_eq!(credit_period(0, Duration::ZERO, 1.0), (0.0, 0));
+    }
+
+    #[test]
+    fn reported_time_beyond_the_core_is_not_carried_into_idle() {
+        // Two runnable threads on one simulated core for 100 ms (200 ms reported), then idle: the
+        // core reads busy for the 100 ms and at most MAX_BUSY_CARRY after, then idle.
+        let ms = Duration::from_millis(1);
+        let (mut reported, mut credited) = (0u64, 0u64);
+        let mut reads = Vec::new();
+        for period in 0..300u64 {
+            if period < 100 {
+                reported += 2_000_000;
+            }
+            let (busy, credit) = credit_period(reported - credited, ms, 1.0);
+            credited = forgive_excess(reported, credited + credit, 1.0);
+            reads.push(busy);
+        }
+        assert!(reads[..100].iter().all(|b| *b == 1.0));
+        let carried = reads[100..].iter().filter(|b| **b > 0.0).count();
+        assert!(carried <= MAX_BUSY_CARRY.as_millis() as usize, "busy {carried} ms after the work ended");
+        assert!(reads[150..].iter().all(|b| *b == 0.0));
+        // A tick's lag is still carried in full.
+        assert_eq!(forgive_excess(4_000_000, 0, 1.0), 0);
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub fn record(
         time_capped: false,
         agent_note: None,
         sim_stretch_factor: None,
+        place: None,
+        exporter_host: None,
         window_host_start_ns: None,
         window_host_end_ns: None,
         window_energy_j: energy_mj.map(|e| e * n as f64 / 1e3),
@@ -288,6 +290,8 @@ pub fn switch_record(board: &str, variant: &str, hot_us: f64, cold_ms: f64, cold
         resident_bytes_all_prepacked: Some(80_000_000),
         resident_bytes_one_set: Some(60_000_000),
         within_45_ms: cold_ms + cold_penalty_ms.max(0.0) <= 45.0,
+        place: None,
+        exporter_host: None,
     }
 }
 
