@@ -31,7 +31,7 @@
 use super::{LayerStats, LinearKernel, Threads};
 use crate::matrix::{Mask, Matrix};
 use crate::simd::{self, Backend, F32Vector, ScalarLanes};
-use std::cell::RefCell;
+use super::scratch::{cache_aligned, token_stride, CACHE_LINE_BYTES, TILE_SCRATCH, XT_SCRATCH};
 
 /// Largest panel height the micro-kernel dispatch is instantiated for.
 const MAX_PANEL_ROWS: usize = 8;
@@ -174,7 +174,7 @@ impl BlockSparseLinear {
             return;
         }
         let lanes = backend.lanes();
-        let token_stride = tokens.next_multiple_of(lanes);
+        let token_stride = token_stride(tokens, lanes);
         XT_SCRATCH.with_borrow_mut(|xt| {
             let xt = cache_aligned(xt, inputs * token_stride);
             // Padding tokens must be finite (they are multiplied, then discarded).
@@ -195,27 +195,6 @@ impl BlockSparseLinear {
             super::split_range(self.strips.len(), threads, &|range| job.run(range));
         });
     }
-}
-
-thread_local! {
-    /// Feature-major activations `xᵀ` of the current `forward` call.
-    pub(super) static XT_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// One strip's `rows x tokens` outputs before they are transposed into `y`.
-    pub(super) static TILE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `len` floats of `buf` starting on a cache line, growing `buf` if needed.
-///
-/// The micro-kernel loads whole vectors from `xᵀ` rows and the tile: with
-/// the 16-byte alignment a large `Vec` gets from the allocator, a 64-byte
-/// AVX-512 load would straddle two cache lines every time.
-pub(super) fn cache_aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    let slack = CACHE_LINE_BYTES / std::mem::size_of::<f32>();
-    if buf.len() < len + slack {
-        buf.resize(len + slack, 0.0);
-    }
-    let offset = buf.as_ptr().align_offset(CACHE_LINE_BYTES).min(slack);
-    &mut buf[offset..offset + len]
 }
 
 /// The output pointer, shared by threads that write disjoint columns of `y`.
@@ -307,8 +286,6 @@ pub(super) const XT_CHUNK_BYTES: usize = 24 * 1024;
 /// reference x86-64 machine: about 10 % faster for 3072->768 (whose 1.5 MiB
 /// `xᵀ` does not stay in L2), no change for 768->3072.
 pub(super) const PREFETCH_AHEAD: usize = 8;
-
-pub(super) const CACHE_LINE_BYTES: usize = 64;
 
 /// The strip loop, written once over the vector type `V` with `NV` token
 /// vectors per register block; inlined into each backend's entry function.

@@ -10,6 +10,7 @@ pub mod block;
 pub mod dense;
 pub mod masked;
 pub mod pattern;
+pub(crate) mod scratch;
 
 use crate::matrix::Matrix;
 use std::ops::Range;
