@@ -27,4 +27,4 @@ pub mod reference;
 pub mod simd;
 
 pub use linear::{LayerStats, LinearKernel, Threads};
-pub use matrix::{Mask, Matrix};
+pub use matrix::{Activations, Mask, Matrix};

@@ -16,9 +16,9 @@
 //! # Kernel
 //! Per strip and block of `NV` token vectors (8 on AVX2: 64 tokens), chunk
 //! by chunk, row by row: `NV` accumulators in registers (from zero in the
-//! first chunk, from the strip's output tile after it) take, per kept
+//! first chunk, from the strip's rows of `yᵀ` after it) take, per kept
 //! weight, one broadcast and `NV` FMAs whose `xᵀ` operand comes straight
-//! from L1. The tile is transposed into `y`'s columns when the strip is done.
+//! from L1. When the strip is done its rows get the epilogue.
 //!
 //! Why one row at a time, with wide token blocks: a pattern on a BP strip
 //! keeps each column for a varying subset of the strip's rows, so register
@@ -34,10 +34,10 @@
 //! chains, enough to cover the FMA latency. On NEON the weights of 4
 //! consecutive entries come in one vector load and feed lane-indexed FMAs.
 
-use super::block::SharedOut;
-use super::scratch::{cache_aligned, token_stride, CACHE_LINE_BYTES, TILE_SCRATCH, XT_SCRATCH};
+use super::CACHE_LINE_BYTES;
+use super::{RowEpilogue, SharedOut};
 use super::{LayerStats, LinearKernel, Threads};
-use crate::matrix::{Mask, Matrix};
+use crate::matrix::{Activations, Mask, Matrix};
 use crate::simd::{self, Backend, F32Vector, ScalarLanes, GROUP};
 
 /// Bytes of `xᵀ` one chunk of kept columns spans for one token block: the
@@ -195,111 +195,122 @@ impl MaskedStripLinear {
         self.offsets.len()
     }
 
-    /// `forward` on a chosen backend.
+    /// The token-major `forward` on a chosen backend (tests run every available one).
     pub fn forward_with(&self, x: &Matrix, y: &mut Matrix, threads: Threads, backend: Backend) {
+        let mut out = Activations::default();
+        self.forward_feature_major_with(&Activations::from_token_major(x), &mut out, None, threads, backend);
+        out.write_token_major(y);
+    }
+
+    /// [`LinearKernel::forward_feature_major`] on a chosen backend.
+    ///
+    /// # Panics
+    /// When this CPU cannot run `backend`, or `x` has the wrong number of features.
+    pub fn forward_feature_major_with(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+        backend: Backend,
+    ) {
         assert!(backend.is_available(), "MaskedStripLinear: backend {} is not supported by this CPU", backend.name());
-        let (tokens, inputs) = x.shape();
-        assert_eq!(inputs, self.in_features, "MaskedStripLinear::forward: x has {inputs} features");
-        y.reshape_uninit(tokens, self.out_features);
+        assert_eq!(x.features(), self.in_features, "MaskedStripLinear::forward: x has {} features", x.features());
+        let tokens = x.tokens();
+        y.reshape(self.out_features, tokens);
         if tokens == 0 || self.out_features == 0 {
             return;
         }
-        let token_stride = token_stride(tokens, backend.lanes());
-        XT_SCRATCH.with_borrow_mut(|xt| {
-            let xt = cache_aligned(xt, inputs * token_stride);
-            if token_stride > tokens {
-                for row in xt.chunks_exact_mut(token_stride) {
-                    row[tokens..].fill(0.0);
-                }
-            }
-            simd::transpose_strided(x.as_slice(), tokens, inputs, inputs, xt, token_stride);
-            let job = Job {
-                layer: self,
-                xt: xt.as_ptr(),
-                tokens,
-                token_stride,
-                y: SharedOut(y.as_mut_slice().as_mut_ptr()),
-                backend,
-            };
-            super::split_range(self.strips.len(), threads, &|range| job.run(range));
-        });
+        let job = Job {
+            layer: self,
+            xt: x.as_padded().as_ptr(),
+            x_stride: x.stride(),
+            tokens,
+            y: SharedOut(y.as_padded_mut().as_mut_ptr()),
+            y_stride: y.stride(),
+            epilogue,
+            backend,
+        };
+        super::split_range(self.strips.len(), threads, &|range| job.run(range));
     }
 }
 
-#[derive(Debug)]
 struct Job<'a> {
     layer: &'a MaskedStripLinear,
+    /// `xᵀ`: `in` rows of `x_stride` floats, padding finite.
     xt: *const f32,
+    x_stride: usize,
     tokens: usize,
-    token_stride: usize,
+    /// `yᵀ`: `out` rows of `y_stride` floats; each strip owns its rows.
     y: SharedOut,
+    y_stride: usize,
+    epilogue: Option<RowEpilogue<'a>>,
     backend: Backend,
 }
 
-// SAFETY: `xt` is only read; threads write disjoint strips (columns of `y`).
+// SAFETY: `xt` is only read; threads write disjoint strips (rows of `yᵀ`).
 unsafe impl Sync for Job<'_> {}
 
 impl Job<'_> {
     fn run(&self, range: std::ops::Range<usize>) {
-        let rows = self.layer.strip_rows.min(self.layer.out_features);
-        TILE_SCRATCH.with_borrow_mut(|tile| {
-            let tile = cache_aligned(tile, rows * self.token_stride);
-            // SAFETY: each arm runs only when its backend's features were detected.
-            unsafe {
-                match self.backend {
-                    #[cfg(target_arch = "x86_64")]
-                    Backend::Avx512 => strips_avx512(self, range, tile),
-                    #[cfg(target_arch = "x86_64")]
-                    Backend::Avx2Fma => strips_avx2(self, range, tile),
-                    #[cfg(target_arch = "aarch64")]
-                    Backend::Neon => strips_neon(self, range, tile),
-                    Backend::Scalar => strips::<ScalarLanes, { token_vectors(Backend::Scalar) }>(self, range, tile),
-                    #[allow(unreachable_patterns)]
-                    other => unreachable!("backend {} passed is_available on the wrong architecture", other.name()),
-                }
+        // SAFETY: each arm runs only when its backend's features were detected.
+        unsafe {
+            match self.backend {
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512 => strips_avx512(self, range),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2Fma => strips_avx2(self, range),
+                #[cfg(target_arch = "aarch64")]
+                Backend::Neon => strips_neon(self, range),
+                Backend::Scalar => strips::<ScalarLanes, { token_vectors(Backend::Scalar) }>(self, range),
+                #[allow(unreachable_patterns)]
+                other => unreachable!("backend {} passed is_available on the wrong architecture", other.name()),
             }
-        });
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn strips_avx512(job: &Job, range: std::ops::Range<usize>, tile: &mut [f32]) {
+unsafe fn strips_avx512(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::x86::Avx512, { token_vectors(Backend::Avx512) }>(job, range, tile) }
+    unsafe { strips::<simd::x86::Avx512, { token_vectors(Backend::Avx512) }>(job, range) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn strips_avx2(job: &Job, range: std::ops::Range<usize>, tile: &mut [f32]) {
+unsafe fn strips_avx2(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::x86::Avx2Fma, { token_vectors(Backend::Avx2Fma) }>(job, range, tile) }
+    unsafe { strips::<simd::x86::Avx2Fma, { token_vectors(Backend::Avx2Fma) }>(job, range) }
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn strips_neon(job: &Job, range: std::ops::Range<usize>, tile: &mut [f32]) {
+unsafe fn strips_neon(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::neon::Neon, { token_vectors(Backend::Neon) }>(job, range, tile) }
+    unsafe { strips::<simd::neon::Neon, { token_vectors(Backend::Neon) }>(job, range) }
 }
 
 /// Strips in token blocks of `NV` vectors; the last block takes what is
-/// left (1 to `NV` vectors, each count its own instantiation).
+/// left (1 to `NV` vectors, each count its own instantiation). A strip's
+/// rows of `yᵀ` hold its partial sums between chunks and get the epilogue
+/// when the strip is done, while they are still in L1.
 ///
 /// # Safety
-/// `V`'s features are enabled; `tile` holds the strip's rows, `token_stride` floats each.
+/// `V`'s features are enabled; the job's pointers cover the extents it documents.
 #[inline(always)]
-unsafe fn strips<V: F32Vector, const NV: usize>(job: &Job, range: std::ops::Range<usize>, tile: &mut [f32]) {
+unsafe fn strips<V: F32Vector, const NV: usize>(job: &Job, range: std::ops::Range<usize>) {
     let layer = job.layer;
-    let out = tile.as_mut_ptr();
     for strip in &layer.strips[range] {
+        // SAFETY: the strip's rows of `yᵀ` are inside `y` and owned by this strip.
+        let out = unsafe { job.y.ptr().add(strip.row0 as usize * job.y_stride) };
         let mut t0 = 0;
         while t0 < job.tokens {
             let vectors = (job.tokens - t0).div_ceil(V::LANES).min(NV);
             macro_rules! block {
                 ($($n:literal)*) => {
                     match vectors {
-                        // SAFETY: t0 + n * LANES <= token_stride; spans index the layer's arrays.
+                        // SAFETY: t0 + n * LANES <= both strides (whole cache lines); spans index the layer's arrays.
                         $($n if $n <= NV => unsafe { strip_block::<V, $n>(job, strip, out, t0) },)*
                         _ => unreachable!("token block of {vectors} vectors"),
                     }
@@ -308,17 +319,13 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &Job, range: std::ops::Rang
             block!(1 2 3 4 5 6 7 8);
             t0 += vectors * V::LANES;
         }
-        // SAFETY: `tile` holds `strip.rows x token_stride`; this strip owns its columns of `y`.
-        unsafe {
-            simd::transpose_strided_raw(
-                out,
-                strip.rows as usize,
-                job.tokens,
-                job.token_stride,
-                job.y.0.add(strip.row0 as usize),
-                layer.out_features,
-            )
-        };
+        if let Some(epilogue) = job.epilogue {
+            for r in 0..strip.rows as usize {
+                // SAFETY: row r of the strip is final and owned by this strip; `tokens <= stride`.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * job.y_stride), job.tokens) };
+                epilogue(strip.row0 as usize + r, row);
+            }
+        }
     }
 }
 
@@ -347,7 +354,7 @@ const fn accumulator_copies(vectors: usize) -> usize {
 #[inline(always)]
 unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, out: *mut f32, t0: usize) {
     let layer = job.layer;
-    let (stride, rows) = (job.token_stride, strip.rows as usize);
+    let (stride, y_stride, rows) = (job.x_stride, job.y_stride, strip.rows as usize);
     let copies = accumulator_copies(NV);
     let lines = (NV * V::LANES * std::mem::size_of::<f32>()).div_ceil(CACHE_LINE_BYTES);
     let chunks = &layer.chunks[strip.chunks_start as usize..strip.chunks_end as usize];
@@ -377,7 +384,7 @@ unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, o
             unsafe {
                 let start = *layer.starts.get_unchecked(spans + r) as usize;
                 let end = *layer.starts.get_unchecked(spans + r + 1) as usize;
-                let acc_row = out.add(r * stride + t0);
+                let acc_row = out.add(r * y_stride + t0);
                 // Column `e` of the span goes to copy `e % copies`; copies after the first start at zero.
                 let mut acc = [[V::zero(); NV]; 4];
                 if i > 0 {
@@ -430,8 +437,8 @@ impl LinearKernel for MaskedStripLinear {
         self.out_features
     }
 
-    fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
-        self.forward_with(x, y, threads, self.backend);
+    fn forward_feature_major(&self, x: &Activations, y: &mut Activations, epilogue: Option<RowEpilogue>, threads: Threads) {
+        self.forward_feature_major_with(x, y, epilogue, threads, self.backend);
     }
 
     fn stats(&self) -> LayerStats {

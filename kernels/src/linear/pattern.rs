@@ -43,13 +43,12 @@
 //! Transposes of `x` in and `y` out happen inside `forward` (per panel, while
 //! the panel is hot in cache) and are part of every measured time.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::{LayerStats, LinearKernel, Threads};
-use crate::matrix::{Mask, Matrix};
+use super::{LayerStats, LinearKernel, RowEpilogue, Threads};
+use crate::matrix::{Activations, Mask, Matrix};
 use crate::prune::pattern::{assign_patterns, PatternAssignment, PatternSet};
-use crate::simd::{transpose_strided, Backend, F32Vector, ScalarLanes};
+use crate::simd::{Backend, F32Vector, ScalarLanes};
 
 /// Tiles per group in the packed format: AVX-512 and NEON run a whole group
 /// in one pass (`4 x 4` accumulators + 4 `xᵀ` vectors: 8 loads per 16 FMAs);
@@ -105,9 +104,6 @@ pub struct PatternSparseLinear {
     in_features: usize,
     tile: usize,
     patterns: usize,
-    /// `out` and `in` rounded up to whole tiles: the scratch panels' heights.
-    out_padded: usize,
-    in_padded: usize,
     runs: Vec<RowRun>,
     /// In-tile column of every index-list entry (runs point into it).
     cols: Vec<u32>,
@@ -241,8 +237,6 @@ impl PatternSparseLinear {
             in_features,
             tile,
             patterns,
-            out_padded: tiles_down * tile,
-            in_padded: tiles_across * tile,
             runs,
             cols,
             groups,
@@ -259,54 +253,60 @@ impl PatternSparseLinear {
         PANEL_VECTORS * self.backend.lanes()
     }
 
-    /// Computes one panel: `xs` holds `xᵀ` (`in_padded x pw`, padded rows zero),
-    /// `ys` receives `yᵀ` (`out_padded x pw`, any previous contents are overwritten);
-    /// `vectors` token vectors of each row are live.
-    fn run_panel(&self, xs: &[f32], ys: &mut [f32], vectors: usize) {
-        let pw = self.panel_width();
-        assert!(xs.len() >= self.in_padded * pw && ys.len() >= self.out_padded * pw, "pattern panel scratch too small");
+    /// Computes the token panel starting at token `p0` (`vectors` token
+    /// vectors wide) of `yᵀ` from `xᵀ`, then runs the epilogue on it.
+    ///
+    /// # Safety
+    /// `x` holds `in_features` rows and `y` `out_features` rows of their
+    /// strides; `p0 + vectors * lanes` is within both strides; no other thread
+    /// writes this panel's columns of `y`.
+    unsafe fn run_panel(&self, panel: &Panel, p0: usize, width: usize, epilogue: Option<RowEpilogue>) {
+        let vectors = width.div_ceil(self.backend.lanes());
         assert!((1..=PANEL_VECTORS).contains(&vectors));
-        let rows = self.tile * pw;
-        for &tile_row in &self.idle_tile_rows {
-            ys[tile_row as usize * rows..(tile_row as usize + 1) * rows].fill(0.0);
-        }
-        let (xs, ys) = (xs.as_ptr(), ys.as_mut_ptr());
-        // SAFETY: `pack` only produces row offsets inside the padded panels (x_row + col < in_padded,
-        // y_row + row < out_padded) and weight offsets inside `weights`; the scratch sizes were checked
-        // above; each backend function runs only when `Backend::is_available` held at construction.
+        // SAFETY: the caller's extents; the idle rows are below `out_features`.
+        let panel = unsafe {
+            for &tile_row in &self.idle_tile_rows {
+                let first = tile_row as usize * self.tile;
+                for r in first..(first + self.tile).min(self.out_features) {
+                    std::ptr::write_bytes(panel.y.add(r * panel.y_stride + p0), 0, vectors * self.backend.lanes());
+                }
+            }
+            Panel { x: panel.x.add(p0), y: panel.y.add(p0), ..*panel }
+        };
+        // SAFETY: `pack` only produces row offsets inside the matrix (index lists hold kept
+        // positions only) and weight offsets inside `weights`; each backend function runs only
+        // when `Backend::is_available` held at construction.
         unsafe {
             match self.backend {
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx512 => x86_panels::avx512(self, xs, ys, vectors),
+                Backend::Avx512 => x86_panels::avx512(self, &panel, vectors),
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx2Fma => x86_panels::avx2(self, xs, ys, vectors),
+                Backend::Avx2Fma => x86_panels::avx2(self, &panel, vectors),
                 #[cfg(target_arch = "aarch64")]
-                Backend::Neon => neon_panels::neon(self, xs, ys, vectors),
-                _ => panel_for_vectors::<ScalarLanes, 2>(self, xs, ys, vectors),
+                Backend::Neon => neon_panels::neon(self, &panel, vectors),
+                _ => panel_for_vectors::<ScalarLanes, 2>(self, &panel, vectors),
+            }
+        }
+        if let Some(epilogue) = epilogue {
+            for r in 0..self.out_features {
+                // SAFETY: the panel's columns of row r are final and this call's alone.
+                epilogue(r, unsafe { std::slice::from_raw_parts_mut(panel.y.add(r * panel.y_stride), width) });
             }
         }
     }
-
-    /// One thread's share: the panels whose token rows are in `y_rows` (starting at token `t0`).
-    fn forward_tokens(&self, x: &Matrix, t0: usize, y_rows: &mut [f32]) {
-        let pw = self.panel_width();
-        let tokens = y_rows.len() / self.out_features.max(1);
-        SCRATCH.with(|cell| {
-            let mut scratch = cell.borrow_mut();
-            let (xs, ys) = scratch.panels(self.in_padded * pw, self.out_padded * pw);
-            // Padded input rows must be zero: padded weight slots are zero but 0 * garbage may be NaN.
-            xs[self.in_features * pw..].fill(0.0);
-            for p0 in (0..tokens).step_by(pw) {
-                let width = pw.min(tokens - p0);
-                let x_rows = &x.as_slice()[(t0 + p0) * self.in_features..(t0 + p0 + width) * self.in_features];
-                transpose_strided(x_rows, width, self.in_features, self.in_features, xs, pw);
-                self.run_panel(xs, ys, width.div_ceil(self.backend.lanes()));
-                let out = &mut y_rows[p0 * self.out_features..(p0 + width) * self.out_features];
-                transpose_strided(ys, self.out_features, width, pw, out, self.out_features);
-            }
-        });
-    }
 }
+
+/// Where a panel's `xᵀ` and `yᵀ` rows are: row `r` at `x + r * x_stride`.
+#[derive(Clone, Copy, Debug)]
+struct Panel {
+    x: *const f32,
+    x_stride: usize,
+    y: *mut f32,
+    y_stride: usize,
+}
+
+// SAFETY: threads read `x` and write disjoint token panels (columns) of `y`.
+unsafe impl Sync for Panel {}
 
 /// `span` adjacent tiles of one tile row (a `tile x span*tile` virtual tile) and
 /// what grouping needs to know about them.
@@ -411,9 +411,20 @@ impl Packer<'_> {
     /// Sorts `spans` (all starting at the same tile column and of the same
     /// width) so equal patterns and equal kept positions are adjacent, and
     /// emits groups of up to [`GROUP_TILES`] with equal patterns.
+    ///
+    /// A tile of the last tile row, when it reaches past the matrix, groups
+    /// with none of the others: a group's index list is the union of its
+    /// tiles' kept positions, and a run for an in-tile row it does not have
+    /// would write past the last row of `yᵀ`.
     fn group(&mut self, mut spans: Vec<SpanTile>) {
+        let rows = self.w.rows();
+        let partial = |s: &SpanTile| (s.tile_row + 1) * self.tile > rows;
         spans.sort_by(|a, b| (&a.patterns, &a.kept, a.tile_row).cmp(&(&b.patterns, &b.kept, b.tile_row)));
-        for same in spans.chunk_by(|a, b| a.patterns == b.patterns) {
+        let (ragged, whole): (Vec<SpanTile>, Vec<SpanTile>) = spans.into_iter().partition(partial);
+        for chunk in ragged.chunks(1) {
+            self.emit(chunk);
+        }
+        for same in whole.chunk_by(|a, b| a.patterns == b.patterns) {
             for chunk in same.chunks(GROUP_TILES) {
                 self.emit(chunk);
             }
@@ -467,38 +478,15 @@ impl Packer<'_> {
     }
 }
 
-/// Per-thread scratch panels, reused across calls so `forward` does not allocate
-/// once warm. Over-allocated by one cache line so both panels start 64-byte aligned.
-struct PanelScratch {
-    x: Vec<f32>,
-    y: Vec<f32>,
-}
-
-impl PanelScratch {
-    fn panels(&mut self, x_len: usize, y_len: usize) -> (&mut [f32], &mut [f32]) {
-        fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-            if buf.len() < len + 16 {
-                buf.resize(len + 16, 0.0);
-            }
-            let skip = buf.as_ptr().align_offset(64).min(15);
-            &mut buf[skip..skip + len]
-        }
-        (aligned(&mut self.x, x_len), aligned(&mut self.y, y_len))
-    }
-}
-
-thread_local! {
-    static SCRATCH: RefCell<PanelScratch> = const { RefCell::new(PanelScratch { x: Vec::new(), y: Vec::new() }) };
-}
-
 /// One pass over `K` tiles of a group (`k0..k0 + K` of its `kstride` tiles) for
 /// `V` token vectors: for every run (in-tile output row) the `K x V`
 /// accumulators start from `yᵀ`, take every entry's `xᵀ` vectors once for all
 /// `K` tiles, and go back to `yᵀ`.
 ///
 /// # Safety
-/// `S`'s features must be enabled; `x_band` must be valid for `tile` rows of
-/// `pw` floats, each `y[k]` for `tile` rows, and `w` for `entries * kstride` floats.
+/// `S`'s features must be enabled; `x_band` must be valid for the rows its
+/// index list names (at `x_stride`), each `y[k]` for its runs' rows (at
+/// `y_stride`), `V` vectors each, and `w` for `entries * kstride` floats.
 #[inline(always)]
 unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
     runs: &[RowRun],
@@ -507,7 +495,8 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
     kstride: usize,
     x_band: *const f32,
     y: [*mut f32; K],
-    pw: usize,
+    x_stride: usize,
+    y_stride: usize,
 ) {
     let mut wp = w;
     for run in runs {
@@ -515,14 +504,14 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
         unsafe {
             let mut acc: [[S; V]; K] = [[S::zero(); V]; K];
             for k in 0..K {
-                let yp = y[k].add(run.row as usize * pw);
+                let yp = y[k].add(run.row as usize * y_stride);
                 for v in 0..V {
                     acc[k][v] = S::load(yp.add(v * S::LANES));
                 }
             }
             let entries = cols.get_unchecked(run.start as usize..(run.start + run.len) as usize);
             for &c in entries {
-                let xp = x_band.add(c as usize * pw);
+                let xp = x_band.add(c as usize * x_stride);
                 let mut xv: [S; V] = [S::zero(); V];
                 for v in 0..V {
                     xv[v] = S::load(xp.add(v * S::LANES));
@@ -536,7 +525,7 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
                 wp = wp.add(kstride);
             }
             for k in 0..K {
-                let yp = y[k].add(run.row as usize * pw);
+                let yp = y[k].add(run.row as usize * y_stride);
                 for v in 0..V {
                     acc[k][v].store(yp.add(v * S::LANES));
                 }
@@ -550,17 +539,12 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
 /// # Safety
 /// As [`PatternSparseLinear::run_panel`] documents for its backend call.
 #[inline(always)]
-unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
-    layer: &PatternSparseLinear,
-    xs: *const f32,
-    ys: *mut f32,
-) {
-    let pw = PANEL_VECTORS * S::LANES;
+unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(layer: &PatternSparseLinear, panel: &Panel) {
     for g in &layer.groups {
         // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds.
         unsafe {
             let runs = layer.runs.get_unchecked(g.runs_start as usize..g.runs_end as usize);
-            group_passes::<S, V, KMAX>(layer, g, runs, xs.add(g.x_row as usize * pw), ys, pw);
+            group_passes::<S, V, KMAX>(layer, g, runs, panel);
         }
     }
 }
@@ -570,19 +554,14 @@ unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
 /// # Safety
 /// As [`panel_groups`].
 #[inline(always)]
-unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(
-    layer: &PatternSparseLinear,
-    xs: *const f32,
-    ys: *mut f32,
-    vectors: usize,
-) {
+unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match vectors {
-            1 => panel_groups::<S, 1, KMAX>(layer, xs, ys),
-            2 => panel_groups::<S, 2, KMAX>(layer, xs, ys),
-            3 => panel_groups::<S, 3, KMAX>(layer, xs, ys),
-            _ => panel_groups::<S, 4, KMAX>(layer, xs, ys),
+            1 => panel_groups::<S, 1, KMAX>(layer, panel),
+            2 => panel_groups::<S, 2, KMAX>(layer, panel),
+            3 => panel_groups::<S, 3, KMAX>(layer, panel),
+            _ => panel_groups::<S, 4, KMAX>(layer, panel),
         }
     }
 }
@@ -596,21 +575,21 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
     layer: &PatternSparseLinear,
     g: &TileGroup,
     runs: &[RowRun],
-    x_band: *const f32,
-    ys: *mut f32,
-    pw: usize,
+    panel: &Panel,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         let w = layer.weights.as_ptr().add(g.weights as usize);
         let kstride = g.tiles as usize;
-        let yp = |k: usize| ys.add(g.y_rows[k] as usize * pw);
+        let (xs, ys) = (panel.x_stride, panel.y_stride);
+        let x_band = panel.x.add(g.x_row as usize * xs);
+        let yp = |k: usize| panel.y.add(g.y_rows[k] as usize * ys);
         for k in (0..kstride).filter(|k| g.fresh & (1 << k) != 0) {
-            // First writer of this tile row in the panel: clear its `tile` rows of `V` live vectors.
+            // First writer of this tile row in the panel: clear its rows (those inside the matrix) of `V` vectors.
             let y = yp(k);
-            for row in 0..layer.tile {
+            for row in 0..layer.tile.min(layer.out_features - g.y_rows[k] as usize) {
                 for v in 0..V {
-                    S::zero().store(y.add(row * pw + v * S::LANES));
+                    S::zero().store(y.add(row * ys + v * S::LANES));
                 }
             }
         }
@@ -620,9 +599,9 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
             let k = (kstride - k0).min(KMAX);
             let wk = w.add(k0);
             match k {
-                1 => group_pass::<S, 1, V>(runs, cols, wk, kstride, x_band, [yp(k0)], pw),
-                2 => group_pass::<S, 2, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1)], pw),
-                3 => group_pass::<S, 3, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1), yp(k0 + 2)], pw),
+                1 => group_pass::<S, 1, V>(runs, cols, wk, kstride, x_band, [yp(k0)], xs, ys),
+                2 => group_pass::<S, 2, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1)], xs, ys),
+                3 => group_pass::<S, 3, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1), yp(k0 + 2)], xs, ys),
                 4 => group_pass::<S, 4, V>(
                     runs,
                     cols,
@@ -630,7 +609,8 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
                     kstride,
                     x_band,
                     [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3)],
-                    pw,
+                    xs,
+                    ys,
                 ),
                 5 => group_pass::<S, 5, V>(
                     runs,
@@ -639,7 +619,8 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
                     kstride,
                     x_band,
                     [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4)],
-                    pw,
+                    xs,
+                    ys,
                 ),
                 6 => group_pass::<S, 6, V>(
                     runs,
@@ -648,7 +629,8 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
                     kstride,
                     x_band,
                     [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4), yp(k0 + 5)],
-                    pw,
+                    xs,
+                    ys,
                 ),
                 // `pack` never makes groups larger than GROUP_TILES, and every backend's KMAX is <= 6.
                 _ => unreachable!("pattern group pass of {k} tiles"),
@@ -660,34 +642,34 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86_panels {
-    use super::{panel_for_vectors, PatternSparseLinear};
+    use super::{panel_for_vectors, Panel, PatternSparseLinear};
     use crate::simd::x86::{Avx2Fma, Avx512};
 
     /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
         // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx512, 4>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Avx512, 4>(layer, panel, vectors) }
     }
 
     /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
         // SAFETY: AVX2 and FMA are enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, panel, vectors) }
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 mod neon_panels {
-    use super::{panel_for_vectors, PatternSparseLinear};
+    use super::{panel_for_vectors, Panel, PatternSparseLinear};
     use crate::simd::neon::Neon;
 
     /// 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn neon(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn neon(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
         // SAFETY: NEON is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Neon, 4>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Neon, 4>(layer, panel, vectors) }
     }
 }
 
@@ -700,28 +682,34 @@ impl LinearKernel for PatternSparseLinear {
         self.out_features
     }
 
-    fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
-        let (tokens, inputs) = x.shape();
+    fn forward_feature_major(&self, x: &Activations, y: &mut Activations, epilogue: Option<RowEpilogue>, threads: Threads) {
         assert_eq!(
-            inputs, self.in_features,
-            "PatternSparseLinear::forward: x has {inputs} features, the layer expects {}",
+            x.features(),
+            self.in_features,
+            "PatternSparseLinear::forward: x has {} features, the layer expects {}",
+            x.features(),
             self.in_features
         );
-        y.reshape_uninit(tokens, self.out_features);
+        let tokens = x.tokens();
+        y.reshape(self.out_features, tokens);
         if tokens == 0 || self.out_features == 0 {
             return;
         }
         let pw = self.panel_width();
-        let panels = tokens.div_ceil(pw);
-        let out = self.out_features;
-        let y_rows = super::block::SharedOut(y.as_mut_slice().as_mut_ptr());
-        // Threads take contiguous runs of whole panels (disjoint token rows of y).
-        super::split_range(panels, threads, &|range| {
-            let (t0, t1) = (range.start * pw, (range.end * pw).min(tokens));
-            // SAFETY: ranges are disjoint, so each part owns token rows t0..t1 of `y`
-            // (`tokens x out`), which `forward` borrows mutably until every part is done.
-            let rows = unsafe { std::slice::from_raw_parts_mut(y_rows.ptr().add(t0 * out), (t1 - t0) * out) };
-            self.forward_tokens(x, t0, rows);
+        let panel = Panel {
+            x: x.as_padded().as_ptr(),
+            x_stride: x.stride(),
+            y: y.as_padded_mut().as_mut_ptr(),
+            y_stride: y.stride(),
+        };
+        // Threads take contiguous runs of whole panels (disjoint token columns of `yᵀ`).
+        super::split_range(tokens.div_ceil(pw), threads, &|range| {
+            for p in range {
+                let p0 = p * pw;
+                // SAFETY: the strides are whole cache lines, so every panel's vectors fit
+                // (`p0 + vectors * lanes <= stride`); panels are disjoint.
+                unsafe { self.run_panel(&panel, p0, pw.min(tokens - p0), epilogue) };
+            }
         });
     }
 
