@@ -16,12 +16,16 @@
 //! rounds of the per-iteration mean of each sample. Speedup = dense median /
 //! layer median at the same thread count; `x/1t` = the layer's median at one
 //! thread / at this count. Useful GFLOP/s counts `2 * nnz * tokens` (the work
-//! that is not pruned away). Every `forward` includes its layout conversions.
+//! that is not pruned away). Layers are timed as the encoder runs them:
+//! feature-major in and out (`forward_feature_major`, no transposes, for
+//! dense as for sparse); `--token-major` times `forward` on token-major
+//! activations instead, conversions included.
 //!
 //! Goals are judged on the wall-clock speedup; the CPU-time ratio (the
 //! calling thread's CPU time, which leaves out time lost to other processes
 //! on a shared machine) is printed beside it.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use kernels::encoder::Preset;
@@ -35,7 +39,7 @@ use kernels::prune::pattern::{
     assign_patterns, assign_patterns_on_blocks, generate_pattern_set, generate_pattern_set_on_blocks, CandidateMethod,
     PatternConfig,
 };
-use kernels::{LinearKernel, Mask, Matrix, Threads};
+use kernels::{Activations, LinearKernel, Mask, Matrix, Threads};
 
 /// Minimum length of one timing sample.
 const SAMPLE_MS: f64 = 2.0;
@@ -77,6 +81,8 @@ struct Args {
     filter: Option<String>,
     /// Report the minimum CPU time over the rounds instead of the median.
     cpu_min: bool,
+    /// Time the token-major `forward` (transposes in and out) instead of the feature-major one.
+    token_major: bool,
 }
 
 const HELP: &str = "speedup: layer and encoder speedups of the sparse kernels over the dense baseline, and the speed goals\n\n\
@@ -90,6 +96,8 @@ usage: cargo run --release -p kernels --example speedup -- [options]\n\
 \x20                 measured at every count in the same rounds, x/1t compares with the first count\n\
 \x20 --tokens N      tokens per inference for every shape (default: 128 DistilBERT, 35 RT3) and the encoder\n\
 \x20 --cpu-min       report the minimum thread CPU time over rounds, not the median\n\
+\x20 --token-major   time the layers' token-major forward (transposes in and out included) instead of the\n\
+\x20                 feature-major one the encoder runs\n\
 \x20 --no-model      skip the whole-encoder rows and the switching row\n\n\
 pin it: taskset -c 1 ... for one thread, taskset -c 0,1 ... --threads 1,2 for two";
 
@@ -103,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
         tokens: None,
         filter: None,
         cpu_min: false,
+        token_major: false,
     };
     let positive = |v: Option<String>, what: &str| -> Result<usize, String> {
         v.and_then(|v| v.parse().ok()).filter(|n: &usize| *n > 0).ok_or(format!("{what} needs a positive integer"))
@@ -117,6 +126,7 @@ fn parse_args() -> Result<Args, String> {
             "--json" => args.json = true,
             "--no-model" => args.model = false,
             "--cpu-min" => args.cpu_min = true,
+            "--token-major" => args.token_major = true,
             "--filter" => args.filter = Some(it.next().ok_or("--filter needs a substring")?),
             "--shapes" => {
                 args.shapes = Some(it.next().ok_or("--shapes needs a list")?.split(',').map(str::to_string).collect())
@@ -462,7 +472,12 @@ fn print_header(args: &Args) {
         "# speedup: {} rounds interleaved per shape, median of per-iteration means, samples >= {SAMPLE_MS} ms",
         args.rounds
     );
-    println!("# threads {:?}; {}", args.threads, kernels::simd::describe());
+    println!(
+        "# threads {:?}; layers timed {}; {}",
+        args.threads,
+        if args.token_major { "token-major (transposes included)" } else { "feature-major, as the encoder runs them" },
+        kernels::simd::describe()
+    );
     println!(
         "# sparsity = achieved (BP and PP zeros together); GFLOP/s counts useful work 2*nnz*tokens; ideal = 1/(1-s)"
     );
@@ -581,9 +596,16 @@ fn run_shape(args: &Args, shape: &Shape) -> Vec<Row> {
         .collect();
     let built: Vec<Built> = cases.into_iter().map(|c| (c.build)()).collect();
     let x = Matrix::random(tokens, shape.inputs, 77, 1.0);
+    let xt = Activations::from_token_major(&x);
     // One output buffer for every layer, as an encoder reuses its activations.
-    let y = std::cell::RefCell::new(Matrix::zeros(0, 0));
-    let times = measure(&built, args, &|b: &Built, threads| b.layer.forward(&x, &mut y.borrow_mut(), threads));
+    let (y, yt) = (RefCell::new(Matrix::zeros(0, 0)), RefCell::new(Activations::default()));
+    let times = measure(&built, args, &|b: &Built, threads| {
+        if args.token_major {
+            b.layer.forward(&x, &mut y.borrow_mut(), threads)
+        } else {
+            b.layer.forward_feature_major(&xt, &mut yt.borrow_mut(), None, threads)
+        }
+    });
     let base_of: Vec<Option<usize>> = meta.iter().map(|m| m.5).collect();
     rows_from(args, &times, &base_of, |i, threads, time| {
         let (variant, base, key, tile, base_block, _) = &meta[i];
