@@ -240,7 +240,14 @@ impl Activations {
     pub fn write_token_major(&self, out: &mut Matrix) {
         out.reshape_uninit(self.tokens, self.features);
         let stride = self.stride;
-        crate::simd::transpose_strided(self.as_padded(), self.features, self.tokens, stride, out.as_mut_slice(), self.features);
+        crate::simd::transpose_strided(
+            self.as_padded(),
+            self.features,
+            self.tokens,
+            stride,
+            out.as_mut_slice(),
+            self.features,
+        );
     }
 
     /// The token-major transpose, `tokens x features`.

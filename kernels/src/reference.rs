@@ -38,7 +38,11 @@ pub fn errors(actual: &Matrix, expected: &Matrix) -> (f64, f64) {
 pub(crate) fn gelu_f64(x: f64) -> f64 {
     let z = (x * std::f64::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + crate::encoder::ops::ERF_P * z);
-    let poly = t * (crate::encoder::ops::ERF_A[0] + t * (crate::encoder::ops::ERF_A[1] + t * (crate::encoder::ops::ERF_A[2] + t * (crate::encoder::ops::ERF_A[3] + t * crate::encoder::ops::ERF_A[4]))));
+    let poly = t
+        * (crate::encoder::ops::ERF_A[0]
+            + t * (crate::encoder::ops::ERF_A[1]
+                + t * (crate::encoder::ops::ERF_A[2]
+                    + t * (crate::encoder::ops::ERF_A[3] + t * crate::encoder::ops::ERF_A[4]))));
     let erf = (1.0 - poly * (-z * z).exp()).copysign(x);
     0.5 * x * (1.0 + erf)
 }
@@ -104,7 +108,6 @@ pub(crate) fn reference_residual_norm(x: &Matrix, y: &[f64], norm: &LayerNormWei
     }
     out
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -585,14 +585,28 @@ pub unsafe fn transpose_strided_raw(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose_avx(src: *const f32, rows: usize, cols: usize, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+unsafe fn transpose_avx(
+    src: *const f32,
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
     // SAFETY: forwarded from the caller; AVX is enabled here.
     unsafe { transpose_with::<x86::Avx2Fma>(src, rows, cols, src_stride, dst, dst_stride) }
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn transpose_neon(src: *const f32, rows: usize, cols: usize, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+unsafe fn transpose_neon(
+    src: *const f32,
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
     // SAFETY: forwarded from the caller.
     unsafe { transpose_with::<neon::Neon>(src, rows, cols, src_stride, dst, dst_stride) }
 }
@@ -630,7 +644,9 @@ pub unsafe fn transpose_with<V: F32Vector>(
         for c in (0..full_cols).step_by(block) {
             for r in (r0..r_end).step_by(block) {
                 // SAFETY: r + block <= rows and c + block <= cols (the caller's extents).
-                unsafe { V::transpose_block(src.add(r * src_stride + c), src_stride, dst.add(c * dst_stride + r), dst_stride) }
+                unsafe {
+                    V::transpose_block(src.add(r * src_stride + c), src_stride, dst.add(c * dst_stride + r), dst_stride)
+                }
             }
         }
     }
@@ -751,7 +767,8 @@ mod tests {
                 // SAFETY: i + LANES <= 16; the group has GROUP readable values.
                 unsafe {
                     let (a, b) = (V::load(acc.as_ptr().add(i)), V::load(x.as_ptr().add(i)));
-                    let r = if lane < GROUP { a.mul_add_lane(V::load_group(group.as_ptr()), lane, b) } else { a.add(b) };
+                    let r =
+                        if lane < GROUP { a.mul_add_lane(V::load_group(group.as_ptr()), lane, b) } else { a.add(b) };
                     r.store(out.as_mut_ptr().add(i));
                 }
                 i += V::LANES;
@@ -766,8 +783,7 @@ mod tests {
         let acc: [f32; 16] = std::array::from_fn(|i| i as f32);
         let x: [f32; 16] = std::array::from_fn(|i| 1.0 - i as f32 * 0.25);
         let group = [2.0, -3.0, 0.5, 8.0];
-        let mut expected: Vec<[f32; 16]> =
-            group.iter().map(|g| std::array::from_fn(|i| acc[i] + g * x[i])).collect();
+        let mut expected: Vec<[f32; 16]> = group.iter().map(|g| std::array::from_fn(|i| acc[i] + g * x[i])).collect();
         expected.push(std::array::from_fn(|i| acc[i] + x[i]));
         // SAFETY: the scalar backend needs no features.
         assert_eq!(unsafe { lanes_through::<ScalarLanes>(&acc, &group, &x) }, expected);

@@ -2,7 +2,7 @@
 //! through the `gemm` crate with strided views (no copies).
 
 use super::ops::softmax_rows;
-use crate::linear::Threads;
+use crate::linear::{split_range, SharedOut, Threads};
 use crate::matrix::{Activations, Matrix};
 
 pub(crate) fn parallelism(threads: Threads) -> gemm::Parallelism {
@@ -84,6 +84,11 @@ pub(crate) fn strided_gemm(
 /// `causal`: the square subsequent mask, applied in the softmax (row `i`
 /// over columns `0..=i`, exact zeros after: what adding -inf before `exp`
 /// gives, without `exp_f32`'s clamp leaving 1e-38s).
+///
+/// Threads split the heads (each head's GEMMs are small: 128 x 128 x 64 for
+/// DistilBERT, 35 x 35 x 200 for RT3's model, too small to split inside);
+/// every thread but the caller uses its own scores buffer. `scores` holds the
+/// last head's probabilities when one thread ran them all.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     q: &Activations,
@@ -96,45 +101,85 @@ pub(crate) fn attention(
     threads: Threads,
 ) {
     let (d, tokens) = (q.features(), q.tokens());
+    ctx.reshape(d, tokens);
+    let cs = ctx.stride();
+    let ctx_len = ctx.as_padded().len();
+    let out = SharedOut(ctx.as_padded_mut().as_mut_ptr());
+    if threads.count() == 1 {
+        // SAFETY: one part owns all of `ctx`.
+        let ctx = unsafe { std::slice::from_raw_parts_mut(out.ptr(), ctx_len) };
+        for h in 0..heads {
+            head(q, k, v, heads, h, causal, scores, ctx, cs);
+        }
+        return;
+    }
+    split_range(heads, threads, &|range| {
+        SCORES.with_borrow_mut(|scores| {
+            // SAFETY: heads write disjoint rows of `ctx` (`dh` rows each), borrowed mutably
+            // until every part is done; each head reads only its own rows.
+            let ctx = unsafe { std::slice::from_raw_parts_mut(out.ptr(), ctx_len) };
+            for h in range {
+                head(q, k, v, heads, h, causal, scores, ctx, cs);
+            }
+        })
+    });
+}
+
+std::thread_local! {
+    /// A pool thread's scores for the heads it runs.
+    static SCORES: std::cell::RefCell<Matrix> = std::cell::RefCell::new(Matrix::zeros(0, 0));
+}
+
+/// Head `h` of [`attention`] into its rows of `ctx` (row stride `cs`).
+#[allow(clippy::too_many_arguments)]
+fn head(
+    q: &Activations,
+    k: &Activations,
+    v: &Activations,
+    heads: usize,
+    h: usize,
+    causal: bool,
+    scores: &mut Matrix,
+    ctx: &mut [f32],
+    cs: usize,
+) {
+    let (d, tokens) = (q.features(), q.tokens());
     let dh = d / heads;
     scores.reshape_uninit(tokens, tokens);
-    ctx.reshape(d, tokens);
     let scale = 1.0 / (dh as f32).sqrt();
-    let (qs, ks, vs, cs) = (q.stride(), k.stride(), v.stride(), ctx.stride());
-    for h in 0..heads {
-        let row0 = h * dh;
-        strided_gemm(
-            tokens,
-            tokens,
-            dh,
-            scores.as_mut_slice(),
-            Strided { offset: 0, row_stride: tokens, col_stride: 1 },
-            q.as_padded(),
-            // lhs(i, f) = q[row0 + f][i]
-            Strided { offset: row0 * qs, row_stride: 1, col_stride: qs },
-            k.as_padded(),
-            // rhs(f, j) = k[row0 + f][j]
-            Strided { offset: row0 * ks, row_stride: ks, col_stride: 1 },
-            scale,
-            threads,
-        );
-        softmax_rows(scores.as_mut_slice(), tokens, causal);
-        strided_gemm(
-            dh,
-            tokens,
-            tokens,
-            ctx.as_padded_mut(),
-            Strided { offset: row0 * cs, row_stride: cs, col_stride: 1 },
-            v.as_padded(),
-            // lhs(f, j) = v[row0 + f][j]
-            Strided { offset: row0 * vs, row_stride: vs, col_stride: 1 },
-            scores.as_slice(),
-            // rhs(j, i) = scores[i][j]
-            Strided { offset: 0, row_stride: 1, col_stride: tokens },
-            1.0,
-            threads,
-        );
-    }
+    let (qs, ks, vs) = (q.stride(), k.stride(), v.stride());
+    let row0 = h * dh;
+    strided_gemm(
+        tokens,
+        tokens,
+        dh,
+        scores.as_mut_slice(),
+        Strided { offset: 0, row_stride: tokens, col_stride: 1 },
+        q.as_padded(),
+        // lhs(i, f) = q[row0 + f][i]
+        Strided { offset: row0 * qs, row_stride: 1, col_stride: qs },
+        k.as_padded(),
+        // rhs(f, j) = k[row0 + f][j]
+        Strided { offset: row0 * ks, row_stride: ks, col_stride: 1 },
+        scale,
+        Threads::One,
+    );
+    softmax_rows(scores.as_mut_slice(), tokens, causal);
+    strided_gemm(
+        dh,
+        tokens,
+        tokens,
+        ctx,
+        Strided { offset: row0 * cs, row_stride: cs, col_stride: 1 },
+        v.as_padded(),
+        // lhs(f, j) = v[row0 + f][j]
+        Strided { offset: row0 * vs, row_stride: vs, col_stride: 1 },
+        scores.as_slice(),
+        // rhs(j, i) = scores[i][j]
+        Strided { offset: 0, row_stride: 1, col_stride: tokens },
+        1.0,
+        Threads::One,
+    );
 }
 
 #[cfg(test)]
@@ -159,6 +204,11 @@ mod tests {
                 assert!((*g as f64 - w).abs() < 1e-5, "causal {causal}: {g} vs {w}");
             }
         }
+        // Heads split over threads: the same context.
+        let mut split = Activations::default();
+        attention(&fm(&q), &fm(&k), &fm(&v), heads, false, &mut scores, &mut split, Threads::N(2));
+        attention(&fm(&q), &fm(&k), &fm(&v), heads, false, &mut scores, &mut ctx, Threads::One);
+        assert_eq!(split, ctx);
         // Causal: the first token attends only to itself, so its context is its own value.
         attention(&fm(&q), &fm(&k), &fm(&v), heads, true, &mut scores, &mut ctx, Threads::One);
         assert_eq!(ctx.to_token_major().row(0), v.row(0));

@@ -407,7 +407,6 @@ impl fmt::Display for LinearId {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

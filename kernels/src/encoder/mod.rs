@@ -412,4 +412,3 @@ impl ForwardScratch {
         SCRATCH.with(|cell| cell.set(Some(self)));
     }
 }
-

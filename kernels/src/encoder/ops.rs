@@ -268,7 +268,6 @@ fn gelu_generic(values: &mut [f32]) {
     }
 }
 
-
 /// `log_softmax` of every row, as the word language model's forward ends
 /// (`F.log_softmax(output, dim=-1)`): `x - max - ln(sum(exp(x - max)))`,
 /// accumulated in `f64`.
@@ -288,11 +287,10 @@ pub fn log_softmax_rows(logits: &Matrix) -> Matrix {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoder::{LAYER_NORM_EPS, Preset, TORCH_LAYER_NORM_EPS};
+    use crate::encoder::{Preset, LAYER_NORM_EPS, TORCH_LAYER_NORM_EPS};
     use crate::reference::{gelu_f64, reference_activation, reference_residual_norm};
 
     #[test]

@@ -890,7 +890,6 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

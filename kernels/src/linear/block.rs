@@ -28,11 +28,11 @@
 //! transposes are inside `forward`, so they count in every measured time.
 //! Scratch buffers are thread-local and reused: no allocation once warm.
 
+use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
+use super::{RowEpilogue, SharedOut};
 use crate::matrix::{Activations, Mask, Matrix};
 use crate::simd::{self, Backend, F32Vector, ScalarLanes};
-use super::CACHE_LINE_BYTES;
-use super::{RowEpilogue, SharedOut};
 
 /// Largest panel height the micro-kernel dispatch is instantiated for.
 const MAX_PANEL_ROWS: usize = 8;
@@ -441,7 +441,13 @@ impl LinearKernel for BlockSparseLinear {
         self.out_features
     }
 
-    fn forward_feature_major(&self, x: &Activations, y: &mut Activations, epilogue: Option<RowEpilogue>, threads: Threads) {
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    ) {
         self.forward_feature_major_with(x, y, epilogue, threads, self.backend);
     }
 

@@ -53,7 +53,13 @@ impl LinearKernel for DenseLinear {
         self.w.rows()
     }
 
-    fn forward_feature_major(&self, x: &Activations, y: &mut Activations, epilogue: Option<RowEpilogue>, threads: Threads) {
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    ) {
         let (outputs, inputs) = self.w.shape();
         let tokens = x.tokens();
         assert_eq!(
@@ -66,40 +72,52 @@ impl LinearKernel for DenseLinear {
         if tokens == 0 || outputs == 0 {
             return;
         }
-        if inputs == 0 {
-            y.as_padded_mut().fill(0.0);
-        } else {
-            let (xs, ys) = (x.stride() as isize, y.stride() as isize);
-            // dst (yᵀ: out x tokens, rows ys apart) = lhs (w: out x in) · rhs (xᵀ: in x tokens, rows xs apart).
-            // SAFETY: every pointer covers the extents implied by (m, n, k) and the strides: w has
-            // out*in values, x has `in` rows of `xs` floats, y was just reshaped to `out` rows of `ys`.
-            unsafe {
-                gemm::gemm(
-                    outputs,
-                    tokens,
-                    inputs,
-                    y.as_padded_mut().as_mut_ptr(),
-                    1,
-                    ys,
-                    false,
-                    self.w.as_slice().as_ptr(),
-                    1,
-                    inputs as isize,
-                    x.as_padded().as_ptr(),
-                    1,
-                    xs,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    parallelism(threads),
-                );
+        let (xs, ys) = (x.stride(), y.stride());
+        let rows = super::SharedOut(y.as_padded_mut().as_mut_ptr());
+        // Threads split the output rows (rows of `w`, rows of `yᵀ`), as the sparse kernels
+        // do, each running the GEMM of its block single-threaded; each block's epilogue runs
+        // on its thread while the block is in cache.
+        super::split_range(outputs, threads, &|range| {
+            let block = range.len();
+            // SAFETY: ranges are disjoint, so each part owns rows `range` of `yᵀ` (`ys` floats
+            // apart), which `y` keeps borrowed until every part is done.
+            let y_block = unsafe { std::slice::from_raw_parts_mut(rows.ptr().add(range.start * ys), block * ys) };
+            if inputs == 0 {
+                y_block.fill(0.0);
+            } else {
+                // dst (yᵀ rows: block x tokens) = lhs (w rows: block x in) · rhs (xᵀ: in x tokens).
+                // SAFETY: every pointer covers the extents implied by (m, n, k) and the strides:
+                // the block's rows of w, all `in` rows of x (`xs` floats apart), the block of y.
+                unsafe {
+                    gemm::gemm(
+                        block,
+                        tokens,
+                        inputs,
+                        y_block.as_mut_ptr(),
+                        1,
+                        ys as isize,
+                        false,
+                        self.w.as_slice().as_ptr().add(range.start * inputs),
+                        1,
+                        inputs as isize,
+                        x.as_padded().as_ptr(),
+                        1,
+                        xs as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
-        }
-        if let Some(epilogue) = epilogue {
-            super::for_each_row(y, threads, epilogue);
-        }
+            if let Some(epilogue) = epilogue {
+                for (i, f) in range.enumerate() {
+                    epilogue(f, &mut y_block[i * ys..i * ys + tokens]);
+                }
+            }
+        });
     }
 
     fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {

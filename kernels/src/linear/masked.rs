@@ -35,8 +35,8 @@
 //! consecutive entries come in one vector load and feed lane-indexed FMAs.
 
 use super::CACHE_LINE_BYTES;
-use super::{RowEpilogue, SharedOut};
 use super::{LayerStats, LinearKernel, Threads};
+use super::{RowEpilogue, SharedOut};
 use crate::matrix::{Activations, Mask, Matrix};
 use crate::simd::{self, Backend, F32Vector, ScalarLanes, GROUP};
 
@@ -437,7 +437,13 @@ impl LinearKernel for MaskedStripLinear {
         self.out_features
     }
 
-    fn forward_feature_major(&self, x: &Activations, y: &mut Activations, epilogue: Option<RowEpilogue>, threads: Threads) {
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    ) {
         self.forward_feature_major_with(x, y, epilogue, threads, self.backend);
     }
 

@@ -18,12 +18,14 @@ use crate::matrix::{Activations, Matrix};
 use std::cell::RefCell;
 use std::ops::Range;
 
-/// The one thread-splitting scheme of the sparse kernels: `work` runs over
-/// `0..n` (strips of output rows, or token panels) cut into at most
-/// `threads` contiguous ranges, on rayon's global pool, the pool `gemm`'s
-/// dense path uses too. The pool's threads are created once and live for the
-/// process, so their thread-local scratch (transposed tiles, panels) is
-/// allocated once per thread; one thread runs `work` inline, with no pool.
+/// The one thread-splitting scheme of every kernel: `work` runs over `0..n`
+/// (output rows of the dense GEMM, strips of output rows of the block and
+/// masked kernels, token panels of the pattern kernel, heads of attention)
+/// cut into at most `threads` contiguous ranges, on rayon's global pool
+/// (the one pool: `gemm`'s own parallel mode runs on it too). Its threads
+/// are created once and live for the process, so their thread-local scratch
+/// (attention scores, conversion buffers) is allocated once per thread; one
+/// thread runs `work` inline, with no pool.
 ///
 /// `work` must not call back into a kernel that borrows the calling thread's
 /// scratch (the calling thread may execute parts while it waits).
@@ -49,20 +51,6 @@ thread_local! {
 
 /// Bytes per cache line on every CPU the kernels target (x86-64, Cortex-A).
 pub(crate) const CACHE_LINE_BYTES: usize = 64;
-
-/// Runs `epilogue` on every row of `y`, rows split over `threads`.
-pub(crate) fn for_each_row(y: &mut Activations, threads: Threads, epilogue: RowEpilogue) {
-    let (stride, tokens) = (y.stride(), y.tokens());
-    let rows = SharedOut(y.as_padded_mut().as_mut_ptr());
-    split_range(y.features(), threads, &|range| {
-        for f in range {
-            // SAFETY: ranges are disjoint, so each part owns its rows of `y`, which is
-            // borrowed mutably until every part is done.
-            let row = unsafe { std::slice::from_raw_parts_mut(rows.ptr().add(f * stride), tokens) };
-            epilogue(f, row);
-        }
-    });
-}
 
 /// An output pointer shared by threads that write disjoint parts of it.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +127,13 @@ pub trait LinearKernel: Send + Sync + std::fmt::Debug {
     fn out_features(&self) -> usize;
     /// Overwrites `y` (reshaped to `out x tokens`) with `w · x`, then runs
     /// `epilogue` on every output row.
-    fn forward_feature_major(&self, x: &Activations, y: &mut Activations, epilogue: Option<RowEpilogue>, threads: Threads);
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    );
     /// Overwrites `y` (resized to `tokens x out`) with `x · wᵀ`: by default,
     /// [`LinearKernel::forward_feature_major`] between two transposes.
     fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {

@@ -253,6 +253,23 @@ impl PatternSparseLinear {
         PANEL_VECTORS * self.backend.lanes()
     }
 
+    /// Tokens per panel for `tokens` on `threads`: [`PANEL_VECTORS`]
+    /// vectors, or narrower when that leaves a thread without a panel.
+    /// Threads split token panels (disjoint columns of `yᵀ`, no reduction);
+    /// with few tokens (RT3's 35 are 5 AVX2 vectors: panels of 4 and 1) the
+    /// panels are cut evenly instead (3 and 2 vectors on 2 threads), at some
+    /// cost per vector, since a group's weights then feed fewer FMAs per load.
+    fn panel_width_for(&self, tokens: usize, threads: Threads) -> usize {
+        let lanes = self.backend.lanes();
+        let vectors = tokens.div_ceil(lanes);
+        let parts = threads.count();
+        if vectors.div_ceil(PANEL_VECTORS) >= parts {
+            self.panel_width()
+        } else {
+            vectors.div_ceil(parts).clamp(1, PANEL_VECTORS) * lanes
+        }
+    }
+
     /// Computes the token panel starting at token `p0` (`vectors` token
     /// vectors wide) of `yᵀ` from `xᵀ`, then runs the epilogue on it.
     ///
@@ -554,7 +571,11 @@ unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(layer: &
 /// # Safety
 /// As [`panel_groups`].
 #[inline(always)]
-unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
+unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(
+    layer: &PatternSparseLinear,
+    panel: &Panel,
+    vectors: usize,
+) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match vectors {
@@ -682,7 +703,13 @@ impl LinearKernel for PatternSparseLinear {
         self.out_features
     }
 
-    fn forward_feature_major(&self, x: &Activations, y: &mut Activations, epilogue: Option<RowEpilogue>, threads: Threads) {
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    ) {
         assert_eq!(
             x.features(),
             self.in_features,
@@ -695,7 +722,7 @@ impl LinearKernel for PatternSparseLinear {
         if tokens == 0 || self.out_features == 0 {
             return;
         }
-        let pw = self.panel_width();
+        let pw = self.panel_width_for(tokens, threads);
         let panel = Panel {
             x: x.as_padded().as_ptr(),
             x_stride: x.stride(),
@@ -892,10 +919,15 @@ mod tests {
         let base = Mask::dense(96, 64);
         let layer =
             PatternSparseLinear::new(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
-        let x = Matrix::random(200, 64, 5, 1.0);
-        let (mut a, mut b) = (Matrix::zeros(0, 0), Matrix::zeros(0, 0));
-        layer.forward(&x, &mut a, Threads::One);
-        layer.forward(&x, &mut b, Threads::N(3));
-        assert_eq!(a, b);
+        // 200 tokens: whole panels per thread; 35: panels narrowed so each thread gets one.
+        for tokens in [200, 35] {
+            let x = Matrix::random(tokens, 64, 5, 1.0);
+            let (mut a, mut b) = (Matrix::zeros(0, 0), Matrix::zeros(0, 0));
+            layer.forward(&x, &mut a, Threads::One);
+            for threads in [Threads::N(2), Threads::N(3)] {
+                layer.forward(&x, &mut b, threads);
+                assert_eq!(a, b, "{tokens} tokens, {threads:?}");
+            }
+        }
     }
 }
