@@ -238,7 +238,9 @@ impl StripJob<'_> {
                 Backend::Avx2Fma => strips_avx2(self, range),
                 #[cfg(target_arch = "aarch64")]
                 Backend::Neon => strips_neon(self, range),
-                Backend::Scalar => strips::<ScalarLanes, { blocking(Backend::Scalar).1 }>(self, range),
+                Backend::Scalar => {
+                    strips::<ScalarLanes, { blocking(Backend::Scalar).1 }, { blocking(Backend::Scalar).0 }>(self, range)
+                }
                 #[allow(unreachable_patterns)]
                 other => unreachable!("backend {} passed is_available on the wrong architecture", other.name()),
             }
@@ -250,21 +252,23 @@ impl StripJob<'_> {
 #[target_feature(enable = "avx512f")]
 unsafe fn strips_avx512(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::x86::Avx512, { blocking(Backend::Avx512).1 }>(job, range) }
+    unsafe { strips::<simd::x86::Avx512, { blocking(Backend::Avx512).1 }, { blocking(Backend::Avx512).0 }>(job, range) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn strips_avx2(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::x86::Avx2Fma, { blocking(Backend::Avx2Fma).1 }>(job, range) }
+    unsafe {
+        strips::<simd::x86::Avx2Fma, { blocking(Backend::Avx2Fma).1 }, { blocking(Backend::Avx2Fma).0 }>(job, range)
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn strips_neon(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::neon::Neon, { blocking(Backend::Neon).1 }>(job, range) }
+    unsafe { strips::<simd::neon::Neon, { blocking(Backend::Neon).1 }, { blocking(Backend::Neon).0 }>(job, range) }
 }
 
 /// Bytes of `xᵀ` one chunk of kept columns may span for one token block: the
@@ -287,7 +291,7 @@ pub(super) const PREFETCH_AHEAD: usize = 8;
 /// panel and hit L1 for the others; a panel's weights for the chunk are one
 /// short contiguous stream. Partial sums over chunks are kept in the tile.
 #[inline(always)]
-unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops::Range<usize>) {
+unsafe fn strips<V: F32Vector, const NV: usize, const PR: usize>(job: &StripJob, range: std::ops::Range<usize>) {
     let layer = job.layer;
     let stride = job.y_stride;
     let block_tokens = NV * V::LANES;
@@ -321,11 +325,11 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops:
                     unsafe {
                         let (xt, xs) = (job.xt, job.x_stride);
                         if vectors == NV {
-                            panel_tile_rows::<V, NV>(height, chunk, w, xt, xs, t0, out, stride, accumulate)
+                            panel_tile_rows::<V, NV, PR>(height, chunk, w, xt, xs, t0, out, stride, accumulate)
                         } else if vectors == 2 {
-                            panel_tile_rows::<V, 2>(height, chunk, w, xt, xs, t0, out, stride, accumulate)
+                            panel_tile_rows::<V, 2, PR>(height, chunk, w, xt, xs, t0, out, stride, accumulate)
                         } else {
-                            panel_tile_rows::<V, 1>(height, chunk, w, xt, xs, t0, out, stride, accumulate)
+                            panel_tile_rows::<V, 1, PR>(height, chunk, w, xt, xs, t0, out, stride, accumulate)
                         }
                     }
                 }
@@ -345,9 +349,11 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &StripJob, range: std::ops:
     }
 }
 
-/// Dispatches a panel of `height` rows to the micro-kernel instantiated for it.
+/// Dispatches a panel of `height` rows to the micro-kernel instantiated for
+/// it: heights up to `PR`, the backend's panel rows, and no taller (taller
+/// loops would never run, and they would spill on every backend).
 #[inline(always)]
-unsafe fn panel_tile_rows<V: F32Vector, const NV: usize>(
+unsafe fn panel_tile_rows<V: F32Vector, const NV: usize, const PR: usize>(
     height: usize,
     cols: &[u32],
     w: *const f32,
@@ -362,8 +368,8 @@ unsafe fn panel_tile_rows<V: F32Vector, const NV: usize>(
         ($($rows:literal)*) => {
             match height {
                 // SAFETY: forwarded from the caller.
-                $($rows => unsafe { panel_tile::<V, $rows, NV>(cols, w, xt, xt_stride, t0, out, out_stride, accumulate) },)*
-                _ => unreachable!("panel height {height} exceeds MAX_PANEL_ROWS"),
+                $($rows if $rows <= PR => unsafe { panel_tile::<V, $rows, NV>(cols, w, xt, xt_stride, t0, out, out_stride, accumulate) },)*
+                _ => unreachable!("panel height {height} exceeds the backend's {PR} rows"),
             }
         };
     }

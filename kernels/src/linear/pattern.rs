@@ -48,7 +48,7 @@ use std::collections::HashMap;
 use super::{LayerStats, LinearKernel, RowEpilogue, Threads};
 use crate::matrix::{Activations, Mask, Matrix};
 use crate::prune::pattern::{assign_patterns, PatternAssignment, PatternSet};
-use crate::simd::{Backend, F32Vector, ScalarLanes};
+use crate::simd::{Backend, F32Vector, ScalarLanes, GROUP};
 
 /// Tiles per group in the packed format: AVX-512 and NEON run a whole group
 /// in one pass (`4 x 4` accumulators + 4 `xᵀ` vectors: 8 loads per 16 FMAs);
@@ -108,8 +108,11 @@ pub struct PatternSparseLinear {
     /// In-tile column of every index-list entry (runs point into it).
     cols: Vec<u32>,
     groups: Vec<TileGroup>,
-    /// Per group `entries x tiles`, entry-major: the tiles' weights for one entry are adjacent.
+    /// Per group `entries x tiles`, entry-major: the tiles' weights for one entry are adjacent;
+    /// then [`GROUP`] zeros of padding.
     weights: Vec<f32>,
+    /// Weight slots before the padding: what the kernel multiplies.
+    stored: usize,
     nnz: usize,
     backend: Backend,
     /// The set's final mask sparsity (BP and PP zeros together).
@@ -172,7 +175,7 @@ impl PatternSparseLinear {
     /// Weight slots the kernel multiplies, padding and union zeros included
     /// (`>= stats().nnz`; equal when every group's tiles share their BP columns).
     pub fn stored_weights(&self) -> usize {
-        self.weights.len()
+        self.stored
     }
 
     /// Number of tile groups (for reports on how well tiles grouped).
@@ -221,7 +224,10 @@ impl PatternSparseLinear {
             let spans = (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
             packer.group(spans);
         }
-        let Packer { runs, cols, mut groups, weights, .. } = packer;
+        let Packer { runs, cols, mut groups, mut weights, .. } = packer;
+        let stored = weights.len();
+        // Padding, so a group load at the last entry reads inside the buffer (never multiplied).
+        weights.extend([0.0; GROUP]);
         let mut touched = vec![false; tiles_down];
         for g in &mut groups {
             for k in 0..g.tiles as usize {
@@ -241,6 +247,7 @@ impl PatternSparseLinear {
             cols,
             groups,
             weights,
+            stored,
             nnz,
             backend,
             mask_sparsity: mask.sparsity(),
@@ -533,10 +540,22 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
                 for v in 0..V {
                     xv[v] = S::load(xp.add(v * S::LANES));
                 }
-                for k in 0..K {
-                    let b = S::splat(*wp.add(k));
-                    for v in 0..V {
-                        acc[k][v] = acc[k][v].mul_add(b, xv[v]);
+                // The K tiles' weights of this entry are adjacent: one group (a single vector load
+                // and lane-indexed FMAs on NEON, broadcasts from memory on x86-64). `pack` pads
+                // `weights` so a group load at the last entry stays in bounds.
+                if K <= GROUP {
+                    let group = S::load_group(wp);
+                    for k in 0..K {
+                        for v in 0..V {
+                            acc[k][v] = acc[k][v].mul_add_lane(group, k, xv[v]);
+                        }
+                    }
+                } else {
+                    for k in 0..K {
+                        let b = S::splat(*wp.add(k));
+                        for v in 0..V {
+                            acc[k][v] = acc[k][v].mul_add(b, xv[v]);
+                        }
                     }
                 }
                 wp = wp.add(kstride);
@@ -750,7 +769,7 @@ impl LinearKernel for PatternSparseLinear {
             in_features: self.in_features,
             nnz: self.nnz,
             bytes,
-            multiplied: self.weights.len(),
+            multiplied: self.stored,
         }
     }
 
