@@ -85,7 +85,8 @@ struct Args {
     token_major: bool,
 }
 
-const HELP: &str = "speedup: layer and encoder speedups of the sparse kernels over the dense baseline, and the speed goals\n\n\
+const HELP: &str =
+    "speedup: layer and encoder speedups of the sparse kernels over the dense baseline, and the speed goals\n\n\
 usage: cargo run --release -p kernels --example speedup -- [options]\n\
 \x20 --json          one JSON object per row (shape, variant, sparsity, tile, base_sparsity, base_block, multiplied,\n\
 \x20                 vs_base, time_us, speedup, threads, ...), then one per goal\n\

@@ -261,7 +261,7 @@ struct Variant {
 /// together would square the number of distinct row masks, so runs would be
 /// a column or two long), else the largest height that divides both.
 /// A packing choice only: the kernel is exact for any height.
-fn pack_rows(strip_rows: usize, tile: usize) -> usize {
+pub fn pack_rows(strip_rows: usize, tile: usize) -> usize {
     fn gcd(a: usize, b: usize) -> usize {
         if b == 0 {
             a

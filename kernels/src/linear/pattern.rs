@@ -33,12 +33,17 @@
 //! across all bands, measured no better: the groups, formed per block, got
 //! too small.)
 //!
-//! The BP base is honoured inside the same format: a group's index list is
-//! the union of its tiles' kept positions (pattern AND base AND non-zero
-//! weight); tiles are sorted by that signature before grouping, so tiles with
-//! the same BP columns share a list and no zero is multiplied. Where they
-//! differ the weight slot holds an explicit zero (counted in `bytes`, not in
-//! `nnz`).
+//! This kernel is plain PP: the base keeps every weight. A pattern set on a
+//! BP base runs on [`super::masked::MaskedStripLinear`] over the compacted
+//! BP blocks ([`crate::prune::pattern::BlockCompaction`]); here, tiles whose
+//! kept positions differ (a BP base cuts a different column set out of each
+//! tile) would share an index list only as a union, storing and multiplying
+//! the zeros BP removed, so [`PatternSparseLinear::from_assignment`] refuses
+//! an assignment made on a BP base. Tiles with the same pattern still differ
+//! where a weight is exactly zero (it is not stored): such a group's list is
+//! the union and the slot holds an explicit zero (counted in `multiplied`,
+//! not in `nnz`); the last tile row, when it reaches past the matrix, groups
+//! alone, since a union would name rows it does not have.
 //!
 //! Transposes of `x` in and `y` out happen inside `forward` (per panel, while
 //! the panel is hot in cache) and are part of every measured time.
@@ -97,7 +102,7 @@ struct TileGroup {
     fresh: u8,
 }
 
-/// A linear layer whose weights are BP base AND one pattern per tile.
+/// A linear layer whose weights are dense weights AND one pattern per tile (plain PP).
 #[derive(Clone, Debug)]
 pub struct PatternSparseLinear {
     out_features: usize,
@@ -126,18 +131,20 @@ pub struct PatternSparseLinear {
 }
 
 impl PatternSparseLinear {
-    /// Assigns `set` to the tiles of `w` on top of the BP `base` mask
-    /// ([`assign_patterns`]) and packs the result for the best SIMD backend.
-    ///
-    /// # Panics
-    /// When `base` does not have the shape of `w`.
-    pub fn new(w: &Matrix, base: &Mask, set: &PatternSet) -> Self {
-        let assignment = assign_patterns(w, base, set);
+    /// Assigns `set` to the tiles of `w` ([`assign_patterns`] on a base that
+    /// keeps everything) and packs the result for the best SIMD backend.
+    pub fn new(w: &Matrix, set: &PatternSet) -> Self {
+        let assignment = assign_patterns(w, &Mask::dense(w.rows(), w.cols()), set);
         Self::from_assignment(w, &assignment, set.len())
     }
 
-    /// Packs an assignment computed earlier (e.g. to report it as well).
-    /// `w` holds the dense (or BP-pruned) weights; the assignment's mask is applied to them.
+    /// Packs an assignment computed earlier (e.g. to report it as well); the
+    /// assignment's mask is applied to the dense weights `w`.
+    ///
+    /// # Panics
+    /// When the assignment was made on a BP base (see the module docs: a
+    /// pattern set on BP runs on [`super::masked::MaskedStripLinear`]), or
+    /// its shape is not `w`'s.
     pub fn from_assignment(w: &Matrix, assignment: &PatternAssignment, patterns: usize) -> Self {
         Self::pack(w, assignment, patterns, Backend::best(), None)
     }
@@ -146,9 +153,10 @@ impl PatternSparseLinear {
     ///
     /// # Panics
     /// When the backend is not available on this CPU.
-    pub fn with_backend(w: &Matrix, base: &Mask, set: &PatternSet, backend: Backend) -> Self {
+    pub fn with_backend(w: &Matrix, set: &PatternSet, backend: Backend) -> Self {
         assert!(backend.is_available(), "PatternSparseLinear: backend {} is not available on this CPU", backend.name());
-        Self::pack(w, &assign_patterns(w, base, set), set.len(), backend, None)
+        let assignment = assign_patterns(w, &Mask::dense(w.rows(), w.cols()), set);
+        Self::pack(w, &assignment, set.len(), backend, None)
     }
 
     /// Side of the square tile.
@@ -192,6 +200,11 @@ impl PatternSparseLinear {
         span: Option<usize>,
     ) -> Self {
         let (out_features, in_features) = w.shape();
+        assert!(
+            assignment.has_dense_base(),
+            "PatternSparseLinear: the assignment was made on a BP base; a pattern set on BP runs on MaskedStripLinear \
+             over the compacted BP blocks, which stores no BP zero"
+        );
         let mask = assignment.mask();
         assert_eq!(
             mask.shape(),
@@ -812,7 +825,7 @@ mod tests {
         let base = Mask::dense(70, 45);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.75));
         for backend in Backend::available() {
-            let layer = PatternSparseLinear::with_backend(&w, &base, &set, backend);
+            let layer = PatternSparseLinear::with_backend(&w, &set, backend);
             for tokens in [1, 5, 16, 64, 70, 131] {
                 let x = Matrix::random(tokens, 45, 2, 1.0);
                 let mut y = Matrix::zeros(0, 0);
@@ -830,7 +843,7 @@ mod tests {
         let base = Mask::dense(40, 40);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(8, 0.5));
         let a = assign_patterns(&w, &base, &set);
-        let layer = PatternSparseLinear::new(&w, &base, &set);
+        let layer = PatternSparseLinear::new(&w, &set);
         let mut expected = w.clone();
         expected.apply_mask(a.mask());
         assert_eq!(layer.effective_weights(), expected);
@@ -844,11 +857,13 @@ mod tests {
     }
 
     #[test]
-    fn paired_bands_and_bp_base_match_reference() {
-        // A BP base with strips of 8 rows under 16x16 tiles: tiles of one band differ in kept columns,
-        // so groups hold unions (explicit zeros); spans 2 and 3 exercise virtual tiles and leftovers.
-        let w = Matrix::random(200, 90, 6, 1.0);
-        let base = crate::prune::block::block_mask(&w, crate::prune::block::BlockShape::strip(8), 0.4);
+    fn paired_bands_exact_zeros_and_a_ragged_tile_row_match_reference() {
+        // Exact zeros in w are not stored, so tiles of one pattern differ in kept positions and
+        // groups hold unions (explicit zeros); 200 rows leave a ragged last tile row; spans 2
+        // and 3 exercise virtual tiles and leftovers.
+        let w =
+            Matrix::from_fn(200, 90, |r, c| if (r * 7 + c * 3) % 11 == 0 { 0.0 } else { ((r * 90 + c) as f32).sin() });
+        let base = Mask::dense(200, 90);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.8));
         let a = assign_patterns(&w, &base, &set);
         let mut expected_w = w.clone();
@@ -857,6 +872,7 @@ mod tests {
             for backend in Backend::available() {
                 let layer = PatternSparseLinear::pack(&w, &a, set.len(), backend, Some(span));
                 assert_eq!(layer.effective_weights(), expected_w, "span {span}");
+                assert!(layer.stored_weights() > layer.stats().nnz, "the exact zeros make unions");
                 for tokens in [1, 33, 100] {
                     let x = Matrix::random(tokens, 90, 7, 1.0);
                     let mut y = Matrix::zeros(0, 0);
@@ -866,6 +882,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "made on a BP base")]
+    fn an_assignment_on_a_bp_base_is_refused() {
+        let w = Matrix::random(64, 64, 6, 1.0);
+        let base = crate::prune::block::block_mask(&w, crate::prune::block::BlockShape::strip(16), 0.5);
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.75));
+        PatternSparseLinear::from_assignment(&w, &assign_patterns(&w, &base, &set), set.len());
     }
 
     #[test]
@@ -879,11 +904,13 @@ mod tests {
 
     #[test]
     fn pairs_group_by_both_patterns_and_empty_halves_stay_apart() {
-        // A BP base of whole 16x16 blocks: virtual 16x32 tiles are often half empty, and a
+        // Whole 16x16 blocks of w exactly zero: virtual 16x32 tiles are often half empty, and a
         // half-empty one must not share a group (and an index list union) with a full one.
         let w = Matrix::random(256, 64, 9, 1.0);
-        let shape = crate::prune::block::BlockShape { rows: 16, cols: 16 };
-        let base = crate::prune::block::block_mask(&w, shape, 0.5);
+        let blocks = crate::prune::block::block_mask(&w, crate::prune::block::BlockShape { rows: 16, cols: 16 }, 0.5);
+        let mut w = w;
+        w.apply_mask(&blocks);
+        let base = Mask::dense(256, 64);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875));
         let a = assign_patterns(&w, &base, &set);
         let layer = PatternSparseLinear::pack(&w, &a, set.len(), Backend::best(), Some(2));
@@ -891,7 +918,12 @@ mod tests {
         let mut expected = w.clone();
         expected.apply_mask(a.mask());
         assert_eq!(layer.effective_weights(), expected);
-        let keeps_any = |tr: usize, tc: usize| (0..256).any(|p| a.mask().get(tr * 16 + p / 16, tc * 16 + p % 16));
+        let keeps_any = |tr: usize, tc: usize| {
+            (0..256).any(|p| {
+                let (r, c) = (tr * 16 + p / 16, tc * 16 + p % 16);
+                a.mask().get(r, c) && w.get(r, c) != 0.0
+            })
+        };
         let mut half_empty_groups = 0;
         for g in &layer.groups {
             let tile_rows: Vec<usize> = (0..g.tiles as usize).map(|k| g.y_rows[k] as usize / 16).collect();
@@ -902,25 +934,20 @@ mod tests {
                 half_empty_groups += usize::from(used[0].is_none());
             }
         }
-        assert!(half_empty_groups > 0, "the BP base should leave some half-empty pairs");
+        assert!(half_empty_groups > 0, "the zero blocks should leave some half-empty pairs");
     }
 
     #[test]
-    fn idle_and_fresh_tile_rows_are_cleared_in_a_dirty_scratch_panel() {
-        // Rows 16..32 pruned whole: tile row 1 is idle. Running another layer first leaves
-        // non-zero `yᵀ` in this thread's scratch, which neither layer may pick up.
-        let w = Matrix::random(48, 40, 11, 1.0);
-        let mut base = Mask::dense(48, 40);
-        for r in 16..32 {
-            for c in 0..40 {
-                base.set(r, c, false);
-            }
-        }
-        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.5));
+    fn idle_and_fresh_tile_rows_are_cleared_in_a_dirty_output() {
+        // Rows 16..32 of w exactly zero: tile row 1 is idle. Running another layer first leaves
+        // non-zero `yᵀ` in the output buffer, which neither layer may pick up.
+        let dense = Matrix::random(48, 40, 11, 1.0);
+        let w = Matrix::from_fn(48, 40, |r, c| if (16..32).contains(&r) { 0.0 } else { dense.get(r, c) });
+        let set = generate_pattern_set(&w, &Mask::dense(48, 40), &PatternConfig::new(16, 0.5));
         let x = Matrix::random(70, 40, 12, 1.0);
         for backend in Backend::available() {
-            let dirtying = PatternSparseLinear::with_backend(&w, &Mask::dense(48, 40), &set, backend);
-            let layer = PatternSparseLinear::with_backend(&w, &base, &set, backend);
+            let dirtying = PatternSparseLinear::with_backend(&dense, &set, backend);
+            let layer = PatternSparseLinear::with_backend(&w, &set, backend);
             assert_eq!(layer.idle_tile_rows, vec![1]);
             let mut y = Matrix::zeros(0, 0);
             for _ in 0..2 {
@@ -935,9 +962,8 @@ mod tests {
     #[test]
     fn threads_agree_with_one_thread() {
         let w = Matrix::random(96, 64, 4, 1.0);
-        let base = Mask::dense(96, 64);
-        let layer =
-            PatternSparseLinear::new(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
+        let set = generate_pattern_set(&w, &Mask::dense(96, 64), &PatternConfig::new(16, 0.875));
+        let layer = PatternSparseLinear::new(&w, &set);
         // 200 tokens: whole panels per thread; 35: panels narrowed so each thread gets one.
         for tokens in [200, 35] {
             let x = Matrix::random(tokens, 64, 5, 1.0);
