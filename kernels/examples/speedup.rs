@@ -21,9 +21,12 @@
 //! dense as for sparse); `--token-major` times `forward` on token-major
 //! activations instead, conversions included.
 //!
-//! Goals are judged on the wall-clock speedup; the CPU-time ratio (the
-//! calling thread's CPU time, which leaves out time lost to other processes
-//! on a shared machine) is printed beside it.
+//! Goals at one thread are judged on CPU time (the calling thread's, which
+//! is the kernel's own time: it leaves out time the thread spent
+//! descheduled while other processes shared the core, which on a shared
+//! build machine can double the wall clock); `--judge wall` judges on the
+//! wall clock instead. Both ratios are printed. Thread scaling is judged on
+//! the wall clock (CPU time of one thread says nothing about two).
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -83,6 +86,8 @@ struct Args {
     cpu_min: bool,
     /// Time the token-major `forward` (transposes in and out) instead of the feature-major one.
     token_major: bool,
+    /// Judge the one-thread goals on the wall clock instead of CPU time.
+    judge_wall: bool,
 }
 
 const HELP: &str =
@@ -99,7 +104,9 @@ usage: cargo run --release -p kernels --example speedup -- [options]\n\
 \x20 --cpu-min       report the minimum thread CPU time over rounds, not the median\n\
 \x20 --token-major   time the layers' token-major forward (transposes in and out included) instead of the\n\
 \x20                 feature-major one the encoder runs\n\
-\x20 --no-model      skip the whole-encoder rows and the switching row\n\n\
+\x20 --no-model      skip the whole-encoder rows and the switching row\n\
+\x20 --judge cpu|wall  what the one-thread goals are judged on (default cpu: the thread's CPU time,\n\
+\x20                 immune to other processes on a shared machine)\n\n\
 pin it: taskset -c 1 ... for one thread, taskset -c 0,1 ... --threads 1,2 for two";
 
 fn parse_args() -> Result<Args, String> {
@@ -113,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
         filter: None,
         cpu_min: false,
         token_major: false,
+        judge_wall: false,
     };
     let positive = |v: Option<String>, what: &str| -> Result<usize, String> {
         v.and_then(|v| v.parse().ok()).filter(|n: &usize| *n > 0).ok_or(format!("{what} needs a positive integer"))
@@ -128,6 +136,13 @@ fn parse_args() -> Result<Args, String> {
             "--no-model" => args.model = false,
             "--cpu-min" => args.cpu_min = true,
             "--token-major" => args.token_major = true,
+            "--judge" => {
+                args.judge_wall = match it.next().as_deref() {
+                    Some("wall") => true,
+                    Some("cpu") => false,
+                    _ => return Err("--judge needs cpu or wall".into()),
+                }
+            }
             "--filter" => args.filter = Some(it.next().ok_or("--filter needs a substring")?),
             "--shapes" => {
                 args.shapes = Some(it.next().ok_or("--shapes needs a list")?.split(',').map(str::to_string).collect())
@@ -453,6 +468,8 @@ struct Row {
     base_block: Option<String>,
     /// Base median / layer median, for pattern rows on a timed BP base.
     vs_base: Option<f64>,
+    /// The same in CPU time (one thread only).
+    vs_base_cpu: Option<f64>,
     time: Timing,
     /// Useful GFLOP/s at the median time.
     gflops: f64,
@@ -578,6 +595,8 @@ fn rows_from(
             r.speedup = dense.median.as_secs_f64() / t[j].median.as_secs_f64();
             r.speedup_cpu = (threads == 1).then(|| dense.cpu.as_secs_f64() / t[j].cpu.as_secs_f64());
             r.vs_base = base_of[i].map(|b| times[b][j].median.as_secs_f64() / t[j].median.as_secs_f64());
+            r.vs_base_cpu =
+                base_of[i].filter(|_| threads == 1).map(|b| times[b][j].cpu.as_secs_f64() / t[j].cpu.as_secs_f64());
             r.scaling = (j > 0).then(|| t[0].median.as_secs_f64() / t[j].median.as_secs_f64());
             rows.push(r);
         }
@@ -627,6 +646,7 @@ fn run_shape(args: &Args, shape: &Shape) -> Vec<Row> {
             base_sparsity: built[i].base_sparsity,
             base_block: base_block.clone(),
             vs_base: None,
+            vs_base_cpu: None,
             time,
             gflops: 2.0 * stats.nnz as f64 * tokens as f64 / time.median.as_secs_f64() / 1e9,
             speedup: 0.0,
@@ -731,6 +751,7 @@ fn run_model(args: &Args) -> Result<Vec<Row>, String> {
                 None => block_of(timed[i]),
             },
             vs_base: None,
+            vs_base_cpu: None,
             time,
             gflops: dense_flops * (1.0 - info.sparsity) / time.median.as_secs_f64() / 1e9,
             speedup: 0.0,
@@ -798,14 +819,18 @@ fn print_goals(args: &Args, rows: &[Row]) {
         let shapes: Vec<&str> = goal.shape.map_or(GOAL_SHAPES.to_vec(), |s| vec![s]);
         for shape in shapes {
             let Some(r) = rows.iter().filter(at_one).find(|r| r.shape == shape && r.key == goal.key) else { continue };
-            let mut held = r.speedup >= goal.min_speedup;
-            let mut text = format!("{:.2}x dense (goal >= {}x", r.speedup, goal.min_speedup);
-            if let Some(cpu) = r.speedup_cpu {
-                text += &format!(", CPU time {cpu:.2}x");
-            }
-            text += ")";
+            let cpu = !args.judge_wall && r.speedup_cpu.is_some();
+            let (speedup, vs_base) =
+                if cpu { (r.speedup_cpu.unwrap_or(0.0), r.vs_base_cpu) } else { (r.speedup, r.vs_base) };
+            let mut held = speedup >= goal.min_speedup;
+            let mut text = format!(
+                "{speedup:.2}x dense (goal >= {}x; {} {:.2}x)",
+                goal.min_speedup,
+                if cpu { "wall" } else { "CPU time" },
+                if cpu { r.speedup } else { r.speedup_cpu.unwrap_or(f64::NAN) }
+            );
             if let Some(min) = goal.min_vs_base {
-                let vs = r.vs_base.unwrap_or(0.0);
+                let vs = vs_base.unwrap_or(0.0);
                 held &= vs >= min;
                 text += &format!(", {vs:.2}x its base (goal >= {min}x)");
             }
@@ -821,6 +846,10 @@ fn print_goals(args: &Args, rows: &[Row]) {
             scaling >= min,
             format!("{scaling:.2}x over {} thread(s) (goal >= {min}x)", args.threads[0]),
         ));
+    }
+    if !args.json && !lines.is_empty() {
+        let judged = if args.judge_wall { "the wall clock" } else { "CPU time at one thread, wall clock for threads" };
+        println!("# goals judged on {judged}");
     }
     for (what, held, text) in lines {
         if args.json {
