@@ -610,9 +610,25 @@ fn run_shape(args: &Args, shape: &Shape) -> Vec<Row> {
     if let Some(f) = &args.filter {
         cases = filter_cases(cases, f);
     }
-    let meta: Vec<(String, String, String, Option<usize>, Option<String>, Option<usize>)> = cases
+    // What the rows say about each case, kept once the builders are consumed.
+    struct Meta {
+        variant: String,
+        base: String,
+        key: String,
+        tile: Option<usize>,
+        base_block: Option<String>,
+        base_case: Option<usize>,
+    }
+    let meta: Vec<Meta> = cases
         .iter()
-        .map(|c| (c.variant.clone(), c.base.clone(), c.key(), c.tile, c.base_block.clone(), c.base_case))
+        .map(|c| Meta {
+            variant: c.variant.clone(),
+            base: c.base.clone(),
+            key: c.key(),
+            tile: c.tile,
+            base_block: c.base_block.clone(),
+            base_case: c.base_case,
+        })
         .collect();
     let built: Vec<Built> = cases.into_iter().map(|c| (c.build)()).collect();
     let x = Matrix::random(tokens, shape.inputs, 77, 1.0);
@@ -626,9 +642,9 @@ fn run_shape(args: &Args, shape: &Shape) -> Vec<Row> {
             b.layer.forward_feature_major(&xt, &mut yt.borrow_mut(), None, threads)
         }
     });
-    let base_of: Vec<Option<usize>> = meta.iter().map(|m| m.5).collect();
+    let base_of: Vec<Option<usize>> = meta.iter().map(|m| m.base_case).collect();
     rows_from(args, &times, &base_of, |i, threads, time| {
-        let (variant, base, key, tile, base_block, _) = &meta[i];
+        let Meta { variant, base, key, tile, base_block, .. } = &meta[i];
         let stats = built[i].layer.stats();
         let s = stats.sparsity();
         Row {

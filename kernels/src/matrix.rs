@@ -521,7 +521,7 @@ mod tests {
             let x = Matrix::random(tokens, features, 9, 1.0);
             let a = Activations::from_token_major(&x);
             assert_eq!((a.features(), a.tokens()), (features, tokens));
-            assert!(a.stride() >= tokens && a.stride() % 16 == 0);
+            assert!(a.stride() >= tokens && a.stride().is_multiple_of(16));
             if tokens > 0 {
                 assert_eq!(a.as_padded().as_ptr() as usize % 64, 0);
                 assert_eq!(a.get(features - 1, tokens - 1), x.get(tokens - 1, features - 1));
@@ -539,7 +539,7 @@ mod tests {
         for tokens in 1..300 {
             for lanes in [4, 8, 16] {
                 let s = token_stride(tokens, lanes);
-                assert!(s >= tokens && s % lanes == 0);
+                assert!(s >= tokens && s.is_multiple_of(lanes));
                 if s >= 16 {
                     assert_eq!(s % 16, 0);
                     assert_eq!((s / 16) % 2, 1);
