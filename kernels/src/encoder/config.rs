@@ -51,7 +51,7 @@ pub enum AttentionMask {
 }
 
 /// Dimensions and per-preset choices of an encoder. `seq_len` is the default
-/// number of tokens of an input (benchmarks use it); [`Encoder::forward`]
+/// number of tokens of an input (benchmarks use it); [`Encoder::forward`](super::Encoder::forward)
 /// accepts any token count.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -181,7 +181,7 @@ impl EncoderConfig {
 
     /// Every linear layer in canonical order (layer-major, then
     /// [`LinearSlot::ALL`], then the `lm_head`): the order of
-    /// [`LinearId::index`], per-layer sparsity lists and [`Encoder::linears`].
+    /// [`LinearId::index`], per-layer sparsity lists and [`Encoder::linears`](super::Encoder::linears).
     pub fn linear_ids(&self) -> impl Iterator<Item = LinearId> {
         (0..self.layers)
             .flat_map(|layer| LinearSlot::ALL.into_iter().map(move |slot| LinearId { layer, slot }))
@@ -381,7 +381,7 @@ pub struct LinearId {
 
 impl LinearId {
     /// Position in canonical order: `layer * 6 + slot`, and `layers * 6` for
-    /// the `lm_head`. Per-layer sparsity lists and [`Encoder::linears`] are
+    /// the `lm_head`. Per-layer sparsity lists and [`Encoder::linears`](super::Encoder::linears) are
     /// indexed by it.
     pub fn index(self) -> usize {
         match self.slot {

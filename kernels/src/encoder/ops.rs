@@ -2,7 +2,7 @@
 //! softmax, and the residual LayerNorm, on feature-major [`Activations`].
 //!
 //! Each loop is written once in plain Rust and compiled twice for x86-64
-//! ([`dispatch_isa`]), so it vectorises with AVX2 where the CPU has it and
+//! (`dispatch_isa!`), so it vectorises with AVX2 where the CPU has it and
 //! stays deterministic (fixed summation orders, no libm).
 
 use super::config::Activation;
