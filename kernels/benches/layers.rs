@@ -1,5 +1,6 @@
 //! Criterion benches: every linear layer kind at the DistilBERT feed-forward
-//! shapes (128 tokens) and the RT3 Transformer shapes (35 tokens), one thread.
+//! shapes (128 tokens) and the RT3 Transformer shapes (35 tokens), one thread,
+//! token-major (`forward`, conversions included).
 //! The `speedup` example prints the same comparison as a table; these give
 //! criterion's statistics and history.
 
@@ -8,9 +9,12 @@ use std::time::Duration;
 
 use kernels::linear::block::BlockSparseLinear;
 use kernels::linear::dense::DenseLinear;
+use kernels::linear::masked::MaskedStripLinear;
 use kernels::linear::pattern::PatternSparseLinear;
 use kernels::prune::block::{block_mask, BlockShape};
-use kernels::prune::pattern::{generate_pattern_set, PatternConfig};
+use kernels::prune::pattern::{
+    assign_patterns_on_blocks, generate_pattern_set, generate_pattern_set_on_blocks, PatternConfig,
+};
 use kernels::{LinearKernel, Mask, Matrix, Threads};
 
 /// (name, in, out, tokens).
@@ -34,15 +38,18 @@ fn layers_for(inputs: usize, outputs: usize) -> Vec<(String, Box<dyn LinearKerne
     layers.push(("block-64".into(), Box::new(BlockSparseLinear::from_masked(&w, &bp, BLOCK_ROWS))));
     for (tile, s) in [(16, 0.5), (16, 0.75), (16, 0.875), (100, 0.75)] {
         let set = generate_pattern_set(&w, &dense_mask, &PatternConfig::new(tile, s));
-        layers.push((
-            format!("pattern-{}-t{tile}", s * 100.0),
-            Box::new(PatternSparseLinear::new(&w, &dense_mask, &set)),
-        ));
+        layers.push((format!("pattern-{}-t{tile}", s * 100.0), Box::new(PatternSparseLinear::new(&w, &set))));
     }
-    // The encoder's BP+PP combination: a 64 % BP base of tile-aligned 16x16 blocks, patterns to 75 %.
-    let aligned = block_mask(&w, BlockShape { rows: 16, cols: 16 }, 0.64);
-    let set = generate_pattern_set(&w, &aligned, &PatternConfig::new(16, 0.75));
-    layers.push(("bp64t-pattern-75-t16".into(), Box::new(PatternSparseLinear::new(&w, &aligned, &set))));
+    // RT3's BP+PP combination as the model builds it: a 64 % BP base of 16x1 strips, a 16x16
+    // pattern set laid over the compacted BP blocks down to 75 % in total, on masked strips
+    // (kept weights only).
+    let cfg = PatternConfig::new(16, 0.75);
+    let set = generate_pattern_set_on_blocks(&w, &bp, BLOCK_ROWS, &cfg);
+    let mask = assign_patterns_on_blocks(&w, &bp, BLOCK_ROWS, &set).mask;
+    layers.push((
+        "bp64s-pattern-75-t16".into(),
+        Box::new(MaskedStripLinear::from_masked(&w, &mask, BLOCK_ROWS, "pattern")),
+    ));
     layers
 }
 

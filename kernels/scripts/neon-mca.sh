@@ -23,12 +23,14 @@ python3 - "$asm" "$top" <<'PY'
 import re, subprocess, sys
 asm, top = sys.argv[1], int(sys.argv[2])
 lines = open(asm).read().split("\n")
-# Kernel bodies (the NEON entry points are inlined into these).
+# Kernel bodies, by module: the NEON entry points get inlined into whichever
+# function of the module calls them (run_panel, StripJob::run, the closure of
+# forward_feature_major_with), so match the module path and let the function
+# with the most FMAs be the kernel body.
 kernels = {
-    "pattern (tile groups)": r"PatternSparseLinear9run_panel",
-    "block (BP strips)": r"5block8StripJob3run",
-    # Inlined into the closure that borrows the strip tile (TILE_SCRATCH.with_borrow_mut).
-    "masked strips (PP on BP)": r"LocalKey.*with_borrow_mut",
+    "pattern (tile groups)": r"6linear7pattern",
+    "block (BP strips)": r"6linear5block",
+    "masked strips (PP on BP)": r"6linear6masked",
 }
 def functions():
     name, body = None, []

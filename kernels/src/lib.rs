@@ -1,20 +1,25 @@
 //! Dense, block-pruned (BP) and pattern-pruned (PP) Transformer inference.
 //!
 //! How the pieces fit:
-//! - [`matrix`]: row-major `f32` [`Matrix`], pruning [`Mask`], and seeded
-//!   random numbers that are identical on every architecture.
+//! - [`matrix`]: row-major `f32` [`Matrix`], feature-major [`Activations`]
+//!   (what the kernels and the encoder compute on), pruning [`Mask`], and
+//!   seeded random numbers that are identical on every architecture.
 //! - [`prune`]: turns dense weights into masks: block-structured pruning
 //!   ([`prune::block`]) and pattern sets over tiles ([`prune::pattern`]),
-//!   applied on top of BP so BP zeros stay zero.
-//! - [`linear`]: the [`LinearKernel`] trait and its three packed formats:
-//!   dense (a maintained GEMM), block-sparse (dense sub-GEMMs on gathered
-//!   inputs) and pattern-sparse (tiles grouped by pattern, shared index lists,
-//!   vectorised over tokens).
-//! - [`encoder`]: a Transformer encoder built on any of them, with presets
-//!   and synthetic or safetensors weights; [`model`] holds the BP base plus
-//!   several prepacked pattern sets and switches between them in O(1).
-//! - [`reference`]: scalar `f64`-accumulating oracles for tests and self-tests.
-//! - [`simd`]: which instruction sets were detected at run time.
+//!   on a BP base laid over its compacted blocks, so BP zeros stay zero.
+//! - [`linear`]: the [`LinearKernel`] trait and its packed formats: dense (a
+//!   maintained GEMM), block-sparse (dense sub-GEMMs on gathered inputs),
+//!   pattern-sparse (plain PP: tiles grouped by pattern, shared index lists)
+//!   and masked strips (any mask, kept weights only: PP on a BP base). All
+//!   compute `yᵀ = w · xᵀ` vectorised over tokens, with a row epilogue, and
+//!   split their work over threads the same way.
+//! - [`encoder`]: a Transformer encoder built on any of them (config and
+//!   presets, weights and safetensors, ops, attention), feature-major from
+//!   its first layer to its last; [`model`] holds the BP base plus several
+//!   prepacked pattern sets and switches between them in O(1).
+//! - [`reference`](mod@reference): scalar `f64`-accumulating oracles for tests and self-tests.
+//! - [`simd`]: run-time SIMD detection and the vector trait the kernels and
+//!   transposes are written over once.
 //!
 //! No I/O happens here except reading a safetensors file the caller names.
 
@@ -27,4 +32,4 @@ pub mod reference;
 pub mod simd;
 
 pub use linear::{LayerStats, LinearKernel, Threads};
-pub use matrix::{Mask, Matrix};
+pub use matrix::{Activations, Mask, Matrix};

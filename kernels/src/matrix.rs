@@ -158,6 +158,153 @@ pub fn transpose_into(src: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     }
 }
 
+/// Feature-major activations: row `f` holds feature `f` of every token, the
+/// layout the sparse kernels compute in (`yᵀ = w · xᵀ`, vectorised over
+/// tokens) and the encoder keeps between its layers, so no layer transposes.
+///
+/// Rows are [`Activations::stride`] floats apart: the token count rounded up
+/// to whole cache lines, an odd number of them (see
+/// [`token_stride`]), and the first row starts on a cache line. The
+/// padding after each row's `tokens` values is part of the buffer: kernels
+/// read and write whole vectors there. It always holds finite values (zero
+/// when allocated, kernel outputs after), and nothing ever mixes a padding
+/// column into a real token's values.
+#[derive(Clone, Debug, Default)]
+pub struct Activations {
+    features: usize,
+    tokens: usize,
+    stride: usize,
+    /// Floats before the first row, so it starts on a cache line.
+    offset: usize,
+    data: Vec<f32>,
+}
+
+/// Floats per cache line.
+const LINE_FLOATS: usize = 16;
+
+/// Row stride (in floats) of a feature-major buffer of `tokens` columns read
+/// in vectors of `lanes`: whole vectors, and from one cache line on, whole
+/// cache lines and an odd number of them.
+///
+/// Kernels read one block of tokens from many rows. With 128 tokens a plain
+/// stride is 512 bytes, so the same block of every row maps to the same 8 of
+/// the 64 sets of a 32 KiB 8-way L1d: only 64 rows fit, however few the
+/// kernel meant to keep there. An odd number of lines spreads the rows over
+/// every set (and whole lines keep vector loads from straddling two).
+pub fn token_stride(tokens: usize, lanes: usize) -> usize {
+    let stride = tokens.next_multiple_of(lanes);
+    if stride < LINE_FLOATS {
+        return stride;
+    }
+    (stride.div_ceil(LINE_FLOATS) | 1) * LINE_FLOATS
+}
+
+impl Activations {
+    /// Zeros, `features x tokens`.
+    pub fn zeros(features: usize, tokens: usize) -> Self {
+        let mut a = Self::default();
+        a.reshape(features, tokens);
+        a
+    }
+
+    /// The transpose of token-major `x` (`tokens x features`).
+    pub fn from_token_major(x: &Matrix) -> Self {
+        let mut a = Self::default();
+        a.set_from_token_major(x);
+        a
+    }
+
+    /// Resizes to `features x tokens`, reusing the allocation. Values are
+    /// unspecified afterwards but finite.
+    pub fn reshape(&mut self, features: usize, tokens: usize) {
+        // Every backend's lanes divide a cache line, so whole lines are whole vectors for all.
+        self.stride = if tokens == 0 { 0 } else { token_stride(tokens, LINE_FLOATS) };
+        self.features = features;
+        self.tokens = tokens;
+        let len = features * self.stride;
+        if self.data.len() < len + LINE_FLOATS {
+            self.data.resize(len + LINE_FLOATS, 0.0);
+        }
+        self.offset = self.data.as_ptr().align_offset(LINE_FLOATS * 4).min(LINE_FLOATS);
+    }
+
+    /// Overwrites `self` with the transpose of token-major `x` (`tokens x features`).
+    pub fn set_from_token_major(&mut self, x: &Matrix) {
+        let (tokens, features) = x.shape();
+        self.reshape(features, tokens);
+        let stride = self.stride;
+        crate::simd::transpose_strided(x.as_slice(), tokens, features, features, self.as_padded_mut(), stride);
+    }
+
+    /// Writes the token-major transpose (`tokens x features`) into `out`.
+    pub fn write_token_major(&self, out: &mut Matrix) {
+        out.reshape_uninit(self.tokens, self.features);
+        let stride = self.stride;
+        crate::simd::transpose_strided(
+            self.as_padded(),
+            self.features,
+            self.tokens,
+            stride,
+            out.as_mut_slice(),
+            self.features,
+        );
+    }
+
+    /// The token-major transpose, `tokens x features`.
+    pub fn to_token_major(&self) -> Matrix {
+        let mut out = Matrix::zeros(0, 0);
+        self.write_token_major(&mut out);
+        out
+    }
+
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Floats from one row to the next (`>= tokens`).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Feature `f` of every token.
+    pub fn row(&self, f: usize) -> &[f32] {
+        &self.as_padded()[f * self.stride..f * self.stride + self.tokens]
+    }
+
+    pub fn row_mut(&mut self, f: usize) -> &mut [f32] {
+        let (stride, tokens) = (self.stride, self.tokens);
+        &mut self.as_padded_mut()[f * stride..f * stride + tokens]
+    }
+
+    /// All rows with their padding: `features * stride` floats.
+    pub fn as_padded(&self) -> &[f32] {
+        &self.data[self.offset..self.offset + self.features * self.stride]
+    }
+
+    pub fn as_padded_mut(&mut self) -> &mut [f32] {
+        let len = self.features * self.stride;
+        &mut self.data[self.offset..self.offset + len]
+    }
+
+    /// Value of feature `f` at token `t`.
+    pub fn get(&self, f: usize, t: usize) -> f32 {
+        assert!(t < self.tokens, "Activations::get: token {t} of {}", self.tokens);
+        self.as_padded()[f * self.stride + t]
+    }
+}
+
+impl PartialEq for Activations {
+    /// Same shape and the same values in every real (non-padding) position.
+    fn eq(&self, other: &Self) -> bool {
+        (self.features, self.tokens) == (other.features, other.tokens)
+            && (0..self.features).all(|f| self.row(f) == other.row(f))
+    }
+}
+
 /// Which weights of a matrix survive pruning (`true` = kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mask {
@@ -366,6 +513,39 @@ mod tests {
         w.apply_mask(&mask);
         assert_eq!(w.as_slice(), &[1.0, 0.0, 0.0, 4.0]);
         assert_eq!(Mask::nonzeros_of(&w), mask);
+    }
+
+    #[test]
+    fn activations_round_trip_with_aligned_padded_rows() {
+        for (tokens, features) in [(1, 3), (35, 20), (128, 7), (0, 4)] {
+            let x = Matrix::random(tokens, features, 9, 1.0);
+            let a = Activations::from_token_major(&x);
+            assert_eq!((a.features(), a.tokens()), (features, tokens));
+            assert!(a.stride() >= tokens && a.stride().is_multiple_of(16));
+            if tokens > 0 {
+                assert_eq!(a.as_padded().as_ptr() as usize % 64, 0);
+                assert_eq!(a.get(features - 1, tokens - 1), x.get(tokens - 1, features - 1));
+            }
+            assert_eq!(a.to_token_major(), x);
+        }
+    }
+
+    #[test]
+    fn token_strides_are_whole_vectors_and_an_odd_number_of_lines() {
+        assert_eq!(token_stride(128, 8), 144, "512 bytes would alias in L1: 9 lines");
+        assert_eq!(token_stride(35, 8), 48);
+        assert_eq!(token_stride(5, 8), 8, "shorter than a line: just whole vectors");
+        assert_eq!(token_stride(1, 4), 4);
+        for tokens in 1..300 {
+            for lanes in [4, 8, 16] {
+                let s = token_stride(tokens, lanes);
+                assert!(s >= tokens && s.is_multiple_of(lanes));
+                if s >= 16 {
+                    assert_eq!(s % 16, 0);
+                    assert_eq!((s / 16) % 2, 1);
+                }
+            }
+        }
     }
 
     #[test]

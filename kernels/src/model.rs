@@ -261,7 +261,7 @@ struct Variant {
 /// together would square the number of distinct row masks, so runs would be
 /// a column or two long), else the largest height that divides both.
 /// A packing choice only: the kernel is exact for any height.
-fn pack_rows(strip_rows: usize, tile: usize) -> usize {
+pub fn pack_rows(strip_rows: usize, tile: usize) -> usize {
     fn gcd(a: usize, b: usize) -> usize {
         if b == 0 {
             a
@@ -904,9 +904,9 @@ impl MemoryEstimate {
 /// - dense: `4·W`;
 /// - block: `4·(1-s)·W` plus a 4-byte column index per kept strip column,
 ///   5 % for whole segments rounding the target, and strip headers;
-/// - pattern on a BP base: masked strips store kept weights only,
-///   `4·(1-s)·W`, plus a 4-byte index per kept strip column and a 16-byte run
-///   per pattern column and 4-row panel of each strip;
+/// - pattern on a BP base: masked strips store kept weights only, with a
+///   1-byte column offset each, `5·(1-s)·W`, plus a 4-byte index per kept
+///   strip column and a small header per chunk of columns;
 /// - pattern on a dense base: tile groups, `(1-s)` of the tile-padded `W`
 ///   at 4 bytes plus about 1 byte of shared index, group headers and runs;
 /// - every sparse variant also keeps its mask, `W/8` bytes.
@@ -934,7 +934,7 @@ pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) ->
                     let strips: usize = shapes.iter().map(|(o, _)| o.div_ceil(rows)).sum();
                     4.0 * kept * (1.0 + 1.0 / rows as f64) * 1.05 + 64.0 * strips as f64
                 }
-                VariantSpec::Pattern { base, tile, patterns_per_set, sparsity, .. } => {
+                VariantSpec::Pattern { base, tile, sparsity, .. } => {
                     let t = (*tile).max(1);
                     let base_spec = specs.iter().find(|(name, _)| name == base).map(|(_, b)| *b);
                     let base_sparsity = base_spec.map(layer_sparsity).unwrap_or_else(|| vec![0.0; weights.len()]);
@@ -948,14 +948,16 @@ pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) ->
                         .map(|((o, i), bs)| {
                             let w = (o * i) as f64;
                             if bs > 0.0 {
-                                // Masked strips: kept weights only, a u32 per kept strip column,
-                                // at most one 16-byte run per pattern column and 4-row panel.
-                                let strips = o.div_ceil(strip_rows) as f64;
-                                let runs =
-                                    strips * strip_rows.div_ceil(4) as f64 * (*patterns_per_set * t).min(*i) as f64;
-                                4.0 * w * (1.0 - sparsity) * 1.02
-                                    + 4.0 * w * (1.0 - bs) / strip_rows as f64
-                                    + 16.0 * runs
+                                // Masked strips: kept weights with a 1-byte column offset, a u32
+                                // per kept strip column, and per chunk (at least every 32 kept
+                                // or 256 columns) a 12-byte header and a u32 per row.
+                                let h = pack_rows(strip_rows, t);
+                                let strips = o.div_ceil(h) as f64;
+                                let kept_cols = *i as f64 * (1.0 - bs);
+                                let chunks = strips * (kept_cols / 32.0 + (*i as f64) / 256.0 + 1.0);
+                                5.0 * w * (1.0 - sparsity) * 1.02
+                                    + 4.0 * strips * kept_cols
+                                    + chunks * (12.0 + 4.0 * h as f64)
                             } else {
                                 // Tile groups on a dense base: padded tiles keep their pattern,
                                 // about 1 byte of shared index per slot, a header and a run per

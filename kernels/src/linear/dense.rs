@@ -5,33 +5,33 @@
 //! AVX-512 (the `x86-v4` feature, enabled for x86-64 in `Cargo.toml`), AVX2
 //! and NEON micro-kernels, dispatched at run time.
 //!
-//! The weights are stored transposed (`in x out`, row-major), once, at
-//! construction. `gemm` works on a column-major destination and `out x in`
-//! left operand; with `w` row-major it must repack all of `w` on every call
-//! (measured on the reference x86-64 machine, 1 thread, 128 tokens: 100 vs
-//! 131 GFLOP/s for 768->3072, 76 vs 112 for 3072->768), while `wᵀ` row-major
-//! is already unit-stride along `out` and is used in place. `forward` passes
-//! everything by strides and copies no activations.
+//! The weights are stored as given (`out x in`, row-major): feature-major,
+//! `yᵀ = w · xᵀ` is then a GEMM whose left operand is `w` in place, and
+//! `gemm` packs only `xᵀ`. Measured on the Zen 3 reference machine (1
+//! thread, 128 tokens, DistilBERT's feed-forward shapes): 5-15 % faster than
+//! the same product with `w` read through a transposed view. The
+//! token-major [`LinearKernel::forward`] reads `w` transposed through its
+//! strides (it is not the encoder's path).
 
-use super::{LayerStats, LinearKernel, Threads};
-use crate::matrix::Matrix;
+use super::{LayerStats, LinearKernel, RowEpilogue, Threads};
+use crate::matrix::{Activations, Matrix};
 
 /// A dense linear layer over an `out x in` weight matrix.
 #[derive(Clone, Debug)]
 pub struct DenseLinear {
-    /// `wᵀ`: `in x out`, row-major (see the module docs for why).
-    wt: Matrix,
+    /// `out x in`, row-major.
+    w: Matrix,
 }
 
 impl DenseLinear {
     /// Takes the `out x in` weights (row `o` holds the weights of output `o`).
     pub fn new(w: Matrix) -> Self {
-        Self { wt: w.transposed() }
+        Self { w }
     }
 
-    /// The stored transposed weights, `in x out`.
-    pub fn weights_transposed(&self) -> &Matrix {
-        &self.wt
+    /// The stored weights, `out x in`.
+    pub fn weights(&self) -> &Matrix {
+        &self.w
     }
 }
 
@@ -46,11 +46,78 @@ fn parallelism(threads: Threads) -> gemm::Parallelism {
 
 impl LinearKernel for DenseLinear {
     fn in_features(&self) -> usize {
-        self.wt.rows()
+        self.w.cols()
     }
 
     fn out_features(&self) -> usize {
-        self.wt.cols()
+        self.w.rows()
+    }
+
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    ) {
+        let (outputs, inputs) = self.w.shape();
+        let tokens = x.tokens();
+        assert_eq!(
+            x.features(),
+            inputs,
+            "DenseLinear::forward_feature_major: x has {} features, the layer expects {inputs}",
+            x.features()
+        );
+        y.reshape(outputs, tokens);
+        if tokens == 0 || outputs == 0 {
+            return;
+        }
+        let (xs, ys) = (x.stride(), y.stride());
+        let rows = super::SharedOut(y.as_padded_mut().as_mut_ptr());
+        // Threads split the output rows (rows of `w`, rows of `yᵀ`), as the sparse kernels
+        // do, each running the GEMM of its block single-threaded; each block's epilogue runs
+        // on its thread while the block is in cache.
+        super::split_range(outputs, threads, &|range| {
+            let block = range.len();
+            // SAFETY: ranges are disjoint, so each part owns rows `range` of `yᵀ` (`ys` floats
+            // apart), which `y` keeps borrowed until every part is done.
+            let y_block = unsafe { std::slice::from_raw_parts_mut(rows.ptr().add(range.start * ys), block * ys) };
+            if inputs == 0 {
+                y_block.fill(0.0);
+            } else {
+                // dst (yᵀ rows: block x tokens) = lhs (w rows: block x in) · rhs (xᵀ: in x tokens).
+                // SAFETY: every pointer covers the extents implied by (m, n, k) and the strides:
+                // the block's rows of w, all `in` rows of x (`xs` floats apart), the block of y.
+                unsafe {
+                    gemm::gemm(
+                        block,
+                        tokens,
+                        inputs,
+                        y_block.as_mut_ptr(),
+                        1,
+                        ys as isize,
+                        false,
+                        self.w.as_slice().as_ptr().add(range.start * inputs),
+                        1,
+                        inputs as isize,
+                        x.as_padded().as_ptr(),
+                        1,
+                        xs as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            if let Some(epilogue) = epilogue {
+                for (i, f) in range.enumerate() {
+                    epilogue(f, &mut y_block[i * ys..i * ys + tokens]);
+                }
+            }
+        });
     }
 
     fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
@@ -70,10 +137,9 @@ impl LinearKernel for DenseLinear {
             y.as_mut_slice().fill(0.0);
             return;
         }
-        // dst (tokens x out, row-major) = lhs (x: tokens x in, row-major) · rhs (wᵀ: in x out, row-major).
-        // `read_dst = false` overwrites y, so alpha is ignored and beta scales the product.
+        // dst (tokens x out, row-major) = lhs (x: tokens x in, row-major) · rhs (wᵀ, read through w's strides).
         // SAFETY: every pointer covers the extents implied by (m, n, k) and the strides: x has
-        // tokens*in values, wᵀ has in*out and y was just resized to tokens*out.
+        // tokens*in values, w has out*in and y was just resized to tokens*out.
         unsafe {
             gemm::gemm(
                 tokens,
@@ -86,9 +152,9 @@ impl LinearKernel for DenseLinear {
                 x.as_slice().as_ptr(),
                 1,
                 inputs as isize,
-                self.wt.as_slice().as_ptr(),
+                self.w.as_slice().as_ptr(),
+                inputs as isize,
                 1,
-                outputs as isize,
                 0.0f32,
                 1.0f32,
                 false,
@@ -100,13 +166,13 @@ impl LinearKernel for DenseLinear {
     }
 
     fn stats(&self) -> LayerStats {
-        let (in_features, out_features) = self.wt.shape();
+        let (out_features, in_features) = self.w.shape();
         let nnz = out_features * in_features;
         LayerStats { out_features, in_features, nnz, bytes: nnz * std::mem::size_of::<f32>(), multiplied: nnz }
     }
 
     fn effective_weights(&self) -> Matrix {
-        self.wt.transposed()
+        self.w.clone()
     }
 
     fn kind(&self) -> &'static str {
@@ -141,6 +207,21 @@ mod tests {
         let expected = crate::reference::linear(&x, &w);
         assert!(y1.max_abs_diff(&expected) < 1e-4);
         assert!(y2.max_abs_diff(&expected) < 1e-4);
+    }
+
+    #[test]
+    fn feature_major_forward_runs_the_epilogue_on_every_row() {
+        let w = Matrix::random(37, 29, 1, 1.0);
+        let x = Matrix::random(5, 29, 2, 1.0);
+        let layer = DenseLinear::new(w.clone());
+        let mut y = Activations::default();
+        let add_row_index = |f: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v += f as f32);
+        for threads in [Threads::One, Threads::N(2)] {
+            layer.forward_feature_major(&Activations::from_token_major(&x), &mut y, Some(&add_row_index), threads);
+            let plain = crate::reference::linear(&x, &w);
+            let expected = Matrix::from_fn(5, 37, |t, o| plain.get(t, o) + o as f32);
+            assert!(y.to_token_major().max_abs_diff(&expected) < 1e-4);
+        }
     }
 
     #[test]

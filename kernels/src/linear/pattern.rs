@@ -33,23 +33,27 @@
 //! across all bands, measured no better: the groups, formed per block, got
 //! too small.)
 //!
-//! The BP base is honoured inside the same format: a group's index list is
-//! the union of its tiles' kept positions (pattern AND base AND non-zero
-//! weight); tiles are sorted by that signature before grouping, so tiles with
-//! the same BP columns share a list and no zero is multiplied. Where they
-//! differ the weight slot holds an explicit zero (counted in `bytes`, not in
-//! `nnz`).
+//! This kernel is plain PP: the base keeps every weight. A pattern set on a
+//! BP base runs on [`super::masked::MaskedStripLinear`] over the compacted
+//! BP blocks ([`crate::prune::pattern::BlockCompaction`]); here, tiles whose
+//! kept positions differ (a BP base cuts a different column set out of each
+//! tile) would share an index list only as a union, storing and multiplying
+//! the zeros BP removed, so [`PatternSparseLinear::from_assignment`] refuses
+//! an assignment made on a BP base. Tiles with the same pattern still differ
+//! where a weight is exactly zero (it is not stored): such a group's list is
+//! the union and the slot holds an explicit zero (counted in `multiplied`,
+//! not in `nnz`); the last tile row, when it reaches past the matrix, groups
+//! alone, since a union would name rows it does not have.
 //!
 //! Transposes of `x` in and `y` out happen inside `forward` (per panel, while
 //! the panel is hot in cache) and are part of every measured time.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::{LayerStats, LinearKernel, Threads};
-use crate::matrix::{Mask, Matrix};
+use super::{LayerStats, LinearKernel, RowEpilogue, Threads};
+use crate::matrix::{Activations, Mask, Matrix};
 use crate::prune::pattern::{assign_patterns, PatternAssignment, PatternSet};
-use crate::simd::{transpose_strided, Backend, F32Vector, ScalarLanes};
+use crate::simd::{Backend, F32Vector, ScalarLanes, GROUP};
 
 /// Tiles per group in the packed format: AVX-512 and NEON run a whole group
 /// in one pass (`4 x 4` accumulators + 4 `xᵀ` vectors: 8 loads per 16 FMAs);
@@ -98,22 +102,22 @@ struct TileGroup {
     fresh: u8,
 }
 
-/// A linear layer whose weights are BP base AND one pattern per tile.
+/// A linear layer whose weights are dense weights AND one pattern per tile (plain PP).
 #[derive(Clone, Debug)]
 pub struct PatternSparseLinear {
     out_features: usize,
     in_features: usize,
     tile: usize,
     patterns: usize,
-    /// `out` and `in` rounded up to whole tiles: the scratch panels' heights.
-    out_padded: usize,
-    in_padded: usize,
     runs: Vec<RowRun>,
     /// In-tile column of every index-list entry (runs point into it).
     cols: Vec<u32>,
     groups: Vec<TileGroup>,
-    /// Per group `entries x tiles`, entry-major: the tiles' weights for one entry are adjacent.
+    /// Per group `entries x tiles`, entry-major: the tiles' weights for one entry are adjacent;
+    /// then [`GROUP`] zeros of padding.
     weights: Vec<f32>,
+    /// Weight slots before the padding: what the kernel multiplies.
+    stored: usize,
     nnz: usize,
     backend: Backend,
     /// The set's final mask sparsity (BP and PP zeros together).
@@ -127,18 +131,20 @@ pub struct PatternSparseLinear {
 }
 
 impl PatternSparseLinear {
-    /// Assigns `set` to the tiles of `w` on top of the BP `base` mask
-    /// ([`assign_patterns`]) and packs the result for the best SIMD backend.
-    ///
-    /// # Panics
-    /// When `base` does not have the shape of `w`.
-    pub fn new(w: &Matrix, base: &Mask, set: &PatternSet) -> Self {
-        let assignment = assign_patterns(w, base, set);
+    /// Assigns `set` to the tiles of `w` ([`assign_patterns`] on a base that
+    /// keeps everything) and packs the result for the best SIMD backend.
+    pub fn new(w: &Matrix, set: &PatternSet) -> Self {
+        let assignment = assign_patterns(w, &Mask::dense(w.rows(), w.cols()), set);
         Self::from_assignment(w, &assignment, set.len())
     }
 
-    /// Packs an assignment computed earlier (e.g. to report it as well).
-    /// `w` holds the dense (or BP-pruned) weights; the assignment's mask is applied to them.
+    /// Packs an assignment computed earlier (e.g. to report it as well); the
+    /// assignment's mask is applied to the dense weights `w`.
+    ///
+    /// # Panics
+    /// When the assignment was made on a BP base (see the module docs: a
+    /// pattern set on BP runs on [`super::masked::MaskedStripLinear`]), or
+    /// its shape is not `w`'s.
     pub fn from_assignment(w: &Matrix, assignment: &PatternAssignment, patterns: usize) -> Self {
         Self::pack(w, assignment, patterns, Backend::best(), None)
     }
@@ -147,9 +153,10 @@ impl PatternSparseLinear {
     ///
     /// # Panics
     /// When the backend is not available on this CPU.
-    pub fn with_backend(w: &Matrix, base: &Mask, set: &PatternSet, backend: Backend) -> Self {
+    pub fn with_backend(w: &Matrix, set: &PatternSet, backend: Backend) -> Self {
         assert!(backend.is_available(), "PatternSparseLinear: backend {} is not available on this CPU", backend.name());
-        Self::pack(w, &assign_patterns(w, base, set), set.len(), backend, None)
+        let assignment = assign_patterns(w, &Mask::dense(w.rows(), w.cols()), set);
+        Self::pack(w, &assignment, set.len(), backend, None)
     }
 
     /// Side of the square tile.
@@ -176,7 +183,7 @@ impl PatternSparseLinear {
     /// Weight slots the kernel multiplies, padding and union zeros included
     /// (`>= stats().nnz`; equal when every group's tiles share their BP columns).
     pub fn stored_weights(&self) -> usize {
-        self.weights.len()
+        self.stored
     }
 
     /// Number of tile groups (for reports on how well tiles grouped).
@@ -193,6 +200,11 @@ impl PatternSparseLinear {
         span: Option<usize>,
     ) -> Self {
         let (out_features, in_features) = w.shape();
+        assert!(
+            assignment.has_dense_base(),
+            "PatternSparseLinear: the assignment was made on a BP base; a pattern set on BP runs on MaskedStripLinear \
+             over the compacted BP blocks, which stores no BP zero"
+        );
         let mask = assignment.mask();
         assert_eq!(
             mask.shape(),
@@ -225,7 +237,10 @@ impl PatternSparseLinear {
             let spans = (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
             packer.group(spans);
         }
-        let Packer { runs, cols, mut groups, weights, .. } = packer;
+        let Packer { runs, cols, mut groups, mut weights, .. } = packer;
+        let stored = weights.len();
+        // Padding, so a group load at the last entry reads inside the buffer (never multiplied).
+        weights.extend([0.0; GROUP]);
         let mut touched = vec![false; tiles_down];
         for g in &mut groups {
             for k in 0..g.tiles as usize {
@@ -241,12 +256,11 @@ impl PatternSparseLinear {
             in_features,
             tile,
             patterns,
-            out_padded: tiles_down * tile,
-            in_padded: tiles_across * tile,
             runs,
             cols,
             groups,
             weights,
+            stored,
             nnz,
             backend,
             mask_sparsity: mask.sparsity(),
@@ -259,54 +273,77 @@ impl PatternSparseLinear {
         PANEL_VECTORS * self.backend.lanes()
     }
 
-    /// Computes one panel: `xs` holds `xᵀ` (`in_padded x pw`, padded rows zero),
-    /// `ys` receives `yᵀ` (`out_padded x pw`, any previous contents are overwritten);
-    /// `vectors` token vectors of each row are live.
-    fn run_panel(&self, xs: &[f32], ys: &mut [f32], vectors: usize) {
-        let pw = self.panel_width();
-        assert!(xs.len() >= self.in_padded * pw && ys.len() >= self.out_padded * pw, "pattern panel scratch too small");
-        assert!((1..=PANEL_VECTORS).contains(&vectors));
-        let rows = self.tile * pw;
-        for &tile_row in &self.idle_tile_rows {
-            ys[tile_row as usize * rows..(tile_row as usize + 1) * rows].fill(0.0);
-        }
-        let (xs, ys) = (xs.as_ptr(), ys.as_mut_ptr());
-        // SAFETY: `pack` only produces row offsets inside the padded panels (x_row + col < in_padded,
-        // y_row + row < out_padded) and weight offsets inside `weights`; the scratch sizes were checked
-        // above; each backend function runs only when `Backend::is_available` held at construction.
-        unsafe {
-            match self.backend {
-                #[cfg(target_arch = "x86_64")]
-                Backend::Avx512 => x86_panels::avx512(self, xs, ys, vectors),
-                #[cfg(target_arch = "x86_64")]
-                Backend::Avx2Fma => x86_panels::avx2(self, xs, ys, vectors),
-                #[cfg(target_arch = "aarch64")]
-                Backend::Neon => neon_panels::neon(self, xs, ys, vectors),
-                _ => panel_for_vectors::<ScalarLanes, 2>(self, xs, ys, vectors),
-            }
+    /// Tokens per panel for `tokens` on `threads`: [`PANEL_VECTORS`]
+    /// vectors, or narrower when that leaves a thread without a panel.
+    /// Threads split token panels (disjoint columns of `yᵀ`, no reduction);
+    /// with few tokens (RT3's 35 are 5 AVX2 vectors: panels of 4 and 1) the
+    /// panels are cut evenly instead (3 and 2 vectors on 2 threads), at some
+    /// cost per vector, since a group's weights then feed fewer FMAs per load.
+    fn panel_width_for(&self, tokens: usize, threads: Threads) -> usize {
+        let lanes = self.backend.lanes();
+        let vectors = tokens.div_ceil(lanes);
+        let parts = threads.count();
+        if vectors.div_ceil(PANEL_VECTORS) >= parts {
+            self.panel_width()
+        } else {
+            vectors.div_ceil(parts).clamp(1, PANEL_VECTORS) * lanes
         }
     }
 
-    /// One thread's share: the panels whose token rows are in `y_rows` (starting at token `t0`).
-    fn forward_tokens(&self, x: &Matrix, t0: usize, y_rows: &mut [f32]) {
-        let pw = self.panel_width();
-        let tokens = y_rows.len() / self.out_features.max(1);
-        SCRATCH.with(|cell| {
-            let mut scratch = cell.borrow_mut();
-            let (xs, ys) = scratch.panels(self.in_padded * pw, self.out_padded * pw);
-            // Padded input rows must be zero: padded weight slots are zero but 0 * garbage may be NaN.
-            xs[self.in_features * pw..].fill(0.0);
-            for p0 in (0..tokens).step_by(pw) {
-                let width = pw.min(tokens - p0);
-                let x_rows = &x.as_slice()[(t0 + p0) * self.in_features..(t0 + p0 + width) * self.in_features];
-                transpose_strided(x_rows, width, self.in_features, self.in_features, xs, pw);
-                self.run_panel(xs, ys, width.div_ceil(self.backend.lanes()));
-                let out = &mut y_rows[p0 * self.out_features..(p0 + width) * self.out_features];
-                transpose_strided(ys, self.out_features, width, pw, out, self.out_features);
+    /// Computes the token panel starting at token `p0` (`vectors` token
+    /// vectors wide) of `yᵀ` from `xᵀ`, then runs the epilogue on it.
+    ///
+    /// # Safety
+    /// `x` holds `in_features` rows and `y` `out_features` rows of their
+    /// strides; `p0 + vectors * lanes` is within both strides; no other thread
+    /// writes this panel's columns of `y`.
+    unsafe fn run_panel(&self, panel: &Panel, p0: usize, width: usize, epilogue: Option<RowEpilogue>) {
+        let vectors = width.div_ceil(self.backend.lanes());
+        assert!((1..=PANEL_VECTORS).contains(&vectors));
+        // SAFETY: the caller's extents; the idle rows are below `out_features`.
+        let panel = unsafe {
+            for &tile_row in &self.idle_tile_rows {
+                let first = tile_row as usize * self.tile;
+                for r in first..(first + self.tile).min(self.out_features) {
+                    std::ptr::write_bytes(panel.y.add(r * panel.y_stride + p0), 0, vectors * self.backend.lanes());
+                }
             }
-        });
+            Panel { x: panel.x.add(p0), y: panel.y.add(p0), ..*panel }
+        };
+        // SAFETY: `pack` only produces row offsets inside the matrix (index lists hold kept
+        // positions only) and weight offsets inside `weights`; each backend function runs only
+        // when `Backend::is_available` held at construction.
+        unsafe {
+            match self.backend {
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512 => x86_panels::avx512(self, &panel, vectors),
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2Fma => x86_panels::avx2(self, &panel, vectors),
+                #[cfg(target_arch = "aarch64")]
+                Backend::Neon => neon_panels::neon(self, &panel, vectors),
+                _ => panel_for_vectors::<ScalarLanes, 2>(self, &panel, vectors),
+            }
+        }
+        if let Some(epilogue) = epilogue {
+            for r in 0..self.out_features {
+                // SAFETY: the panel's columns of row r are final and this call's alone.
+                epilogue(r, unsafe { std::slice::from_raw_parts_mut(panel.y.add(r * panel.y_stride), width) });
+            }
+        }
     }
 }
+
+/// Where a panel's `xᵀ` and `yᵀ` rows are: row `r` at `x + r * x_stride`.
+#[derive(Clone, Copy, Debug)]
+struct Panel {
+    x: *const f32,
+    x_stride: usize,
+    y: *mut f32,
+    y_stride: usize,
+}
+
+// SAFETY: threads read `x` and write disjoint token panels (columns) of `y`.
+unsafe impl Sync for Panel {}
 
 /// `span` adjacent tiles of one tile row (a `tile x span*tile` virtual tile) and
 /// what grouping needs to know about them.
@@ -411,9 +448,20 @@ impl Packer<'_> {
     /// Sorts `spans` (all starting at the same tile column and of the same
     /// width) so equal patterns and equal kept positions are adjacent, and
     /// emits groups of up to [`GROUP_TILES`] with equal patterns.
+    ///
+    /// A tile of the last tile row, when it reaches past the matrix, groups
+    /// with none of the others: a group's index list is the union of its
+    /// tiles' kept positions, and a run for an in-tile row it does not have
+    /// would write past the last row of `yᵀ`.
     fn group(&mut self, mut spans: Vec<SpanTile>) {
+        let rows = self.w.rows();
+        let partial = |s: &SpanTile| (s.tile_row + 1) * self.tile > rows;
         spans.sort_by(|a, b| (&a.patterns, &a.kept, a.tile_row).cmp(&(&b.patterns, &b.kept, b.tile_row)));
-        for same in spans.chunk_by(|a, b| a.patterns == b.patterns) {
+        let (ragged, whole): (Vec<SpanTile>, Vec<SpanTile>) = spans.into_iter().partition(partial);
+        for chunk in ragged.chunks(1) {
+            self.emit(chunk);
+        }
+        for same in whole.chunk_by(|a, b| a.patterns == b.patterns) {
             for chunk in same.chunks(GROUP_TILES) {
                 self.emit(chunk);
             }
@@ -467,38 +515,15 @@ impl Packer<'_> {
     }
 }
 
-/// Per-thread scratch panels, reused across calls so `forward` does not allocate
-/// once warm. Over-allocated by one cache line so both panels start 64-byte aligned.
-struct PanelScratch {
-    x: Vec<f32>,
-    y: Vec<f32>,
-}
-
-impl PanelScratch {
-    fn panels(&mut self, x_len: usize, y_len: usize) -> (&mut [f32], &mut [f32]) {
-        fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-            if buf.len() < len + 16 {
-                buf.resize(len + 16, 0.0);
-            }
-            let skip = buf.as_ptr().align_offset(64).min(15);
-            &mut buf[skip..skip + len]
-        }
-        (aligned(&mut self.x, x_len), aligned(&mut self.y, y_len))
-    }
-}
-
-thread_local! {
-    static SCRATCH: RefCell<PanelScratch> = const { RefCell::new(PanelScratch { x: Vec::new(), y: Vec::new() }) };
-}
-
 /// One pass over `K` tiles of a group (`k0..k0 + K` of its `kstride` tiles) for
 /// `V` token vectors: for every run (in-tile output row) the `K x V`
 /// accumulators start from `yᵀ`, take every entry's `xᵀ` vectors once for all
 /// `K` tiles, and go back to `yᵀ`.
 ///
 /// # Safety
-/// `S`'s features must be enabled; `x_band` must be valid for `tile` rows of
-/// `pw` floats, each `y[k]` for `tile` rows, and `w` for `entries * kstride` floats.
+/// `S`'s features must be enabled; `x_band` must be valid for the rows its
+/// index list names (at `x_stride`), each `y[k]` for its runs' rows (at
+/// `y_stride`), `V` vectors each, and `w` for `entries * kstride` floats.
 #[inline(always)]
 unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
     runs: &[RowRun],
@@ -507,7 +532,8 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
     kstride: usize,
     x_band: *const f32,
     y: [*mut f32; K],
-    pw: usize,
+    x_stride: usize,
+    y_stride: usize,
 ) {
     let mut wp = w;
     for run in runs {
@@ -515,28 +541,40 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
         unsafe {
             let mut acc: [[S; V]; K] = [[S::zero(); V]; K];
             for k in 0..K {
-                let yp = y[k].add(run.row as usize * pw);
+                let yp = y[k].add(run.row as usize * y_stride);
                 for v in 0..V {
                     acc[k][v] = S::load(yp.add(v * S::LANES));
                 }
             }
             let entries = cols.get_unchecked(run.start as usize..(run.start + run.len) as usize);
             for &c in entries {
-                let xp = x_band.add(c as usize * pw);
+                let xp = x_band.add(c as usize * x_stride);
                 let mut xv: [S; V] = [S::zero(); V];
                 for v in 0..V {
                     xv[v] = S::load(xp.add(v * S::LANES));
                 }
-                for k in 0..K {
-                    let b = S::splat(*wp.add(k));
-                    for v in 0..V {
-                        acc[k][v] = acc[k][v].mul_add(b, xv[v]);
+                // The K tiles' weights of this entry are adjacent: one group (a single vector load
+                // and lane-indexed FMAs on NEON, broadcasts from memory on x86-64). `pack` pads
+                // `weights` so a group load at the last entry stays in bounds.
+                if K <= GROUP {
+                    let group = S::load_group(wp);
+                    for k in 0..K {
+                        for v in 0..V {
+                            acc[k][v] = acc[k][v].mul_add_lane(group, k, xv[v]);
+                        }
+                    }
+                } else {
+                    for k in 0..K {
+                        let b = S::splat(*wp.add(k));
+                        for v in 0..V {
+                            acc[k][v] = acc[k][v].mul_add(b, xv[v]);
+                        }
                     }
                 }
                 wp = wp.add(kstride);
             }
             for k in 0..K {
-                let yp = y[k].add(run.row as usize * pw);
+                let yp = y[k].add(run.row as usize * y_stride);
                 for v in 0..V {
                     acc[k][v].store(yp.add(v * S::LANES));
                 }
@@ -550,17 +588,12 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
 /// # Safety
 /// As [`PatternSparseLinear::run_panel`] documents for its backend call.
 #[inline(always)]
-unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
-    layer: &PatternSparseLinear,
-    xs: *const f32,
-    ys: *mut f32,
-) {
-    let pw = PANEL_VECTORS * S::LANES;
+unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(layer: &PatternSparseLinear, panel: &Panel) {
     for g in &layer.groups {
         // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds.
         unsafe {
             let runs = layer.runs.get_unchecked(g.runs_start as usize..g.runs_end as usize);
-            group_passes::<S, V, KMAX>(layer, g, runs, xs.add(g.x_row as usize * pw), ys, pw);
+            group_passes::<S, V, KMAX>(layer, g, runs, panel);
         }
     }
 }
@@ -572,17 +605,16 @@ unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
 #[inline(always)]
 unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(
     layer: &PatternSparseLinear,
-    xs: *const f32,
-    ys: *mut f32,
+    panel: &Panel,
     vectors: usize,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match vectors {
-            1 => panel_groups::<S, 1, KMAX>(layer, xs, ys),
-            2 => panel_groups::<S, 2, KMAX>(layer, xs, ys),
-            3 => panel_groups::<S, 3, KMAX>(layer, xs, ys),
-            _ => panel_groups::<S, 4, KMAX>(layer, xs, ys),
+            1 => panel_groups::<S, 1, KMAX>(layer, panel),
+            2 => panel_groups::<S, 2, KMAX>(layer, panel),
+            3 => panel_groups::<S, 3, KMAX>(layer, panel),
+            _ => panel_groups::<S, 4, KMAX>(layer, panel),
         }
     }
 }
@@ -596,21 +628,21 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
     layer: &PatternSparseLinear,
     g: &TileGroup,
     runs: &[RowRun],
-    x_band: *const f32,
-    ys: *mut f32,
-    pw: usize,
+    panel: &Panel,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         let w = layer.weights.as_ptr().add(g.weights as usize);
         let kstride = g.tiles as usize;
-        let yp = |k: usize| ys.add(g.y_rows[k] as usize * pw);
+        let (xs, ys) = (panel.x_stride, panel.y_stride);
+        let x_band = panel.x.add(g.x_row as usize * xs);
+        let yp = |k: usize| panel.y.add(g.y_rows[k] as usize * ys);
         for k in (0..kstride).filter(|k| g.fresh & (1 << k) != 0) {
-            // First writer of this tile row in the panel: clear its `tile` rows of `V` live vectors.
+            // First writer of this tile row in the panel: clear its rows (those inside the matrix) of `V` vectors.
             let y = yp(k);
-            for row in 0..layer.tile {
+            for row in 0..layer.tile.min(layer.out_features - g.y_rows[k] as usize) {
                 for v in 0..V {
-                    S::zero().store(y.add(row * pw + v * S::LANES));
+                    S::zero().store(y.add(row * ys + v * S::LANES));
                 }
             }
         }
@@ -620,9 +652,9 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
             let k = (kstride - k0).min(KMAX);
             let wk = w.add(k0);
             match k {
-                1 => group_pass::<S, 1, V>(runs, cols, wk, kstride, x_band, [yp(k0)], pw),
-                2 => group_pass::<S, 2, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1)], pw),
-                3 => group_pass::<S, 3, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1), yp(k0 + 2)], pw),
+                1 => group_pass::<S, 1, V>(runs, cols, wk, kstride, x_band, [yp(k0)], xs, ys),
+                2 => group_pass::<S, 2, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1)], xs, ys),
+                3 => group_pass::<S, 3, V>(runs, cols, wk, kstride, x_band, [yp(k0), yp(k0 + 1), yp(k0 + 2)], xs, ys),
                 4 => group_pass::<S, 4, V>(
                     runs,
                     cols,
@@ -630,7 +662,8 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
                     kstride,
                     x_band,
                     [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3)],
-                    pw,
+                    xs,
+                    ys,
                 ),
                 5 => group_pass::<S, 5, V>(
                     runs,
@@ -639,7 +672,8 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
                     kstride,
                     x_band,
                     [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4)],
-                    pw,
+                    xs,
+                    ys,
                 ),
                 6 => group_pass::<S, 6, V>(
                     runs,
@@ -648,7 +682,8 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
                     kstride,
                     x_band,
                     [yp(k0), yp(k0 + 1), yp(k0 + 2), yp(k0 + 3), yp(k0 + 4), yp(k0 + 5)],
-                    pw,
+                    xs,
+                    ys,
                 ),
                 // `pack` never makes groups larger than GROUP_TILES, and every backend's KMAX is <= 6.
                 _ => unreachable!("pattern group pass of {k} tiles"),
@@ -660,34 +695,34 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86_panels {
-    use super::{panel_for_vectors, PatternSparseLinear};
+    use super::{panel_for_vectors, Panel, PatternSparseLinear};
     use crate::simd::x86::{Avx2Fma, Avx512};
 
     /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
         // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx512, 4>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Avx512, 4>(layer, panel, vectors) }
     }
 
     /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
         // SAFETY: AVX2 and FMA are enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, panel, vectors) }
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 mod neon_panels {
-    use super::{panel_for_vectors, PatternSparseLinear};
+    use super::{panel_for_vectors, Panel, PatternSparseLinear};
     use crate::simd::neon::Neon;
 
     /// 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn neon(layer: &PatternSparseLinear, xs: *const f32, ys: *mut f32, vectors: usize) {
+    pub(super) unsafe fn neon(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
         // SAFETY: NEON is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Neon, 4>(layer, xs, ys, vectors) }
+        unsafe { panel_for_vectors::<Neon, 4>(layer, panel, vectors) }
     }
 }
 
@@ -700,28 +735,40 @@ impl LinearKernel for PatternSparseLinear {
         self.out_features
     }
 
-    fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
-        let (tokens, inputs) = x.shape();
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    ) {
         assert_eq!(
-            inputs, self.in_features,
-            "PatternSparseLinear::forward: x has {inputs} features, the layer expects {}",
+            x.features(),
+            self.in_features,
+            "PatternSparseLinear::forward: x has {} features, the layer expects {}",
+            x.features(),
             self.in_features
         );
-        y.reshape_uninit(tokens, self.out_features);
+        let tokens = x.tokens();
+        y.reshape(self.out_features, tokens);
         if tokens == 0 || self.out_features == 0 {
             return;
         }
-        let pw = self.panel_width();
-        let panels = tokens.div_ceil(pw);
-        let out = self.out_features;
-        let y_rows = super::block::SharedOut(y.as_mut_slice().as_mut_ptr());
-        // Threads take contiguous runs of whole panels (disjoint token rows of y).
-        super::split_range(panels, threads, &|range| {
-            let (t0, t1) = (range.start * pw, (range.end * pw).min(tokens));
-            // SAFETY: ranges are disjoint, so each part owns token rows t0..t1 of `y`
-            // (`tokens x out`), which `forward` borrows mutably until every part is done.
-            let rows = unsafe { std::slice::from_raw_parts_mut(y_rows.ptr().add(t0 * out), (t1 - t0) * out) };
-            self.forward_tokens(x, t0, rows);
+        let pw = self.panel_width_for(tokens, threads);
+        let panel = Panel {
+            x: x.as_padded().as_ptr(),
+            x_stride: x.stride(),
+            y: y.as_padded_mut().as_mut_ptr(),
+            y_stride: y.stride(),
+        };
+        // Threads take contiguous runs of whole panels (disjoint token columns of `yᵀ`).
+        super::split_range(tokens.div_ceil(pw), threads, &|range| {
+            for p in range {
+                let p0 = p * pw;
+                // SAFETY: the strides are whole cache lines, so every panel's vectors fit
+                // (`p0 + vectors * lanes <= stride`); panels are disjoint.
+                unsafe { self.run_panel(&panel, p0, pw.min(tokens - p0), epilogue) };
+            }
         });
     }
 
@@ -735,7 +782,7 @@ impl LinearKernel for PatternSparseLinear {
             in_features: self.in_features,
             nnz: self.nnz,
             bytes,
-            multiplied: self.weights.len(),
+            multiplied: self.stored,
         }
     }
 
@@ -778,7 +825,7 @@ mod tests {
         let base = Mask::dense(70, 45);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.75));
         for backend in Backend::available() {
-            let layer = PatternSparseLinear::with_backend(&w, &base, &set, backend);
+            let layer = PatternSparseLinear::with_backend(&w, &set, backend);
             for tokens in [1, 5, 16, 64, 70, 131] {
                 let x = Matrix::random(tokens, 45, 2, 1.0);
                 let mut y = Matrix::zeros(0, 0);
@@ -796,7 +843,7 @@ mod tests {
         let base = Mask::dense(40, 40);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(8, 0.5));
         let a = assign_patterns(&w, &base, &set);
-        let layer = PatternSparseLinear::new(&w, &base, &set);
+        let layer = PatternSparseLinear::new(&w, &set);
         let mut expected = w.clone();
         expected.apply_mask(a.mask());
         assert_eq!(layer.effective_weights(), expected);
@@ -810,11 +857,13 @@ mod tests {
     }
 
     #[test]
-    fn paired_bands_and_bp_base_match_reference() {
-        // A BP base with strips of 8 rows under 16x16 tiles: tiles of one band differ in kept columns,
-        // so groups hold unions (explicit zeros); spans 2 and 3 exercise virtual tiles and leftovers.
-        let w = Matrix::random(200, 90, 6, 1.0);
-        let base = crate::prune::block::block_mask(&w, crate::prune::block::BlockShape::strip(8), 0.4);
+    fn paired_bands_exact_zeros_and_a_ragged_tile_row_match_reference() {
+        // Exact zeros in w are not stored, so tiles of one pattern differ in kept positions and
+        // groups hold unions (explicit zeros); 200 rows leave a ragged last tile row; spans 2
+        // and 3 exercise virtual tiles and leftovers.
+        let w =
+            Matrix::from_fn(200, 90, |r, c| if (r * 7 + c * 3) % 11 == 0 { 0.0 } else { ((r * 90 + c) as f32).sin() });
+        let base = Mask::dense(200, 90);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.8));
         let a = assign_patterns(&w, &base, &set);
         let mut expected_w = w.clone();
@@ -823,6 +872,7 @@ mod tests {
             for backend in Backend::available() {
                 let layer = PatternSparseLinear::pack(&w, &a, set.len(), backend, Some(span));
                 assert_eq!(layer.effective_weights(), expected_w, "span {span}");
+                assert!(layer.stored_weights() > layer.stats().nnz, "the exact zeros make unions");
                 for tokens in [1, 33, 100] {
                     let x = Matrix::random(tokens, 90, 7, 1.0);
                     let mut y = Matrix::zeros(0, 0);
@@ -832,6 +882,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "made on a BP base")]
+    fn an_assignment_on_a_bp_base_is_refused() {
+        let w = Matrix::random(64, 64, 6, 1.0);
+        let base = crate::prune::block::block_mask(&w, crate::prune::block::BlockShape::strip(16), 0.5);
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.75));
+        PatternSparseLinear::from_assignment(&w, &assign_patterns(&w, &base, &set), set.len());
     }
 
     #[test]
@@ -845,11 +904,13 @@ mod tests {
 
     #[test]
     fn pairs_group_by_both_patterns_and_empty_halves_stay_apart() {
-        // A BP base of whole 16x16 blocks: virtual 16x32 tiles are often half empty, and a
+        // Whole 16x16 blocks of w exactly zero: virtual 16x32 tiles are often half empty, and a
         // half-empty one must not share a group (and an index list union) with a full one.
         let w = Matrix::random(256, 64, 9, 1.0);
-        let shape = crate::prune::block::BlockShape { rows: 16, cols: 16 };
-        let base = crate::prune::block::block_mask(&w, shape, 0.5);
+        let blocks = crate::prune::block::block_mask(&w, crate::prune::block::BlockShape { rows: 16, cols: 16 }, 0.5);
+        let mut w = w;
+        w.apply_mask(&blocks);
+        let base = Mask::dense(256, 64);
         let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875));
         let a = assign_patterns(&w, &base, &set);
         let layer = PatternSparseLinear::pack(&w, &a, set.len(), Backend::best(), Some(2));
@@ -857,7 +918,12 @@ mod tests {
         let mut expected = w.clone();
         expected.apply_mask(a.mask());
         assert_eq!(layer.effective_weights(), expected);
-        let keeps_any = |tr: usize, tc: usize| (0..256).any(|p| a.mask().get(tr * 16 + p / 16, tc * 16 + p % 16));
+        let keeps_any = |tr: usize, tc: usize| {
+            (0..256).any(|p| {
+                let (r, c) = (tr * 16 + p / 16, tc * 16 + p % 16);
+                a.mask().get(r, c) && w.get(r, c) != 0.0
+            })
+        };
         let mut half_empty_groups = 0;
         for g in &layer.groups {
             let tile_rows: Vec<usize> = (0..g.tiles as usize).map(|k| g.y_rows[k] as usize / 16).collect();
@@ -868,25 +934,20 @@ mod tests {
                 half_empty_groups += usize::from(used[0].is_none());
             }
         }
-        assert!(half_empty_groups > 0, "the BP base should leave some half-empty pairs");
+        assert!(half_empty_groups > 0, "the zero blocks should leave some half-empty pairs");
     }
 
     #[test]
-    fn idle_and_fresh_tile_rows_are_cleared_in_a_dirty_scratch_panel() {
-        // Rows 16..32 pruned whole: tile row 1 is idle. Running another layer first leaves
-        // non-zero `yᵀ` in this thread's scratch, which neither layer may pick up.
-        let w = Matrix::random(48, 40, 11, 1.0);
-        let mut base = Mask::dense(48, 40);
-        for r in 16..32 {
-            for c in 0..40 {
-                base.set(r, c, false);
-            }
-        }
-        let set = generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.5));
+    fn idle_and_fresh_tile_rows_are_cleared_in_a_dirty_output() {
+        // Rows 16..32 of w exactly zero: tile row 1 is idle. Running another layer first leaves
+        // non-zero `yᵀ` in the output buffer, which neither layer may pick up.
+        let dense = Matrix::random(48, 40, 11, 1.0);
+        let w = Matrix::from_fn(48, 40, |r, c| if (16..32).contains(&r) { 0.0 } else { dense.get(r, c) });
+        let set = generate_pattern_set(&w, &Mask::dense(48, 40), &PatternConfig::new(16, 0.5));
         let x = Matrix::random(70, 40, 12, 1.0);
         for backend in Backend::available() {
-            let dirtying = PatternSparseLinear::with_backend(&w, &Mask::dense(48, 40), &set, backend);
-            let layer = PatternSparseLinear::with_backend(&w, &base, &set, backend);
+            let dirtying = PatternSparseLinear::with_backend(&dense, &set, backend);
+            let layer = PatternSparseLinear::with_backend(&w, &set, backend);
             assert_eq!(layer.idle_tile_rows, vec![1]);
             let mut y = Matrix::zeros(0, 0);
             for _ in 0..2 {
@@ -901,13 +962,17 @@ mod tests {
     #[test]
     fn threads_agree_with_one_thread() {
         let w = Matrix::random(96, 64, 4, 1.0);
-        let base = Mask::dense(96, 64);
-        let layer =
-            PatternSparseLinear::new(&w, &base, &generate_pattern_set(&w, &base, &PatternConfig::new(16, 0.875)));
-        let x = Matrix::random(200, 64, 5, 1.0);
-        let (mut a, mut b) = (Matrix::zeros(0, 0), Matrix::zeros(0, 0));
-        layer.forward(&x, &mut a, Threads::One);
-        layer.forward(&x, &mut b, Threads::N(3));
-        assert_eq!(a, b);
+        let set = generate_pattern_set(&w, &Mask::dense(96, 64), &PatternConfig::new(16, 0.875));
+        let layer = PatternSparseLinear::new(&w, &set);
+        // 200 tokens: whole panels per thread; 35: panels narrowed so each thread gets one.
+        for tokens in [200, 35] {
+            let x = Matrix::random(tokens, 64, 5, 1.0);
+            let (mut a, mut b) = (Matrix::zeros(0, 0), Matrix::zeros(0, 0));
+            layer.forward(&x, &mut a, Threads::One);
+            for threads in [Threads::N(2), Threads::N(3)] {
+                layer.forward(&x, &mut b, threads);
+                assert_eq!(a, b, "{tokens} tokens, {threads:?}");
+            }
+        }
     }
 }

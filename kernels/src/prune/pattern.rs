@@ -202,6 +202,8 @@ pub struct PatternAssignment {
     /// Pattern index per tile, row-major over the tile grid.
     chosen: Vec<u16>,
     mask: Mask,
+    /// Whether the base mask kept every weight (plain PP, no BP zeros).
+    dense_base: bool,
 }
 
 impl PatternAssignment {
@@ -231,6 +233,12 @@ impl PatternAssignment {
     /// Achieved sparsity of the layer, BP and PP zeros together.
     pub fn sparsity(&self) -> f64 {
         self.mask.sparsity()
+    }
+
+    /// Whether the base mask kept every weight, so the final mask is the
+    /// pattern mask alone (plain PP): what the tile-grouped kernel packs.
+    pub fn has_dense_base(&self) -> bool {
+        self.dense_base
     }
 
     /// How many tiles took each pattern of a set of `patterns` patterns.
@@ -557,7 +565,8 @@ pub fn assign_patterns(w: &Matrix, base: &Mask, set: &PatternSet) -> PatternAssi
             }
         }
     }
-    PatternAssignment { tile, tiles_down: layer.tiles_down, tiles_across: layer.tiles_across, chosen, mask }
+    let dense_base = base.kept() == w.rows() * w.cols();
+    PatternAssignment { tile, tiles_down: layer.tiles_down, tiles_across: layer.tiles_across, chosen, mask, dense_base }
 }
 
 /// The compacted blocks of a BP base, on which pattern tiles are laid.
