@@ -85,7 +85,7 @@ fn odroid_pins_a_big_core_and_scales_the_big_cluster() {
     let board = &s.boards[0];
     assert_eq!(board.cpus, Some(vec![4]));
     assert_eq!(board.cpufreq_policies, PolicySelection::Named(vec!["policy4".into()]));
-    assert_eq!(board.target, TargetSpec::Triple("armv7-unknown-linux-musleabihf".into()));
+    assert_eq!(board.target, TargetSpec::Triple("thumbv7neon-unknown-linux-gnueabihf".into()));
     let TransportSpec::Ssh(ssh) = &board.transport else { panic!("ssh expected") };
     assert_eq!(ssh.host_key_checking, HostKeyChecking::AcceptNew);
     assert_eq!(ssh.identity.as_deref(), Some(std::path::Path::new("/home/lab/.ssh/odroid_ed25519")));

@@ -97,9 +97,8 @@ fn simulated_latency_follows_the_frequency_and_power_follows_the_model() {
     assert!(outcome.all_ok(), "{:?}", outcome.boards);
 
     // The model's numbers as the simulator recorded them (its marker, read by the probe).
-    let run_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(outcome.dir.join("run.json")).unwrap()).unwrap();
-    let board = &run_json["boards"]["sim"];
+    let meta = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
+    let board = serde_json::to_value(meta.board("sim").expect("board sim in run.json")).unwrap();
     let model = &board["probe"]["simulated"]["model"];
     let model_w: BTreeMap<u64, f64> = model["levels"]
         .as_array()
