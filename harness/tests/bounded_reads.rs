@@ -325,7 +325,7 @@ const PERIOD_NS: u64 = 10_000;
 
 fn flood_power_w(k: u64) -> f64 {
     // A square wave of 1 W and 3 W with a 1 ms period: the raw samples matter.
-    if (k / 50) % 2 == 0 {
+    if (k / 50).is_multiple_of(2) {
         1.0
     } else {
         3.0

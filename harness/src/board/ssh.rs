@@ -595,14 +595,13 @@ struct Pump {
 /// even from a command whose output never pauses (the caller's sinks bound memory).
 const PUMP_BYTES: usize = 4 << 20;
 
+/// Where [`pump_channel`] puts what it read; returns whether it wants more.
+type Sink<'a> = &'a mut dyn FnMut(&[u8]) -> bool;
+
 /// Reads whatever is available on stdout (unless `stdout` is `None`: the caller is holding the
 /// remote back) and stderr without blocking. Each sink returns whether it wants more; at most
 /// [`PUMP_BYTES`] is taken from each stream per call.
-fn pump_channel(
-    channel: &mut Channel,
-    stdout: Option<&mut dyn FnMut(&[u8]) -> bool>,
-    stderr: &mut dyn FnMut(&[u8]) -> bool,
-) -> io::Result<Pump> {
+fn pump_channel(channel: &mut Channel, stdout: Option<Sink<'_>>, stderr: Sink<'_>) -> io::Result<Pump> {
     fn drain(stream: &mut impl Read, sink: &mut dyn FnMut(&[u8]) -> bool, buf: &mut [u8]) -> io::Result<bool> {
         let mut progressed = false;
         let mut taken = 0;
@@ -1117,7 +1116,7 @@ impl SshSession {
                 false
             }
         };
-        let stdout: Option<&mut dyn FnMut(&[u8]) -> bool> = if read_stdout { Some(&mut to_lines) } else { None };
+        let stdout: Option<Sink<'_>> = if read_stdout { Some(&mut to_lines) } else { None };
         let result = pump_channel(&mut self.channel, stdout, &mut |b| {
             tail.push(b);
             true
