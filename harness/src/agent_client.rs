@@ -34,9 +34,26 @@ impl AgentError {
     /// Whether reconnecting and retrying could help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AgentError::Transport(e) => e.kind.is_retryable() || e.kind == ErrorKind::Remote,
+            // A reply that passed AGENT_LINE_LIMIT leaves the session out of step with the agent for
+            // good: a fresh session (the runner reconnects) is the way back, and the scenario's
+            // max_attempts bounds how often a misbehaving agent is given that chance.
+            AgentError::Transport(e) => {
+                e.kind.is_retryable() || e.kind == ErrorKind::Remote || e.kind == ErrorKind::Limit
+            }
             AgentError::Protocol { .. } | AgentError::Interrupted { .. } => false,
         }
+    }
+}
+
+/// How much of an undecodable reply an error shows: enough to recognise it, never a whole
+/// (up to [`crate::board::AGENT_LINE_LIMIT`]) line.
+const REPLY_PREVIEW_CHARS: usize = 200;
+
+/// A reply quoted for an error message: the first [`REPLY_PREVIEW_CHARS`] characters and its length.
+fn preview(line: &str) -> String {
+    match line.char_indices().nth(REPLY_PREVIEW_CHARS) {
+        None => format!("{line:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &line[..cut], line.len()),
     }
 }
 
@@ -116,7 +133,7 @@ impl AgentClient {
             let response = protocol::decode_response(line.as_bytes()).map_err(|e| AgentError::Protocol {
                 board: self.board.clone(),
                 cmd,
-                detail: format!("undecodable reply {line:?}: {e}"),
+                detail: format!("undecodable reply {}: {e}", preview(&line)),
             })?;
             if response.id.as_ref().and_then(|v| v.as_u64()) != Some(id) {
                 // A late reply to an earlier, timed-out request: skip it.
@@ -196,5 +213,27 @@ impl AgentClient {
         let r = self.call::<QuitReply>(Command::Quit, Duration::from_secs(10));
         let _ = self.session.close();
         r.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undecodable_reply_is_quoted_short() {
+        assert_eq!(preview("oops"), "\"oops\"");
+        let long = "é".repeat(1000);
+        let shown = preview(&long);
+        assert!(shown.ends_with("... (2000 bytes)"), "{shown}");
+        assert_eq!(shown.matches('é').count(), REPLY_PREVIEW_CHARS);
+    }
+
+    #[test]
+    fn a_reply_past_the_line_limit_is_worth_a_fresh_session() {
+        let e = |kind| AgentError::Transport(BoardError::new("b", kind, "agent `run`", "x"));
+        assert!(e(ErrorKind::Limit).is_retryable());
+        assert!(e(ErrorKind::Timeout).is_retryable());
+        assert!(!e(ErrorKind::Auth).is_retryable());
     }
 }

@@ -26,6 +26,11 @@
 //!    retried: a slow monitor will not get faster).
 //!
 //! Every failure is an [`EnergyError`] naming the window and what was missing.
+//!
+//! The integral is computed by a [`WindowIntegrator`] fed samples in time order, one chunk at a
+//! time: [`window_energy`] feeds it one slice, [`capture_window_energy`] the chunks of a
+//! [`Capture`], which may be on disk (a window longer than a capture holds in memory, see
+//! [`crate::power_session`]). Both give the same figures.
 
 use std::ops::Range;
 
@@ -52,6 +57,8 @@ pub enum EnergyError {
     UnknownVoltage { t_ns: u64 },
     #[error("energy per inference needs at least one inference in the window")]
     NoInferences,
+    #[error("the capture's samples spilled to disk cannot be read back: {detail}")]
+    SpillUnreadable { detail: String },
 }
 
 /// One `clock` request/reply with the agent.
@@ -207,66 +214,156 @@ pub struct WindowEnergy {
 /// Errors: a window without positive duration, no sample inside it, samples that do not reach from the
 /// window's start to its end, a sample with unknown voltage.
 pub fn window_energy(samples: &[Sample], window: HostWindow) -> Result<WindowEnergy, EnergyError> {
-    if window.end_ns <= window.start_ns {
-        return Err(EnergyError::InvalidWindow { start_ns: window.start_ns, end_ns: window.end_ns });
-    }
-    let inside = samples_in_window(samples, window);
-    if inside.is_empty() {
-        return Err(EnergyError::EmptyWindow { start_ns: window.start_ns, end_ns: window.end_ns });
-    }
-    let first = samples.first().map(|s| s.t_ns as i64);
-    let last = samples.last().map(|s| s.t_ns as i64);
-    if first.is_none_or(|f| f > window.start_ns) || last.is_none_or(|l| l < window.end_ns) {
-        return Err(EnergyError::NotCovered {
-            start_ns: window.start_ns,
-            end_ns: window.end_ns,
-            first_ns: first,
-            last_ns: last,
-        });
-    }
-    // The bracketing samples: the last one at or before start, the first one at or after end.
-    let lo = if inside.start > 0 && samples[inside.start].t_ns as i64 > window.start_ns {
-        inside.start - 1
-    } else {
-        inside.start
-    };
-    let hi = if inside.end < samples.len() { inside.end } else { samples.len() - 1 };
-    let span = &samples[lo..=hi];
-    if let Some(s) = span.iter().find(|s| !s.power_w().is_finite()) {
-        return Err(EnergyError::UnknownVoltage { t_ns: s.t_ns });
-    }
-    let (energy_j, max_gap_ns) = integrate_clipped(span, window.start_ns as f64, window.end_ns as f64);
-    let duration_s = window.duration_s();
-    Ok(WindowEnergy {
-        window,
-        energy_j,
-        mean_power_w: energy_j / duration_s,
-        duration_s,
-        samples_in_window: inside.len(),
-        max_gap_s: max_gap_ns * 1e-9,
-    })
+    let mut integrator = WindowIntegrator::new(window);
+    integrator.feed(samples);
+    integrator.finish()
 }
 
-/// Integral of the linear interpolation through `span` over `[a, b]` (ns), and the largest sample
-/// interval that overlaps it. `span` must bracket `[a, b]`.
-fn integrate_clipped(span: &[Sample], a: f64, b: f64) -> (f64, f64) {
-    let mut energy = 0.0;
-    let mut max_gap: f64 = 0.0;
-    for w in span.windows(2) {
-        let (t0, t1) = (w[0].t_ns as f64, w[1].t_ns as f64);
+/// Energy in `window` from every sample of `capture`, in memory or spilled to disk (read back one
+/// chunk at a time): the same figures as [`window_energy`] over all the samples at once.
+pub fn capture_window_energy(capture: &Capture, window: HostWindow) -> Result<WindowEnergy, EnergyError> {
+    let mut integrator = WindowIntegrator::new(window);
+    for chunk in capture.chunks() {
+        let chunk = chunk.map_err(|e| EnergyError::SpillUnreadable { detail: e.to_string() })?;
+        integrator.feed(&chunk);
+    }
+    integrator.finish()
+}
+
+/// [`window_energy`] one sample at a time, so that samples can come in chunks (from disk) and never
+/// all be in memory.
+///
+/// The curve between consecutive samples is a straight line; each interval adds the exact integral
+/// of its part inside `[start, end]`. Samples are expected in time order: one earlier than the
+/// previous (a monitor's clock restarted mid-window, across two chunks of a spilled capture) is left
+/// out and counted ([`WindowIntegrator::out_of_order`]). Over a sorted slice this gives exactly what
+/// the bracketing formulation in the module docs does (same terms, same order of summation).
+#[derive(Clone, Debug)]
+pub struct WindowIntegrator {
+    window: HostWindow,
+    prev: Option<Sample>,
+    first_ns: Option<i64>,
+    last_ns: Option<i64>,
+    inside: usize,
+    energy_j: f64,
+    max_gap_ns: f64,
+    /// The first sample of the span (the last one before start, those inside, the first at or after
+    /// end) with unknown power.
+    unknown_voltage: Option<u64>,
+    /// Whether a sample at or after end has been seen (the first such closes the span).
+    seen_end: bool,
+    out_of_order: u64,
+}
+
+impl WindowIntegrator {
+    pub fn new(window: HostWindow) -> Self {
+        Self {
+            window,
+            prev: None,
+            first_ns: None,
+            last_ns: None,
+            inside: 0,
+            energy_j: 0.0,
+            max_gap_ns: 0.0,
+            unknown_voltage: None,
+            seen_end: false,
+            out_of_order: 0,
+        }
+    }
+
+    /// Samples earlier than the one before them, left out.
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order
+    }
+
+    pub fn feed(&mut self, samples: &[Sample]) {
+        for s in samples {
+            self.push(s);
+        }
+    }
+
+    fn push(&mut self, s: &Sample) {
+        let (start, end) = (i128::from(self.window.start_ns), i128::from(self.window.end_ns));
+        let t = s.t_ns as i128;
+        let mut unknown = |s: &Sample| {
+            if !s.power_w().is_finite() && self.unknown_voltage.is_none() {
+                self.unknown_voltage = Some(s.t_ns);
+            }
+        };
+        if let Some(p) = self.prev {
+            if s.t_ns < p.t_ns {
+                self.out_of_order += 1;
+                return;
+            }
+            // `p` is the last sample before start when this one is past it.
+            if (p.t_ns as i128) < start && t > start {
+                unknown(&p);
+            }
+        }
+        if t >= start && t < end {
+            self.inside += 1;
+            unknown(s);
+        } else if t >= end && !self.seen_end {
+            self.seen_end = true;
+            unknown(s);
+        }
+        if let Some(p) = self.prev {
+            self.integrate(&p, s);
+        }
+        self.first_ns.get_or_insert(s.t_ns as i64);
+        self.last_ns = Some(s.t_ns as i64);
+        self.prev = Some(*s);
+    }
+
+    /// The exact integral of the line from `s0` to `s1` over its part inside the window.
+    fn integrate(&mut self, s0: &Sample, s1: &Sample) {
+        let (a, b) = (self.window.start_ns as f64, self.window.end_ns as f64);
+        let (t0, t1) = (s0.t_ns as f64, s1.t_ns as f64);
         if t1 <= t0 {
-            continue; // duplicate timestamp: no width
+            return; // duplicate timestamp: no width
         }
         let (lo, hi) = (t0.max(a), t1.min(b));
         if hi <= lo {
-            continue;
+            return;
         }
-        max_gap = max_gap.max(t1 - t0);
-        let (p0, p1) = (w[0].power_w(), w[1].power_w());
+        self.max_gap_ns = self.max_gap_ns.max(t1 - t0);
+        let (p0, p1) = (s0.power_w(), s1.power_w());
         let at = |t: f64| p0 + (p1 - p0) * (t - t0) / (t1 - t0);
-        energy += (at(lo) + at(hi)) * 0.5 * (hi - lo) * 1e-9;
+        self.energy_j += (at(lo) + at(hi)) * 0.5 * (hi - lo) * 1e-9;
     }
-    (energy, max_gap)
+
+    /// The window's energy, or why there is none (checked in this order: window, samples inside,
+    /// coverage, voltage).
+    pub fn finish(self) -> Result<WindowEnergy, EnergyError> {
+        let window = self.window;
+        if window.end_ns <= window.start_ns {
+            return Err(EnergyError::InvalidWindow { start_ns: window.start_ns, end_ns: window.end_ns });
+        }
+        if self.inside == 0 {
+            return Err(EnergyError::EmptyWindow { start_ns: window.start_ns, end_ns: window.end_ns });
+        }
+        let (first, last) = (self.first_ns, self.last_ns);
+        if first.is_none_or(|f| f > window.start_ns) || last.is_none_or(|l| l < window.end_ns) {
+            return Err(EnergyError::NotCovered {
+                start_ns: window.start_ns,
+                end_ns: window.end_ns,
+                first_ns: first,
+                last_ns: last,
+            });
+        }
+        if let Some(t_ns) = self.unknown_voltage {
+            return Err(EnergyError::UnknownVoltage { t_ns });
+        }
+        let duration_s = window.duration_s();
+        Ok(WindowEnergy {
+            window,
+            energy_j: self.energy_j,
+            mean_power_w: self.energy_j / duration_s,
+            duration_s,
+            samples_in_window: self.inside,
+            max_gap_s: self.max_gap_ns * 1e-9,
+        })
+    }
 }
 
 /// Lost slots of `runs` whose time falls in `[start, end)`, the same half-open rule as for samples.
@@ -326,6 +423,12 @@ pub fn mean_power_w(samples: &[Sample], window: HostWindow) -> Result<f64, Energ
     window_energy(samples, window).map(|e| e.mean_power_w)
 }
 
+/// [`mean_power_w`] over a whole capture, in memory or spilled to disk (an idle period longer than
+/// a capture holds in memory).
+pub fn capture_mean_power_w(capture: &Capture, window: HostWindow) -> Result<f64, EnergyError> {
+    capture_window_energy(capture, window).map(|e| e.mean_power_w)
+}
+
 /// What the scenario asks of a window's power measurement.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PowerPolicy {
@@ -367,7 +470,7 @@ pub fn cell_power(
     inferences: u64,
     policy: &PowerPolicy,
 ) -> Result<CellPower, EnergyError> {
-    let energy = window_energy(&capture.samples, window)?;
+    let energy = capture_window_energy(capture, window)?;
     let per_inference = energy_per_inference(&energy, idle_power_w.unwrap_or(0.0), inferences)?;
     let lost = lost_in_window(&capture.lost, window);
     let slots = energy.samples_in_window as u64 + lost;
@@ -542,7 +645,7 @@ mod tests {
         // 100 kS/s for 1 s at 2 W with 17 samples missing from the stream, inside the window.
         let mut samples = regular(0, 10_000, 100_001, |_| 2.0);
         samples.drain(50_000..50_017);
-        let capture = Capture { samples, lost: vec![run(500_000_000, 10_000.0, 17)], fit: None };
+        let capture = Capture { samples, lost: vec![run(500_000_000, 10_000.0, 17)], ..Capture::default() };
         let policy = PowerPolicy { max_lost_fraction: 0.01, min_samples: MIN_WINDOW_SAMPLES };
         let p = cell_power(&capture, w(100_000_000, 900_000_000), Some(0.5), 100, &policy).unwrap();
         assert_eq!(p.lost, 17, "counted once");
@@ -555,7 +658,7 @@ mod tests {
         let p = cell_power(&capture, w(600_000_000, 900_000_000), None, 1, &policy).unwrap();
         assert_eq!(p.lost, 0);
         // A 10 Hz monitor over a 0.5 s window: measured, flagged as few samples.
-        let slow = Capture { samples: regular(0, 100_000_000, 20, |_| 1.0), lost: vec![], fit: None };
+        let slow = Capture { samples: regular(0, 100_000_000, 20, |_| 1.0), ..Capture::default() };
         let p = cell_power(&slow, w(120_000_000, 620_000_000), None, 5, &policy).unwrap();
         assert!(p.few_samples && !p.lost_flagged);
         assert!((p.energy.energy_j - 0.5).abs() < 1e-9);
@@ -564,7 +667,117 @@ mod tests {
         assert!(cell_power(&lossy, w(100_000_000, 900_000_000), None, 1, &policy).unwrap().lost_flagged);
     }
 
+    /// The slice formulation `window_energy` had before the integrator: bracketing samples found by
+    /// binary search, then the clipped trapezoids over them. The oracle for the integrator.
+    fn reference_window_energy(samples: &[Sample], window: HostWindow) -> Result<WindowEnergy, EnergyError> {
+        if window.end_ns <= window.start_ns {
+            return Err(EnergyError::InvalidWindow { start_ns: window.start_ns, end_ns: window.end_ns });
+        }
+        let inside = samples_in_window(samples, window);
+        if inside.is_empty() {
+            return Err(EnergyError::EmptyWindow { start_ns: window.start_ns, end_ns: window.end_ns });
+        }
+        let first = samples.first().map(|s| s.t_ns as i64);
+        let last = samples.last().map(|s| s.t_ns as i64);
+        if first.is_none_or(|f| f > window.start_ns) || last.is_none_or(|l| l < window.end_ns) {
+            return Err(EnergyError::NotCovered {
+                start_ns: window.start_ns,
+                end_ns: window.end_ns,
+                first_ns: first,
+                last_ns: last,
+            });
+        }
+        let lo = if inside.start > 0 && samples[inside.start].t_ns as i64 > window.start_ns {
+            inside.start - 1
+        } else {
+            inside.start
+        };
+        let hi = if inside.end < samples.len() { inside.end } else { samples.len() - 1 };
+        let span = &samples[lo..=hi];
+        if let Some(s) = span.iter().find(|s| !s.power_w().is_finite()) {
+            return Err(EnergyError::UnknownVoltage { t_ns: s.t_ns });
+        }
+        let (a, b) = (window.start_ns as f64, window.end_ns as f64);
+        let (mut energy_j, mut max_gap): (f64, f64) = (0.0, 0.0);
+        for p in span.windows(2) {
+            let (t0, t1) = (p[0].t_ns as f64, p[1].t_ns as f64);
+            if t1 <= t0 {
+                continue;
+            }
+            let (lo, hi) = (t0.max(a), t1.min(b));
+            if hi <= lo {
+                continue;
+            }
+            max_gap = max_gap.max(t1 - t0);
+            let (p0, p1) = (p[0].power_w(), p[1].power_w());
+            let at = |t: f64| p0 + (p1 - p0) * (t - t0) / (t1 - t0);
+            energy_j += (at(lo) + at(hi)) * 0.5 * (hi - lo) * 1e-9;
+        }
+        let duration_s = window.duration_s();
+        Ok(WindowEnergy {
+            window,
+            energy_j,
+            mean_power_w: energy_j / duration_s,
+            duration_s,
+            samples_in_window: inside.len(),
+            max_gap_s: max_gap * 1e-9,
+        })
+    }
+
+    #[test]
+    fn a_spilled_capture_gives_the_same_figures_as_one_in_memory() {
+        let samples = regular(0, 10_000, 2_100_000, |t| 1.0 + ((t / 1_000_000) % 7) as f64 * 0.1);
+        let window = w(3_333_333, 20_000_001_234);
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = crate::samples::SampleSpill::create(dir.path()).unwrap();
+        spill.append(&samples).unwrap();
+        let on_disk = Capture { spilled: Some(spill.finish().unwrap()), ..Capture::default() };
+        let in_memory = Capture { samples, ..Capture::default() };
+        assert!(on_disk.chunks().count() > 2, "read back in several chunks");
+        let policy = PowerPolicy { max_lost_fraction: 0.01, min_samples: 10 };
+        let a = cell_power(&in_memory, window, Some(0.5), 1000, &policy).unwrap();
+        let b = cell_power(&on_disk, window, Some(0.5), 1000, &policy).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(capture_mean_power_w(&on_disk, window), mean_power_w(&in_memory.samples, window));
+    }
+
+    #[test]
+    fn samples_out_of_order_across_chunks_are_left_out_and_counted() {
+        let mut i = WindowIntegrator::new(w(0, 100));
+        i.feed(&regular(0, 10, 11, |_| 1.0));
+        i.feed(&[s(50, 1000.0)]);
+        assert_eq!(i.out_of_order(), 1);
+        let e = i.finish().unwrap();
+        assert_eq!(e.samples_in_window, 10);
+        assert!((e.energy_j - 100e-9).abs() < 1e-18);
+    }
+
     proptest! {
+        #[test]
+        fn the_integrator_matches_the_slice_formulation_however_it_is_fed(
+            steps in proptest::collection::vec((0u64..2_000, 0.0f64..10.0, 0u8..20), 1..120),
+            a in -500i64..150_000, len in -100i64..150_000, cuts in proptest::collection::vec(0usize..120, 0..4),
+        ) {
+            // Sorted times with duplicates (step 0), occasional unknown voltage.
+            let mut t = 0;
+            let samples: Vec<Sample> = steps.iter().map(|&(dt, p, nan)| {
+                t += dt;
+                if nan == 0 { Sample::at(t, p, f64::NAN) } else { s(t, p) }
+            }).collect();
+            let window = w(a, a + len);
+            let expected = reference_window_energy(&samples, window);
+            prop_assert_eq!(window_energy(&samples, window), expected.clone());
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(samples.len())).collect();
+            cuts.sort_unstable();
+            let mut integrator = WindowIntegrator::new(window);
+            let mut from = 0;
+            for c in cuts.into_iter().chain([samples.len()]) {
+                integrator.feed(&samples[from..c]);
+                from = c;
+            }
+            prop_assert_eq!(integrator.finish(), expected);
+        }
+
         #[test]
         fn lost_slots_partition_across_windows(
             t in 0u64..10_000, period in 1.0f64..1_000.0, count in 0u64..500, cut in 0i64..600_000,
@@ -606,9 +819,12 @@ mod tests {
             let end = ((n - 1) as u64 * period) as i64;
             let mid = (cut * end as f64) as i64;
             prop_assume!(mid > 0 && mid < end);
-            let whole = integrate_clipped(&samples, 0.0, end as f64).0;
-            let left = integrate_clipped(&samples, 0.0, mid as f64).0;
-            let right = integrate_clipped(&samples, mid as f64, end as f64).0;
+            let integral = |a, b| {
+                let mut i = WindowIntegrator::new(w(a, b));
+                i.feed(&samples);
+                i.energy_j
+            };
+            let (whole, left, right) = (integral(0, end), integral(0, mid), integral(mid, end));
             prop_assert!((whole - (left + right)).abs() <= 1e-9 * whole.max(1e-15));
             prop_assert!((whole - trapezoid_energy_j(&samples)).abs() <= 1e-9 * whole.max(1e-15));
             let c = |a, b| samples_in_window(&samples, w(a, b)).len();

@@ -3,10 +3,25 @@
 //!
 //! The reader thread drains the instrument continuously (a PPK2 must be read
 //! at 100 kS/s or its USB buffer overflows and samples are lost) and keeps
-//! samples only while a capture is open, so memory is bounded by the longest
-//! window, plus the last few samples before it: a capture opened just before a
-//! window already holds a sample at or before the window's start even from a
-//! 1 Hz sketch.
+//! samples only while a capture is open, plus the last few samples before it:
+//! a capture opened just before a window already holds a sample at or before
+//! the window's start even from a 1 Hz sketch.
+//!
+//! # Memory
+//! A capture holds at most [`CaptureLimits::memory_samples`] samples in memory
+//! ([`CAPTURE_MEMORY_SAMPLES`]: 30 s of a PPK2). A longer one is not cut and
+//! not decimated: its samples go, as they arrive, to an anonymous file
+//! ([`SampleSpill`], in [`CaptureLimits::spill_dir`]), in batches small enough
+//! that the reader never stalls the stream, and the closed capture is read back
+//! from there chunk by chunk ([`Capture::chunks`]). Energy
+//! ([`crate::energy::cell_power`]) and the raw power part
+//! ([`crate::results::write_capture_power_part`]) are computed over those
+//! chunks with the same arithmetic as in memory, so a window of an hour is as
+//! exact as one of a second and costs one chunk of memory; the price is disk,
+//! 34 bytes a sample (3.4 MB/s at 100 kS/s), freed when the capture is dropped.
+//! Losses are kept in memory, at most [`CAPTURE_LOST_RUNS_LIMIT`] separate runs:
+//! a monitor losing samples that often fails the capture with an error naming
+//! the limit (the window is measured again).
 //!
 //! Closing a capture ([`PowerSession::finish`]) waits, bounded, until a sample
 //! at or after the window's end has arrived (slow and bursty monitors deliver
@@ -15,24 +30,74 @@
 //! consistent map that has seen arrivals from after the window too.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::clock_fit::ClockLine;
-use crate::power::{MonitorError, MonitorInfo, PowerMonitor, Sample};
-use crate::samples::Capture;
+use crate::power::{MonitorError, MonitorErrorKind, MonitorInfo, PowerMonitor, Sample};
+use crate::samples::{Capture, SampleSpill};
+
+/// Samples a capture holds in memory before it spills to disk: 30 s of a PPK2 at 100 kS/s (144 MB
+/// of 48-byte samples), several times a default window (5 s) with its warm-up and coverage wait, so
+/// ordinary windows never touch the disk.
+pub const CAPTURE_MEMORY_SAMPLES: usize = 3_000_000;
+
+/// Separate runs of lost samples one capture may record (56 bytes each). A healthy monitor loses
+/// none; a congested USB link, a few bursts a window. This many means the monitor loses samples all
+/// the time: the capture fails, naming the limit.
+pub const CAPTURE_LOST_RUNS_LIMIT: usize = 100_000;
+
+/// Once a capture spills, samples go to disk in batches of this many: 0.65 s at 100 kS/s, 2.2 MB a
+/// write, short enough that the reader thread never keeps the instrument waiting.
+const SPILL_BATCH_SAMPLES: usize = 65_536;
 
 /// Samples kept from before a capture opens.
 const TAIL_SAMPLES: usize = 4;
 /// How far back delivery gaps are remembered for the coverage wait.
 const GAP_MEMORY: Duration = Duration::from_secs(30);
 
+/// What a capture may hold in memory, and where it spills beyond that.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureLimits {
+    /// Samples held in memory before the capture spills to disk.
+    pub memory_samples: usize,
+    /// Runs of lost samples before the capture fails.
+    pub lost_runs: usize,
+    /// Where spill files go (anonymous: nothing is left behind). The results directory is a good
+    /// choice: the system's temporary directory may be a RAM-backed tmpfs.
+    pub spill_dir: PathBuf,
+}
+
+impl Default for CaptureLimits {
+    fn default() -> Self {
+        Self {
+            memory_samples: CAPTURE_MEMORY_SAMPLES,
+            lost_runs: CAPTURE_LOST_RUNS_LIMIT,
+            spill_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+impl CaptureLimits {
+    /// The default limits, spilling into `dir`.
+    pub fn spilling_to(dir: &Path) -> Self {
+        Self { spill_dir: dir.to_path_buf(), ..Self::default() }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     capturing: bool,
     capture: Capture,
+    /// The open capture's samples on disk, once it passed the memory limit.
+    spill: Option<SampleSpill>,
+    /// Why the open capture cannot be completed (a spill write failed, too many losses).
+    capture_failed: Option<MonitorError>,
+    /// The most samples the open (or last) capture held in memory at once.
+    peak_in_memory: usize,
     /// The newest samples, whether a capture is open or not.
     tail: VecDeque<Sample>,
     /// The monitor's clock fit after the newest read.
@@ -78,6 +143,65 @@ fn stall_limit(sample_rate_hz: Option<f64>) -> Duration {
     }
 }
 
+/// Adds one delivery to the open capture: spills to disk past the memory limit, fails the capture
+/// past the limit of lost runs.
+fn keep_in_capture(
+    s: &mut Shared,
+    delivered: &[Sample],
+    lost: Vec<crate::samples::LostRun>,
+    limits: &CaptureLimits,
+    port: &str,
+) {
+    s.capture.samples.extend_from_slice(delivered);
+    s.capture.lost.extend(lost);
+    s.peak_in_memory = s.peak_in_memory.max(s.capture.samples.len());
+    if s.capture.lost.len() > limits.lost_runs {
+        s.capture_failed = Some(MonitorError::new(
+            MonitorErrorKind::Protocol,
+            port,
+            "capturing the window's samples",
+            format!(
+                "{} separate runs of lost samples passed CAPTURE_LOST_RUNS_LIMIT ({}): the monitor is losing \
+                 samples all the time",
+                s.capture.lost.len(),
+                limits.lost_runs
+            ),
+        ));
+        s.capture = Capture::default();
+        s.spill = None;
+        return;
+    }
+    let threshold =
+        if s.spill.is_some() { SPILL_BATCH_SAMPLES.min(limits.memory_samples) } else { limits.memory_samples };
+    if s.capture.samples.len() < threshold {
+        return;
+    }
+    let spilled = match s.spill.take() {
+        Some(spill) => Ok(spill),
+        None => SampleSpill::create(&limits.spill_dir),
+    }
+    .and_then(|mut spill| spill.append(&s.capture.samples).map(|()| spill));
+    match spilled {
+        Ok(spill) => {
+            s.spill = Some(spill);
+            // A fresh, small buffer: the one that reached the limit is given back.
+            s.capture.samples = Vec::with_capacity(SPILL_BATCH_SAMPLES.min(limits.memory_samples));
+        }
+        Err(e) => {
+            s.capture_failed = Some(MonitorError::from_io(
+                port,
+                &format!(
+                    "spilling a capture past {} samples (CAPTURE_MEMORY_SAMPLES) to {}",
+                    limits.memory_samples,
+                    limits.spill_dir.display()
+                ),
+                &e,
+            ));
+            s.capture = Capture::default();
+        }
+    }
+}
+
 fn copy_error(e: &MonitorError) -> MonitorError {
     MonitorError::new(e.kind, e.port.clone(), e.what.clone(), e.detail.clone())
 }
@@ -99,8 +223,13 @@ pub struct Finished {
 }
 
 impl PowerSession {
-    /// Identifies and starts `monitor` and begins draining it.
-    pub fn start(mut monitor: Box<dyn PowerMonitor>) -> Result<Self, MonitorError> {
+    /// Identifies and starts `monitor` and begins draining it, with the default [`CaptureLimits`].
+    pub fn start(monitor: Box<dyn PowerMonitor>) -> Result<Self, MonitorError> {
+        Self::start_with(monitor, CaptureLimits::default())
+    }
+
+    /// [`PowerSession::start`] with the given limits on each capture.
+    pub fn start_with(mut monitor: Box<dyn PowerMonitor>, limits: CaptureLimits) -> Result<Self, MonitorError> {
         let info = monitor.identify()?;
         monitor.start()?;
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -153,11 +282,13 @@ impl PowerSession {
                                     let cap = &mut s.capture;
                                     cap.samples.iter_mut().filter_map(|x| x.clock.as_mut()).for_each(shift);
                                     cap.lost.iter_mut().filter_map(|r| r.clock.as_mut()).for_each(shift);
+                                    if let Some(spill) = s.spill.as_mut() {
+                                        spill.note_reindex(*run);
+                                    }
                                 }
                             }
-                            if s.capturing {
-                                s.capture.samples.extend_from_slice(&buf);
-                                s.capture.lost.extend(lost);
+                            if s.capturing && s.capture_failed.is_none() {
+                                keep_in_capture(&mut s, &buf, lost, &limits, &port);
                             }
                             let keep = buf.len().min(TAIL_SAMPLES);
                             s.tail.extend(buf[buf.len() - keep..].iter().copied());
@@ -198,8 +329,17 @@ impl PowerSession {
             return Err(copy_error(e));
         }
         s.capture = Capture { samples: s.tail.iter().copied().collect(), ..Capture::default() };
+        s.spill = None;
+        s.capture_failed = None;
+        s.peak_in_memory = s.capture.samples.len();
         s.capturing = true;
         Ok(())
+    }
+
+    /// The most samples the open (or the last) capture held in memory at once: at most
+    /// [`CaptureLimits::memory_samples`] plus one delivery of the monitor.
+    pub fn peak_capture_samples(&self) -> usize {
+        self.lock().peak_in_memory
     }
 
     /// How long [`PowerSession::finish`] waits for the sample after a window's end: three times the
@@ -235,7 +375,24 @@ impl PowerSession {
         let mut s = self.lock();
         s.capturing = false;
         let mut capture = std::mem::take(&mut s.capture);
-        if let Some(fit) = s.fit {
+        let spill = s.spill.take();
+        let failed = s.capture_failed.take();
+        let fit = s.fit;
+        drop(s);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(mut spill) = spill {
+            // A spilled capture is wholly on disk: the samples still in memory join the others.
+            let dir = spill.dir().display().to_string();
+            let spilled = spill
+                .append(&capture.samples)
+                .and_then(|()| spill.finish())
+                .map_err(|e| MonitorError::from_io(&self.info.port, &format!("spilling the capture to {dir}"), &e))?;
+            capture.samples = Vec::new();
+            capture.spilled = Some(spilled);
+        }
+        if let Some(fit) = fit {
             capture.place(fit);
         }
         Ok(Finished { capture, covered, limit })

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::board::{Board, ErrorKind};
+use crate::board::{Board, ErrorKind, PROC_FILE_LIMIT, SYSFS_ATTRIBUTE_LIMIT};
 use crate::dvfs::{
     discover_policies, list_thermal_zones, read_settings, CpufreqPolicy, DvfsError, DvfsErrorKind, FrequencySource,
     Sysfs, ThermalZone,
@@ -142,7 +142,7 @@ pub fn probe(board: &mut dyn Board, sysfs_root: &str) -> Result<ProbeReport, Pro
     for policy in policies {
         let settings = read_settings(board, &sysfs, policy.id)?;
         let cur_path = sysfs.policy_path(policy.id, "scaling_cur_freq");
-        let cur_khz = match board.read_file(&cur_path) {
+        let cur_khz = match board.read_file_limited(&cur_path, SYSFS_ATTRIBUTE_LIMIT) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).trim().parse().ok(),
             Err(_) => None,
         };
@@ -163,12 +163,15 @@ pub fn probe(board: &mut dyn Board, sysfs_root: &str) -> Result<ProbeReport, Pro
     }
     let thermal_zones = list_thermal_zones(board, &sysfs)?;
     let marker = format!("{}/{SIM_MARKER}", sysfs.root().trim_end_matches('/'));
-    let simulated = match board.read_file(&marker) {
+    // The marker is a few hundred bytes of JSON in the fake sysfs tree: the same bound as its neighbours.
+    let simulated = match board.read_file_limited(&marker, SYSFS_ATTRIBUTE_LIMIT) {
         // Unreadable JSON still marks the board simulated: the file exists only where hil put it.
         Ok(bytes) => Some(
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())),
         ),
+        // So does one too large to read.
+        Err(e) if e.kind == ErrorKind::Limit => Some(serde_json::Value::String(e.detail)),
         Err(_) => None,
     };
     if thermal_zones.is_empty() {
@@ -206,7 +209,7 @@ fn uname(board: &mut dyn Board, flag: &str) -> Result<String, ProbeError> {
 }
 
 fn read_proc(board: &mut dyn Board, path: &str) -> Result<String, ProbeError> {
-    match board.read_file(path) {
+    match board.read_file_limited(path, PROC_FILE_LIMIT) {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
         Err(e) => Err(ProbeError::Board {
             board: board.name().to_string(),

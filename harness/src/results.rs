@@ -320,17 +320,18 @@ pub const POWER_WINDOWS_PARQUET: &str = "power_windows.parquet";
 /// Raw power samples, one part per cell, merged into `power.parquet` at the end of the run.
 pub const POWER_RAW_DIR: &str = "power_raw";
 
-/// Writes one cell's raw samples (times relative to the window start on the host clock) as a part file.
-pub fn write_power_part(
-    dir: &Path,
+/// Rows per batch when raw power is written to parquet: 1 s of a PPK2 (some 6 MB as a frame), so a
+/// part of any length is written, and `power.parquet` merged, in memory of one batch.
+pub const RAW_POWER_BATCH_ROWS: usize = 100_000;
+
+/// One batch of raw samples as a frame (times relative to the window start on the host clock).
+fn raw_power_frame(
     key: &CellKey,
     samples: &[crate::power::Sample],
     window_start_ns: i64,
     simulated: bool,
-) -> Result<()> {
-    let parts = dir.join(POWER_RAW_DIR);
-    fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
-    let mut df = frame!(samples;
+) -> PolarsResult<DataFrame> {
+    frame!(samples;
         "board" => |_s| key.board.clone(),
         "freq_khz" => |_s| key.freq_khz,
         "variant" => |_s| key.variant.clone(),
@@ -342,12 +343,129 @@ pub fn write_power_part(
         "voltage_v" => |s| s.voltage_v,
         "logic" => |s| s.logic.map(u32::from),
     )
-    .context("building raw power table")?;
-    let name = format!("{}_{}_{}_r{}.parquet", key.board, key.freq_khz, key.variant, key.repeat);
-    write_parquet_atomic(&parts.join(name), &mut df)
 }
 
-/// Concatenates the raw power parts into `power.parquet` (no-op without parts).
+fn power_part_path(dir: &Path, key: &CellKey) -> PathBuf {
+    dir.join(POWER_RAW_DIR).join(format!("{}_{}_{}_r{}.parquet", key.board, key.freq_khz, key.variant, key.repeat))
+}
+
+/// A parquet file written batch by batch under a temporary name and renamed into place when
+/// complete (fsync'd first), so a reader sees the whole file or none of it.
+struct BatchedParquet {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: polars::io::parquet::write::BatchedWriter<File>,
+    done: bool,
+}
+
+impl Drop for BatchedParquet {
+    /// A file abandoned half-written (an error on the way) leaves no temporary behind.
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl BatchedParquet {
+    fn create(path: &Path, schema: &Schema) -> Result<Self> {
+        let tmp = tmp_sibling(path);
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let writer =
+            ParquetWriter::new(file).batched(schema).with_context(|| format!("writing parquet {}", tmp.display()))?;
+        Ok(Self { path: path.to_path_buf(), tmp, writer, done: false })
+    }
+
+    fn write(&mut self, df: &mut DataFrame) -> Result<()> {
+        // The writer wants every column in the same chunk layout.
+        df.align_chunks_par();
+        self.writer.write_batch(df).with_context(|| format!("writing parquet {}", self.tmp.display()))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.writer.finish().with_context(|| format!("writing parquet {}", self.tmp.display()))?;
+        File::open(&self.tmp).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", self.tmp.display()))?;
+        fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.path.display()))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+/// Writes one cell's raw samples (times relative to the window start on the host clock) as a part file.
+///
+/// `samples` must be the window's (at least one: a cell with energy has some). A capture too long for
+/// memory has none here; it is written with [`write_capture_power_part`].
+pub fn write_power_part(
+    dir: &Path,
+    key: &CellKey,
+    samples: &[crate::power::Sample],
+    window_start_ns: i64,
+    simulated: bool,
+) -> Result<()> {
+    anyhow::ensure!(
+        !samples.is_empty(),
+        "no raw power samples for {key}: a capture longer than the samples a capture holds in memory \
+         (CAPTURE_MEMORY_SAMPLES) is on disk and must be written with write_capture_power_part"
+    );
+    write_power_batches(
+        dir,
+        key,
+        std::iter::once(Ok(std::borrow::Cow::Borrowed(samples))),
+        None,
+        window_start_ns,
+        simulated,
+    )
+    .map(|_| ())
+}
+
+/// Writes the samples of `capture` inside `window` (half-open, as counted for energy) as the cell's
+/// raw power part, streaming: a capture spilled to disk is read back chunk by chunk and written
+/// [`RAW_POWER_BATCH_ROWS`] at a time. Returns the rows written.
+pub fn write_capture_power_part(
+    dir: &Path,
+    key: &CellKey,
+    capture: &crate::samples::Capture,
+    window: crate::energy::HostWindow,
+    simulated: bool,
+) -> Result<u64> {
+    write_power_batches(dir, key, capture.chunks(), Some(window), window.start_ns, simulated)
+}
+
+fn write_power_batches<'a>(
+    dir: &Path,
+    key: &CellKey,
+    chunks: impl Iterator<Item = std::io::Result<std::borrow::Cow<'a, [crate::power::Sample]>>>,
+    window: Option<crate::energy::HostWindow>,
+    window_start_ns: i64,
+    simulated: bool,
+) -> Result<u64> {
+    let parts = dir.join(POWER_RAW_DIR);
+    fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+    let path = power_part_path(dir, key);
+    let schema =
+        raw_power_frame(key, &[], window_start_ns, simulated).context("building raw power table")?.schema().clone();
+    let mut out = BatchedParquet::create(&path, &schema)?;
+    let mut rows = 0u64;
+    for chunk in chunks {
+        let chunk = chunk.with_context(|| format!("reading back the spilled samples of {key}"))?;
+        let range = match window {
+            Some(w) => crate::energy::samples_in_window(&chunk, w),
+            None => 0..chunk.len(),
+        };
+        for batch in chunk[range].chunks(RAW_POWER_BATCH_ROWS) {
+            let mut df = raw_power_frame(key, batch, window_start_ns, simulated).context("building raw power table")?;
+            out.write(&mut df)?;
+            rows += batch.len() as u64;
+        }
+    }
+    out.finish()?;
+    Ok(rows)
+}
+
+/// Concatenates the raw power parts into `power.parquet` (no-op without parts), streaming: each part
+/// is read [`RAW_POWER_BATCH_ROWS`] rows at a time and appended, so memory is one batch however long
+/// the run. The parts stay (the report's power traces read them).
 pub fn merge_power_parts(dir: &Path) -> Result<()> {
     let parts = dir.join(POWER_RAW_DIR);
     let Ok(entries) = fs::read_dir(&parts) else { return Ok(()) };
@@ -360,19 +478,43 @@ pub fn merge_power_parts(dir: &Path) -> Result<()> {
         })
         .collect();
     files.sort();
-    let mut merged: Option<DataFrame> = None;
+    let mut merged: Option<(BatchedParquet, Schema)> = None;
     for f in &files {
-        let df = read_parquet(f)?;
-        match &mut merged {
-            None => merged = Some(df),
-            Some(m) => {
-                m.vstack_mut(&df).with_context(|| format!("appending {}", f.display()))?;
+        let rows = File::open(f)
+            .map_err(PolarsError::from)
+            .and_then(|file| ParquetReader::new(file).num_rows())
+            .with_context(|| format!("reading parquet {}", f.display()))?;
+        let mut offset = 0;
+        // At least one read per part, so an empty part still contributes its schema.
+        loop {
+            let take = RAW_POWER_BATCH_ROWS.min(rows - offset);
+            let mut batch = File::open(f)
+                .map_err(PolarsError::from)
+                .and_then(|file| ParquetReader::new(file).with_slice(Some((offset, take))).finish())
+                .with_context(|| format!("reading parquet {}", f.display()))?;
+            let (out, schema) = match &mut merged {
+                Some(m) => m,
+                None => {
+                    let schema = batch.schema().as_ref().clone();
+                    merged.insert((BatchedParquet::create(&dir.join(POWER_PARQUET), &schema)?, schema))
+                }
+            };
+            anyhow::ensure!(
+                batch.schema().as_ref() == schema,
+                "appending {}: its columns {:?} differ from the first part's {:?}",
+                f.display(),
+                batch.schema(),
+                schema
+            );
+            out.write(&mut batch)?;
+            offset += take;
+            if offset >= rows {
+                break;
             }
         }
     }
-    if let Some(mut m) = merged {
-        m.align_chunks_par();
-        write_parquet_atomic(&dir.join(POWER_PARQUET), &mut m)?;
+    if let Some((out, _)) = merged {
+        out.finish()?;
     }
     Ok(())
 }

@@ -15,21 +15,29 @@
 //! - every child runs in its own process group, so a timeout or `close` kills
 //!   the whole tree (a `sh -c 'sleep 100'` leaves no orphaned `sleep`), and a
 //!   Ctrl-C at the terminal reaches `hil` only, which then shuts the agent down
-//!   in order instead of having it die mid-reply.
+//!   in order instead of having it die mid-reply;
+//! - reads are bounded ([`super::ReadLimit`]): a command's output by
+//!   [`EXEC_OUTPUT_LIMIT`] (the process group is killed as soon as a stream
+//!   passes it), a session's line by [`AGENT_LINE_LIMIT`], a file by the limit
+//!   the caller gives.
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Board, BoardError, ErrorKind, ExecOutput, InteractiveSession};
+use super::{
+    Board, BoardError, ErrorKind, ExecOutput, InteractiveSession, ReadLimit, AGENT_LINE_LIMIT, EXEC_OUTPUT_LIMIT,
+    FILE_READ_LIMIT,
+};
 
 /// How much of a process's stderr is kept for error messages.
 ///
@@ -74,6 +82,82 @@ impl OutputTail {
     }
 }
 
+/// Splits a byte stream into lines (the agent's stdout), refusing a line longer than its limit.
+///
+/// Both transports feed it whatever they read. It never holds more than the limit of an unfinished
+/// line; complete lines wait in a queue whose size a reader watches ([`LineBuffer::should_read`]) to
+/// stop reading while a consumer is behind, so memory stays within about twice the limit and the
+/// writer is held back by the pipe or the SSH window instead.
+#[derive(Debug)]
+pub(crate) struct LineBuffer {
+    limit: ReadLimit,
+    partial: Vec<u8>,
+    lines: VecDeque<String>,
+    /// Bytes in `lines`.
+    queued: usize,
+}
+
+impl LineBuffer {
+    pub(crate) fn new(limit: ReadLimit) -> Self {
+        Self { limit, partial: Vec::new(), lines: VecDeque::new(), queued: 0 }
+    }
+
+    /// Appends bytes from the stream and queues the lines they complete. `Err(n)` when the
+    /// unfinished line has passed the limit (`n` bytes without a newline); nothing past the limit
+    /// is kept.
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), usize> {
+        let mut rest = data;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            if self.partial.len() + i > self.limit.bytes {
+                return Err(self.partial.len() + i);
+            }
+            self.partial.extend_from_slice(&rest[..=i]);
+            let line = trim_line_end(std::mem::take(&mut self.partial));
+            self.queued += line.len();
+            self.lines.push_back(line);
+            rest = &rest[i + 1..];
+        }
+        if self.partial.len() + rest.len() > self.limit.bytes {
+            return Err(self.partial.len() + rest.len());
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// The oldest complete line.
+    pub(crate) fn pop(&mut self) -> Option<String> {
+        let line = self.lines.pop_front()?;
+        self.queued -= line.len();
+        Some(line)
+    }
+
+    /// Whether a reader should take more from the stream: not while the queued lines and the
+    /// unfinished one already hold the limit.
+    pub(crate) fn should_read(&self) -> bool {
+        self.queued + self.partial.len() <= self.limit.bytes
+    }
+
+    /// The unfinished last line, at end of stream.
+    pub(crate) fn take_partial(&mut self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| trim_line_end(std::mem::take(&mut self.partial)))
+    }
+
+    /// The error detail for a line that passed the limit after `n` bytes.
+    pub(crate) fn overflow_detail(&self, n: usize) -> String {
+        format!(
+            "{}; the session reads no further",
+            self.limit.exceeded(format!("a line ({n} bytes so far, no newline)"))
+        )
+    }
+}
+
+/// Reads `r` to its end, or stops one byte past `limit`: `Ok(None)` means it had more than `limit`.
+pub(crate) fn read_capped(r: &mut impl Read, limit: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    r.take(limit as u64 + 1).read_to_end(&mut data)?;
+    Ok((data.len() <= limit).then_some(data))
+}
+
 /// Strips the line terminator (`\n`, and a `\r` before it) from a line read
 /// with `read_until(b'\n')`.
 pub(crate) fn trim_line_end(mut line: Vec<u8>) -> String {
@@ -112,12 +196,18 @@ fn kill_group(child: &mut Child) {
     let _ = child.kill();
 }
 
-/// Drains a pipe to the end on a thread; the result arrives on the returned channel.
-fn drain_to_end(mut pipe: impl Read + Send + 'static) -> Receiver<io::Result<Vec<u8>>> {
+/// Drains a pipe to its end on a thread, at most [`EXEC_OUTPUT_LIMIT`]; the result arrives on the
+/// returned channel (`Ok(None)`: the stream passed the limit). `over` is set the moment it does, so
+/// the waiting side can stop the command at once instead of at its timeout; the pipe is closed then,
+/// and a writer that goes on gets `EPIPE`.
+fn drain_capped(mut pipe: impl Read + Send + 'static, over: Arc<AtomicBool>) -> Receiver<io::Result<Option<Vec<u8>>>> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        let mut buf = Vec::new();
-        let result = pipe.read_to_end(&mut buf).map(|_| buf);
+        let result = read_capped(&mut pipe, EXEC_OUTPUT_LIMIT.bytes);
+        if matches!(result, Ok(None)) {
+            over.store(true, Ordering::SeqCst);
+        }
+        drop(pipe);
         let _ = tx.send(result);
     });
     rx
@@ -174,16 +264,30 @@ impl LocalBoard {
                 let _ = stdin.write_all(&data);
             });
         }
-        let stdout_rx = drain_to_end(child.stdout.take().expect("stdout piped"));
-        let stderr_rx = drain_to_end(child.stderr.take().expect("stderr piped"));
+        let (stdout_over, stderr_over) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let stdout_rx = drain_capped(child.stdout.take().expect("stdout piped"), stdout_over.clone());
+        let stderr_rx = drain_capped(child.stderr.take().expect("stderr piped"), stderr_over.clone());
         let deadline = Instant::now() + timeout;
+        let over_limit = |stream: &str| {
+            self.err(
+                ErrorKind::Limit,
+                what.clone(),
+                format!("{}; the command's process group was killed", EXEC_OUTPUT_LIMIT.exceeded(stream)),
+            )
+        };
 
-        let status = match wait_until(&mut child, deadline) {
-            Ok(Some(status)) => status,
-            Ok(None) => {
+        let overflowed = || stdout_over.load(Ordering::SeqCst) || stderr_over.load(Ordering::SeqCst);
+        let status = match wait_for_exit(&mut child, deadline, overflowed) {
+            Ok(Wait::Exited(status)) => status,
+            Ok(Wait::Stopped) => {
                 kill_group(&mut child);
                 let _ = child.wait();
-                let stderr = stderr_rx.recv_timeout(Duration::from_secs(1)).ok().and_then(Result::ok);
+                return Err(over_limit(if stdout_over.load(Ordering::SeqCst) { "stdout" } else { "stderr" }));
+            }
+            Ok(Wait::TimedOut) => {
+                kill_group(&mut child);
+                let _ = child.wait();
+                let stderr = stderr_rx.recv_timeout(Duration::from_secs(1)).ok().and_then(Result::ok).flatten();
                 let tail = stderr.map(|e| String::from_utf8_lossy(&e).into_owned()).unwrap_or_default();
                 return Err(self.err(
                     ErrorKind::Timeout,
@@ -193,10 +297,11 @@ impl LocalBoard {
             }
             Err(e) => return Err(self.err(ErrorKind::Remote, what, format!("waiting for exit: {e}"))),
         };
-        let mut collect = |rx: Receiver<io::Result<Vec<u8>>>, stream: &str| -> Result<Vec<u8>, BoardError> {
+        let mut collect = |rx: Receiver<io::Result<Option<Vec<u8>>>>, stream: &str| -> Result<Vec<u8>, BoardError> {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Ok(Some(bytes))) => Ok(bytes),
+                Ok(Ok(None)) => Err(over_limit(stream)),
                 Ok(Err(e)) => Err(self.err(ErrorKind::Remote, what.clone(), format!("reading {stream}: {e}"))),
                 Err(_) => {
                     kill_group(&mut child);
@@ -218,19 +323,39 @@ impl LocalBoard {
     }
 }
 
+/// How a wait for a child ended.
+enum Wait {
+    Exited(ExitStatus),
+    /// The deadline passed first.
+    TimedOut,
+    /// The caller's stop condition became true first.
+    Stopped,
+}
+
 /// Polls `child` until it exits or `deadline` passes (`Ok(None)`).
+fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+    Ok(match wait_for_exit(child, deadline, || false)? {
+        Wait::Exited(status) => Some(status),
+        Wait::TimedOut | Wait::Stopped => None,
+    })
+}
+
+/// Polls `child` until it exits, `deadline` passes or `stop()` says so.
 ///
 /// Polling with a short, growing sleep keeps this free of signal handling
 /// (SIGCHLD belongs to the whole process, and other threads run commands too).
-fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+fn wait_for_exit(child: &mut Child, deadline: Instant, stop: impl Fn() -> bool) -> io::Result<Wait> {
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
+            return Ok(Wait::Exited(status));
+        }
+        if stop() {
+            return Ok(Wait::Stopped);
         }
         let now = Instant::now();
         if now >= deadline {
-            return Ok(None);
+            return Ok(Wait::TimedOut);
         }
         thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -261,23 +386,39 @@ impl Board for LocalBoard {
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
 
-        let (line_tx, lines) = mpsc::channel();
+        // A bounded queue: when the session is not reading, the thread blocks on it and the agent
+        // on its full pipe, instead of lines piling up here.
+        let (line_tx, lines) = mpsc::sync_channel(SESSION_QUEUED_LINES);
         thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
+            let mut stdout = stdout;
+            let mut buffer = LineBuffer::new(AGENT_LINE_LIMIT);
+            let mut chunk = vec![0u8; 64 * 1024];
             loop {
-                let mut line = Vec::new();
-                match reader.read_until(b'\n', &mut line) {
+                let n = match stdout.read(&mut chunk) {
                     Ok(0) => {
+                        if let Some(last) = buffer.take_partial() {
+                            if line_tx.send(LineEvent::Line(last)).is_err() {
+                                return;
+                            }
+                        }
                         let _ = line_tx.send(LineEvent::Eof);
                         return;
                     }
-                    Ok(_) => {
-                        if line_tx.send(LineEvent::Line(trim_line_end(line))).is_err() {
-                            return;
-                        }
-                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         let _ = line_tx.send(LineEvent::Failed(e.to_string()));
+                        return;
+                    }
+                };
+                if let Err(n) = buffer.push(&chunk[..n]) {
+                    // Stop reading: the pipe closes with this thread, and the process's next
+                    // write fails instead of growing our memory.
+                    let _ = line_tx.send(LineEvent::TooLong(buffer.overflow_detail(n)));
+                    return;
+                }
+                while let Some(line) = buffer.pop() {
+                    if line_tx.send(LineEvent::Line(line)).is_err() {
                         return;
                     }
                 }
@@ -306,6 +447,7 @@ impl Board for LocalBoard {
             tail,
             stderr_done,
             finished: false,
+            overflowed: None,
         }))
     }
 
@@ -331,7 +473,17 @@ impl Board for LocalBoard {
     }
 
     fn read_file(&mut self, path: &str) -> Result<Vec<u8>, BoardError> {
-        fs::read(path).map_err(|e| self.err(ErrorKind::Remote, format!("read {path}"), e.to_string()))
+        self.read_file_limited(path, FILE_READ_LIMIT)
+    }
+
+    fn read_file_limited(&mut self, path: &str, limit: ReadLimit) -> Result<Vec<u8>, BoardError> {
+        let what = format!("read {path}");
+        let mut file = fs::File::open(path).map_err(|e| self.err(ErrorKind::Remote, what.clone(), e.to_string()))?;
+        match read_capped(&mut file, limit.bytes) {
+            Ok(Some(data)) => Ok(data),
+            Ok(None) => Err(self.err(ErrorKind::Limit, what, limit.exceeded("the file"))),
+            Err(e) => Err(self.err(ErrorKind::Remote, what, e.to_string())),
+        }
     }
 
     fn write_file(&mut self, path: &str, data: &[u8], sudo: bool) -> Result<(), BoardError> {
@@ -383,12 +535,19 @@ pub(crate) fn temp_sibling(path: &str) -> String {
     format!("{path}.tmp-{}-{nonce:016x}", std::process::id())
 }
 
+/// Lines a local session's reader thread may hold for a session that is not reading: the agent
+/// answers one request at a time, so two (a late reply and the current one) are plenty; memory is at
+/// most these, one being read and one unfinished, each within [`AGENT_LINE_LIMIT`].
+const SESSION_QUEUED_LINES: usize = 2;
+
 /// What the stdout reader thread reports.
 #[derive(Debug)]
 enum LineEvent {
     Line(String),
     Eof,
     Failed(String),
+    /// A line passed [`AGENT_LINE_LIMIT`]; the thread stopped reading (the detail says so).
+    TooLong(String),
 }
 
 /// A process on this host driven line by line.
@@ -403,6 +562,8 @@ pub struct LocalSession {
     /// Signalled when stderr reaches EOF, so an exit report includes the last words.
     stderr_done: Receiver<()>,
     finished: bool,
+    /// Set once a line passed [`AGENT_LINE_LIMIT`]: the session is out of step for good.
+    overflowed: Option<String>,
 }
 
 impl LocalSession {
@@ -442,8 +603,15 @@ impl InteractiveSession for LocalSession {
     }
 
     fn read_line(&mut self, timeout: Duration) -> Result<String, BoardError> {
+        if let Some(detail) = &self.overflowed {
+            return Err(self.err(ErrorKind::Limit, detail.clone()));
+        }
         match self.lines.recv_timeout(timeout) {
             Ok(LineEvent::Line(line)) => Ok(line),
+            Ok(LineEvent::TooLong(detail)) => {
+                self.overflowed = Some(detail.clone());
+                Err(self.err(ErrorKind::Limit, detail))
+            }
             Ok(LineEvent::Eof) | Err(RecvTimeoutError::Disconnected) => {
                 let detail = self.exited_detail();
                 Err(self.err(ErrorKind::Connection, detail))
@@ -673,6 +841,87 @@ mod tests {
         let err = b.read_file(&format!("{path}.missing")).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Remote);
         assert!(err.what.contains("scaling_setspeed.missing"));
+    }
+
+    const TINY: ReadLimit = ReadLimit::new("TINY_LIMIT", 8, "a test limit");
+
+    #[test]
+    fn line_buffer_splits_lines_across_pushes_and_refuses_a_line_past_the_limit() {
+        let mut b = LineBuffer::new(TINY);
+        b.push(b"ab").unwrap();
+        b.push(b"c\r\n12345678\nxy").unwrap();
+        assert_eq!(b.pop().as_deref(), Some("abc"));
+        assert_eq!(b.pop().as_deref(), Some("12345678"), "exactly the limit is allowed");
+        assert_eq!(b.pop(), None);
+        assert_eq!(b.take_partial().as_deref(), Some("xy"));
+        assert_eq!(b.take_partial(), None);
+
+        // Nine bytes before the newline: refused whether it arrives at once or in pieces.
+        assert_eq!(LineBuffer::new(TINY).push(b"123456789\n"), Err(9));
+        let mut b = LineBuffer::new(TINY);
+        b.push(b"12345").unwrap();
+        assert_eq!(b.push(b"6789"), Err(9));
+        assert!(b.overflow_detail(9).contains("TINY_LIMIT (8 bytes: a test limit)"), "{}", b.overflow_detail(9));
+    }
+
+    #[test]
+    fn line_buffer_asks_the_reader_to_stop_while_lines_wait() {
+        let mut b = LineBuffer::new(TINY);
+        b.push(b"1234\n5678\n").unwrap();
+        assert!(b.should_read(), "8 bytes held: at the limit, not past it");
+        b.push(b"9").unwrap();
+        assert!(!b.should_read());
+        b.pop();
+        assert!(b.should_read());
+    }
+
+    #[test]
+    fn read_capped_stops_one_byte_past_the_limit_of_an_endless_stream() {
+        assert_eq!(read_capped(&mut &b"12345678"[..], 8).unwrap(), Some(b"12345678".to_vec()));
+        assert_eq!(read_capped(&mut io::repeat(b'y'), 1 << 20).unwrap(), None);
+        assert_eq!(read_capped(&mut &b""[..], 0).unwrap(), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_command_printing_forever_is_stopped_at_the_output_limit() {
+        let started = Instant::now();
+        let err = board().exec(&argv(&["yes"]), Duration::from_secs(120)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("local-test") && text.contains("exec \"yes\""), "{text}");
+        assert!(text.contains("stdout passed EXEC_OUTPUT_LIMIT (16 MiB"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(30), "stopped at the limit, not the timeout");
+        // The same for stderr, and for a command that finishes but printed too much.
+        let err = board().exec(&argv(&["sh", "-c", "yes >&2"]), Duration::from_secs(120)).unwrap_err();
+        assert!(err.to_string().contains("stderr passed EXEC_OUTPUT_LIMIT"), "{err}");
+        let err = board().exec(&argv(&["head", "-c", "17000000", "/dev/zero"]), Duration::from_secs(120)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit, "{err}");
+    }
+
+    #[test]
+    fn a_file_past_the_callers_limit_is_refused_naming_limit_and_path() {
+        let mut b = board();
+        let err = b.read_file_limited("/dev/zero", TINY).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit);
+        assert!(err.to_string().contains("read /dev/zero: the file passed TINY_LIMIT"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eight");
+        fs::write(&path, b"12345678").unwrap();
+        assert_eq!(b.read_file_limited(path.to_str().unwrap(), TINY).unwrap(), b"12345678");
+    }
+
+    #[test]
+    fn a_session_line_that_never_ends_is_refused_and_the_session_stays_refused() {
+        let mut session = board().spawn(&argv(&["sh", "-c", "echo first; yes | tr -d '\\n'"])).unwrap();
+        assert_eq!(session.read_line(Duration::from_secs(10)).unwrap(), "first");
+        let started = Instant::now();
+        let err = session.read_line(Duration::from_secs(120)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Limit, "{err}");
+        assert!(err.detail.contains("passed AGENT_LINE_LIMIT (32 MiB"), "{}", err.detail);
+        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+        let again = session.read_line(Duration::from_secs(1)).unwrap_err();
+        assert_eq!(again.kind, ErrorKind::Limit, "{again}");
+        session.close().unwrap();
     }
 
     #[test]

@@ -32,6 +32,12 @@
 //! Without a pty, sshd cannot kill the remote process: a command that outlives
 //! its timeout may keep running on the board until it next writes.
 //!
+//! Output is bounded: a command's stdout and stderr by [`EXEC_OUTPUT_LIMIT`]
+//! each, the agent's lines by [`AGENT_LINE_LIMIT`], a file read over SFTP by
+//! the caller's limit. Passing one is an [`ErrorKind::Limit`] error naming the
+//! limit, the board and the command or path; the connection is dropped as on a
+//! timeout (the channel was left mid-stream) and the next call reconnects.
+//!
 //! # Keepalive
 //! libssh2 sends keepalives only when asked; they are sent before each
 //! operation and while an interactive session waits for a line. TCP
@@ -42,7 +48,6 @@ mod host_keys;
 
 pub use host_keys::{HostKeyChecking, HostKeyVerdict, KnownHostsMatch, ServerHostKey};
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -53,9 +58,14 @@ use std::time::{Duration, Instant};
 
 use ssh2::{BlockDirections, Channel, CheckResult, ErrorCode, KnownHostFileKind, OpenFlags, OpenType, Session, Sftp};
 
-use super::local::{describe_exec, sudo_tee_argv, temp_sibling, trim_line_end, OutputTail, STDERR_TAIL_BYTES};
+use super::local::{
+    describe_exec, read_capped, sudo_tee_argv, temp_sibling, LineBuffer, OutputTail, STDERR_TAIL_BYTES,
+};
 use super::quote::{find_nul, shell_join};
-use super::{Board, BoardError, ErrorKind, ExecOutput, InteractiveSession};
+use super::{
+    Board, BoardError, ErrorKind, ExecOutput, InteractiveSession, ReadLimit, AGENT_LINE_LIMIT, EXEC_OUTPUT_LIMIT,
+    FILE_READ_LIMIT,
+};
 
 /// How the harness proves who it is. Passwords are deliberately absent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -581,34 +591,51 @@ struct Pump {
     progressed: bool,
 }
 
-/// Reads whatever is available on stdout and stderr without blocking.
-fn pump_channel(channel: &mut Channel, stdout: &mut Vec<u8>, stderr: &mut impl FnMut(&[u8])) -> io::Result<Pump> {
-    let mut pump = Pump::default();
+/// The most one [`pump_channel`] call takes from each stream, so that a call returns in bounded time
+/// even from a command whose output never pauses (the caller's sinks bound memory).
+const PUMP_BYTES: usize = 4 << 20;
+
+/// Where [`pump_channel`] puts what it read; returns whether it wants more.
+type Sink<'a> = &'a mut dyn FnMut(&[u8]) -> bool;
+
+/// Reads whatever is available on stdout (unless `stdout` is `None`: the caller is holding the
+/// remote back) and stderr without blocking. Each sink returns whether it wants more; at most
+/// [`PUMP_BYTES`] is taken from each stream per call.
+fn pump_channel(channel: &mut Channel, stdout: Option<Sink<'_>>, stderr: Sink<'_>) -> io::Result<Pump> {
+    fn drain(stream: &mut impl Read, sink: &mut dyn FnMut(&[u8]) -> bool, buf: &mut [u8]) -> io::Result<bool> {
+        let mut progressed = false;
+        let mut taken = 0;
+        while taken < PUMP_BYTES {
+            match stream.read(buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    progressed = true;
+                    taken += n;
+                    if !sink(&buf[..n]) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progressed)
+    }
     let mut buf = [0u8; 32 * 1024];
-    loop {
-        match channel.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                stdout.extend_from_slice(&buf[..n]);
-                pump.progressed = true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
+    let mut pump = Pump::default();
+    if let Some(sink) = stdout {
+        pump.progressed |= drain(channel, sink, &mut buf)?;
     }
-    let mut err_stream = channel.stderr();
-    loop {
-        match err_stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                stderr(&buf[..n]);
-                pump.progressed = true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
+    pump.progressed |= drain(&mut channel.stderr(), stderr, &mut buf)?;
     Ok(pump)
+}
+
+/// A command's output so far, refusing more than [`EXEC_OUTPUT_LIMIT`].
+fn capped_sink(collected: &mut Vec<u8>) -> impl FnMut(&[u8]) -> bool + '_ {
+    move |bytes| {
+        collected.extend_from_slice(bytes);
+        collected.len() <= EXEC_OUTPUT_LIMIT.bytes
+    }
 }
 
 /// The status a finished channel reports: the exit code, or 128 + signal.
@@ -678,8 +705,19 @@ impl Connection {
                     Err(e) => return Err(ssh_failed("closing stdin", Some(e))),
                 }
             }
-            let pump = pump_channel(&mut channel, &mut stdout, &mut |b| stderr.extend_from_slice(b))
+            let pumped = pump_channel(&mut channel, Some(&mut capped_sink(&mut stdout)), &mut capped_sink(&mut stderr));
+            let pump = pumped
                 .map_err(|e| (classify_io(&e), format!("reading output: {e}; stderr: {}", tail_text(&stderr))))?;
+            for (stream, collected) in [("stdout", &stdout), ("stderr", &stderr)] {
+                if collected.len() > EXEC_OUTPUT_LIMIT.bytes {
+                    // The command is abandoned mid-stream: `with_conn` drops the connection, which
+                    // closes the remote side's pipes.
+                    return Err((
+                        ErrorKind::Limit,
+                        format!("{}; the command was stopped", EXEC_OUTPUT_LIMIT.exceeded(stream)),
+                    ));
+                }
+            }
             progressed |= pump.progressed;
             if channel.eof() && !progressed {
                 break;
@@ -778,7 +816,9 @@ impl SshBoard {
         match op(conn) {
             Ok(v) => Ok(v),
             Err((kind, detail)) => {
-                if kind.is_retryable() {
+                // A read stopped at its limit left a channel mid-stream: no more trustworthy than
+                // one abandoned at a timeout.
+                if kind.is_retryable() || kind == ErrorKind::Limit {
                     if let Some(conn) = self.conn.take() {
                         conn.abandon();
                     }
@@ -880,11 +920,17 @@ impl Board for SshBoard {
     }
 
     fn read_file(&mut self, path: &str) -> Result<Vec<u8>, BoardError> {
+        self.read_file_limited(path, FILE_READ_LIMIT)
+    }
+
+    fn read_file_limited(&mut self, path: &str, limit: ReadLimit) -> Result<Vec<u8>, BoardError> {
         self.sftp_op(&format!("read {path}"), |sftp| {
             let mut file = sftp.open(Path::new(path)).map_err(sftp_err)?;
-            let mut data = Vec::new();
-            file.read_to_end(&mut data).map_err(|e| (classify_io(&e), format!("reading: {e}")))?;
-            Ok(data)
+            match read_capped(&mut file, limit.bytes) {
+                Ok(Some(data)) => Ok(data),
+                Ok(None) => Err((ErrorKind::Limit, limit.exceeded("the file"))),
+                Err(e) => Err((classify_io(&e), format!("reading: {e}"))),
+            }
         })
     }
 
@@ -1003,15 +1049,18 @@ fn sftp_err(e: ssh2::Error) -> (ErrorKind, String) {
 ///
 /// Driven in non-blocking mode: each call pumps stdout (split into lines) and
 /// stderr (kept as a bounded tail) while it waits, so the remote side never
-/// stalls on a full channel window while we wait for a reply.
+/// stalls on a full channel window while we wait for a reply. Stdout is read
+/// only while the unread lines hold less than [`AGENT_LINE_LIMIT`]: beyond
+/// that the SSH window holds the agent back instead of our memory growing.
 pub struct SshSession {
     board: String,
     what: String,
     conn: Connection,
     channel: Channel,
     write_timeout: Duration,
-    partial: Vec<u8>,
-    lines: VecDeque<String>,
+    lines: LineBuffer,
+    /// Set once a line passed [`AGENT_LINE_LIMIT`]: the session reads no further.
+    overflowed: Option<String>,
     tail: OutputTail,
     eof: bool,
     closed: bool,
@@ -1039,8 +1088,8 @@ impl SshSession {
             conn,
             channel,
             write_timeout: cfg.command_timeout,
-            partial: Vec::new(),
-            lines: VecDeque::new(),
+            lines: LineBuffer::new(AGENT_LINE_LIMIT),
+            overflowed: None,
             tail: OutputTail::with_capacity(STDERR_TAIL_BYTES),
             eof: false,
             closed: false,
@@ -1054,8 +1103,29 @@ impl SshSession {
 
     /// Reads what is available; splits complete lines off. Returns whether anything arrived.
     fn pump(&mut self) -> Result<bool, BoardError> {
-        let tail = &mut self.tail;
-        let result = pump_channel(&mut self.channel, &mut self.partial, &mut |b| tail.push(b));
+        if let Some(detail) = &self.overflowed {
+            return Err(self.err(ErrorKind::Limit, detail.clone()));
+        }
+        let read_stdout = self.lines.should_read();
+        let (lines, tail) = (&mut self.lines, &mut self.tail);
+        let mut too_long = None;
+        let mut to_lines = |bytes: &[u8]| match lines.push(bytes) {
+            Ok(()) => lines.should_read(),
+            Err(n) => {
+                too_long = Some(n);
+                false
+            }
+        };
+        let stdout: Option<Sink<'_>> = if read_stdout { Some(&mut to_lines) } else { None };
+        let result = pump_channel(&mut self.channel, stdout, &mut |b| {
+            tail.push(b);
+            true
+        });
+        if let Some(n) = too_long {
+            let detail = self.lines.overflow_detail(n);
+            self.overflowed = Some(detail.clone());
+            return Err(self.err(ErrorKind::Limit, detail));
+        }
         let pump = match result {
             Ok(p) => p,
             Err(e) => {
@@ -1063,11 +1133,8 @@ impl SshSession {
                 return Err(self.err(classify_io(&e), detail));
             }
         };
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            self.lines.push_back(trim_line_end(line));
-        }
-        if !pump.progressed && self.channel.eof() {
+        // End of stream only once stdout was read dry: unread bytes may wait behind an EOF.
+        if read_stdout && !pump.progressed && self.channel.eof() {
             self.eof = true;
         }
         Ok(pump.progressed)
@@ -1130,12 +1197,15 @@ impl InteractiveSession for SshSession {
     fn read_line(&mut self, timeout: Duration) -> Result<String, BoardError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self.lines.pop_front() {
+            if let Some(detail) = &self.overflowed {
+                return Err(self.err(ErrorKind::Limit, detail.clone()));
+            }
+            if let Some(line) = self.lines.pop() {
                 return Ok(line);
             }
             if self.eof {
-                if !self.partial.is_empty() {
-                    return Ok(trim_line_end(std::mem::take(&mut self.partial)));
+                if let Some(last) = self.lines.take_partial() {
+                    return Ok(last);
                 }
                 let detail = self.exited_detail();
                 return Err(self.err(ErrorKind::Connection, detail));
@@ -1176,6 +1246,8 @@ impl InteractiveSession for SshSession {
         let socket = self.conn.socket;
         let _ = until_ready(session, socket, deadline, || self.channel.send_eof());
         while !self.eof && Instant::now() < deadline {
+            // Unread lines no longer matter; dropping them keeps stdout flowing to its end.
+            while self.lines.pop().is_some() {}
             match self.pump() {
                 Ok(true) => {}
                 Ok(false) if self.eof => break,

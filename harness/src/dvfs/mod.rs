@@ -34,7 +34,7 @@ mod parse;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::board::{Board, BoardError, ErrorKind};
+use crate::board::{Board, BoardError, ErrorKind, SYSFS_ATTRIBUTE_LIMIT};
 
 pub use pin::{apply_writes, pin_policy};
 pub use policy::{discover_policies, read_policy, read_settings, CpufreqPolicy, FrequencySource, PolicySettings};
@@ -124,24 +124,28 @@ impl Sysfs {
         policy: Option<u32>,
         path: &str,
     ) -> Result<String, DvfsError> {
-        let bytes =
-            board.read_file(path).map_err(|e| DvfsError::transport(board.name(), policy, path, "reading", e))?;
+        let bytes = board
+            .read_file_limited(path, SYSFS_ATTRIBUTE_LIMIT)
+            .map_err(|e| DvfsError::transport(board.name(), policy, path, "reading", e))?;
         Ok(String::from_utf8_lossy(&bytes).trim().to_string())
     }
 
     /// Reads an attribute that a board may lack or refuse to a normal user
     /// (`cpuinfo_cur_freq` is mode 0400, `scaling_available_frequencies` is
     /// absent under many drivers): `None` then. A dropped connection or a
-    /// timeout is still an error: the answer is unknown, not absent.
+    /// timeout is still an error: the answer is unknown, not absent; so is an attribute past
+    /// [`SYSFS_ATTRIBUTE_LIMIT`] (it is there, and it is not a sysfs attribute).
     pub(crate) fn read_optional(
         &self,
         board: &mut dyn Board,
         policy: Option<u32>,
         path: &str,
     ) -> Result<Option<String>, DvfsError> {
-        match board.read_file(path) {
+        match board.read_file_limited(path, SYSFS_ATTRIBUTE_LIMIT) {
             Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string())),
-            Err(e) if e.kind.is_retryable() => Err(DvfsError::transport(board.name(), policy, path, "reading", e)),
+            Err(e) if e.kind.is_retryable() || e.kind == ErrorKind::Limit => {
+                Err(DvfsError::transport(board.name(), policy, path, "reading", e))
+            }
             Err(_) => Ok(None),
         }
     }

@@ -25,7 +25,7 @@ use super::readback::{read_back, FrequencyReadback};
 use super::residency::{read_time_in_state, TimeInState};
 use super::write_order::{plan_restore, CpufreqWrite, PinPlan, PinStrategy};
 use super::{Clock, DvfsError, DvfsErrorKind, Sysfs};
-use crate::board::Board;
+use crate::board::{Board, ErrorKind, RESTORE_FILE_LIMIT};
 
 /// Version of the restore file's JSON layout; a file with another version is
 /// refused rather than misread.
@@ -92,7 +92,9 @@ pub fn save_policies(
     policy_ids: &[u32],
     restore_path: &str,
 ) -> Result<DvfsRestoreFile, DvfsError> {
-    if board.read_file(restore_path).is_ok() {
+    // Too large to read is there all the same: refuse as for a readable one.
+    let existing = board.read_file_limited(restore_path, RESTORE_FILE_LIMIT);
+    if existing.is_ok() || existing.is_err_and(|e| e.kind == ErrorKind::Limit) {
         return Err(DvfsError::new(
             board.name(),
             None,
@@ -197,7 +199,7 @@ pub fn recover_from_restore_file(
     sysfs: &Sysfs,
     restore_path: &str,
 ) -> Result<Option<DvfsRestoreFile>, DvfsError> {
-    let bytes = match board.read_file(restore_path) {
+    let bytes = match board.read_file_limited(restore_path, RESTORE_FILE_LIMIT) {
         Ok(bytes) => bytes,
         Err(e) if e.kind.is_retryable() => {
             return Err(DvfsError::transport(board.name(), None, restore_path, "reading the restore file", e))

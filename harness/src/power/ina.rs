@@ -677,14 +677,16 @@ impl<P: Read + Write + Send> PowerMonitor for InaMonitor<P> {
                 }
             }
             self.line.extend_from_slice(&self.buf[start..n]);
-            if self.line.len() > MAX_LINE_BYTES {
+            if self.line.len() > INA_LINE_LIMIT.bytes {
+                let length = self.line.len();
+                self.line.clear();
                 return Err(MonitorError::new(
                     MonitorErrorKind::Protocol,
                     &self.port.name,
                     "reading INA lines",
                     format!(
-                        "{} KiB without a newline: not a text sketch (wrong port or baud rate?)",
-                        MAX_LINE_BYTES / 1024
+                        "{}: not a text sketch (wrong port or baud rate?)",
+                        INA_LINE_LIMIT.exceeded(format!("a line ({length} bytes, no newline)"))
                     ),
                 ));
             }
@@ -753,7 +755,11 @@ pub const FLUSH_SLACK_NS: f64 = 2e6;
 pub const MILLIS_PRIOR_PPM: f64 = 5000.0;
 
 /// A text line longer than this is not from a sketch.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+pub const INA_LINE_LIMIT: crate::board::ReadLimit = crate::board::ReadLimit::new(
+    "INA_LINE_LIMIT",
+    64 << 10,
+    "a sketch's line is a CSV row, a header or one `Key: value` (under 200 bytes)",
+);
 
 #[cfg(test)]
 mod tests {

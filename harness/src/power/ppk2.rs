@@ -22,6 +22,7 @@ use super::{
     host_monotonic_ns, LostRun, MonitorError, MonitorErrorKind, MonitorInfo, NamedPort, PowerMonitor, ReadOutcome,
     Sample, SampleClock, SourceMeter,
 };
+use crate::board::ReadLimit;
 use crate::clock_fit::{ClockFit, ClockLine};
 
 /// Command opcodes ([N] `src/constants.ts`, [I] `PPK2_Command`).
@@ -687,6 +688,14 @@ pub enum Ppk2Mode {
     Source { supply_mv: u32 },
 }
 
+/// The longest metadata block [`Ppk2::fetch_metadata`] reads before giving up on `END`.
+pub const PPK2_METADATA_LIMIT: ReadLimit = ReadLimit::new(
+    "PPK2_METADATA_LIMIT",
+    64 << 10,
+    "a PPK2's metadata block is about 400 bytes (some 20 `Key: value` lines); room is left for stream \
+     words still in flight after the stop",
+);
+
 /// Options for [`Ppk2`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ppk2Options {
@@ -875,7 +884,7 @@ impl<P: Read + Write + Send> Ppk2<P> {
         Ok(())
     }
 
-    /// Sends `GET_META_DATA` and reads until `END`.
+    /// Sends `GET_META_DATA` and reads until `END`, at most [`PPK2_METADATA_LIMIT`].
     pub fn fetch_metadata(&mut self) -> Result<Ppk2Metadata, MonitorError> {
         const WHAT: &str = "reading metadata (GET_META_DATA 0x19)";
         self.send(Command::GetMetadata, WHAT)?;
@@ -883,11 +892,26 @@ impl<P: Read + Write + Send> Ppk2<P> {
         let mut text: Vec<u8> = Vec::new();
         loop {
             let n = self.port.read_some(&mut self.buf, WHAT)?;
+            // Only the new bytes (and the two before them, for an `END` split across reads) can hold
+            // the end: searching everything again on every read would be quadratic.
+            let from = text.len().saturating_sub(2);
             text.extend_from_slice(&self.buf[..n]);
-            if let Some(end) = find(&text, b"END") {
+            if let Some(end) = find(&text[from..], b"END").map(|i| from + i) {
                 let block = String::from_utf8_lossy(&text[..end + 3]);
                 return parse_metadata(&block)
                     .map_err(|e| MonitorError::new(MonitorErrorKind::Protocol, &self.port.name, WHAT, e));
+            }
+            if text.len() > PPK2_METADATA_LIMIT.bytes {
+                let shown = String::from_utf8_lossy(&text[..80]).into_owned();
+                return Err(MonitorError::new(
+                    MonitorErrorKind::Protocol,
+                    &self.port.name,
+                    WHAT,
+                    format!(
+                        "{}: not a PPK2, or not its command port (starting {shown:?})",
+                        PPK2_METADATA_LIMIT.exceeded(format!("the reply ({} bytes, no END line)", text.len()))
+                    ),
+                ));
             }
             if Instant::now() >= deadline {
                 let shown = String::from_utf8_lossy(&text[..text.len().min(80)]).into_owned();

@@ -8,15 +8,27 @@
 //! time of its reading. An instrument that does not
 //! answer within the reply timeout gives a [`MonitorErrorKind::Timeout`] naming the port and the query.
 //! The SCPI overload / not-a-number value (`9.9E37`, SCPI-99 vol. 1 §7.2.1.5) is not a reading: such
-//! polls are counted as lost samples.
+//! polls are counted as lost samples. An answer is at most [`SCPI_REPLY_LIMIT`]: a device that streams
+//! without the line end (a wrong termination or baud rate, a meter in a streaming mode) is refused with
+//! an error naming the limit, the port and the query.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
+
+use crate::board::ReadLimit;
 
 use super::{
     host_monotonic_ns, LostRun, MonitorError, MonitorErrorKind, MonitorInfo, NamedPort, PowerMonitor, ReadOutcome,
     Sample, SampleClock,
 };
+
+/// The longest answer a query may get.
+pub const SCPI_REPLY_LIMIT: ReadLimit = ReadLimit::new(
+    "SCPI_REPLY_LIMIT",
+    64 << 10,
+    "answers here are one number or an *IDN? string (tens of bytes); room is left for a meter set to \
+     return a list of buffered readings",
+);
 
 /// Options for [`ScpiMonitor`].
 #[derive(Clone, Debug, PartialEq)]
@@ -123,7 +135,28 @@ impl<P: Read + Write + Send> ScpiMonitor<P> {
         self.port.send(&bytes, &what)?;
         let deadline = Instant::now() + self.options.reply_timeout;
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let end = self.pending.iter().position(|&b| b == b'\n');
+            let length = end.unwrap_or(self.pending.len());
+            if length > SCPI_REPLY_LIMIT.bytes {
+                // Whatever follows belongs to the same runaway answer: throw it away before the next query.
+                self.pending.clear();
+                self.resync = true;
+                return Err(MonitorError::new(
+                    MonitorErrorKind::Protocol,
+                    &self.port.name,
+                    &what,
+                    format!(
+                        "{} (check the termination {:?} and the baud rate {})",
+                        SCPI_REPLY_LIMIT.exceeded(format!(
+                            "the answer ({length} bytes{})",
+                            if end.is_none() { ", no line end yet" } else { "" }
+                        )),
+                        self.options.termination,
+                        self.options.baud
+                    ),
+                ));
+            }
+            if let Some(end) = end {
                 let line: Vec<u8> = self.pending.drain(..=end).collect();
                 let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string();
                 if text.trim().is_empty() {
