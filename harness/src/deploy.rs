@@ -173,6 +173,8 @@ pub fn remote_sha256(board: &mut dyn Board, path: &str) -> Result<Option<String>
     }
     match board.read_file(path) {
         Ok(data) => Ok(Some(sha256_bytes(&data))),
+        // A file larger than any agent is not the agent: say so rather than overwrite blindly.
+        Err(e) if e.kind == crate::board::ErrorKind::Limit => Err(e.into()),
         Err(_) => Ok(None),
     }
 }

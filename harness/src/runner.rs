@@ -40,8 +40,7 @@ use crate::dvfs::{
     DEFAULT_FREQ_TOLERANCE_KHZ,
 };
 use crate::energy::{
-    board_window_to_host, cell_power, estimate_offset, mean_power_w, CellPower, ClockMap, HostWindow, PowerPolicy,
-    MIN_WINDOW_SAMPLES,
+    board_window_to_host, cell_power, estimate_offset, CellPower, ClockMap, HostWindow, PowerPolicy, MIN_WINDOW_SAMPLES,
 };
 use crate::plan::{plan_board, Cell};
 use crate::power_session::PowerSession;
@@ -496,7 +495,10 @@ fn run_board_inner(
     let mut power = match &spec.monitor {
         Some(m) => {
             bar.set_message("opening power monitor");
-            let session = PowerSession::start(open_scenario_monitor(m)?)?;
+            // A capture too long for memory spills next to the results (the system temp directory
+            // may be RAM-backed).
+            let spill = crate::power_session::CaptureLimits::spilling_to(&shared_results_dir(shared));
+            let session = PowerSession::start_with(open_scenario_monitor(m)?, spill)?;
             let info = session.info().clone();
             shared.update_board_meta(name, |meta| meta.monitor = Some(info));
             // A labgrid exporter that restarts serves the port anew (possibly on another TCP port):
@@ -509,7 +511,14 @@ fn run_board_inner(
                     client.env(&lab.place.place).ok()?.serial().ok().flatten().map(|s| s.address().to_string())
                 }) as Relocate)
             });
-            Some(PowerState { spec: m.clone(), session: Some(session), gone: None, idle_w: HashMap::new(), relocate })
+            Some(PowerState {
+                spec: m.clone(),
+                session: Some(session),
+                gone: None,
+                idle_w: HashMap::new(),
+                relocate,
+                limits: crate::power_session::CaptureLimits::spilling_to(&shared_results_dir(shared)),
+            })
         }
         None => None,
     };
@@ -913,12 +922,11 @@ fn measure_cell(
                             }
                             Ok(cp) => {
                                 if scenario.measure.raw_power {
-                                    let range = crate::energy::samples_in_window(&finished.capture.samples, window);
-                                    crate::results::write_power_part(
+                                    crate::results::write_capture_power_part(
                                         ctx.results_dir,
                                         &cell.key,
-                                        &finished.capture.samples[range],
-                                        window.start_ns,
+                                        &finished.capture,
+                                        window,
                                         ctx.simulated,
                                     )
                                     .map_err(CellError::Fatal)?;
@@ -1066,6 +1074,13 @@ struct PowerState {
     idle_w: HashMap<u64, f64>,
     /// Where a network monitor is now (a labgrid place's serial port after its exporter restarted).
     relocate: Option<Relocate>,
+    /// What a reopened session's captures may hold in memory, and where they spill.
+    limits: crate::power_session::CaptureLimits,
+}
+
+/// The run directory (for spilled captures).
+fn shared_results_dir(shared: &RunShared) -> PathBuf {
+    shared.store.lock().unwrap_or_else(|p| p.into_inner()).dir().to_path_buf()
 }
 
 /// Finds a monitor's current network address (`None`: not known now).
@@ -1088,7 +1103,7 @@ impl PowerState {
             }
             let window = HostWindow { start_ns: start, end_ns: crate::power::host_monotonic_ns() as i64 };
             let finished = session.finish(Some(window.end_ns), stop)?;
-            Ok(mean_power_w(&finished.capture.samples, window)?)
+            Ok(crate::energy::capture_mean_power_w(&finished.capture, window)?)
         })();
         match result {
             Ok(w) => Some(w),
@@ -1122,7 +1137,8 @@ impl PowerState {
             if let Some(address) = self.relocate.as_ref().and_then(|r| r()) {
                 self.spec.port = MonitorPort::Network(address);
             }
-            match open_scenario_monitor(&self.spec).and_then(|m| Ok(PowerSession::start(m)?)) {
+            match open_scenario_monitor(&self.spec).and_then(|m| Ok(PowerSession::start_with(m, self.limits.clone())?))
+            {
                 Ok(s) => {
                     self.session = Some(s);
                     self.gone = None;

@@ -12,6 +12,10 @@
 //! The tests run one at a time (`faults_support::serial`). Without `/usr/sbin/sshd` the SSH ones
 //! print why and pass, unless `HIL_REQUIRE_SSHD=1`. Every wait is bounded.
 //!
+//! The endless-stream faults (an SSH command printing forever, an agent line or a monitor reply
+//! that never ends, a flood past the capture memory) live in `bounded_reads.rs`, beside the limits
+//! they check.
+//!
 //! Three tests pin down behaviour these faults first revealed as missing: a stalled monitor is
 //! detected, Ctrl-C is honoured during the wait for a lost monitor, and the agent of a dropped
 //! session exits instead of running into the retried window.
