@@ -597,7 +597,7 @@ pub(crate) fn schedule_row(
 /// What a static pair must do to be the best static policy, for notes.
 pub(crate) fn static_criterion(rule: &super::schedule::ScheduleRule) -> String {
     let deadline = match rule.deadline_ms {
-        Some(d) => format!("meeting the {d} ms deadline ({})", rule.statistic.label()),
+        Some(d) => format!("meeting the {} ms deadline ({})", super::schedule::fmt_ms(d), rule.statistic.label()),
         None => "(no deadline: all of them)".to_string(),
     };
     if rule.min_fidelity.is_empty() {
