@@ -65,9 +65,9 @@ const MAX_CHUNK: usize = 256;
 
 /// Token vectors per block, per backend: the accumulators (plus a weight,
 /// and on NEON the `xᵀ` vectors, which `fmla` cannot take from memory) must
-/// fit the register file without spills: 16 on AVX2, 32 on AVX-512 and
-/// NEON. 8 vectors make 64 tokens on AVX2 (DistilBERT's 128 in two blocks),
-/// 128 on AVX-512, 32 on NEON.
+/// fit the register file without spills: 16 on AVX2 and 32-bit NEON (as 32
+/// `d` registers), 32 on AVX-512 and aarch64 NEON. 8 vectors make 64 tokens
+/// on AVX2 (DistilBERT's 128 in two blocks), 128 on AVX-512, 32 on NEON.
 const fn token_vectors(backend: Backend) -> usize {
     match backend {
         Backend::Avx512 | Backend::Avx2Fma | Backend::Neon => 8,
@@ -267,7 +267,7 @@ impl Job<'_> {
                 Backend::Avx512 => strips_avx512(self, range),
                 #[cfg(target_arch = "x86_64")]
                 Backend::Avx2Fma => strips_avx2(self, range),
-                #[cfg(target_arch = "aarch64")]
+                #[cfg(simd_neon)]
                 Backend::Neon => strips_neon(self, range),
                 Backend::Scalar => strips::<ScalarLanes, { token_vectors(Backend::Scalar) }>(self, range),
                 #[allow(unreachable_patterns)]
@@ -291,8 +291,9 @@ unsafe fn strips_avx2(job: &Job, range: std::ops::Range<usize>) {
     unsafe { strips::<simd::x86::Avx2Fma, { token_vectors(Backend::Avx2Fma) }>(job, range) }
 }
 
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
+// On 32-bit ARM NEON is enabled for the whole build (see `crate::simd`).
+#[cfg(simd_neon)]
+#[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
 unsafe fn strips_neon(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
     unsafe { strips::<simd::neon::Neon, { token_vectors(Backend::Neon) }>(job, range) }
