@@ -403,25 +403,31 @@ unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, o
                 let (offsets, w) = (layer.offsets.as_ptr(), layer.weights.as_ptr());
                 let mut e = start;
                 // Groups of GROUP weights: one group load (a vector on NEON) feeds GROUP entries.
+                // One entry: its `xᵀ` row times weight `lane` of the group, into copy `lane % copies`.
+                macro_rules! entry {
+                    ($group:expr, $lane:expr) => {{
+                        let xp = x_chunk.add(*offsets.add(e + $lane) as usize * stride);
+                        for (v, a) in acc[$lane % copies].iter_mut().enumerate() {
+                            *a = a.mul_add_lane($group, $lane, V::load(xp.add(v * V::LANES)));
+                        }
+                    }};
+                }
                 while e + GROUP <= end {
                     let group = V::load_group(w.add(e));
-                    for lane in 0..GROUP {
-                        let xp = x_chunk.add(*offsets.add(e + lane) as usize * stride);
-                        let a = &mut acc[lane % copies];
-                        for (v, a) in a.iter_mut().enumerate() {
-                            *a = a.mul_add_lane(group, lane, V::load(xp.add(v * V::LANES)));
-                        }
-                    }
+                    // Unrolled by hand, each lane a constant: over the 32-bit ARM backend's
+                    // assembly blocks, LLVM keeps a `for lane in 0..GROUP` loop and switches on
+                    // the lane inside it.
+                    const _: () = assert!(GROUP == 4);
+                    entry!(group, 0);
+                    entry!(group, 1);
+                    entry!(group, 2);
+                    entry!(group, 3);
                     e += GROUP;
                 }
                 // The last 0 to 3 entries: the group load may read the padding after the last weight.
                 let group = V::load_group(w.add(e));
                 for lane in 0..end - e {
-                    let xp = x_chunk.add(*offsets.add(e + lane) as usize * stride);
-                    let a = &mut acc[lane % copies];
-                    for (v, a) in a.iter_mut().enumerate() {
-                        *a = a.mul_add_lane(group, lane, V::load(xp.add(v * V::LANES)));
-                    }
+                    entry!(group, lane);
                 }
                 for c in 1..copies {
                     for v in 0..NV {
