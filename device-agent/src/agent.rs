@@ -747,6 +747,19 @@ mod tests {
     }
 
     #[test]
+    fn hello_lists_the_simd_the_kernels_run() {
+        let hello = Agent::new(AgentOptions::default()).hello();
+        let backend = kernels::simd::Backend::best();
+        for f in backend.features() {
+            assert!(hello.simd.iter().any(|s| s == f), "{} needs {f}, hello says {:?}", backend.name(), hello.simd);
+        }
+        // 32-bit ARM selects at compile time: NEON is listed exactly when the kernels run it.
+        if hello.arch == "arm" {
+            assert_eq!(hello.simd.iter().any(|s| s == "neon"), backend == kernels::simd::Backend::Neon);
+        }
+    }
+
+    #[test]
     fn window_runs_min_iters_when_time_is_already_met() {
         let plan = WindowPlan { min_iters: 5, min_ns: 0, max_iters: 100, deadline_ns: None };
         let calls = Cell::new(0);

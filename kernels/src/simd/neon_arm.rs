@@ -104,16 +104,19 @@ macro_rules! d_op {
     }};
 }
 
-/// `acc + x * g[lane]` on 2 lanes (`vmla.f32` by scalar; the scalar's register must be `d0`-`d15`).
+/// `acc + x * g[lane]` for the [`Neon`] vectors `acc` and `x` and the `d` register `g` holding
+/// the scalar: `vmla.f32` by scalar on each half (the scalar's register must be `d0`-`d15`).
 macro_rules! mla_by_lane {
     ($acc:expr, $x:expr, $g:expr, $lane:literal) => {{
-        let mut acc: f64 = $acc;
+        let (mut lo, mut hi): (f64, f64) = ($acc.lo, $acc.hi);
         // SAFETY: NEON register arithmetic only.
         unsafe {
-            asm!(concat!("vmla.f32 {acc}, {x}, {g}[", $lane, "]"), acc = inout(dreg) acc, x = in(dreg) $x,
-                 g = in(dreg_low16) $g, options(pure, nomem, nostack, preserves_flags))
+            asm!(concat!("vmla.f32 {acc}, {x}, {g}[", $lane, "]"), acc = inout(dreg) lo, x = in(dreg) $x.lo,
+                 g = in(dreg_low16) $g, options(pure, nomem, nostack, preserves_flags));
+            asm!(concat!("vmla.f32 {acc}, {x}, {g}[", $lane, "]"), acc = inout(dreg) hi, x = in(dreg) $x.hi,
+                 g = in(dreg_low16) $g, options(pure, nomem, nostack, preserves_flags));
         };
-        acc
+        Neon { lo, hi }
     }};
 }
 
@@ -189,10 +192,10 @@ impl F32Vector for Neon {
     unsafe fn mul_add_lane(self, group: Self::Group, lane: usize, b: Self) -> Self {
         // `lane` is a constant once inlined, so only one arm survives.
         match lane {
-            0 => Neon { lo: mla_by_lane!(self.lo, b.lo, group.lo, "0"), hi: mla_by_lane!(self.hi, b.hi, group.lo, "0") },
-            1 => Neon { lo: mla_by_lane!(self.lo, b.lo, group.lo, "1"), hi: mla_by_lane!(self.hi, b.hi, group.lo, "1") },
-            2 => Neon { lo: mla_by_lane!(self.lo, b.lo, group.hi, "0"), hi: mla_by_lane!(self.hi, b.hi, group.hi, "0") },
-            _ => Neon { lo: mla_by_lane!(self.lo, b.lo, group.hi, "1"), hi: mla_by_lane!(self.hi, b.hi, group.hi, "1") },
+            0 => mla_by_lane!(self, b, group.lo, "0"),
+            1 => mla_by_lane!(self, b, group.lo, "1"),
+            2 => mla_by_lane!(self, b, group.hi, "0"),
+            _ => mla_by_lane!(self, b, group.hi, "1"),
         }
     }
 
