@@ -593,10 +593,11 @@ pub fn to_kernel_spec(v: &VariantSpecWire) -> VariantSpec {
     }
 }
 
-/// Bytes one agent process can address: on a 32-bit build (ARMv7 boards) the
-/// user part of its 4 GiB address space, 3 GiB with Linux's default split
-/// (`VMSPLIT_3G`), whatever RAM the board has (a 32-bit OS on an 8 GB board).
-pub const ADDRESS_SPACE_BYTES: u64 = if usize::BITS < 64 { 3 << 30 } else { u64::MAX };
+/// Bytes one agent process can address, where that is below what a board
+/// can have: on a 32-bit build (ARMv7 boards) the user part of its 4 GiB
+/// address space, 3 GiB with Linux's default split (`VMSPLIT_3G`), whatever
+/// RAM the board has (a 32-bit OS on an 8 GB board); `None` on 64-bit.
+pub const ADDRESS_SPACE_BYTES: Option<u64> = if usize::BITS < 64 { Some(3 << 30) } else { None };
 
 /// Refuses a model whose estimate exceeds [`MEMORY_HEADROOM`] of
 /// `MemAvailable`, the `--max-memory` budget or, on a 32-bit build, the
@@ -604,14 +605,14 @@ pub const ADDRESS_SPACE_BYTES: u64 = if usize::BITS < 64 { 3 << 30 } else { u64:
 /// it cannot check the board and lets the load go ahead.
 pub fn check_memory(estimate: u64, available: Option<u64>, limit: Option<u64>) -> Result<(), Refusal> {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    if estimate > ADDRESS_SPACE_BYTES {
+    if let Some(space) = ADDRESS_SPACE_BYTES.filter(|&space| estimate > space) {
         return Err(Refusal::new(
             ErrorKind::OutOfMemory,
             format!(
                 "model needs about {:.1} MiB, more than this {}-bit agent can address ({:.1} MiB)",
                 mib(estimate),
                 usize::BITS,
-                mib(ADDRESS_SPACE_BYTES)
+                mib(space)
             ),
         ));
     }
@@ -856,17 +857,19 @@ mod tests {
         assert!(e.message.contains("MemAvailable"), "{}", e.message);
         let e = check_memory(600, Some(1000), Some(500)).unwrap_err();
         assert!(e.message.contains("--max-memory"), "{}", e.message);
-        assert!(check_memory(ADDRESS_SPACE_BYTES, None, None).is_ok(), "nothing known, nothing refused");
+        let addressable = ADDRESS_SPACE_BYTES.unwrap_or(u64::MAX);
+        assert!(check_memory(addressable, None, None).is_ok(), "nothing known, nothing refused");
     }
 
     #[test]
     fn a_32_bit_agent_refuses_what_it_cannot_address() {
-        if usize::BITS < 64 {
-            let e = check_memory(ADDRESS_SPACE_BYTES + 1, None, None).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::OutOfMemory);
-            assert!(e.message.contains("32-bit agent can address"), "{}", e.message);
-        } else {
-            assert_eq!(ADDRESS_SPACE_BYTES, u64::MAX);
+        match ADDRESS_SPACE_BYTES {
+            Some(space) => {
+                let e = check_memory(space + 1, None, None).unwrap_err();
+                assert_eq!(e.kind, ErrorKind::OutOfMemory);
+                assert!(e.message.contains("32-bit agent can address"), "{}", e.message);
+            }
+            None => assert_eq!(usize::BITS, 64),
         }
     }
 

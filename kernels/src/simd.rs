@@ -32,6 +32,8 @@
 /// a NEON build, whose kernels then run NEON; `[]` otherwise, even on a CPU
 /// that has NEON, since this build cannot use it). Always contains
 /// [`Backend::features`] of [`Backend::best`].
+// The pushes are in per-architecture `cfg` blocks.
+#[allow(clippy::vec_init_then_push)]
 pub fn detected_features() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut found = Vec::new();
@@ -106,6 +108,8 @@ impl Backend {
 
     /// Every backend this CPU can run, best first; `Scalar` is always last.
     /// Tests run each kernel on all of them.
+    // The pushes are in per-architecture `cfg` blocks.
+    #[allow(clippy::vec_init_then_push)]
     pub fn available() -> Vec<Backend> {
         #[allow(unused_mut)]
         let mut out = Vec::new();
