@@ -32,7 +32,7 @@ use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
 use super::{RowEpilogue, SharedOut};
 use crate::matrix::{Activations, Mask, Matrix};
-use crate::simd::{self, Backend, F32Vector, ScalarLanes};
+use crate::simd::{Backend, F32Vector, ScalarLanes};
 
 /// Largest panel height the micro-kernel dispatch is instantiated for.
 const MAX_PANEL_ROWS: usize = 8;
@@ -275,14 +275,14 @@ impl StripJob<'_> {
 #[target_feature(enable = "avx512f")]
 unsafe fn strips_avx512(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::x86::Avx512, { blocking(Backend::Avx512).1 }, PANEL_ROWS_HERE>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx512, { blocking(Backend::Avx512).1 }, PANEL_ROWS_HERE>(job, range) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn strips_avx2(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::x86::Avx2Fma, { blocking(Backend::Avx2Fma).1 }, PANEL_ROWS_HERE>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx2Fma, { blocking(Backend::Avx2Fma).1 }, PANEL_ROWS_HERE>(job, range) }
 }
 
 // On 32-bit ARM NEON is enabled for the whole build (see `crate::simd`).
@@ -290,7 +290,7 @@ unsafe fn strips_avx2(job: &StripJob, range: std::ops::Range<usize>) {
 #[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
 unsafe fn strips_neon(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::neon::Neon, { blocking(Backend::Neon).1 }, PANEL_ROWS_HERE>(job, range) }
+    unsafe { strips::<crate::simd::neon::Neon, { blocking(Backend::Neon).1 }, PANEL_ROWS_HERE>(job, range) }
 }
 
 /// Bytes of `xᵀ` one chunk of kept columns may span for one token block: the

@@ -45,7 +45,7 @@ use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
 use super::{RowEpilogue, SharedOut};
 use crate::matrix::{Activations, Mask, Matrix};
-use crate::simd::{self, Backend, F32Vector, ScalarLanes, GROUP};
+use crate::simd::{Backend, F32Vector, ScalarLanes, GROUP};
 
 /// Bytes of `xᵀ` one chunk of kept columns spans for one token block: the
 /// chunk is read by every row of the strip in turn, so it must stay in L1d
@@ -281,14 +281,14 @@ impl Job<'_> {
 #[target_feature(enable = "avx512f")]
 unsafe fn strips_avx512(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::x86::Avx512, { token_vectors(Backend::Avx512) }>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx512, { token_vectors(Backend::Avx512) }>(job, range) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn strips_avx2(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::x86::Avx2Fma, { token_vectors(Backend::Avx2Fma) }>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx2Fma, { token_vectors(Backend::Avx2Fma) }>(job, range) }
 }
 
 // On 32-bit ARM NEON is enabled for the whole build (see `crate::simd`).
@@ -296,7 +296,7 @@ unsafe fn strips_avx2(job: &Job, range: std::ops::Range<usize>) {
 #[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
 unsafe fn strips_neon(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::neon::Neon, { token_vectors(Backend::Neon) }>(job, range) }
+    unsafe { strips::<crate::simd::neon::Neon, { token_vectors(Backend::Neon) }>(job, range) }
 }
 
 /// Strips in token blocks of `NV` vectors; the last block takes what is
