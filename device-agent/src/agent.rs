@@ -593,11 +593,29 @@ pub fn to_kernel_spec(v: &VariantSpecWire) -> VariantSpec {
     }
 }
 
+/// Bytes one agent process can address, where that is below what a board
+/// can have: on a 32-bit build (ARMv7 boards) the user part of its 4 GiB
+/// address space, 3 GiB with Linux's default split (`VMSPLIT_3G`), whatever
+/// RAM the board has (a 32-bit OS on an 8 GB board); `None` on 64-bit.
+pub const ADDRESS_SPACE_BYTES: Option<u64> = if usize::BITS < 64 { Some(3 << 30) } else { None };
+
 /// Refuses a model whose estimate exceeds [`MEMORY_HEADROOM`] of
-/// `MemAvailable` or the `--max-memory` budget. With neither known (no
-/// `/proc/meminfo`, no budget) it cannot check and lets the load go ahead.
+/// `MemAvailable`, the `--max-memory` budget or, on a 32-bit build, the
+/// process's [`ADDRESS_SPACE_BYTES`]. With no `/proc/meminfo` and no budget
+/// it cannot check the board and lets the load go ahead.
 pub fn check_memory(estimate: u64, available: Option<u64>, limit: Option<u64>) -> Result<(), Refusal> {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    if let Some(space) = ADDRESS_SPACE_BYTES.filter(|&space| estimate > space) {
+        return Err(Refusal::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "model needs about {:.1} MiB, more than this {}-bit agent can address ({:.1} MiB)",
+                mib(estimate),
+                usize::BITS,
+                mib(space)
+            ),
+        ));
+    }
     if let Some(limit) = limit {
         if estimate > limit {
             return Err(Refusal::new(
@@ -747,6 +765,19 @@ mod tests {
     }
 
     #[test]
+    fn hello_lists_the_simd_the_kernels_run() {
+        let hello = Agent::new(AgentOptions::default()).hello();
+        let backend = kernels::simd::Backend::best();
+        for f in backend.features() {
+            assert!(hello.simd.iter().any(|s| s == f), "{} needs {f}, hello says {:?}", backend.name(), hello.simd);
+        }
+        // 32-bit ARM selects at compile time: NEON is listed exactly when the kernels run it.
+        if hello.arch == "arm" {
+            assert_eq!(hello.simd.iter().any(|s| s == "neon"), backend == kernels::simd::Backend::Neon);
+        }
+    }
+
+    #[test]
     fn window_runs_min_iters_when_time_is_already_met() {
         let plan = WindowPlan { min_iters: 5, min_ns: 0, max_iters: 100, deadline_ns: None };
         let calls = Cell::new(0);
@@ -826,7 +857,20 @@ mod tests {
         assert!(e.message.contains("MemAvailable"), "{}", e.message);
         let e = check_memory(600, Some(1000), Some(500)).unwrap_err();
         assert!(e.message.contains("--max-memory"), "{}", e.message);
-        assert!(check_memory(u64::MAX, None, None).is_ok(), "nothing known, nothing refused");
+        let addressable = ADDRESS_SPACE_BYTES.unwrap_or(u64::MAX);
+        assert!(check_memory(addressable, None, None).is_ok(), "nothing known, nothing refused");
+    }
+
+    #[test]
+    fn a_32_bit_agent_refuses_what_it_cannot_address() {
+        match ADDRESS_SPACE_BYTES {
+            Some(space) => {
+                let e = check_memory(space + 1, None, None).unwrap_err();
+                assert_eq!(e.kind, ErrorKind::OutOfMemory);
+                assert!(e.message.contains("32-bit agent can address"), "{}", e.message);
+            }
+            None => assert_eq!(usize::BITS, 64),
+        }
     }
 
     fn load_req(variants: Vec<VariantSpecWire>) -> LoadRequest {

@@ -57,17 +57,18 @@ fn load(agent: &mut Agent, choice: &ModelChoice) -> Result<LoadReply, OneShotErr
     }
 }
 
-/// The header both commands print: build, CPU, threads, affinity.
+/// The header both commands print: build, CPU, SIMD and the kernels' backend, threads, affinity.
 pub fn describe_board(agent: &Agent) -> String {
     let h = agent.hello();
     let mut s = format!(
-        "{} {} on {} ({}, {} cores, SIMD: {}), Linux {}\n",
+        "{} {} on {} ({}, {} cores, SIMD: {}, kernels: {}), Linux {}\n",
         h.agent,
         h.agent_version,
         h.arch,
         h.cpu_model,
         h.cores,
         if h.simd.is_empty() { "none".into() } else { h.simd.join(" ") },
+        kernels::simd::Backend::best().name(),
         h.kernel.release
     );
     let _ = writeln!(s, "threads {}, cpus {}", h.threads, current_affinity());

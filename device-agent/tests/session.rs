@@ -66,6 +66,54 @@ fn elf_arch(path: &str) -> String {
     }
 }
 
+/// On 32-bit ARM: whether the binary was built for NEON, from `Tag_Advanced_SIMD_arch` in its
+/// `.ARM.attributes` (the linker keeps the highest of its objects'); `None` when it has none.
+fn elf_arm_neon(path: &str) -> Option<bool> {
+    let b = std::fs::read(path).ok()?;
+    let (u16_at, u32_at) = (
+        |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize,
+        |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize,
+    );
+    if b.get(4) != Some(&1) {
+        return None; // not ELF32
+    }
+    let (shoff, shentsize, shnum) = (u32_at(0x20), u16_at(0x2e), u16_at(0x30));
+    const SHT_ARM_ATTRIBUTES: usize = 0x7000_0003;
+    let sh = (0..shnum).map(|i| shoff + i * shentsize).find(|&h| u32_at(h + 4) == SHT_ARM_ATTRIBUTES)?;
+    let attrs = b.get(u32_at(sh + 16)..u32_at(sh + 16) + u32_at(sh + 20))?;
+    // 'A', then the "aeabi" subsection: length, vendor name, then a Tag_File (1) block: tag, size, attributes.
+    let vendor_end = 5 + attrs.get(5..)?.iter().position(|&c| c == 0)? + 1;
+    let mut p = vendor_end + 5;
+    let uleb = |p: &mut usize| -> Option<u64> {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = *attrs.get(*p)?;
+            *p += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+    };
+    while p < attrs.len() {
+        let tag = uleb(&mut p)?;
+        // Strings: Tag_CPU_raw_name (4), Tag_CPU_name (5), Tag_conformance (67), odd tags above 32.
+        if matches!(tag, 4 | 5 | 67) || (tag > 32 && tag % 2 == 1) {
+            p += attrs.get(p..)?.iter().position(|&c| c == 0)? + 1;
+            continue;
+        }
+        let value = uleb(&mut p)?;
+        if tag == 12 {
+            return Some(value > 0); // Tag_Advanced_SIMD_arch
+        }
+        if tag == 32 {
+            p += attrs.get(p..)?.iter().position(|&c| c == 0)? + 1; // Tag_compatibility: flag, then a name
+        }
+    }
+    Some(false)
+}
+
 impl AgentUnderTest {
     fn spawn(args: &[&str]) -> Self {
         let (mut cmd, label) = agent_command(args);
@@ -244,6 +292,11 @@ fn scripted_session() {
     assert_eq!(hello.arch, expected_arch);
     if expected_arch == "aarch64" {
         assert!(hello.simd.iter().any(|f| f == "neon"), "{:?}", hello.simd);
+    }
+    // 32-bit ARM: the kernels use NEON exactly when the build targets it (thumbv7neon-*), and say so.
+    if expected_arch == "arm" {
+        let neon = elf_arm_neon(&bin).expect("a 32-bit ARM binary has .ARM.attributes");
+        assert_eq!(hello.simd.iter().any(|f| f == "neon"), neon, "built for NEON: {neon}; hello: {:?}", hello.simd);
     }
     assert!(hello.cores >= 1 && !hello.allowed_cpus.is_empty());
     assert!(!hello.cpu_model.is_empty());

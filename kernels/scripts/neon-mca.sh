@@ -6,6 +6,7 @@
 # (Debian's `llvm` package) on each for Cortex-A72 and Cortex-A76.
 #
 # usage: kernels/scripts/neon-mca.sh [loops per kernel, default 2]
+# (32-bit ARM, Cortex-A15/A7/A72: kernels/scripts/neon32-mca.sh)
 #
 # Prints, per loop: instructions, FMAs (fmla), llvm-mca's block reciprocal
 # throughput (cycles per iteration) and FMAs per cycle (peak: 2 on both cores,

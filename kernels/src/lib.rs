@@ -8,7 +8,8 @@
 //!   ([`prune::block`]) and pattern sets over tiles ([`prune::pattern`]),
 //!   on a BP base laid over its compacted blocks, so BP zeros stay zero.
 //! - [`linear`]: the [`LinearKernel`] trait and its packed formats: dense (a
-//!   maintained GEMM), block-sparse (dense sub-GEMMs on gathered inputs),
+//!   maintained GEMM; on 32-bit ARM the block-sparse kernel with every column
+//!   kept), block-sparse (dense sub-GEMMs on gathered inputs),
 //!   pattern-sparse (plain PP: tiles grouped by pattern, shared index lists)
 //!   and masked strips (any mask, kept weights only: PP on a BP base). All
 //!   compute `yᵀ = w · xᵀ` vectorised over tokens, with a row epilogue, and
@@ -18,8 +19,10 @@
 //!   its first layer to its last; [`model`] holds the BP base plus several
 //!   prepacked pattern sets and switches between them in O(1).
 //! - [`reference`](mod@reference): scalar `f64`-accumulating oracles for tests and self-tests.
-//! - [`simd`]: run-time SIMD detection and the vector trait the kernels and
-//!   transposes are written over once.
+//! - [`simd`]: SIMD selection (at run time on x86-64 and aarch64, at compile
+//!   time on 32-bit ARM) and the vector trait the kernels and transposes are
+//!   written over once, with its backends: AVX-512, AVX2+FMA, NEON (aarch64
+//!   intrinsics; 32-bit ARM inline assembly) and a portable one.
 //!
 //! No I/O happens here except reading a safetensors file the caller names.
 

@@ -875,7 +875,9 @@ fn validate_spec(variant: &str, spec: &VariantSpec, config: &EncoderConfig) -> R
     }
 }
 
-/// Memory a model would need, estimated before building it.
+/// Memory a model would need, estimated before building it. Every figure
+/// saturates at `usize::MAX` (4 GiB on a 32-bit target, where a long
+/// sequence's activations alone can exceed what `usize` counts).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MemoryEstimate {
@@ -891,7 +893,8 @@ pub struct MemoryEstimate {
 
 impl MemoryEstimate {
     pub fn total(&self) -> usize {
-        self.source_weights + self.variants.iter().sum::<usize>() + self.transient
+        let variants = self.variants.iter().fold(0usize, |a, &b| a.saturating_add(b));
+        self.source_weights.saturating_add(variants).saturating_add(self.transient)
     }
 }
 
@@ -973,7 +976,7 @@ pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) ->
             };
             // Every sparse variant keeps its mask, one bit a weight (for pattern bases and self-tests).
             let bytes = bytes + if matches!(spec, VariantSpec::Dense) { 0.0 } else { total_w / 8.0 };
-            bytes.ceil() as usize + 4096
+            (bytes.ceil() as usize).saturating_add(4096)
         })
         .collect();
     let tokens = config.seq_len;
@@ -1022,12 +1025,15 @@ pub fn estimate_bytes(config: &EncoderConfig, specs: &[(&str, &VariantSpec)]) ->
     let build = encoder_build.max(lm_head_build).ceil() as usize;
     // Forward: x, q, k, v, ctx, out (tokens x d), hidden (tokens x ffn), scores (tokens x tokens), input
     // copies; with an lm_head the logits (tokens x vocab) and the caller's copy of them.
-    let logits = if config.lm_head { 2 * tokens * config.output_width() } else { 0 };
-    let forward = 4 * (tokens * (8 * config.d_model + 2 * config.ffn + tokens) + logits);
+    // In f64, converted saturating: `tokens²` overflows a 32-bit usize from 65536 tokens on.
+    let tokens = tokens as f64;
+    let logits = if config.lm_head { 2.0 * tokens * config.output_width() as f64 } else { 0.0 };
+    let forward = (4.0 * (tokens * (8.0 * config.d_model as f64 + 2.0 * config.ffn as f64 + tokens) + logits)) as usize;
+    let parameters = config.parameter_count().saturating_add(config.shared_parameter_count());
     MemoryEstimate {
-        source_weights: (config.parameter_count() + config.shared_parameter_count()) * 4,
+        source_weights: parameters.saturating_mul(4),
         variants,
-        transient: build.max(forward) + (1 << 20),
+        transient: build.max(forward).saturating_add(1 << 20),
     }
 }
 
@@ -1131,5 +1137,15 @@ mod tests {
         // DistilBERT's six encoder layers hold 42.47 M linear weights: 169.9 MB dense.
         assert!((169_000_000..175_000_000).contains(&dense.variants[0]), "{}", dense.variants[0]);
         assert!(dense.total() > dense.source_weights + dense.variants[0]);
+    }
+
+    #[test]
+    fn estimate_of_a_huge_sequence_saturates_instead_of_wrapping() {
+        // 2^20 tokens: the attention scores alone are 4 TiB, past a 32-bit usize.
+        let mut cfg = crate::encoder::Preset::DistilBert.config();
+        cfg.seq_len = 1 << 20;
+        let e = estimate_bytes(&cfg, &[("dense", &VariantSpec::Dense)]);
+        assert!(e.transient as u64 >= (4u64 << 40).min(usize::MAX as u64), "{}", e.transient);
+        assert!(e.total() >= e.transient);
     }
 }

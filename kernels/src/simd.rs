@@ -1,19 +1,39 @@
-//! Run-time SIMD detection and the narrow vector abstraction the sparse
-//! kernels are written over.
+//! SIMD selection and the narrow vector abstraction the sparse kernels are
+//! written over.
 //!
 //! Kernels are written once, generic over [`F32Vector`], and instantiated per
 //! backend inside a function compiled with that backend's target features
 //! (the memchr pattern): the generic body is `#[inline(always)]`, so the
 //! intrinsics end up inlined into an `avx512f` / `avx2,fma` / NEON function.
-//! [`Backend::best`] picks the widest backend the CPU supports at run time, so
-//! one x86-64 binary runs on AVX2-only and AVX-512 machines alike.
+//! [`Backend::best`] picks the widest backend the CPU supports, the one every
+//! kernel packs for by default:
+//! - x86-64: at run time, so one binary runs on AVX2-only and AVX-512
+//!   machines alike;
+//! - aarch64: NEON ([`neon`], intrinsics), part of every aarch64 CPU;
+//! - 32-bit ARM: NEON ([`neon`], stable inline assembly over `d` registers,
+//!   see its docs for why) when the build targets NEON, which is decided at
+//!   compile time: `cfg(simd_neon)`, set by `build.rs` for the
+//!   `thumbv7neon-*` targets (or `-C target-feature=+neon`); stable Rust has
+//!   neither run-time feature detection nor a `target_feature` cfg for 32-bit
+//!   ARM. A build without it (`armv7-unknown-linux-gnueabihf`) runs the
+//!   portable backend, as scalar VFP code.
+//!
+//! [`ScalarLanes`], the portable backend, is always available; the `f64`
+//! oracles in [`crate::reference`] check every backend in the tests.
 //!
 //! Also here: a strided `f32` transpose (8x8 AVX blocks on x86-64, 4x4 NEON
-//! blocks on aarch64, cache-blocked scalar otherwise), used by kernels that
+//! blocks on ARM, cache-blocked scalar otherwise), used by kernels that
 //! work feature-major internally and must convert activations in `forward`.
 
-/// Instruction-set features detected at run time, most basic first,
-/// e.g. `["sse4.2", "avx", "avx2", "fma", "avx512f", ...]` or `["neon", ...]`.
+/// The SIMD instruction-set features this process can use, most basic first,
+/// e.g. `["sse4.2", "avx", "avx2", "fma", "avx512f", ...]` or `["neon", ...]`:
+/// detected at run time on x86-64 and aarch64; on 32-bit ARM, where stable
+/// Rust cannot detect them, those the build was compiled for (`["neon"]` for
+/// a NEON build, whose kernels then run NEON; `[]` otherwise, even on a CPU
+/// that has NEON, since this build cannot use it). Always contains
+/// [`Backend::features`] of [`Backend::best`].
+// The pushes are in per-architecture `cfg` blocks.
+#[allow(clippy::vec_init_then_push)]
 pub fn detected_features() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut found = Vec::new();
@@ -50,11 +70,13 @@ pub fn detected_features() -> Vec<&'static str> {
         }
         probe!("neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2");
     }
+    #[cfg(all(target_arch = "arm", simd_neon))]
+    found.push("neon");
     found
 }
 
-/// One line for `hello` replies and reports: architecture, the backend the
-/// sparse kernels use, and the detected features.
+/// One line for reports: architecture, the backend the sparse kernels use,
+/// and the usable features ([`detected_features`]).
 pub fn describe() -> String {
     let features = detected_features();
     let list = if features.is_empty() { "none".to_string() } else { features.join(",") };
@@ -68,21 +90,26 @@ pub enum Backend {
     Avx512,
     /// 256-bit vectors with fused multiply-add, 8 lanes (x86-64 with AVX2 and FMA).
     Avx2Fma,
-    /// 128-bit Advanced SIMD, 4 lanes (every aarch64 CPU).
+    /// 128-bit Advanced SIMD, 4 lanes: every aarch64 CPU, and 32-bit ARM
+    /// builds for a NEON target (`cfg(simd_neon)`, see the module docs).
     Neon,
     /// Portable code over fixed-size arrays; the compiler vectorises it for
-    /// the baseline target (SSE2 on x86-64).
+    /// the baseline target (SSE2 on x86-64, NEON on aarch64; on 32-bit ARM
+    /// it stays scalar VFP, see [`neon`]'s docs).
     Scalar,
 }
 
 impl Backend {
-    /// The widest backend this CPU supports (detected at run time).
+    /// The widest backend this CPU supports (detected at run time; on 32-bit
+    /// ARM, chosen at compile time): the one the kernels pack for by default.
     pub fn best() -> Backend {
         Backend::available()[0]
     }
 
     /// Every backend this CPU can run, best first; `Scalar` is always last.
     /// Tests run each kernel on all of them.
+    // The pushes are in per-architecture `cfg` blocks.
+    #[allow(clippy::vec_init_then_push)]
     pub fn available() -> Vec<Backend> {
         #[allow(unused_mut)]
         let mut out = Vec::new();
@@ -101,6 +128,8 @@ impl Backend {
                 out.push(Backend::Neon);
             }
         }
+        #[cfg(all(target_arch = "arm", simd_neon))]
+        out.push(Backend::Neon);
         out.push(Backend::Scalar);
         out
     }
@@ -128,6 +157,16 @@ impl Backend {
             Backend::Scalar => "scalar",
         }
     }
+
+    /// The [`detected_features`] names this backend needs.
+    pub fn features(self) -> &'static [&'static str] {
+        match self {
+            Backend::Avx512 => &["avx512f"],
+            Backend::Avx2Fma => &["avx2", "fma"],
+            Backend::Neon => &["neon"],
+            Backend::Scalar => &[],
+        }
+    }
 }
 
 /// A vector of `f32` lanes: the only operations a GEMM-like micro-kernel needs.
@@ -136,7 +175,7 @@ impl Backend {
 /// Every method may use instructions of its backend: call them only from code
 /// compiled with (or running under a run-time check for) that backend's
 /// target features. Pointers must be valid for `LANES` consecutive `f32`s;
-/// no alignment is required. (This section covers every method.)
+/// no alignment beyond `f32`'s own is required. (This section covers every method.)
 #[allow(clippy::missing_safety_doc)]
 pub trait F32Vector: Copy {
     const LANES: usize;
@@ -182,7 +221,9 @@ pub trait F32Vector: Copy {
 /// Weights per [`F32Vector::Group`]: one 128-bit NEON register.
 pub const GROUP: usize = 4;
 
-/// Portable backend: 8 lanes in a plain array. Loops over it auto-vectorise.
+/// Portable backend: 8 lanes in a plain array. Loops over it auto-vectorise
+/// (SSE2, aarch64 NEON), except on 32-bit ARM, where LLVM keeps `f32`
+/// arithmetic scalar (see [`neon`]'s docs on NEON and IEEE 754).
 #[derive(Clone, Copy, Debug)]
 pub struct ScalarLanes([f32; 8]);
 
@@ -253,6 +294,10 @@ impl F32Vector for ScalarLanes {
         }
     }
 }
+
+#[cfg(all(target_arch = "arm", simd_neon))]
+#[path = "simd/neon_arm.rs"]
+pub mod neon;
 
 // AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable
 // since Rust 1.89; the workspace's `rust-version` must be at least that.
@@ -576,7 +621,7 @@ pub unsafe fn transpose_strided_raw(
         match Backend::best() {
             #[cfg(target_arch = "x86_64")]
             Backend::Avx512 | Backend::Avx2Fma => transpose_avx(src, rows, cols, src_stride, dst, dst_stride),
-            #[cfg(target_arch = "aarch64")]
+            #[cfg(simd_neon)]
             Backend::Neon => transpose_neon(src, rows, cols, src_stride, dst, dst_stride),
             _ => transpose_with::<ScalarLanes>(src, rows, cols, src_stride, dst, dst_stride),
         }
@@ -597,8 +642,9 @@ unsafe fn transpose_avx(
     unsafe { transpose_with::<x86::Avx2Fma>(src, rows, cols, src_stride, dst, dst_stride) }
 }
 
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
+// On 32-bit ARM NEON is enabled for the whole build (and `target_feature(enable = "neon")` is unstable there).
+#[cfg(simd_neon)]
+#[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
 unsafe fn transpose_neon(
     src: *const f32,
     rows: usize,
@@ -687,8 +733,21 @@ mod tests {
         assert_eq!(all.last(), Some(&Backend::Scalar));
         assert_eq!(Backend::best(), all[0]);
         assert!(Backend::Scalar.is_available());
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(simd_neon)]
         assert_eq!(Backend::best(), Backend::Neon);
+        #[cfg(not(any(target_arch = "x86_64", simd_neon)))]
+        assert_eq!(Backend::best(), Backend::Scalar);
+    }
+
+    #[test]
+    fn features_of_the_best_backend_are_reported() {
+        let features = detected_features();
+        for f in Backend::best().features() {
+            assert!(features.contains(f), "{f} missing from {features:?}");
+        }
+        // On 32-bit ARM the list is what the build selected: NEON exactly when the backend is compiled in.
+        #[cfg(target_arch = "arm")]
+        assert_eq!(features.contains(&"neon"), cfg!(simd_neon), "{features:?}");
     }
 
     #[test]
@@ -696,7 +755,7 @@ mod tests {
         let line = describe();
         assert!(line.starts_with(std::env::consts::ARCH), "{line}");
         assert!(line.contains(Backend::best().name()), "{line}");
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(simd_neon)]
         assert!(detected_features().contains(&"neon"));
     }
 
@@ -798,8 +857,8 @@ mod tests {
                 assert_eq!(unsafe { lanes_through::<x86::Avx2Fma>(&acc, &group, &x) }, expected);
             }
         }
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is baseline on aarch64.
+        #[cfg(simd_neon)]
+        // SAFETY: NEON is baseline on aarch64 and compiled in on 32-bit ARM.
         assert_eq!(unsafe { lanes_through::<neon::Neon>(&acc, &group, &x) }, expected);
     }
 
@@ -823,7 +882,7 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx") {
             assert_eq!(run(transpose_avx), expected);
         }
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(simd_neon)]
         assert_eq!(run(transpose_neon), expected);
     }
 
@@ -845,8 +904,8 @@ mod tests {
                 assert_eq!(unsafe { fma_through::<x86::Avx2Fma>(&a, 2.0, &c) }, expected);
             }
         }
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is baseline on aarch64.
+        #[cfg(simd_neon)]
+        // SAFETY: NEON is baseline on aarch64 and compiled in on 32-bit ARM.
         assert_eq!(unsafe { fma_through::<neon::Neon>(&a, 2.0, &c) }, expected);
     }
 }

@@ -119,7 +119,11 @@ pub struct HelloReply {
     pub agent_version: String,
     /// `std::env::consts::ARCH` of the build: `aarch64`, `x86_64` ...
     pub arch: String,
-    /// Instruction-set extensions detected at run time (`neon`, `avx2`, `fma`, `avx512f` ...).
+    /// The SIMD extensions the kernels can use (`neon`, `avx2`, `fma`, `avx512f` ...):
+    /// detected at run time on x86-64 and aarch64; on 32-bit ARM (`arch` `arm`), those the build
+    /// was compiled for, since the kernels select NEON at compile time there: `["neon"]` for a
+    /// `thumbv7neon-*` build, `[]` for an `armv7-*` one even on a CPU with NEON. Always holds the
+    /// features of the backend the kernels run ([`kernels::simd::Backend::best`]).
     pub simd: Vec<String>,
     /// From `/proc/cpuinfo`: `model name`, or on ARM the cores decoded from
     /// `CPU implementer`/`CPU part` (e.g. `4x Cortex-A55 + 4x Cortex-A76`).

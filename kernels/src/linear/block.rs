@@ -32,23 +32,23 @@ use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
 use super::{RowEpilogue, SharedOut};
 use crate::matrix::{Activations, Mask, Matrix};
-use crate::simd::{self, Backend, F32Vector, ScalarLanes};
+use crate::simd::{Backend, F32Vector, ScalarLanes};
 
 /// Largest panel height the micro-kernel dispatch is instantiated for.
 const MAX_PANEL_ROWS: usize = 8;
 
 /// The tallest panel any backend of this architecture packs: every backend
 /// must run a layer packed for another (tests run them all), but no taller
-/// loop is instantiated. On aarch64 that leaves out 8-row loops, which no
+/// loop is instantiated. On ARM that leaves out 8-row loops, which no
 /// layer there uses and which would spill (32 accumulators) and mislead the
 /// static analysis of `neon-mca.sh`.
 const PANEL_ROWS_HERE: usize = {
     let (mut rows, mut i) = (blocking(Backend::Scalar).0, 0);
     #[cfg(target_arch = "x86_64")]
     let here = [Backend::Avx512, Backend::Avx2Fma];
-    #[cfg(target_arch = "aarch64")]
+    #[cfg(simd_neon)]
     let here = [Backend::Neon];
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(not(any(target_arch = "x86_64", simd_neon)))]
     let here: [Backend; 0] = [];
     while i < here.len() {
         if blocking(here[i]).0 > rows {
@@ -64,14 +64,16 @@ const _: () = assert!(PANEL_ROWS_HERE <= MAX_PANEL_ROWS);
 ///
 /// The accumulators (`rows * vectors`) plus the `vectors` loaded `xᵀ` values
 /// and one broadcast weight must fit in the register file without spills:
-/// 32 registers for AVX-512 and NEON, 16 for AVX2 and SSE. Per kept column
-/// the kernel issues `vectors + rows` loads for `rows * vectors` FMAs, which
-/// leaves the load ports idle enough for the gathered `xᵀ` rows to stream
-/// from L2.
+/// 32 registers for AVX-512 and aarch64 NEON, 16 for AVX2, SSE and 32-bit
+/// NEON (16 `q`, or 32 `d` registers two per vector: 12 + 2 + 1 vectors at
+/// 6 x 2). Per kept column the kernel issues `vectors + rows` loads for
+/// `rows * vectors` FMAs, which leaves the load ports idle enough for the
+/// gathered `xᵀ` rows to stream from L2.
 pub(super) const fn blocking(backend: Backend) -> (usize, usize) {
     match backend {
         Backend::Avx512 => (8, 3),
         Backend::Avx2Fma => (6, 2),
+        Backend::Neon if cfg!(target_arch = "arm") => (6, 2),
         Backend::Neon => (6, 4),
         Backend::Scalar => (4, 2),
     }
@@ -259,7 +261,7 @@ impl StripJob<'_> {
                 Backend::Avx512 => strips_avx512(self, range),
                 #[cfg(target_arch = "x86_64")]
                 Backend::Avx2Fma => strips_avx2(self, range),
-                #[cfg(target_arch = "aarch64")]
+                #[cfg(simd_neon)]
                 Backend::Neon => strips_neon(self, range),
                 Backend::Scalar => strips::<ScalarLanes, { blocking(Backend::Scalar).1 }, PANEL_ROWS_HERE>(self, range),
                 #[allow(unreachable_patterns)]
@@ -273,21 +275,22 @@ impl StripJob<'_> {
 #[target_feature(enable = "avx512f")]
 unsafe fn strips_avx512(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::x86::Avx512, { blocking(Backend::Avx512).1 }, PANEL_ROWS_HERE>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx512, { blocking(Backend::Avx512).1 }, PANEL_ROWS_HERE>(job, range) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn strips_avx2(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::x86::Avx2Fma, { blocking(Backend::Avx2Fma).1 }, PANEL_ROWS_HERE>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx2Fma, { blocking(Backend::Avx2Fma).1 }, PANEL_ROWS_HERE>(job, range) }
 }
 
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
+// On 32-bit ARM NEON is enabled for the whole build (see `crate::simd`).
+#[cfg(simd_neon)]
+#[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
 unsafe fn strips_neon(job: &StripJob, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `StripJob::run`.
-    unsafe { strips::<simd::neon::Neon, { blocking(Backend::Neon).1 }, PANEL_ROWS_HERE>(job, range) }
+    unsafe { strips::<crate::simd::neon::Neon, { blocking(Backend::Neon).1 }, PANEL_ROWS_HERE>(job, range) }
 }
 
 /// Bytes of `xᵀ` one chunk of kept columns may span for one token block: the

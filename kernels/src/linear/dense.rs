@@ -12,29 +12,57 @@
 //! the same product with `w` read through a transposed view. The
 //! token-major [`LinearKernel::forward`] reads `w` transposed through its
 //! strides (it is not the encoder's path).
+//!
+//! On 32-bit ARM with NEON (`cfg(simd_neon)`, see [`crate::simd`]) the layer
+//! runs the block-sparse strip kernel instead, with every column kept (a
+//! dense GEMM micro-kernel whose `xᵀ` rows are read through an index list
+//! that names them all): `gemm` has no micro-kernel for 32-bit ARM, and its
+//! portable one compiles to scalar VFP there (LLVM does not vectorise `f32`
+//! arithmetic for ARMv7 NEON), so it would run several times slower than the
+//! NEON sparse kernels and inflate every speedup measured against it. The
+//! weights are then stored only in the strip format, not twice.
 
 use super::{LayerStats, LinearKernel, RowEpilogue, Threads};
 use crate::matrix::{Activations, Matrix};
+
+/// Rows per strip when the dense layer runs the strip kernel (32-bit ARM):
+/// only the granularity of the output tile, the epilogue and the thread split.
+#[cfg(all(target_arch = "arm", simd_neon))]
+const STRIP_ROWS: usize = 32;
 
 /// A dense linear layer over an `out x in` weight matrix.
 #[derive(Clone, Debug)]
 pub struct DenseLinear {
     /// `out x in`, row-major.
+    #[cfg(not(all(target_arch = "arm", simd_neon)))]
     w: Matrix,
+    /// The same weights in strips, every column kept (see the module docs).
+    #[cfg(all(target_arch = "arm", simd_neon))]
+    strips: super::block::BlockSparseLinear,
 }
 
 impl DenseLinear {
     /// Takes the `out x in` weights (row `o` holds the weights of output `o`).
     pub fn new(w: Matrix) -> Self {
+        #[cfg(all(target_arch = "arm", simd_neon))]
+        {
+            let all = crate::matrix::Mask::dense(w.rows(), w.cols());
+            Self { strips: super::block::BlockSparseLinear::from_masked(&w, &all, STRIP_ROWS) }
+        }
+        #[cfg(not(all(target_arch = "arm", simd_neon)))]
         Self { w }
     }
 
-    /// The stored weights, `out x in`.
-    pub fn weights(&self) -> &Matrix {
-        &self.w
+    /// `(out, in)`.
+    fn shape(&self) -> (usize, usize) {
+        #[cfg(all(target_arch = "arm", simd_neon))]
+        return (self.strips.out_features(), self.strips.in_features());
+        #[cfg(not(all(target_arch = "arm", simd_neon)))]
+        self.w.shape()
     }
 }
 
+#[cfg(not(all(target_arch = "arm", simd_neon)))]
 /// `gemm`'s parallelism for a thread count: its Rayon mode spends time on
 /// synchronisation even with one thread, so one thread means `None`.
 fn parallelism(threads: Threads) -> gemm::Parallelism {
@@ -46,13 +74,25 @@ fn parallelism(threads: Threads) -> gemm::Parallelism {
 
 impl LinearKernel for DenseLinear {
     fn in_features(&self) -> usize {
-        self.w.cols()
+        self.shape().1
     }
 
     fn out_features(&self) -> usize {
-        self.w.rows()
+        self.shape().0
     }
 
+    #[cfg(all(target_arch = "arm", simd_neon))]
+    fn forward_feature_major(
+        &self,
+        x: &Activations,
+        y: &mut Activations,
+        epilogue: Option<RowEpilogue>,
+        threads: Threads,
+    ) {
+        self.strips.forward_feature_major(x, y, epilogue, threads);
+    }
+
+    #[cfg(not(all(target_arch = "arm", simd_neon)))]
     fn forward_feature_major(
         &self,
         x: &Activations,
@@ -120,6 +160,7 @@ impl LinearKernel for DenseLinear {
         });
     }
 
+    #[cfg(not(all(target_arch = "arm", simd_neon)))]
     fn forward(&self, x: &Matrix, y: &mut Matrix, threads: Threads) {
         let (tokens, inputs) = x.shape();
         let outputs = self.out_features();
@@ -166,12 +207,15 @@ impl LinearKernel for DenseLinear {
     }
 
     fn stats(&self) -> LayerStats {
-        let (out_features, in_features) = self.w.shape();
+        let (out_features, in_features) = self.shape();
         let nnz = out_features * in_features;
         LayerStats { out_features, in_features, nnz, bytes: nnz * std::mem::size_of::<f32>(), multiplied: nnz }
     }
 
     fn effective_weights(&self) -> Matrix {
+        #[cfg(all(target_arch = "arm", simd_neon))]
+        return self.strips.effective_weights();
+        #[cfg(not(all(target_arch = "arm", simd_neon)))]
         self.w.clone()
     }
 
@@ -232,6 +276,12 @@ mod tests {
         assert_eq!(s.sparsity(), 0.0);
         assert_eq!(layer.kind(), "dense");
         assert_eq!((layer.in_features(), layer.out_features()), (6, 4));
+    }
+
+    #[test]
+    fn effective_weights_are_the_weights() {
+        let w = Matrix::random(13, 7, 3, 1.0);
+        assert_eq!(DenseLinear::new(w.clone()).effective_weights(), w);
     }
 
     #[test]

@@ -45,7 +45,7 @@ use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
 use super::{RowEpilogue, SharedOut};
 use crate::matrix::{Activations, Mask, Matrix};
-use crate::simd::{self, Backend, F32Vector, ScalarLanes, GROUP};
+use crate::simd::{Backend, F32Vector, ScalarLanes, GROUP};
 
 /// Bytes of `xᵀ` one chunk of kept columns spans for one token block: the
 /// chunk is read by every row of the strip in turn, so it must stay in L1d
@@ -65,9 +65,9 @@ const MAX_CHUNK: usize = 256;
 
 /// Token vectors per block, per backend: the accumulators (plus a weight,
 /// and on NEON the `xᵀ` vectors, which `fmla` cannot take from memory) must
-/// fit the register file without spills: 16 on AVX2, 32 on AVX-512 and
-/// NEON. 8 vectors make 64 tokens on AVX2 (DistilBERT's 128 in two blocks),
-/// 128 on AVX-512, 32 on NEON.
+/// fit the register file without spills: 16 on AVX2 and 32-bit NEON (as 32
+/// `d` registers), 32 on AVX-512 and aarch64 NEON. 8 vectors make 64 tokens
+/// on AVX2 (DistilBERT's 128 in two blocks), 128 on AVX-512, 32 on NEON.
 const fn token_vectors(backend: Backend) -> usize {
     match backend {
         Backend::Avx512 | Backend::Avx2Fma | Backend::Neon => 8,
@@ -267,7 +267,7 @@ impl Job<'_> {
                 Backend::Avx512 => strips_avx512(self, range),
                 #[cfg(target_arch = "x86_64")]
                 Backend::Avx2Fma => strips_avx2(self, range),
-                #[cfg(target_arch = "aarch64")]
+                #[cfg(simd_neon)]
                 Backend::Neon => strips_neon(self, range),
                 Backend::Scalar => strips::<ScalarLanes, { token_vectors(Backend::Scalar) }>(self, range),
                 #[allow(unreachable_patterns)]
@@ -281,21 +281,22 @@ impl Job<'_> {
 #[target_feature(enable = "avx512f")]
 unsafe fn strips_avx512(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::x86::Avx512, { token_vectors(Backend::Avx512) }>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx512, { token_vectors(Backend::Avx512) }>(job, range) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn strips_avx2(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::x86::Avx2Fma, { token_vectors(Backend::Avx2Fma) }>(job, range) }
+    unsafe { strips::<crate::simd::x86::Avx2Fma, { token_vectors(Backend::Avx2Fma) }>(job, range) }
 }
 
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
+// On 32-bit ARM NEON is enabled for the whole build (see `crate::simd`).
+#[cfg(simd_neon)]
+#[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
 unsafe fn strips_neon(job: &Job, range: std::ops::Range<usize>) {
     // SAFETY: forwarded from `Job::run`.
-    unsafe { strips::<simd::neon::Neon, { token_vectors(Backend::Neon) }>(job, range) }
+    unsafe { strips::<crate::simd::neon::Neon, { token_vectors(Backend::Neon) }>(job, range) }
 }
 
 /// Strips in token blocks of `NV` vectors; the last block takes what is
@@ -402,25 +403,31 @@ unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, o
                 let (offsets, w) = (layer.offsets.as_ptr(), layer.weights.as_ptr());
                 let mut e = start;
                 // Groups of GROUP weights: one group load (a vector on NEON) feeds GROUP entries.
+                // One entry: its `xᵀ` row times weight `lane` of the group, into copy `lane % copies`.
+                macro_rules! entry {
+                    ($group:expr, $lane:expr) => {{
+                        let xp = x_chunk.add(*offsets.add(e + $lane) as usize * stride);
+                        for (v, a) in acc[$lane % copies].iter_mut().enumerate() {
+                            *a = a.mul_add_lane($group, $lane, V::load(xp.add(v * V::LANES)));
+                        }
+                    }};
+                }
                 while e + GROUP <= end {
                     let group = V::load_group(w.add(e));
-                    for lane in 0..GROUP {
-                        let xp = x_chunk.add(*offsets.add(e + lane) as usize * stride);
-                        let a = &mut acc[lane % copies];
-                        for (v, a) in a.iter_mut().enumerate() {
-                            *a = a.mul_add_lane(group, lane, V::load(xp.add(v * V::LANES)));
-                        }
-                    }
+                    // Unrolled by hand, each lane a constant: over the 32-bit ARM backend's
+                    // assembly blocks, LLVM keeps a `for lane in 0..GROUP` loop and switches on
+                    // the lane inside it.
+                    const _: () = assert!(GROUP == 4);
+                    entry!(group, 0);
+                    entry!(group, 1);
+                    entry!(group, 2);
+                    entry!(group, 3);
                     e += GROUP;
                 }
                 // The last 0 to 3 entries: the group load may read the padding after the last weight.
                 let group = V::load_group(w.add(e));
                 for lane in 0..end - e {
-                    let xp = x_chunk.add(*offsets.add(e + lane) as usize * stride);
-                    let a = &mut acc[lane % copies];
-                    for (v, a) in a.iter_mut().enumerate() {
-                        *a = a.mul_add_lane(group, lane, V::load(xp.add(v * V::LANES)));
-                    }
+                    entry!(group, lane);
                 }
                 for c in 1..copies {
                     for v in 0..NV {

@@ -57,7 +57,7 @@ use crate::simd::{Backend, F32Vector, ScalarLanes, GROUP};
 
 /// Tiles per group in the packed format: AVX-512 and NEON run a whole group
 /// in one pass (`4 x 4` accumulators + 4 `xᵀ` vectors: 8 loads per 16 FMAs);
-/// AVX2 and the scalar path, with 16 registers, split it into passes of 2.
+/// AVX2, 32-bit NEON and the scalar path, with 16 registers, split it into passes of 2.
 /// Groups of 6 (24 accumulators) measured slower on AVX-512 (register
 /// pressure), so 4 it is; the dispatch supports up to 6.
 pub const GROUP_TILES: usize = 4;
@@ -319,7 +319,7 @@ impl PatternSparseLinear {
                 Backend::Avx512 => x86_panels::avx512(self, &panel, vectors),
                 #[cfg(target_arch = "x86_64")]
                 Backend::Avx2Fma => x86_panels::avx2(self, &panel, vectors),
-                #[cfg(target_arch = "aarch64")]
+                #[cfg(simd_neon)]
                 Backend::Neon => neon_panels::neon(self, &panel, vectors),
                 _ => panel_for_vectors::<ScalarLanes, 2>(self, &panel, vectors),
             }
@@ -713,16 +713,20 @@ mod x86_panels {
     }
 }
 
-#[cfg(target_arch = "aarch64")]
+#[cfg(simd_neon)]
 mod neon_panels {
     use super::{panel_for_vectors, Panel, PatternSparseLinear};
     use crate::simd::neon::Neon;
 
-    /// 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors.
-    #[target_feature(enable = "neon")]
+    /// Tiles per pass: aarch64 has 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors; 32-bit
+    /// ARM has 16 (32 `d`, two per vector): 2 tiles x 4 vectors + 4 `xᵀ` + the weight group.
+    const KMAX: usize = if cfg!(target_arch = "arm") { 2 } else { 4 };
+
+    // On 32-bit ARM NEON is enabled for the whole build (see `crate::simd`).
+    #[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
     pub(super) unsafe fn neon(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
         // SAFETY: NEON is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Neon, 4>(layer, panel, vectors) }
+        unsafe { panel_for_vectors::<Neon, KMAX>(layer, panel, vectors) }
     }
 }
 
