@@ -510,11 +510,6 @@ mod agent_tests {
     use crate::protocol::{Command, LoadRequest, ModelSpec, Reply, RunReply, RunRequest, VariantSpecWire};
     use crate::serve::Session;
 
-    fn median(mut v: Vec<u64>) -> f64 {
-        v.sort_unstable();
-        v[v.len() / 2] as f64
-    }
-
     #[test]
     fn agent_windows_follow_the_simulated_frequency_and_say_so() {
         let dir = tests::fake_tree_for_agent(600_000);
@@ -552,12 +547,18 @@ mod agent_tests {
         std::fs::write(&cur, "1500000\n").unwrap();
         let fast = run(&mut agent);
         assert_eq!(fast.sim_stretch_factor, Some(1.0));
-        let fast_median = median(fast_a.latencies_ns.clone()).min(median(fast.latencies_ns.clone()));
-        let ratio = median(slow.latencies_ns.clone()) / fast_median;
+        // Lower deciles: interference on a shared host only adds time to an inference.
+        let low = |v: &[u64]| {
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            v[v.len() / 10] as f64
+        };
+        let fast_low = low(&fast_a.latencies_ns).min(low(&fast.latencies_ns));
+        let ratio = low(&slow.latencies_ns) / fast_low;
         // What this checks is that the stretch is applied once (no stretch reads 1.0, a double one
         // 6.25), not its precision: on a loaded 2-core host the fast and slow windows see
         // different interruptions. Precision is measured end to end on a quiet host
-        // (harness/tests/sim_speed_power.rs and the default scenario's latency ratios).
+        // (the ignored test in harness/tests/sim_speed_power.rs, and the default scenario).
         assert!((1.6..3.6).contains(&ratio), "600 vs 1500 MHz latency ratio {ratio}");
 
         // Real hardware: no stretch, no factor; old replies without the field still decode.

@@ -152,6 +152,7 @@ pub fn run_scenario(
         .iter()
         .filter_map(|b| b.lab.as_ref().map(|(l, _)| (b.spec.name.clone(), (l.place.clone(), l.exporter_host.clone()))))
         .collect();
+    keep_off_local_agent_cpus(scenario);
     let (dir, meta) = crate::runmeta::open_run_dir(scenario, scenario_text, opts)?;
     let mut store = ResultsStore::open(&dir)?;
     store.set_deadline(scenario.constraints.latency_deadline.clone());
@@ -241,6 +242,45 @@ pub fn run_scenario(
     meta.finish(shared.stop.load(Ordering::SeqCst));
     meta.write(&dir)?;
     Ok(RunOutcome { dir, boards: outcomes })
+}
+
+/// The agent of a local or simulated board shares this host with `hil` itself: `hil`'s own threads
+/// (a monitor reader parsing 100 kS/s, the simulator's ticker, busy sampler and PPK2 emulator) would
+/// take the agent's core now and then and show up as latency noise (p90/p10 of 1.5 at the top
+/// level on a 2-core host). When such agents are pinned (`cpus:`) and other CPUs remain, the
+/// calling thread, and so every thread it starts from now on, keeps to those other CPUs. An agent
+/// sets its own affinity when it starts, so it is not held back by this.
+fn keep_off_local_agent_cpus(scenario: &Scenario) {
+    let agent_cpus: HashSet<usize> = scenario
+        .boards
+        .iter()
+        .filter(|b| b.sim || b.transport == crate::scenario::TransportSpec::Local)
+        .filter_map(|b| b.cpus.as_ref())
+        .flatten()
+        .copied()
+        .collect();
+    if agent_cpus.is_empty() {
+        return;
+    }
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set; both calls get a valid,
+    // writable set of the size passed, for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return;
+        }
+        let mut rest: libc::cpu_set_t = std::mem::zeroed();
+        let mut any = false;
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            if libc::CPU_ISSET(cpu, &set) && !agent_cpus.contains(&cpu) {
+                libc::CPU_SET(cpu, &mut rest);
+                any = true;
+            }
+        }
+        if any {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &rest);
+        }
+    }
 }
 
 /// Converts a probe report into what the scenario checks need.
