@@ -324,19 +324,37 @@ pub const POWER_RAW_DIR: &str = "power_raw";
 /// part of any length is written, and `power.parquet` merged, in memory of one batch.
 pub const RAW_POWER_BATCH_ROWS: usize = 100_000;
 
+/// What every raw power row of a board repeats: whether the board is simulated and, for a board
+/// reserved from labgrid, its place and exporter host (as in `cells.parquet`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BoardLabels {
+    pub simulated: bool,
+    pub place: Option<String>,
+    pub exporter_host: Option<String>,
+}
+
+impl BoardLabels {
+    /// A board not reserved from labgrid.
+    pub fn local(simulated: bool) -> Self {
+        Self { simulated, place: None, exporter_host: None }
+    }
+}
+
 /// One batch of raw samples as a frame (times relative to the window start on the host clock).
 fn raw_power_frame(
     key: &CellKey,
     samples: &[crate::power::Sample],
     window_start_ns: i64,
-    simulated: bool,
+    labels: &BoardLabels,
 ) -> PolarsResult<DataFrame> {
     frame!(samples;
         "board" => |_s| key.board.clone(),
         "freq_khz" => |_s| key.freq_khz,
         "variant" => |_s| key.variant.clone(),
         "repeat" => |_s| key.repeat,
-        "simulated" => |_s| simulated,
+        "simulated" => |_s| labels.simulated,
+        "place" => |_s| labels.place.clone(),
+        "exporter_host" => |_s| labels.exporter_host.clone(),
         "t_ns" => |s| s.t_ns as i64 - window_start_ns,
         "t_host_ns" => |s| s.t_ns as i64,
         "current_a" => |s| s.current_a,
@@ -401,7 +419,7 @@ pub fn write_power_part(
     key: &CellKey,
     samples: &[crate::power::Sample],
     window_start_ns: i64,
-    simulated: bool,
+    labels: &BoardLabels,
 ) -> Result<()> {
     anyhow::ensure!(
         !samples.is_empty(),
@@ -414,7 +432,7 @@ pub fn write_power_part(
         std::iter::once(Ok(std::borrow::Cow::Borrowed(samples))),
         None,
         window_start_ns,
-        simulated,
+        labels,
     )
     .map(|_| ())
 }
@@ -427,9 +445,9 @@ pub fn write_capture_power_part(
     key: &CellKey,
     capture: &crate::samples::Capture,
     window: crate::energy::HostWindow,
-    simulated: bool,
+    labels: &BoardLabels,
 ) -> Result<u64> {
-    write_power_batches(dir, key, capture.chunks(), Some(window), window.start_ns, simulated)
+    write_power_batches(dir, key, capture.chunks(), Some(window), window.start_ns, labels)
 }
 
 fn write_power_batches<'a>(
@@ -438,13 +456,13 @@ fn write_power_batches<'a>(
     chunks: impl Iterator<Item = std::io::Result<std::borrow::Cow<'a, [crate::power::Sample]>>>,
     window: Option<crate::energy::HostWindow>,
     window_start_ns: i64,
-    simulated: bool,
+    labels: &BoardLabels,
 ) -> Result<u64> {
     let parts = dir.join(POWER_RAW_DIR);
     fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
     let path = power_part_path(dir, key);
     let schema =
-        raw_power_frame(key, &[], window_start_ns, simulated).context("building raw power table")?.schema().clone();
+        raw_power_frame(key, &[], window_start_ns, labels).context("building raw power table")?.schema().clone();
     let mut out = BatchedParquet::create(&path, &schema)?;
     let mut rows = 0u64;
     for chunk in chunks {
@@ -454,7 +472,7 @@ fn write_power_batches<'a>(
             None => 0..chunk.len(),
         };
         for batch in chunk[range].chunks(RAW_POWER_BATCH_ROWS) {
-            let mut df = raw_power_frame(key, batch, window_start_ns, simulated).context("building raw power table")?;
+            let mut df = raw_power_frame(key, batch, window_start_ns, labels).context("building raw power table")?;
             out.write(&mut df)?;
             rows += batch.len() as u64;
         }

@@ -967,7 +967,11 @@ fn measure_cell(
                                         &cell.key,
                                         &finished.capture,
                                         window,
-                                        ctx.simulated,
+                                        &crate::results::BoardLabels {
+                                            simulated: ctx.simulated,
+                                            place: ctx.place.map(|(p, _)| p.clone()),
+                                            exporter_host: ctx.place.map(|(_, h)| h.clone()),
+                                        },
                                     )
                                     .map_err(CellError::Fatal)?;
                                 }

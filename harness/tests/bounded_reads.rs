@@ -30,7 +30,8 @@ use harness::power::{
 };
 use harness::power_session::{CaptureLimits, PowerSession};
 use harness::results::{
-    merge_power_parts, read_parquet, write_capture_power_part, CellKey, POWER_PARQUET, RAW_POWER_BATCH_ROWS,
+    merge_power_parts, read_parquet, write_capture_power_part, BoardLabels, CellKey, POWER_PARQUET,
+    RAW_POWER_BATCH_ROWS,
 };
 use serialport::{SerialPort, TTYPort};
 
@@ -452,7 +453,7 @@ fn a_capture_longer_than_memory_spills_to_disk_and_keeps_exact_energy_and_every_
     // The raw part holds every sample of the window, in order, written in batches.
     let results = tempfile::tempdir().unwrap();
     let key = CellKey { board: "flood".into(), freq_khz: 1_000_000, variant: "dense".into(), repeat: 0 };
-    let rows = write_capture_power_part(results.path(), &key, &capture, window, true).unwrap();
+    let rows = write_capture_power_part(results.path(), &key, &capture, window, &BoardLabels::local(true)).unwrap();
     assert_eq!(rows, count);
     assert!(rows as usize > 5 * RAW_POWER_BATCH_ROWS);
     merge_power_parts(results.path()).unwrap();
@@ -494,10 +495,14 @@ fn merging_raw_parts_streams_them_in_batches_and_refuses_a_part_with_other_colum
     let capture = harness::samples::Capture { samples: (0..300_000).map(flood_sample).collect(), ..Default::default() };
     let key = |repeat| CellKey { board: "b".into(), freq_khz: 600_000, variant: "dense".into(), repeat };
     assert_eq!(
-        write_capture_power_part(results.path(), &key(0), &capture, window(0, 250_000), false).unwrap(),
+        write_capture_power_part(results.path(), &key(0), &capture, window(0, 250_000), &BoardLabels::local(false))
+            .unwrap(),
         250_000
     );
-    assert_eq!(write_capture_power_part(results.path(), &key(1), &capture, window(10, 5), false).unwrap(), 5);
+    assert_eq!(
+        write_capture_power_part(results.path(), &key(1), &capture, window(10, 5), &BoardLabels::local(false)).unwrap(),
+        5
+    );
     merge_power_parts(results.path()).unwrap();
     let merged = read_parquet(&results.path().join(POWER_PARQUET)).unwrap();
     assert_eq!(merged.height(), 250_005);

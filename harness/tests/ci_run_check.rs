@@ -114,5 +114,16 @@ fn ci_run_directory_is_complete_and_plausible() {
         let df = ParquetReader::new(file).finish().unwrap();
         let col = df.column("simulated").unwrap_or_else(|_| panic!("{table} has no simulated column"));
         assert!(col.bool().unwrap().all(), "{table}: every row simulated");
+        // A run on labgrid places names the place and exporter host in every row of every table
+        // (raw power samples included, when the scenario keeps them).
+        if scenario.boards.iter().any(|b| b.labgrid.is_some()) {
+            for name in ["place", "exporter_host"] {
+                let col = df.column(name).unwrap_or_else(|_| panic!("{table} has no {name} column"));
+                assert_eq!(col.null_count(), 0, "{table}: {name} missing in some rows");
+            }
+        }
+    }
+    if scenario.measure.raw_power {
+        assert!(dir.join("power.parquet").is_file(), "raw_power: true but no power.parquet");
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use harness::power::Sample;
 use harness::report::{terminal_summary, write_reports, ReportPaths};
-use harness::results::{write_power_part, CellKey, CellRecord};
+use harness::results::{write_power_part, BoardLabels, CellKey, CellRecord};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -371,7 +371,7 @@ fn raw_power_parts_give_a_sample_level_trace_of_the_dense_top_cell() {
             clock: Some(i as f64),
         })
         .collect();
-    write_power_part(dir.path(), &key, &samples, start, true).unwrap();
+    write_power_part(dir.path(), &key, &samples, start, &BoardLabels::local(true)).unwrap();
     let paths = write_reports(dir.path()).unwrap();
     let md = fs::read_to_string(&paths.markdown).unwrap();
     assert!(
