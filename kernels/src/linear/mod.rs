@@ -20,7 +20,8 @@ use std::ops::Range;
 
 /// The one thread-splitting scheme of every kernel: `work` runs over `0..n`
 /// (output rows of the dense GEMM, strips of output rows of the block and
-/// masked kernels, token panels of the pattern kernel, heads of attention)
+/// masked kernels, row parts then token panels of the pattern kernel, heads
+/// of attention)
 /// cut into at most `threads` contiguous ranges, on rayon's global pool
 /// (the one pool: `gemm`'s own parallel mode runs on it too). Its threads
 /// are created once and live for the process, so their thread-local scratch

@@ -48,6 +48,7 @@
 //! Transposes of `x` in and `y` out happen inside `forward` (per panel, while
 //! the panel is hot in cache) and are part of every measured time.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use super::{LayerStats, LinearKernel, RowEpilogue, Threads};
@@ -128,7 +129,34 @@ pub struct PatternSparseLinear {
     /// is zeroed just before its first group accumulates into it, while its
     /// lines are about to be used anyway, and these rows are zeroed up front.
     idle_tile_rows: Vec<u32>,
+    /// Row parts: contiguous ranges of tile rows whose groups are packed apart
+    /// (`groups[part.groups]`), so threads can split the output rows.
+    parts: Vec<RowPart>,
 }
+
+/// A contiguous range of tile rows and the groups that write them (see [`row_parts`]).
+#[derive(Clone, Debug)]
+struct RowPart {
+    tile_rows: std::ops::Range<u32>,
+    groups: std::ops::Range<u32>,
+}
+
+/// How many row parts a layer of `tiles_down` tile rows is packed in.
+/// Threads split a layer by row parts: each thread writes only its own rows
+/// of `yᵀ`, for every token panel. (Splitting token panels instead, two
+/// threads write the two halves of the same `yᵀ` rows at once; measured on
+/// Zen 4 with 128 tokens that made two threads 2x *slower* than one, the
+/// cache lines at each row's panel boundary bouncing between the cores.)
+/// Groups form within a part, so parts cost some grouping: a part keeps at
+/// least [`MIN_PART_TILE_ROWS`] tile rows.
+fn row_parts(tiles_down: usize) -> usize {
+    (tiles_down / MIN_PART_TILE_ROWS).clamp(1, MAX_ROW_PARTS)
+}
+
+/// Most row parts a layer is packed in: the thread counts of the boards (2 to 8 cores) divide it or come close.
+const MAX_ROW_PARTS: usize = 2;
+/// Fewest tile rows in a row part.
+const MIN_PART_TILE_ROWS: usize = 32;
 
 impl PatternSparseLinear {
     /// Assigns `set` to the tiles of `w` ([`assign_patterns`] on a base that
@@ -231,11 +259,22 @@ impl PatternSparseLinear {
         let span = span.unwrap_or_else(|| {
             band_span(tiles_down, tiles_across, patterns, packer.stored_per_row(tiles_down, tiles_across))
         });
-        // Band (pair) by band (pair), so its `xᵀ` rows stay in L1 while its groups run.
-        for tc0 in (0..tiles_across).step_by(span.max(1)) {
-            let width = span.max(1).min(tiles_across - tc0);
-            let spans = (0..tiles_down).filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
-            packer.group(spans);
+        // Part by part; within a part band (pair) by band (pair), so its `xᵀ` rows stay in L1
+        // while its groups run.
+        let n_parts = row_parts(tiles_down);
+        let mut parts = Vec::with_capacity(n_parts);
+        for p in 0..n_parts {
+            let rows = p * tiles_down / n_parts..(p + 1) * tiles_down / n_parts;
+            let first_group = packer.groups.len() as u32;
+            for tc0 in (0..tiles_across).step_by(span.max(1)) {
+                let width = span.max(1).min(tiles_across - tc0);
+                let spans = rows.clone().filter_map(|tr| packer.span_tile(assignment, tr, tc0, width)).collect();
+                packer.group(spans);
+            }
+            parts.push(RowPart {
+                tile_rows: rows.start as u32..rows.end as u32,
+                groups: first_group..packer.groups.len() as u32,
+            });
         }
         let Packer { runs, cols, mut groups, mut weights, .. } = packer;
         let stored = weights.len();
@@ -265,6 +304,7 @@ impl PatternSparseLinear {
             backend,
             mask_sparsity: mask.sparsity(),
             idle_tile_rows,
+            parts,
         }
     }
 
@@ -275,14 +315,15 @@ impl PatternSparseLinear {
 
     /// Tokens per panel for `tokens` on `threads`: [`PANEL_VECTORS`]
     /// vectors, or narrower when that leaves a thread without a panel.
-    /// Threads split token panels (disjoint columns of `yᵀ`, no reduction);
-    /// with few tokens (RT3's 35 are 5 AVX2 vectors: panels of 4 and 1) the
-    /// panels are cut evenly instead (3 and 2 vectors on 2 threads), at some
-    /// cost per vector, since a group's weights then feed fewer FMAs per load.
+    /// Threads split row parts first; threads beyond the row parts split
+    /// token panels (disjoint columns of `yᵀ`, no reduction), and with few
+    /// tokens (RT3's 35 are 5 AVX2 vectors: panels of 4 and 1) the panels are
+    /// cut evenly instead (3 and 2 vectors on 2 threads), at some cost per
+    /// vector, since a group's weights then feed fewer FMAs per load.
     fn panel_width_for(&self, tokens: usize, threads: Threads) -> usize {
         let lanes = self.backend.lanes();
         let vectors = tokens.div_ceil(lanes);
-        let parts = threads.count();
+        let parts = threads.count().div_ceil(self.parts.len());
         if vectors.div_ceil(PANEL_VECTORS) >= parts {
             self.panel_width()
         } else {
@@ -290,19 +331,30 @@ impl PatternSparseLinear {
         }
     }
 
-    /// Computes the token panel starting at token `p0` (`vectors` token
-    /// vectors wide) of `yᵀ` from `xᵀ`, then runs the epilogue on it.
+    /// Computes the rows of the row parts `parts` in the token panel starting
+    /// at token `p0` (`vectors` token vectors wide) of `yᵀ` from `xᵀ`, then
+    /// runs the epilogue on them.
     ///
     /// # Safety
     /// `x` holds `in_features` rows and `y` `out_features` rows of their
     /// strides; `p0 + vectors * lanes` is within both strides; no other thread
-    /// writes this panel's columns of `y`.
-    unsafe fn run_panel(&self, panel: &Panel, p0: usize, width: usize, epilogue: Option<RowEpilogue>) {
+    /// writes these rows' panel columns of `y`.
+    unsafe fn run_panel(
+        &self,
+        panel: &Panel,
+        parts: std::ops::Range<usize>,
+        p0: usize,
+        width: usize,
+        epilogue: Option<RowEpilogue>,
+    ) {
         let vectors = width.div_ceil(self.backend.lanes());
         assert!((1..=PANEL_VECTORS).contains(&vectors));
+        let (first, last) = (&self.parts[parts.start], &self.parts[parts.end - 1]);
+        let tile_rows = first.tile_rows.start..last.tile_rows.end;
+        let groups = &self.groups[first.groups.start as usize..last.groups.end as usize];
         // SAFETY: the caller's extents; the idle rows are below `out_features`.
         let panel = unsafe {
-            for &tile_row in &self.idle_tile_rows {
+            for &tile_row in self.idle_tile_rows.iter().filter(|tr| tile_rows.contains(tr)) {
                 let first = tile_row as usize * self.tile;
                 for r in first..(first + self.tile).min(self.out_features) {
                     std::ptr::write_bytes(panel.y.add(r * panel.y_stride + p0), 0, vectors * self.backend.lanes());
@@ -316,21 +368,28 @@ impl PatternSparseLinear {
         unsafe {
             match self.backend {
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx512 => x86_panels::avx512(self, &panel, vectors),
+                Backend::Avx512 => x86_panels::avx512(self, groups, &panel, vectors),
                 #[cfg(target_arch = "x86_64")]
-                Backend::Avx2Fma => x86_panels::avx2(self, &panel, vectors),
+                Backend::Avx2Fma => x86_panels::avx2(self, groups, &panel, vectors),
                 #[cfg(simd_neon)]
-                Backend::Neon => neon_panels::neon(self, &panel, vectors),
-                _ => panel_for_vectors::<ScalarLanes, 2>(self, &panel, vectors),
+                Backend::Neon => neon_panels::neon(self, groups, &panel, vectors),
+                _ => panel_for_vectors::<ScalarLanes, 2>(self, groups, &panel, vectors),
             }
         }
         if let Some(epilogue) = epilogue {
-            for r in 0..self.out_features {
+            let rows =
+                tile_rows.start as usize * self.tile..(tile_rows.end as usize * self.tile).min(self.out_features);
+            for r in rows {
                 // SAFETY: the panel's columns of row r are final and this call's alone.
                 epilogue(r, unsafe { std::slice::from_raw_parts_mut(panel.y.add(r * panel.y_stride), width) });
             }
         }
     }
+}
+
+thread_local! {
+    /// A thread's own `yᵀ` panel when threads split token panels (see `forward_feature_major`).
+    static PANEL_SCRATCH: RefCell<Activations> = RefCell::new(Activations::default());
 }
 
 /// Where a panel's `xᵀ` and `yᵀ` rows are: row `r` at `x + r * x_stride`.
@@ -588,8 +647,12 @@ unsafe fn group_pass<S: F32Vector, const K: usize, const V: usize>(
 /// # Safety
 /// As [`PatternSparseLinear::run_panel`] documents for its backend call.
 #[inline(always)]
-unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(layer: &PatternSparseLinear, panel: &Panel) {
-    for g in &layer.groups {
+unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(
+    layer: &PatternSparseLinear,
+    groups: &[TileGroup],
+    panel: &Panel,
+) {
+    for g in groups {
         // SAFETY: see `run_panel`; group ranges index `runs`, `weights` and the panels in bounds.
         unsafe {
             let runs = layer.runs.get_unchecked(g.runs_start as usize..g.runs_end as usize);
@@ -605,16 +668,17 @@ unsafe fn panel_groups<S: F32Vector, const V: usize, const KMAX: usize>(layer: &
 #[inline(always)]
 unsafe fn panel_for_vectors<S: F32Vector, const KMAX: usize>(
     layer: &PatternSparseLinear,
+    groups: &[TileGroup],
     panel: &Panel,
     vectors: usize,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match vectors {
-            1 => panel_groups::<S, 1, KMAX>(layer, panel),
-            2 => panel_groups::<S, 2, KMAX>(layer, panel),
-            3 => panel_groups::<S, 3, KMAX>(layer, panel),
-            _ => panel_groups::<S, 4, KMAX>(layer, panel),
+            1 => panel_groups::<S, 1, KMAX>(layer, groups, panel),
+            2 => panel_groups::<S, 2, KMAX>(layer, groups, panel),
+            3 => panel_groups::<S, 3, KMAX>(layer, groups, panel),
+            _ => panel_groups::<S, 4, KMAX>(layer, groups, panel),
         }
     }
 }
@@ -695,27 +759,27 @@ unsafe fn group_passes<S: F32Vector, const V: usize, const KMAX: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86_panels {
-    use super::{panel_for_vectors, Panel, PatternSparseLinear};
+    use super::{panel_for_vectors, Panel, PatternSparseLinear, TileGroup};
     use crate::simd::x86::{Avx2Fma, Avx512};
 
     /// 32 `zmm` registers: 4 tiles x 4 vectors of accumulators + 4 `xᵀ` vectors + broadcasts.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
+    pub(super) unsafe fn avx512(layer: &PatternSparseLinear, groups: &[TileGroup], panel: &Panel, vectors: usize) {
         // SAFETY: AVX-512F is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx512, 4>(layer, panel, vectors) }
+        unsafe { panel_for_vectors::<Avx512, 4>(layer, groups, panel, vectors) }
     }
 
     /// 16 `ymm` registers: 2 tiles x 4 vectors + 4 `xᵀ` + 1 broadcast.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
+    pub(super) unsafe fn avx2(layer: &PatternSparseLinear, groups: &[TileGroup], panel: &Panel, vectors: usize) {
         // SAFETY: AVX2 and FMA are enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, panel, vectors) }
+        unsafe { panel_for_vectors::<Avx2Fma, 2>(layer, groups, panel, vectors) }
     }
 }
 
 #[cfg(simd_neon)]
 mod neon_panels {
-    use super::{panel_for_vectors, Panel, PatternSparseLinear};
+    use super::{panel_for_vectors, Panel, PatternSparseLinear, TileGroup};
     use crate::simd::neon::Neon;
 
     /// Tiles per pass: aarch64 has 32 `q` registers: 4 tiles x 4 vectors + 4 `xᵀ` vectors; 32-bit
@@ -724,9 +788,9 @@ mod neon_panels {
 
     // On 32-bit ARM NEON is enabled for the whole build (see `crate::simd`).
     #[cfg_attr(target_arch = "aarch64", target_feature(enable = "neon"))]
-    pub(super) unsafe fn neon(layer: &PatternSparseLinear, panel: &Panel, vectors: usize) {
+    pub(super) unsafe fn neon(layer: &PatternSparseLinear, groups: &[TileGroup], panel: &Panel, vectors: usize) {
         // SAFETY: NEON is enabled here; the rest is forwarded from the caller.
-        unsafe { panel_for_vectors::<Neon, KMAX>(layer, panel, vectors) }
+        unsafe { panel_for_vectors::<Neon, KMAX>(layer, groups, panel, vectors) }
     }
 }
 
@@ -765,13 +829,55 @@ impl LinearKernel for PatternSparseLinear {
             y: y.as_padded_mut().as_mut_ptr(),
             y_stride: y.stride(),
         };
-        // Threads take contiguous runs of whole panels (disjoint token columns of `yᵀ`).
-        super::split_range(tokens.div_ceil(pw), threads, &|range| {
-            for p in range {
+        let panels = tokens.div_ceil(pw);
+        let n_parts = self.parts.len();
+        if threads.count() == 1 {
+            for p in 0..panels {
                 let p0 = p * pw;
                 // SAFETY: the strides are whole cache lines, so every panel's vectors fit
-                // (`p0 + vectors * lanes <= stride`); panels are disjoint.
-                unsafe { self.run_panel(&panel, p0, pw.min(tokens - p0), epilogue) };
+                // (`p0 + vectors * lanes <= stride`).
+                unsafe { self.run_panel(&panel, 0..n_parts, p0, pw.min(tokens - p0), epilogue) };
+            }
+            return;
+        }
+        // Threads take contiguous runs of (row part, panel) items, part-major: with no more
+        // threads than row parts, each writes whole rows of `yᵀ` (see [`row_parts`]). With more,
+        // threads also split token panels, and each computes its panel in a scratch of its own
+        // and copies the finished rows in once, so no two threads work in the same `yᵀ` rows.
+        let own_scratch = threads.count() > n_parts;
+        super::split_range(n_parts * panels, threads, &|range| {
+            for item in range {
+                let (part, p) = (item / panels, item % panels);
+                let (p0, width) = (p * pw, pw.min(tokens - p * pw));
+                if !own_scratch {
+                    // SAFETY: as above; items are disjoint (rows of a part x columns of a panel).
+                    unsafe { self.run_panel(&panel, part..part + 1, p0, width, epilogue) };
+                    continue;
+                }
+                PANEL_SCRATCH.with(|cell| {
+                    let mut scratch = cell.borrow_mut();
+                    scratch.reshape(self.out_features, pw);
+                    let local = Panel {
+                        // SAFETY: `p0` is within `x`'s stride (as above).
+                        x: unsafe { panel.x.add(p0) },
+                        x_stride: panel.x_stride,
+                        y: scratch.as_padded_mut().as_mut_ptr(),
+                        y_stride: scratch.stride(),
+                    };
+                    // SAFETY: the scratch holds `out_features` rows of `pw` tokens; `x` as above.
+                    unsafe { self.run_panel(&local, part..part + 1, 0, width, epilogue) };
+                    let tiles = &self.parts[part].tile_rows;
+                    for r in tiles.start as usize * self.tile..(tiles.end as usize * self.tile).min(self.out_features) {
+                        // SAFETY: row r's columns p0..p0 + width of `y` are this item's alone.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                scratch.row(r).as_ptr(),
+                                panel.y.add(r * panel.y_stride + p0),
+                                width,
+                            )
+                        };
+                    }
+                });
             }
         });
     }
@@ -837,6 +943,50 @@ mod tests {
                 let expected = reference::linear(&x, &layer.effective_weights());
                 let (abs, _) = reference::errors(&y, &expected);
                 assert!(abs < 1e-4, "{} tokens={tokens}: max error {abs}", backend.name());
+            }
+        }
+    }
+
+    #[test]
+    fn row_parts_split_threads_by_output_rows_and_match_the_reference() {
+        // 75 tile rows of 4: two row parts; tile row 40 (in the second part) keeps nothing.
+        let mut w = Matrix::random(300, 24, 7, 1.0);
+        for r in 160..164 {
+            for c in 0..24 {
+                w.set(r, c, 0.0);
+            }
+        }
+        let base = Mask::dense(300, 24);
+        let set = generate_pattern_set(&w, &base, &PatternConfig::new(4, 0.5));
+        for backend in Backend::available() {
+            let layer = PatternSparseLinear::with_backend(&w, &set, backend);
+            assert_eq!(layer.parts.len(), 2, "{}", backend.name());
+            assert_eq!(layer.idle_tile_rows, vec![40]);
+            let expected_w = layer.effective_weights();
+            for tokens in [1, 5, 64, 131] {
+                let x = Matrix::random(tokens, 24, 8, 1.0);
+                let expected = reference::linear(&x, &expected_w);
+                let xt = Activations::from_token_major(&x);
+                for threads in [Threads::One, Threads::N(2), Threads::N(3), Threads::N(5)] {
+                    // Garbage in `y` first: every row, idle ones included, must be overwritten.
+                    let mut yt = Activations::zeros(300, tokens);
+                    for f in 0..300 {
+                        yt.row_mut(f).fill(f32::NAN);
+                    }
+                    let epilogue = |r: usize, v: &mut [f32]| v.iter_mut().for_each(|v| *v += r as f32);
+                    layer.forward_feature_major(&xt, &mut yt, Some(&epilogue), threads);
+                    for r in 0..300 {
+                        for t in 0..tokens {
+                            let want = expected.get(t, r) + r as f32;
+                            let got = yt.row(r)[t];
+                            assert!(
+                                (got - want).abs() < 1e-3,
+                                "{} {threads:?} tokens={tokens} row {r} token {t}: {got} vs {want}",
+                                backend.name()
+                            );
+                        }
+                    }
+                }
             }
         }
     }
