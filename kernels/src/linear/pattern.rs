@@ -153,7 +153,8 @@ fn row_parts(tiles_down: usize) -> usize {
     (tiles_down / MIN_PART_TILE_ROWS).clamp(1, MAX_ROW_PARTS)
 }
 
-/// Most row parts a layer is packed in: the thread counts of the boards (2 to 8 cores) divide it or come close.
+/// Most row parts a layer is packed in: two, one per thread of a 2-thread run; more threads split
+/// token panels within a part.
 const MAX_ROW_PARTS: usize = 2;
 /// Fewest tile rows in a row part. 16x16 tiles pair their bands when rows
 /// are short ([`band_span`]), and pairs group well only over many tile rows:
@@ -335,6 +336,11 @@ impl PatternSparseLinear {
         }
     }
 
+    /// The output features of a range of tile rows.
+    fn output_rows(&self, tile_rows: &std::ops::Range<u32>) -> std::ops::Range<usize> {
+        tile_rows.start as usize * self.tile..(tile_rows.end as usize * self.tile).min(self.out_features)
+    }
+
     /// Computes the rows of the row parts `parts` in the token panel starting
     /// at token `p0` (`vectors` token vectors wide) of `yᵀ` from `xᵀ`, then
     /// runs the epilogue on them.
@@ -355,6 +361,7 @@ impl PatternSparseLinear {
         assert!((1..=PANEL_VECTORS).contains(&vectors));
         let (first, last) = (&self.parts[parts.start], &self.parts[parts.end - 1]);
         let tile_rows = first.tile_rows.start..last.tile_rows.end;
+        let rows = self.output_rows(&tile_rows);
         let groups = &self.groups[first.groups.start as usize..last.groups.end as usize];
         // SAFETY: the caller's extents; the idle rows are below `out_features`.
         let panel = unsafe {
@@ -381,8 +388,6 @@ impl PatternSparseLinear {
             }
         }
         if let Some(epilogue) = epilogue {
-            let rows =
-                tile_rows.start as usize * self.tile..(tile_rows.end as usize * self.tile).min(self.out_features);
             for r in rows {
                 // SAFETY: the panel's columns of row r are final and this call's alone.
                 epilogue(r, unsafe { std::slice::from_raw_parts_mut(panel.y.add(r * panel.y_stride), width) });
@@ -870,8 +875,7 @@ impl LinearKernel for PatternSparseLinear {
                     };
                     // SAFETY: the scratch holds `out_features` rows of `pw` tokens; `x` as above.
                     unsafe { self.run_panel(&local, part..part + 1, 0, width, epilogue) };
-                    let tiles = &self.parts[part].tile_rows;
-                    for r in tiles.start as usize * self.tile..(tiles.end as usize * self.tile).min(self.out_features) {
+                    for r in self.output_rows(&self.parts[part].tile_rows) {
                         // SAFETY: row r's columns p0..p0 + width of `y` are this item's alone.
                         unsafe {
                             std::ptr::copy_nonoverlapping(
