@@ -40,6 +40,16 @@
 //! vector for 6 rows, at ~1.6), and short spans (a 16 KiB chunk is 64
 //! columns, ~22 kept weights per row at 87.5 %) and first touches of each
 //! chunk's `xᵀ` rows take it to ~1.0 in a whole layer.
+//!
+//! On AVX2 (16 `ymm` registers) there is no room to reuse an `xᵀ` vector
+//! across rows: two rows' accumulators at 8 vectors fill the register file,
+//! and narrower token blocks cost more than reuse saves. Measured on Zen 3
+//! without AVX-512 (BP 64 % strips, 128 tokens, 1 thread, 2026-12): 6 vectors
+//! (three token blocks of 48, 48 and 32, 2 accumulator copies) ran 25-40 %
+//! slower than 8; dropping the prefetch of the next chunk made 768->3072 3-5 %
+//! faster and 3072->768 4-8 % slower, so it stays. The BP kernel runs at
+//! 75-93 GFLOP/s there and this one at 45-60, so PP 75 % on that base is
+//! 0.92-1.06x its base and PP 87.5 % 1.55-1.75x.
 
 use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
