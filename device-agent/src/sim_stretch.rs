@@ -26,10 +26,15 @@
 //! back, because the weights were evicted while the agent waited: measured on a
 //! 2-vCPU VM, +7 % after a 0.5x spin and +35 % after a 1.5x spin for a block-pruned
 //! rt3-transformer at 8 tokens, and within the host's own noise at 32 tokens. A
-//! slower core has no such gap. Filling the wait with one-token passes that keep
-//! the weights warm was tried and dropped: such a pass costs as much as the whole
-//! inference when it is memory-bound, so it fits only at factors above 2, and an
-//! overrunning one overshoots the stretch.
+//! slower core has no such gap. (At the default scenario's 35 tokens on a
+//! Zen 3 VM: medians -1 to +7 % after a 1.5x spin and up to +21 % after a 4x
+//! one, dense and bp50, over three runs; spinning on FMAs instead of clock
+//! reads narrowed the 4x gap for dense and not the 1.5x one, so the cause is
+//! not only a cold vector unit, and the spin stays a clock read.) Filling the
+//! wait with one-token passes that keep the weights warm was tried and
+//! dropped: such a pass costs as much as the whole inference when it is
+//! memory-bound, so it fits only at factors above 2, and an overrunning one
+//! overshoots the stretch.
 //!
 //! Stretching can only be switched on for a tree hil's simulator wrote: the
 //! root must hold the simulator's marker [`SIM_MARKER`] (JSON with
