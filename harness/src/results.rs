@@ -334,9 +334,14 @@ pub struct BoardLabels {
 }
 
 impl BoardLabels {
+    /// The labels of a board, with its labgrid place and exporter host when it was reserved from one.
+    pub fn new(simulated: bool, place: Option<&(String, String)>) -> Self {
+        Self { simulated, place: place.map(|(p, _)| p.clone()), exporter_host: place.map(|(_, h)| h.clone()) }
+    }
+
     /// A board not reserved from labgrid.
     pub fn local(simulated: bool) -> Self {
-        Self { simulated, place: None, exporter_host: None }
+        Self::new(simulated, None)
     }
 }
 

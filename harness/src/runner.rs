@@ -967,11 +967,7 @@ fn measure_cell(
                                         &cell.key,
                                         &finished.capture,
                                         window,
-                                        &crate::results::BoardLabels {
-                                            simulated: ctx.simulated,
-                                            place: ctx.place.map(|(p, _)| p.clone()),
-                                            exporter_host: ctx.place.map(|(_, h)| h.clone()),
-                                        },
+                                        &crate::results::BoardLabels::new(ctx.simulated, ctx.place),
                                     )
                                     .map_err(CellError::Fatal)?;
                                 }

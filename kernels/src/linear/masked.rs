@@ -48,8 +48,8 @@
 //! (three token blocks of 48, 48 and 32, 2 accumulator copies) ran 25-40 %
 //! slower than 8; dropping the prefetch of the next chunk made 768->3072 3-5 %
 //! faster and 3072->768 4-8 % slower, so it stays. The BP kernel runs at
-//! 75-93 GFLOP/s there and this one at 45-60, so PP 75 % on that base is
-//! 0.92-1.06x its base and PP 87.5 % 1.55-1.75x.
+//! 75-93 GFLOP/s there and this one at 45-61, so PP 75 % on that base is
+//! 0.92-1.22x its base and PP 87.5 % 1.55-1.90x.
 
 use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
