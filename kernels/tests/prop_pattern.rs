@@ -2,7 +2,7 @@
 //! the scalar reference. Case counts are modest: these also run on aarch64
 //! under qemu in CI.
 
-use kernels::linear::masked::MaskedStripLinear;
+use kernels::linear::masked::{MaskedStripLinear, RowRuns};
 use kernels::linear::pattern::PatternSparseLinear;
 use kernels::prune::block::{block_mask, BlockShape};
 use kernels::prune::pattern::{
@@ -276,8 +276,8 @@ proptest! {
         let expected_w = masked(&w, &a.mask);
         let x = Matrix::random(tokens, w.cols(), xseed, 1.0);
         let expected = reference::linear(&x, &expected_w);
-        for backend in Backend::available() {
-            let layer = MaskedStripLinear::from_masked_for(&w, &a.mask, strip_rows, "pattern", backend);
+        for (backend, runs) in Backend::available().into_iter().flat_map(|b| [(b, RowRuns::Single), (b, RowRuns::Pairs)]) {
+            let layer = MaskedStripLinear::from_masked_with(&w, &a.mask, strip_rows, "pattern", backend, runs);
             let stats = layer.stats();
             prop_assert_eq!(stats.multiplied, a.mask.kept(), "multiplies exactly its kept weights");
             prop_assert_eq!(layer.effective_weights(), expected_w.clone());
@@ -285,7 +285,7 @@ proptest! {
                 let mut y = Matrix::from_vec(1, 1, vec![f32::NAN]);
                 layer.forward(&x, &mut y, threads);
                 let (abs, _) = reference::errors(&y, &expected);
-                prop_assert!(abs < 1e-4, "{} tokens {}: max error {}", backend.name(), tokens, abs);
+                prop_assert!(abs < 1e-4, "{} {:?} tokens {}: max error {}", backend.name(), runs, tokens, abs);
             }
         }
     }
@@ -312,14 +312,14 @@ proptest! {
         let plain = reference::linear(&x, &expected_w);
         let expected = Matrix::from_fn(tokens, w.rows(), |t, o| plain.get(t, o) + o as f32);
         let epilogue = |f: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v += f as f32);
-        for backend in Backend::available() {
-            let layer = MaskedStripLinear::from_masked_for(&w, &a.mask, height, "pattern", backend);
+        for (backend, runs) in Backend::available().into_iter().flat_map(|b| [(b, RowRuns::Single), (b, RowRuns::Pairs)]) {
+            let layer = MaskedStripLinear::from_masked_with(&w, &a.mask, height, "pattern", backend, runs);
             prop_assert_eq!(layer.stats().multiplied, a.mask.kept());
             for threads in [Threads::One, Threads::N(2)] {
                 let mut y = kernels::Activations::default();
                 layer.forward_feature_major(&kernels::Activations::from_token_major(&x), &mut y, Some(&epilogue), threads);
                 let (abs, _) = reference::errors(&y.to_token_major(), &expected);
-                prop_assert!(abs < 1e-4, "{} height {height} tokens {tokens}: max error {abs}", backend.name());
+                prop_assert!(abs < 1e-4, "{} {runs:?} height {height} tokens {tokens}: max error {abs}", backend.name());
             }
         }
     }

@@ -10,46 +10,61 @@
 //! `xᵀ` rows stays in L1, and within 256 columns of the chunk's first. Per
 //! chunk and row, a *span* lists the row's kept weights in that chunk,
 //! ascending by column, each with its column's `u8` offset from the chunk's
-//! first. Besides the weights (5 bytes each with the offset), a strip
-//! stores its kept columns (`u32` each, like the BP kernel, for prefetching),
-//! a 12-byte header per chunk and a `u32` per span: at BP 64 % + PP 75 % on
-//! DistilBERT's layers, fewer bytes than the BP base alone.
+//! first; with [`RowRuns::Pairs`], per chunk and pair of rows, three spans:
+//! the columns both keep (the two weights adjacent, each with the offset),
+//! then those only the first keeps, then those only the second keeps, and a
+//! `u16` per row gives the chunk's pair order. Besides the weights (5 bytes
+//! each with the offset), a strip stores its kept columns (`u32` each, like
+//! the BP kernel, for prefetching), a 12-byte header per chunk and a `u32`
+//! per span: at BP 64 % + PP 75 % on DistilBERT's layers, fewer bytes than
+//! the BP base alone.
 //!
 //! # Kernel
-//! Per strip and block of `NV` token vectors (8 on AVX2: 64 tokens), chunk
-//! by chunk, row by row: `NV` accumulators in registers (from zero in the
-//! first chunk, from the strip's rows of `yᵀ` after it) take, per kept
-//! weight, one broadcast and `NV` FMAs whose `xᵀ` operand comes straight
-//! from L1. When the strip is done its rows get the epilogue.
+//! Per strip and block of `NV` token vectors (8: 128 tokens on AVX-512, 64
+//! on AVX2), chunk by chunk, run by run: a run's accumulators sit in
+//! registers (from zero in the first chunk, from the strip's rows of `yᵀ`
+//! after it) and take, per kept weight, one broadcast and `NV` FMAs whose
+//! `xᵀ` operand comes from L1. When the strip is done its rows get the
+//! epilogue. A run is one row ([`RowRuns::Single`]) or a pair of rows
+//! ([`RowRuns::Pairs`]): the pair's columns that both rows keep load each
+//! `xᵀ` vector once for two FMAs; the columns only one keeps go as single
+//! rows. Rows are paired per chunk, greedily by the number of columns they
+//! share (`pair_order`).
 //!
-//! Why one row at a time, with wide token blocks: a pattern on a BP strip
-//! keeps each column for a varying subset of the strip's rows, so register
-//! blocks over several rows either multiply zeros or dispatch on the row
-//! subset. A first version blocked 4 rows x 2 vectors and dispatched on the
-//! 4-bit mask of each run of columns (15 loops): at BP 64 % + PP 87.5 % a
-//! quad keeps ~1.7 rows per column, so each column's index load, address,
-//! `xᵀ` loads and loop control fed 3.4 FMAs, and the kernel ran at 0.7 FMAs
-//! per cycle on Zen 3. One row with 8 token vectors feeds 8 FMAs per kept
-//! weight from one offset and one broadcast; the `xᵀ` loads it repeats per
-//! row are L1 hits, and x86-64 folds them into the FMAs (Zen 3 issues 3
-//! loads per cycle, 2 FMAs). 8 accumulators also give 8 independent FMA
-//! chains, enough to cover the FMA latency. On NEON the weights of 4
-//! consecutive entries come in one vector load and feed lane-indexed FMAs.
-//! The cost of having no `xᵀ` reuse across rows: the inner loop alone runs
-//! at ~1.55 FMAs per cycle on Zen 3 (the BP kernel, which reuses each `xᵀ`
-//! vector for 6 rows, at ~1.6), and short spans (a 16 KiB chunk is 64
-//! columns, ~22 kept weights per row at 87.5 %) and first touches of each
-//! chunk's `xᵀ` rows take it to ~1.0 in a whole layer.
+//! Why not larger register blocks: a pattern on a BP strip keeps each column
+//! for a varying subset of the strip's rows, so blocks over several rows
+//! either multiply zeros or dispatch on the row subset. A first version
+//! blocked 4 rows x 2 vectors and dispatched on the 4-bit mask of each run
+//! of columns (15 loops): at BP 64 % + PP 87.5 % a quad keeps ~1.7 rows per
+//! column, so each column's index load, address, `xᵀ` loads and loop control
+//! fed 3.4 FMAs, and the kernel ran at 0.7 FMAs per cycle on Zen 3. A pair
+//! has three cases (both, first, second), each its own span, and keeps the
+//! wide token block: 8 independent FMA chains per row, enough to cover the
+//! FMA latency. On NEON the weights of 4 consecutive entries come in one
+//! vector load and feed lane-indexed FMAs.
 //!
-//! On AVX2 (16 `ymm` registers) there is no room to reuse an `xᵀ` vector
-//! across rows: two rows' accumulators at 8 vectors fill the register file,
-//! and narrower token blocks cost more than reuse saves. Measured on Zen 3
-//! without AVX-512 (BP 64 % strips, 128 tokens, 1 thread, 2026-12): 6 vectors
-//! (three token blocks of 48, 48 and 32, 2 accumulator copies) ran 25-40 %
-//! slower than 8; dropping the prefetch of the next chunk made 768->3072 3-5 %
-//! faster and 3072->768 4-8 % slower, so it stays. The BP kernel runs at
-//! 75-93 GFLOP/s there and this one at 45-61, so PP 75 % on that base is
-//! 0.92-1.22x its base and PP 87.5 % 1.55-1.90x.
+//! Pairs need 2 x `NV` accumulators plus a weight per row and an `xᵀ`
+//! vector: 32 registers. On AVX2 (16 `ymm`) two rows' accumulators fill the
+//! register file, and narrower token blocks cost more than reuse saves
+//! (Zen 3 without AVX-512, BP 64 % strips, 128 tokens, 1 thread, 2026-12: 6
+//! vectors in three token blocks ran 25-40 % slower than 8), so AVX2, 32-bit
+//! NEON and the scalar path walk single rows. aarch64 NEON has 32 registers
+//! too but cannot be timed here, so it keeps single rows until measured on a
+//! core. Every walk runs (and is tested) on every backend.
+//!
+//! Measured on Zen 4 (AVX-512; 1 thread, `taskset -c 1`, the speedup
+//! example's BP 64 % 16x1 strips + 16x16 patterns; four interleaved runs,
+//! time against the same run's BP base): at 128 tokens single rows gave
+//! PP 75 % 0.97-1.16x its base and PP 87.5 % 1.62-1.84x; adjacent pairs
+//! 1.07-1.35x and 1.48-1.94x; pairs by shared columns 1.14-1.33x and
+//! 1.69-2.01x. Where `xᵀ` comes from L3 (3072 inputs) the pairs first ran
+//! slower than single rows, until each pair prefetched the next chunk in two
+//! halves instead of one burst. Per chunk, pairing by shared columns raises
+//! the weights in shared columns from 0.33-0.38 to 0.51-0.53 of all at
+//! 87.5 % and from 0.68-0.70 to 0.76 at 75 %. At RT3's 35 tokens (3 vectors,
+//! 2 accumulator copies) single rows gave 0.85-1.01x / 1.37-1.71x, pairs
+//! 1.05-1.23x / 1.60-1.86x. A 24 KiB chunk was 0-12 % slower than 16 KiB,
+//! 12 KiB within noise.
 
 use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
@@ -58,7 +73,7 @@ use crate::matrix::{Activations, Mask, Matrix};
 use crate::simd::{Backend, F32Vector, ScalarLanes, GROUP};
 
 /// Bytes of `xᵀ` one chunk of kept columns spans for one token block: the
-/// chunk is read by every row of the strip in turn, so it must stay in L1d
+/// chunk is read by every run of the strip in turn, so it must stay in L1d
 /// (32 KiB per core on the Zen 3 reference machine, 32-64 KiB on Cortex-A
 /// cores) next to the weights streaming past and the output rows. Measured
 /// on Zen 3 (BP 64 % strips + PP 75 % / 87.5 %, 1 thread, 128 tokens):
@@ -85,14 +100,56 @@ const fn token_vectors(backend: Backend) -> usize {
     }
 }
 
+/// How a strip's rows are walked: one at a time, or in pairs that share each
+/// `xᵀ` load for the columns both rows keep (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowRuns {
+    /// Per chunk and row, one span of the row's kept weights.
+    Single,
+    /// Per chunk and pair of rows `(2q, 2q + 1)`, three spans: the columns both
+    /// keep (their two weights adjacent), those only the first keeps, those only
+    /// the second keeps. An odd last row has only its own span.
+    Pairs,
+}
+
+impl RowRuns {
+    /// The walk measured faster on `backend`: pairs need 2 x 8 accumulators
+    /// plus temporaries, which only the 32 registers of AVX-512 hold (see the module docs).
+    pub fn for_backend(backend: Backend) -> Self {
+        match backend {
+            Backend::Avx512 => RowRuns::Pairs,
+            _ => RowRuns::Single,
+        }
+    }
+
+    /// Runs per strip of `rows` rows (rows or pairs).
+    fn runs(self, rows: usize) -> usize {
+        match self {
+            RowRuns::Single => rows,
+            RowRuns::Pairs => rows.div_ceil(2),
+        }
+    }
+
+    /// Spans per chunk of a strip of `rows` rows.
+    fn spans(self, rows: usize) -> usize {
+        match self {
+            RowRuns::Single => rows,
+            RowRuns::Pairs => 3 * rows.div_ceil(2),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Strip {
     row0: u32,
     rows: u32,
     chunks_start: u32,
     chunks_end: u32,
-    /// Index of the strip's first span in `starts` (spans are chunk-major, then row).
+    /// Index of the strip's first span in `starts` (spans are chunk-major, then row or pair).
     first_span: u32,
+    /// [`RowRuns::Pairs`]: index of the strip's first chunk's row order in `row_order`
+    /// (each chunk lists the strip's rows, `rows` entries, as pairs).
+    first_order: u32,
 }
 
 /// Consecutive kept columns of a strip, at most [`MAX_CHUNK`] apart from its first.
@@ -112,13 +169,16 @@ pub struct MaskedStripLinear {
     in_features: usize,
     strip_rows: usize,
     backend: Backend,
+    row_runs: RowRuns,
     strips: Vec<Strip>,
     chunks: Vec<Chunk>,
     /// Kept columns of every chunk.
     kept: Vec<u32>,
     /// Start of every span in `offsets` / `weights`, then the end of the last.
     starts: Vec<u32>,
-    /// Per stored weight, its column minus its chunk's `base`.
+    /// [`RowRuns::Pairs`]: per chunk, the strip's rows (from the strip's first) in pair order.
+    row_order: Vec<u16>,
+    /// Per stored weight, its column minus its chunk's `base` (a shared pair's two weights both carry it).
     offsets: Vec<u8>,
     /// The kept weights, then [`GROUP`] zeros so a group load at the last weight stays in bounds.
     weights: Vec<f32>,
@@ -134,8 +194,22 @@ impl MaskedStripLinear {
 
     /// Like [`Self::from_masked`], with the chunking (and default `forward` backend) of `backend`.
     pub fn from_masked_for(w: &Matrix, mask: &Mask, strip_rows: usize, kind: &'static str, backend: Backend) -> Self {
+        Self::from_masked_with(w, mask, strip_rows, kind, backend, RowRuns::for_backend(backend))
+    }
+
+    /// Like [`Self::from_masked_for`], with the rows walked as `row_runs` says
+    /// (every walk runs on every backend; tests cover both).
+    pub fn from_masked_with(
+        w: &Matrix,
+        mask: &Mask,
+        strip_rows: usize,
+        kind: &'static str,
+        backend: Backend,
+        row_runs: RowRuns,
+    ) -> Self {
         assert_eq!(w.shape(), mask.shape(), "MaskedStripLinear: weights and mask shapes differ");
         assert!(strip_rows > 0, "MaskedStripLinear: strip_rows must be at least 1");
+        assert!(strip_rows <= 1 << 16, "MaskedStripLinear: strips of at most 65536 rows");
         let (out_features, in_features) = w.shape();
         assert!(u32::try_from(in_features).is_ok() && u32::try_from(out_features).is_ok());
         let chunk_cols = (CHUNK_BYTES / (token_vectors(backend) * backend.lanes() * 4)).max(1);
@@ -144,10 +218,12 @@ impl MaskedStripLinear {
             in_features,
             strip_rows,
             backend,
+            row_runs,
             strips: Vec::new(),
             chunks: Vec::new(),
             kept: Vec::new(),
             starts: Vec::new(),
+            row_order: Vec::new(),
             offsets: Vec::new(),
             weights: Vec::new(),
             nnz: 0,
@@ -167,20 +243,53 @@ impl MaskedStripLinear {
             }
             bounds.push(kept.len());
             let (chunks_start, first_span) = (layer.chunks.len() as u32, layer.starts.len() as u32);
+            let first_order = layer.row_order.len() as u32;
             for part in bounds.windows(2) {
                 let chunk = &kept[part[0]..part[1]];
                 let base = chunk.first().copied().unwrap_or(0);
                 let kept_start = layer.kept.len() as u32;
                 layer.kept.extend(chunk.iter().map(|&c| c as u32));
                 layer.chunks.push(Chunk { base: base as u32, kept_start, kept_end: layer.kept.len() as u32 });
-                for r in row0..row0 + rows {
+                // Pairs: the strip's rows (from row0) in pair order, for this chunk.
+                let order = match row_runs {
+                    RowRuns::Single => Vec::new(),
+                    RowRuns::Pairs => {
+                        let bits = chunk_bits(mask, row0..row0 + rows, chunk);
+                        let order = pair_order(rows, |a, b| {
+                            bits[a].iter().zip(&bits[b]).map(|(x, y)| (x & y).count_ones() as usize).sum()
+                        });
+                        layer.row_order.extend(order.iter().map(|&r| r as u16));
+                        order
+                    }
+                };
+                // One span: the weights of `rows_of` (one row, or a pair interleaved) at the columns `keep` selects.
+                let mut span = |rows_of: &[usize], keep: &dyn Fn(usize) -> bool| {
                     let start = u32::try_from(layer.weights.len()).expect("MaskedStripLinear: over 2^32 weights");
                     layer.starts.push(start);
-                    for &c in chunk.iter().filter(|&&c| mask.get(r, c)) {
-                        let v = w.get(r, c);
-                        layer.nnz += usize::from(v != 0.0);
-                        layer.offsets.push((c - base) as u8);
-                        layer.weights.push(v);
+                    for &c in chunk.iter().filter(|&&c| keep(c)) {
+                        for &r in rows_of {
+                            let v = w.get(r, c);
+                            layer.nnz += usize::from(v != 0.0);
+                            layer.offsets.push((c - base) as u8);
+                            layer.weights.push(v);
+                        }
+                    }
+                };
+                match row_runs {
+                    RowRuns::Single => {
+                        for r in row0..row0 + rows {
+                            span(&[r], &|c| mask.get(r, c));
+                        }
+                    }
+                    RowRuns::Pairs => {
+                        for pair in order.chunks(2) {
+                            let (a, b) = (row0 + pair[0], pair.get(1).map(|&b| row0 + b));
+                            let kept_by_b = |c: usize| b.is_some_and(|b| mask.get(b, c));
+                            let both: Vec<usize> = [a].into_iter().chain(b).collect();
+                            span(&both, &|c| mask.get(a, c) && kept_by_b(c));
+                            span(&[a], &|c| mask.get(a, c) && !kept_by_b(c));
+                            span(&[b.unwrap_or(a)], &|c| b.is_some() && kept_by_b(c) && !mask.get(a, c));
+                        }
                     }
                 }
             }
@@ -190,6 +299,7 @@ impl MaskedStripLinear {
                 chunks_start,
                 chunks_end: layer.chunks.len() as u32,
                 first_span,
+                first_order,
             });
         }
         layer.starts.push(layer.weights.len() as u32);
@@ -205,6 +315,37 @@ impl MaskedStripLinear {
     /// The backend `forward` uses.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// How the kernel walks a strip's rows.
+    pub fn row_runs(&self) -> RowRuns {
+        self.row_runs
+    }
+
+    /// The rows, weight range and weight stride of every span of chunk `i` of `strip`,
+    /// as `(row, range, stride)`: a shared pair span is two of these, offset by one, stride 2.
+    fn spans_of(&self, strip: &Strip, i: usize) -> Vec<(usize, std::ops::Range<usize>, usize)> {
+        let rows = strip.rows as usize;
+        let first = strip.first_span as usize + i * self.row_runs.spans(rows);
+        let span = |k: usize| self.starts[first + k] as usize..self.starts[first + k + 1] as usize;
+        let row0 = strip.row0 as usize;
+        match self.row_runs {
+            RowRuns::Single => (0..rows).map(|r| (row0 + r, span(r), 1)).collect(),
+            RowRuns::Pairs => (0..rows.div_ceil(2))
+                .flat_map(|q| {
+                    let order = &self.row_order[strip.first_order as usize + i * rows..][..rows];
+                    // An odd last row's shared and second spans are empty.
+                    let (a, b) = (row0 + order[2 * q] as usize, row0 + *order.get(2 * q + 1).unwrap_or(&0) as usize);
+                    let shared = span(3 * q);
+                    [
+                        (a, shared.clone(), 2),
+                        (b, shared.start + 1..shared.end, 2),
+                        (a, span(3 * q + 1), 1),
+                        (b, span(3 * q + 2), 1),
+                    ]
+                })
+                .collect(),
+        }
     }
 
     /// Weights stored and multiplied (explicit zeros of `w` included).
@@ -250,6 +391,43 @@ impl MaskedStripLinear {
         };
         super::split_range(self.strips.len(), threads, &|range| job.run(range));
     }
+}
+
+/// The rows `0..rows` of a strip ordered as pairs `(order[0], order[1])`, ...
+/// (an odd last row alone at the end) that share many kept columns:
+/// greedily, the pair with the most shared columns (`shared(a, b)`, `a < b`)
+/// first, ties to the lowest rows. Adjacent rows would do as well for a
+/// random mask; on pattern sets over BP strips this raises the share of
+/// weights in shared columns from 0.33-0.38 to 0.51-0.53 at 87.5 %
+/// and from 0.68-0.70 to 0.76 at 75 % (DistilBERT's layers, 16-row strips).
+fn pair_order(rows: usize, shared: impl Fn(usize, usize) -> usize) -> Vec<usize> {
+    let mut pairs: Vec<(usize, usize, usize)> =
+        (0..rows).flat_map(|a| (a + 1..rows).map(move |b| (a, b))).map(|(a, b)| (shared(a, b), a, b)).collect();
+    pairs.sort_by_key(|&(n, a, b)| (std::cmp::Reverse(n), a, b));
+    let mut taken = vec![false; rows];
+    let mut order = Vec::with_capacity(rows);
+    for (_, a, b) in pairs {
+        if !taken[a] && !taken[b] {
+            (taken[a], taken[b]) = (true, true);
+            order.extend([a, b]);
+        }
+    }
+    order.extend((0..rows).filter(|&r| !taken[r]));
+    order
+}
+
+/// Per row of a strip, the chunk's columns it keeps as a bitset (a chunk spans at most
+/// [`MAX_CHUNK`] columns), so [`pair_order`]'s counts are popcounts.
+fn chunk_bits(mask: &Mask, rows: std::ops::Range<usize>, chunk: &[usize]) -> Vec<[u64; MAX_CHUNK / 64]> {
+    let base = chunk.first().copied().unwrap_or(0);
+    rows.map(|r| {
+        let mut bits = [0u64; MAX_CHUNK / 64];
+        for &c in chunk.iter().filter(|&&c| mask.get(r, c)) {
+            bits[(c - base) / 64] |= 1 << ((c - base) % 64);
+        }
+        bits
+    })
+    .collect()
 }
 
 struct Job<'a> {
@@ -347,6 +525,95 @@ unsafe fn strips<V: F32Vector, const NV: usize>(job: &Job, range: std::ops::Rang
     }
 }
 
+/// Every chunk and row of `strip` on the token block `t0..t0 + NV * LANES`.
+///
+/// # Safety
+/// As [`strips`]; `t0 + NV * LANES <= token_stride`.
+#[inline(always)]
+unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, out: *mut f32, t0: usize) {
+    let layer = job.layer;
+    let (stride, y_stride, rows) = (job.x_stride, job.y_stride, strip.rows as usize);
+    let (runs, spans_per_chunk) = (layer.row_runs.runs(rows), layer.row_runs.spans(rows));
+    let lines = (NV * V::LANES * std::mem::size_of::<f32>()).div_ceil(CACHE_LINE_BYTES);
+    let chunks = &layer.chunks[strip.chunks_start as usize..strip.chunks_end as usize];
+    for (i, chunk) in chunks.iter().enumerate() {
+        let spans = strip.first_span as usize + i * spans_per_chunk;
+        // The `xᵀ` rows the next chunk (or this block's successor's first) will read: each run
+        // (row or pair) of this chunk prefetches its share, so they arrive from L2 while this chunk computes.
+        let (next, next_t0) = match chunks.get(i + 1) {
+            Some(next) => (next, t0),
+            None => (&chunks[0], t0 + NV * V::LANES),
+        };
+        let next = &layer.kept[next.kept_start as usize..next.kept_end as usize];
+        // One share per row of the strip: a pair prefetches two, one before each half of its work
+        // (a burst of both measured slower where `xᵀ` comes from L3).
+        let per_row = next.len().div_ceil(rows);
+        let prefetch = |share: usize| {
+            if next_t0 < job.tokens {
+                for &c in next.iter().skip(share * per_row).take(per_row) {
+                    let row = job.xt.wrapping_add(c as usize * stride + next_t0);
+                    for line in 0..lines {
+                        // SAFETY: a hint only; it never faults.
+                        unsafe { V::prefetch(row.wrapping_add(line * CACHE_LINE_BYTES / std::mem::size_of::<f32>())) };
+                    }
+                }
+            }
+        };
+        let x_chunk = job.xt.wrapping_add(chunk.base as usize * stride + t0);
+        let span = |k: usize| {
+            // SAFETY: `spans + k + 1` is a span boundary of this chunk (from `from_masked_with`).
+            unsafe {
+                Span {
+                    x: x_chunk,
+                    stride,
+                    start: *layer.starts.get_unchecked(spans + k) as usize,
+                    end: *layer.starts.get_unchecked(spans + k + 1) as usize,
+                }
+            }
+        };
+        for q in 0..runs {
+            // SAFETY (whole body): spans, offsets and weights come from `from_masked_with`; rows
+            // of `yᵀ` have `y_stride >= t0 + NV * LANES` floats; every column's `xᵀ` row is in bounds.
+            unsafe {
+                match layer.row_runs {
+                    RowRuns::Single => {
+                        prefetch(q);
+                        let row = out.add(q * y_stride + t0);
+                        let mut acc = Accumulators::<V, NV>::start(row, i == 0);
+                        acc.single(layer, span(q));
+                        acc.finish(row);
+                    }
+                    RowRuns::Pairs => {
+                        let order = layer.row_order.as_ptr().add(strip.first_order as usize + i * rows + 2 * q);
+                        let a = out.add(*order as usize * y_stride + t0);
+                        prefetch(2 * q);
+                        let mut acc_a = Accumulators::<V, NV>::start(a, i == 0);
+                        if 2 * q + 1 < rows {
+                            let b = out.add(*order.add(1) as usize * y_stride + t0);
+                            let mut acc_b = Accumulators::<V, NV>::start(b, i == 0);
+                            Accumulators::shared(&mut acc_a, &mut acc_b, layer, span(3 * q));
+                            prefetch(2 * q + 1);
+                            acc_b.single(layer, span(3 * q + 2));
+                            acc_b.finish(b);
+                        }
+                        acc_a.single(layer, span(3 * q + 1));
+                        acc_a.finish(a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weights `start..end` of one span and where their chunk's `xᵀ` rows begin (at the token block).
+#[derive(Clone, Copy)]
+struct Span {
+    x: *const f32,
+    stride: usize,
+    start: usize,
+    end: usize,
+}
+
 /// Independent copies of a row's accumulators, so enough FMAs are in flight:
 /// every kept weight of a row updates the same `NV` accumulators, a chain of
 /// dependent FMAs (4 cycles each on Zen 3 and Cortex-A76, 2 issued per
@@ -365,88 +632,135 @@ const fn accumulator_copies(vectors: usize) -> usize {
     }
 }
 
-/// Every chunk and row of `strip` on the token block `t0..t0 + NV * LANES`.
-///
-/// # Safety
-/// As [`strips`]; `t0 + NV * LANES <= token_stride`.
-#[inline(always)]
-unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, out: *mut f32, t0: usize) {
-    let layer = job.layer;
-    let (stride, y_stride, rows) = (job.x_stride, job.y_stride, strip.rows as usize);
-    let copies = accumulator_copies(NV);
-    let lines = (NV * V::LANES * std::mem::size_of::<f32>()).div_ceil(CACHE_LINE_BYTES);
-    let chunks = &layer.chunks[strip.chunks_start as usize..strip.chunks_end as usize];
-    for (i, chunk) in chunks.iter().enumerate() {
-        let spans = strip.first_span as usize + i * rows;
-        // The `xᵀ` rows the next chunk (or this block's successor's first) will read: each row
-        // of this chunk prefetches its share, so they arrive from L2 while this chunk computes.
-        let (next, next_t0) = match chunks.get(i + 1) {
-            Some(next) => (next, t0),
-            None => (&chunks[0], t0 + NV * V::LANES),
-        };
-        let next = &layer.kept[next.kept_start as usize..next.kept_end as usize];
-        let per_row = next.len().div_ceil(rows);
-        let x_chunk = job.xt.wrapping_add(chunk.base as usize * stride + t0);
-        for r in 0..rows {
-            if next_t0 < job.tokens {
-                for &c in next.iter().skip(r * per_row).take(per_row) {
-                    let row = job.xt.wrapping_add(c as usize * stride + next_t0);
-                    for line in 0..lines {
-                        // SAFETY: a hint only; it never faults.
-                        unsafe { V::prefetch(row.wrapping_add(line * CACHE_LINE_BYTES / std::mem::size_of::<f32>())) };
-                    }
+/// One row's `NV` accumulators on a token block, in [`accumulator_copies`] copies.
+struct Accumulators<V: F32Vector, const NV: usize>([[V; NV]; 4]);
+
+impl<V: F32Vector, const NV: usize> Accumulators<V, NV> {
+    const COPIES: usize = accumulator_copies(NV);
+
+    /// From zero (`fresh`, the strip's first chunk) or from the row's partial sums in `yᵀ`.
+    ///
+    /// # Safety
+    /// `row` has `NV * LANES` floats; `V`'s features are enabled.
+    #[inline(always)]
+    unsafe fn start(row: *const f32, fresh: bool) -> Self {
+        // SAFETY: as documented.
+        unsafe {
+            let mut acc = [[V::zero(); NV]; 4];
+            if !fresh {
+                for (v, a) in acc[0].iter_mut().enumerate() {
+                    *a = V::load(row.add(v * V::LANES));
                 }
             }
-            // SAFETY (whole body): spans, offsets and weights come from `from_masked_for`; row r
-            // of the tile has `token_stride` floats; every column's `xᵀ` row is in bounds.
-            unsafe {
-                let start = *layer.starts.get_unchecked(spans + r) as usize;
-                let end = *layer.starts.get_unchecked(spans + r + 1) as usize;
-                let acc_row = out.add(r * y_stride + t0);
-                // Column `e` of the span goes to copy `e % copies`; copies after the first start at zero.
-                let mut acc = [[V::zero(); NV]; 4];
-                if i > 0 {
-                    for (v, a) in acc[0].iter_mut().enumerate() {
-                        *a = V::load(acc_row.add(v * V::LANES));
-                    }
+            Self(acc)
+        }
+    }
+
+    /// Sums the copies into `row`.
+    ///
+    /// # Safety
+    /// As [`Self::start`].
+    #[inline(always)]
+    unsafe fn finish(mut self, row: *mut f32) {
+        // SAFETY: as documented.
+        unsafe {
+            for c in 1..Self::COPIES {
+                for v in 0..NV {
+                    self.0[0][v] = self.0[0][v].add(self.0[c][v]);
                 }
-                let (offsets, w) = (layer.offsets.as_ptr(), layer.weights.as_ptr());
-                let mut e = start;
-                // Groups of GROUP weights: one group load (a vector on NEON) feeds GROUP entries.
-                // One entry: its `xᵀ` row times weight `lane` of the group, into copy `lane % copies`.
-                macro_rules! entry {
-                    ($group:expr, $lane:expr) => {{
-                        let xp = x_chunk.add(*offsets.add(e + $lane) as usize * stride);
-                        for (v, a) in acc[$lane % copies].iter_mut().enumerate() {
-                            *a = a.mul_add_lane($group, $lane, V::load(xp.add(v * V::LANES)));
-                        }
-                    }};
-                }
-                while e + GROUP <= end {
-                    let group = V::load_group(w.add(e));
-                    // Unrolled by hand, each lane a constant: over the 32-bit ARM backend's
-                    // assembly blocks, LLVM keeps a `for lane in 0..GROUP` loop and switches on
-                    // the lane inside it.
-                    const _: () = assert!(GROUP == 4);
-                    entry!(group, 0);
-                    entry!(group, 1);
-                    entry!(group, 2);
-                    entry!(group, 3);
-                    e += GROUP;
-                }
-                // The last 0 to 3 entries: the group load may read the padding after the last weight.
+            }
+            for (v, a) in self.0[0].iter().enumerate() {
+                a.store(row.add(v * V::LANES));
+            }
+        }
+    }
+
+    /// Entry `e` of a single-row span: its `xᵀ` row times weight `lane` of `group`, into copy `lane % COPIES`.
+    ///
+    /// # Safety
+    /// `e + lane` is a stored weight whose offset names an in-bounds `xᵀ` row.
+    #[inline(always)]
+    unsafe fn entry(&mut self, layer: &MaskedStripLinear, span: Span, e: usize, group: V::Group, lane: usize) {
+        // SAFETY: as documented.
+        unsafe {
+            let xp = span.x.add(*layer.offsets.as_ptr().add(e + lane) as usize * span.stride);
+            for (v, a) in self.0[lane % Self::COPIES].iter_mut().enumerate() {
+                *a = a.mul_add_lane(group, lane, V::load(xp.add(v * V::LANES)));
+            }
+        }
+    }
+
+    /// A single row's span: per kept weight one broadcast and `NV` FMAs.
+    ///
+    /// # Safety
+    /// `span` is a single-row span of `layer`; see [`Self::entry`].
+    #[inline(always)]
+    unsafe fn single(&mut self, layer: &MaskedStripLinear, span: Span) {
+        // SAFETY: as documented; a group load may read the padding after the last weight.
+        unsafe {
+            let w = layer.weights.as_ptr();
+            let mut e = span.start;
+            // Groups of GROUP weights: one group load (a vector on NEON) feeds GROUP entries,
+            // unrolled by hand, each lane a constant: over the 32-bit ARM backend's assembly
+            // blocks, LLVM keeps a `for lane in 0..GROUP` loop and switches on the lane inside it.
+            const _: () = assert!(GROUP == 4);
+            while e + GROUP <= span.end {
                 let group = V::load_group(w.add(e));
-                for lane in 0..end - e {
-                    entry!(group, lane);
-                }
-                for c in 1..copies {
+                self.entry(layer, span, e, group, 0);
+                self.entry(layer, span, e, group, 1);
+                self.entry(layer, span, e, group, 2);
+                self.entry(layer, span, e, group, 3);
+                e += GROUP;
+            }
+            // The last 0 to 3 entries, each lane a constant: with a loop over them the copy index
+            // `lane % COPIES` is not, and with 2 or 4 copies (short token blocks) LLVM kept the
+            // accumulators on the stack (RT3's 35 tokens ran at a third of the BP kernel's rate).
+            let (group, left) = (V::load_group(w.add(e)), span.end - e);
+            if left > 0 {
+                self.entry(layer, span, e, group, 0);
+            }
+            if left > 1 {
+                self.entry(layer, span, e, group, 1);
+            }
+            if left > 2 {
+                self.entry(layer, span, e, group, 2);
+            }
+        }
+    }
+
+    /// A pair's shared span (weights `a, b` adjacent per column): each `xᵀ`
+    /// vector is loaded once for the two rows' FMAs.
+    ///
+    /// # Safety
+    /// `span` is a shared span of `layer` (even length).
+    #[inline(always)]
+    unsafe fn shared(a: &mut Self, b: &mut Self, layer: &MaskedStripLinear, span: Span) {
+        // SAFETY: as documented; a group load may read the padding after the last weight.
+        unsafe {
+            let (w, offsets) = (layer.weights.as_ptr(), layer.offsets.as_ptr());
+            // Column `k` of the group (lanes 2k, 2k + 1), into copy `k % COPIES`.
+            macro_rules! column {
+                ($e:expr, $group:expr, $k:literal) => {{
+                    let xp = span.x.add(*offsets.add($e + 2 * $k) as usize * span.stride);
                     for v in 0..NV {
-                        acc[0][v] = acc[0][v].add(acc[c][v]);
+                        let x = V::load(xp.add(v * V::LANES));
+                        let (ra, rb) = (&mut a.0[$k % Self::COPIES][v], &mut b.0[$k % Self::COPIES][v]);
+                        *ra = ra.mul_add_lane($group, 2 * $k, x);
+                        *rb = rb.mul_add_lane($group, 2 * $k + 1, x);
                     }
-                }
-                for (v, a) in acc[0].iter().enumerate() {
-                    a.store(acc_row.add(v * V::LANES));
-                }
+                }};
+            }
+            const _: () = assert!(GROUP == 4);
+            let mut e = span.start;
+            while e + GROUP <= span.end {
+                let group = V::load_group(w.add(e));
+                column!(e, group, 0);
+                column!(e, group, 1);
+                e += GROUP;
+            }
+            if e < span.end {
+                let group = V::load_group(w.add(e));
+                column!(e, group, 0);
             }
         }
     }
@@ -477,6 +791,7 @@ impl LinearKernel for MaskedStripLinear {
             + std::mem::size_of_val(self.kept.as_slice())
             + std::mem::size_of_val(self.chunks.as_slice())
             + std::mem::size_of_val(self.starts.as_slice())
+            + std::mem::size_of_val(self.row_order.as_slice())
             + std::mem::size_of_val(self.strips.as_slice());
         LayerStats {
             out_features: self.out_features,
@@ -491,11 +806,10 @@ impl LinearKernel for MaskedStripLinear {
         let mut w = Matrix::zeros(self.out_features, self.in_features);
         for strip in &self.strips {
             for (i, chunk) in self.chunks[strip.chunks_start as usize..strip.chunks_end as usize].iter().enumerate() {
-                for r in 0..strip.rows {
-                    let span = strip.first_span as usize + i * strip.rows as usize + r as usize;
-                    for e in self.starts[span] as usize..self.starts[span + 1] as usize {
+                for (row, range, step) in self.spans_of(strip, i) {
+                    for e in range.step_by(step) {
                         let col = chunk.base as usize + self.offsets[e] as usize;
-                        w.set((strip.row0 + r) as usize, col, self.weights[e]);
+                        w.set(row, col, self.weights[e]);
                     }
                 }
             }
@@ -525,8 +839,10 @@ mod tests {
             let mask = Mask::from_vec(rows, cols, (0..rows * cols).map(|_| (rng.next_unit() as f64) < keep).collect());
             let mut expected_w = w.clone();
             expected_w.apply_mask(&mask);
-            for backend in Backend::available() {
-                let layer = MaskedStripLinear::from_masked_for(&w, &mask, strip, "pattern", backend);
+            for (backend, runs) in
+                Backend::available().into_iter().flat_map(|b| [(b, RowRuns::Single), (b, RowRuns::Pairs)])
+            {
+                let layer = MaskedStripLinear::from_masked_with(&w, &mask, strip, "pattern", backend, runs);
                 assert_eq!(layer.stats().multiplied, mask.kept());
                 assert_eq!(layer.effective_weights(), expected_w);
                 for tokens in [1, 13, 67, 128] {
@@ -536,7 +852,11 @@ mod tests {
                         let mut y = Matrix::from_vec(1, 1, vec![f32::NAN]);
                         layer.forward_with(&x, &mut y, threads, backend);
                         let (abs, _) = reference::errors(&y, &expected);
-                        assert!(abs < 1e-3, "{rows}x{cols} tokens {tokens} {}: max error {abs}", backend.name());
+                        assert!(
+                            abs < 1e-3,
+                            "{rows}x{cols} tokens {tokens} {} {runs:?}: max error {abs}",
+                            backend.name()
+                        );
                     }
                 }
             }
@@ -554,12 +874,41 @@ mod tests {
         };
         let mask = Mask::from_vec(4, 6, (0..24).map(|i| keep(i / 6, i % 6)).collect());
         let w = Matrix::from_fn(4, 6, |r, c| (r * 6 + c) as f32 + 1.0);
-        let layer = MaskedStripLinear::from_masked(&w, &mask, 4, "pattern");
+        let layer = MaskedStripLinear::from_masked_with(&w, &mask, 4, "pattern", Backend::best(), RowRuns::Single);
         assert_eq!(layer.starts, vec![0, 4, 5, 9, 11]);
         assert_eq!(layer.kept, vec![0, 1, 2, 4, 5]);
         assert_eq!(layer.offsets, vec![0, 2, 4, 5, 4, 0, 2, 4, 5, 1, 4]);
         assert_eq!(layer.stored_weights(), mask.kept());
         assert_eq!(&layer.weights[..4], &[1.0, 3.0, 5.0, 6.0]);
         assert_eq!(&layer.weights[layer.stored_weights()..], &[0.0; GROUP], "padding for the last group load");
+
+        // Pairs: rows 0 and 2 share four columns (the most of any pair), then rows 1 and 3 share
+        // column 4. Per pair: shared (weights interleaved, each carrying the column), first only,
+        // second only; row 0 keeps nothing row 2 does not, row 3 alone keeps column 1.
+        let layer = MaskedStripLinear::from_masked_with(&w, &mask, 4, "pattern", Backend::best(), RowRuns::Pairs);
+        assert_eq!(layer.row_order, vec![0, 2, 1, 3]);
+        assert_eq!(layer.starts, vec![0, 8, 8, 8, 10, 10, 11]);
+        assert_eq!(layer.offsets, vec![0, 0, 2, 2, 4, 4, 5, 5, 4, 4, 1]);
+        assert_eq!(&layer.weights[..11], &[1.0, 13.0, 3.0, 15.0, 5.0, 17.0, 6.0, 18.0, 11.0, 23.0, 20.0]);
+        assert_eq!(layer.stored_weights(), mask.kept());
+        let mut expected = w.clone();
+        expected.apply_mask(&mask);
+        assert_eq!(layer.effective_weights(), expected);
+    }
+
+    #[test]
+    fn pair_order_takes_the_pairs_that_share_most_first() {
+        // Shared counts: (1, 3) 9, (0, 2) 5, everything else 1; an odd last row goes alone at the end.
+        let shared = |a: usize, b: usize| match (a, b) {
+            (1, 3) => 9,
+            (0, 2) => 5,
+            _ => 1,
+        };
+        assert_eq!(pair_order(4, shared), vec![1, 3, 0, 2]);
+        assert_eq!(pair_order(5, shared), vec![1, 3, 0, 2, 4]);
+        assert_eq!(pair_order(1, shared), vec![0]);
+        assert_eq!(pair_order(0, shared), Vec::<usize>::new());
+        // All equal: adjacent pairs in order.
+        assert_eq!(pair_order(4, |_, _| 0), vec![0, 1, 2, 3]);
     }
 }
