@@ -204,6 +204,9 @@ pub trait F32Vector: Copy {
     /// on x86-64, where a broadcast from memory costs no more than a load,
     /// just the address.
     type Group: Copy;
+    /// Whether a [`F32Vector::Group`] is only an address (each lane a broadcast
+    /// from memory), so a loop may take one weight at a time for free.
+    const GROUP_IS_ADDRESS: bool = false;
     /// The group of weights at `p`. `p` must be valid for [`GROUP`] floats,
     /// whether or not the caller uses them all.
     unsafe fn load_group(p: *const f32) -> Self::Group;
@@ -352,6 +355,7 @@ pub mod x86 {
 
         /// The address: `vbroadcastss` from memory is a plain load on x86-64.
         type Group = *const f32;
+        const GROUP_IS_ADDRESS: bool = true;
 
         #[inline(always)]
         unsafe fn load_group(p: *const f32) -> Self::Group {
@@ -415,6 +419,7 @@ pub mod x86 {
 
         /// The address: `vbroadcastss` from memory is a plain load on x86-64.
         type Group = *const f32;
+        const GROUP_IS_ADDRESS: bool = true;
 
         #[inline(always)]
         unsafe fn load_group(p: *const f32) -> Self::Group {

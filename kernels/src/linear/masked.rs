@@ -64,7 +64,12 @@
 //! 87.5 % and from 0.68-0.70 to 0.76 at 75 %. At RT3's 35 tokens (3 vectors,
 //! 2 accumulator copies) single rows gave 0.85-1.01x / 1.37-1.71x, pairs
 //! 1.05-1.23x / 1.60-1.86x. A 24 KiB chunk was 0-12 % slower than 16 KiB,
-//! 12 KiB within noise.
+//! 12 KiB within noise. Taking one weight (or shared column) per loop
+//! iteration instead of groups of 4 and a tail, where a group is only an
+//! address (x86-64), then gave pairs 1.14-1.28x / 1.78-1.96x against
+//! 0.97-1.22x / 1.48-1.82x in the same three runs: the spans are short and
+//! the tails' branches mispredict. (The same change on the AVX2 single-row
+//! walk, timed on the Zen 4 VM, measured within noise.)
 
 use super::CACHE_LINE_BYTES;
 use super::{LayerStats, LinearKernel, Threads};
@@ -93,6 +98,9 @@ const MAX_CHUNK: usize = 256;
 /// fit the register file without spills: 16 on AVX2 and 32-bit NEON (as 32
 /// `d` registers), 32 on AVX-512 and aarch64 NEON. 8 vectors make 64 tokens
 /// on AVX2 (DistilBERT's 128 in two blocks), 128 on AVX-512, 32 on NEON.
+/// (On AVX-512 with pairs, 4 vectors, whose 64-token blocks take 64-column
+/// chunks, measured within noise of 8 on Zen 4: -4 to +4 % by shape and
+/// sparsity, three interleaved runs.)
 const fn token_vectors(backend: Backend) -> usize {
     match backend {
         Backend::Avx512 | Backend::Avx2Fma | Backend::Neon => 8,
@@ -700,6 +708,16 @@ impl<V: F32Vector, const NV: usize> Accumulators<V, NV> {
         unsafe {
             let w = layer.weights.as_ptr();
             let mut e = span.start;
+            if V::GROUP_IS_ADDRESS && Self::COPIES == 1 {
+                // One weight per iteration, where a group is only an address: spans are short
+                // (~11 weights per row and chunk at BP 64 % + PP 87.5 %), and a group loop's exit
+                // plus up to three tail branches mispredict more than one loop exit.
+                while e < span.end {
+                    self.entry(layer, span, e, V::load_group(w.add(e)), 0);
+                    e += 1;
+                }
+                return;
+            }
             // Groups of GROUP weights: one group load (a vector on NEON) feeds GROUP entries,
             // unrolled by hand, each lane a constant: over the 32-bit ARM backend's assembly
             // blocks, LLVM keeps a `for lane in 0..GROUP` loop and switches on the lane inside it.
@@ -752,6 +770,14 @@ impl<V: F32Vector, const NV: usize> Accumulators<V, NV> {
             }
             const _: () = assert!(GROUP == 4);
             let mut e = span.start;
+            if V::GROUP_IS_ADDRESS && Self::COPIES == 1 {
+                // One column per iteration (see `single`).
+                while e < span.end {
+                    column!(e, V::load_group(w.add(e)), 0);
+                    e += 2;
+                }
+                return;
+            }
             while e + GROUP <= span.end {
                 let group = V::load_group(w.add(e));
                 column!(e, group, 0);
