@@ -59,8 +59,10 @@
 //! 1.07-1.35x and 1.48-1.94x; pairs by shared columns 1.14-1.33x and
 //! 1.69-2.01x. Where `xᵀ` comes from L3 (3072 inputs) the pairs first ran
 //! slower than single rows, until each pair prefetched the next chunk in two
-//! halves instead of one burst. Per chunk, pairing by shared columns raises
-//! the weights in shared columns from 0.33-0.38 to 0.51-0.53 of all at
+//! halves instead of one burst (and then faster still with no software
+//! prefetch at all on AVX-512, see `prefetches`). Per chunk, pairing by
+//! shared columns raises the weights in shared columns from 0.33-0.38 to
+//! 0.51-0.53 of all at
 //! 87.5 % and from 0.68-0.70 to 0.76 at 75 %. At RT3's 35 tokens (3 vectors,
 //! 2 accumulator copies) single rows gave 0.85-1.01x / 1.37-1.71x, pairs
 //! 1.05-1.23x / 1.60-1.86x. A 24 KiB chunk was 0-12 % slower than 16 KiB,
@@ -557,7 +559,7 @@ unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, o
         // (a burst of both measured slower where `xᵀ` comes from L3).
         let per_row = next.len().div_ceil(rows);
         let prefetch = |share: usize| {
-            if next_t0 < job.tokens {
+            if prefetches(job.backend) && next_t0 < job.tokens {
                 for &c in next.iter().skip(share * per_row).take(per_row) {
                     let row = job.xt.wrapping_add(c as usize * stride + next_t0);
                     for line in 0..lines {
@@ -611,6 +613,19 @@ unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, o
             }
         }
     }
+}
+
+/// Whether the kernel prefetches the next chunk's `xᵀ` rows on `backend`.
+/// Measured (BP 64 % strips + PP 75 % / 87.5 %, 16x16, 128 and 35 tokens, 1
+/// thread, interleaved runs, time against the same run's BP base): on Zen 4
+/// with AVX-512 and pairs, without the prefetch 3072->768 ran 1.27-1.43x /
+/// 1.80-2.55x its base against 0.90-1.15x / 1.08-1.71x with it, and
+/// 768->3072 1.15-1.40x / 1.67-2.20x against 0.97-1.35x / 1.41-2.03x: the
+/// core's own prefetchers keep up, and the hints only take load slots. On
+/// Zen 3 with AVX2 (single rows) dropping it made 768->3072 3-5 % faster and
+/// 3072->768 4-8 % slower, so AVX2 keeps it, as does NEON (not timed here).
+fn prefetches(backend: Backend) -> bool {
+    backend != Backend::Avx512
 }
 
 /// The weights `start..end` of one span and where their chunk's `xᵀ` rows begin (at the token block).
