@@ -276,7 +276,7 @@ proptest! {
         let expected_w = masked(&w, &a.mask);
         let x = Matrix::random(tokens, w.cols(), xseed, 1.0);
         let expected = reference::linear(&x, &expected_w);
-        for (backend, runs) in Backend::available().into_iter().flat_map(|b| [(b, RowRuns::Single), (b, RowRuns::Pairs)]) {
+        for (backend, runs) in Backend::available().into_iter().flat_map(|b| RowRuns::ALL.map(|r| (b, r))) {
             let layer = MaskedStripLinear::from_masked_with(&w, &a.mask, strip_rows, "pattern", backend, runs);
             let stats = layer.stats();
             prop_assert_eq!(stats.multiplied, a.mask.kept(), "multiplies exactly its kept weights");
@@ -312,7 +312,7 @@ proptest! {
         let plain = reference::linear(&x, &expected_w);
         let expected = Matrix::from_fn(tokens, w.rows(), |t, o| plain.get(t, o) + o as f32);
         let epilogue = |f: usize, row: &mut [f32]| row.iter_mut().for_each(|v| *v += f as f32);
-        for (backend, runs) in Backend::available().into_iter().flat_map(|b| [(b, RowRuns::Single), (b, RowRuns::Pairs)]) {
+        for (backend, runs) in Backend::available().into_iter().flat_map(|b| RowRuns::ALL.map(|r| (b, r))) {
             let layer = MaskedStripLinear::from_masked_with(&w, &a.mask, height, "pattern", backend, runs);
             prop_assert_eq!(layer.stats().multiplied, a.mask.kept());
             for threads in [Threads::One, Threads::N(2)] {

@@ -123,6 +123,9 @@ pub enum RowRuns {
 }
 
 impl RowRuns {
+    /// Both walks (tests run each on every backend).
+    pub const ALL: [RowRuns; 2] = [RowRuns::Single, RowRuns::Pairs];
+
     /// The walk measured faster on `backend`: pairs need 2 x 8 accumulators
     /// plus temporaries, which only the 32 registers of AVX-512 hold (see the module docs).
     pub fn for_backend(backend: Backend) -> Self {
@@ -341,20 +344,23 @@ impl MaskedStripLinear {
         let row0 = strip.row0 as usize;
         match self.row_runs {
             RowRuns::Single => (0..rows).map(|r| (row0 + r, span(r), 1)).collect(),
-            RowRuns::Pairs => (0..rows.div_ceil(2))
-                .flat_map(|q| {
-                    let order = &self.row_order[strip.first_order as usize + i * rows..][..rows];
-                    // An odd last row's shared and second spans are empty.
-                    let (a, b) = (row0 + order[2 * q] as usize, row0 + *order.get(2 * q + 1).unwrap_or(&0) as usize);
-                    let shared = span(3 * q);
-                    [
-                        (a, shared.clone(), 2),
-                        (b, shared.start + 1..shared.end, 2),
-                        (a, span(3 * q + 1), 1),
-                        (b, span(3 * q + 2), 1),
-                    ]
-                })
-                .collect(),
+            RowRuns::Pairs => {
+                let order = &self.row_order[strip.first_order as usize + i * rows..][..rows];
+                (0..rows.div_ceil(2))
+                    .flat_map(|q| {
+                        // An odd last row's shared and second spans are empty.
+                        let (a, b) =
+                            (row0 + order[2 * q] as usize, row0 + *order.get(2 * q + 1).unwrap_or(&0) as usize);
+                        let shared = span(3 * q);
+                        [
+                            (a, shared.clone(), 2),
+                            (b, shared.start + 1..shared.end, 2),
+                            (a, span(3 * q + 1), 1),
+                            (b, span(3 * q + 2), 1),
+                        ]
+                    })
+                    .collect()
+            }
         }
     }
 
@@ -548,15 +554,15 @@ unsafe fn strip_block<V: F32Vector, const NV: usize>(job: &Job, strip: &Strip, o
     let chunks = &layer.chunks[strip.chunks_start as usize..strip.chunks_end as usize];
     for (i, chunk) in chunks.iter().enumerate() {
         let spans = strip.first_span as usize + i * spans_per_chunk;
-        // The `xᵀ` rows the next chunk (or this block's successor's first) will read: each run
-        // (row or pair) of this chunk prefetches its share, so they arrive from L2 while this chunk computes.
+        // The `xᵀ` rows the next chunk (or this block's successor's first) will read, where the
+        // backend prefetches: in one share per row of the strip, so they arrive from L2 while this
+        // chunk computes; a pair takes two, one before each half of its work (a burst of both
+        // measured slower where `xᵀ` comes from L3).
         let (next, next_t0) = match chunks.get(i + 1) {
             Some(next) => (next, t0),
             None => (&chunks[0], t0 + NV * V::LANES),
         };
         let next = &layer.kept[next.kept_start as usize..next.kept_end as usize];
-        // One share per row of the strip: a pair prefetches two, one before each half of its work
-        // (a burst of both measured slower where `xᵀ` comes from L3).
         let per_row = next.len().div_ceil(rows);
         let prefetch = |share: usize| {
             if prefetches(job.backend) && next_t0 < job.tokens {
@@ -880,9 +886,7 @@ mod tests {
             let mask = Mask::from_vec(rows, cols, (0..rows * cols).map(|_| (rng.next_unit() as f64) < keep).collect());
             let mut expected_w = w.clone();
             expected_w.apply_mask(&mask);
-            for (backend, runs) in
-                Backend::available().into_iter().flat_map(|b| [(b, RowRuns::Single), (b, RowRuns::Pairs)])
-            {
+            for (backend, runs) in Backend::available().into_iter().flat_map(|b| RowRuns::ALL.map(|r| (b, r))) {
                 let layer = MaskedStripLinear::from_masked_with(&w, &mask, strip, "pattern", backend, runs);
                 assert_eq!(layer.stats().multiplied, mask.kept());
                 assert_eq!(layer.effective_weights(), expected_w);
