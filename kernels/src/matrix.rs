@@ -390,10 +390,13 @@ pub struct BitMask {
 
 impl BitMask {
     pub fn from_mask(mask: &Mask) -> Self {
-        let mut bits = vec![0u64; (mask.rows * mask.cols).div_ceil(64)];
-        for (i, _) in mask.keep.iter().enumerate().filter(|(_, k)| **k) {
-            bits[i / 64] |= 1 << (i % 64);
-        }
+        // 64 flags to a word, bit i of word j for flag 64j + i (branch-free: a cold switch
+        // builds one per layer).
+        let bits = mask
+            .keep
+            .chunks(64)
+            .map(|flags| flags.iter().enumerate().fold(0u64, |word, (i, &k)| word | u64::from(k) << i))
+            .collect();
         Self { rows: mask.rows, cols: mask.cols, bits }
     }
 
@@ -553,6 +556,19 @@ mod tests {
         let mut u = SeededUniform::new(1);
         for n in 1..50 {
             assert!(u.next_below(n) < n);
+        }
+    }
+
+    #[test]
+    fn bit_mask_keeps_every_flag_across_word_boundaries() {
+        // 7 x 19 = 133 flags: two whole words and a partial third.
+        let keep: Vec<bool> = (0..7 * 19).map(|i| (i * 7 + i / 5) % 3 == 0).collect();
+        let mask = Mask::from_vec(7, 19, keep.clone());
+        let bits = BitMask::from_mask(&mask);
+        assert_eq!(bits.to_mask(), mask);
+        assert_eq!(bits.kept(), keep.iter().filter(|&&k| k).count());
+        for (i, &k) in keep.iter().enumerate() {
+            assert_eq!(bits.get(i / 19, i % 19), k, "flag {i}");
         }
     }
 }

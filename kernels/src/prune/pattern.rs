@@ -281,18 +281,18 @@ impl TiledLayer {
         let area = tile * tile;
         let n = tiles_down * tiles_across * area;
         let (mut energy, mut magnitude, mut keepable) = (vec![0.0f32; n], vec![0.0f32; n], vec![0u8; n]);
+        let cols = w.cols();
         for r in 0..w.rows() {
             let (tr, lr) = (r / tile, r % tile);
-            for c in 0..w.cols() {
-                if !base.get(r, c) {
-                    continue;
+            let (values, keeps) = (w.row(r), &base.as_slice()[r * cols..][..cols]);
+            // Tile `tc`'s part of the row: `tile` values from column `tc * tile`.
+            for (tc, (values, keeps)) in values.chunks(tile).zip(keeps.chunks(tile)).enumerate() {
+                let i = (tr * tiles_across + tc) * area + lr * tile;
+                for (lc, (&v, _)) in values.iter().zip(keeps).enumerate().filter(|(_, (_, &k))| k) {
+                    energy[i + lc] = v * v;
+                    magnitude[i + lc] = v.abs();
+                    keepable[i + lc] = 1;
                 }
-                let (tc, lc) = (c / tile, c % tile);
-                let i = (tr * tiles_across + tc) * area + lr * tile + lc;
-                let v = w.get(r, c);
-                energy[i] = v * v;
-                magnitude[i] = v.abs();
-                keepable[i] = 1;
             }
         }
         Self { tile, tiles_down, tiles_across, energy, magnitude, keepable }
@@ -556,15 +556,19 @@ pub fn assign_patterns(w: &Matrix, base: &Mask, set: &PatternSet) -> PatternAssi
             best.0 as u16
         })
         .collect();
-    let mut mask = base.clone();
-    for r in 0..w.rows() {
-        for c in 0..w.cols() {
-            let p = &set.patterns()[chosen[(r / tile) * layer.tiles_across + c / tile] as usize];
-            if !p.keeps(r % tile, c % tile) {
-                mask.set(r, c, false);
+    // The base AND each tile's pattern, a row at a time: row `lr` of the pattern over the tile's
+    // part of the row.
+    let mut keep = base.as_slice().to_vec();
+    if w.cols() > 0 {
+        for (r, row) in keep.chunks_exact_mut(w.cols()).enumerate() {
+            let (tr, lr) = (r / tile, r % tile);
+            for (tc, part) in row.chunks_mut(tile).enumerate() {
+                let p = &set.patterns()[chosen[tr * layer.tiles_across + tc] as usize];
+                part.iter_mut().zip(&p.as_slice()[lr * tile..]).for_each(|(k, &p)| *k &= p);
             }
         }
     }
+    let mask = Mask::from_vec(w.rows(), w.cols(), keep);
     let dense_base = base.kept() == w.rows() * w.cols();
     PatternAssignment { tile, tiles_down: layer.tiles_down, tiles_across: layer.tiles_across, chosen, mask, dense_base }
 }
@@ -616,8 +620,12 @@ impl BlockCompaction {
         let mut offset = 0;
         for row0 in (0..rows).step_by(strip_rows) {
             let h = strip_rows.min(rows - row0);
-            let kept: Vec<u32> =
-                (0..cols).filter(|&c| (row0..row0 + h).any(|r| base.get(r, c))).map(|c| c as u32).collect();
+            // Columns any row of the strip keeps (the rows OR-ed a row at a time).
+            let mut any = vec![false; cols];
+            for row in base.as_slice()[row0 * cols..(row0 + h) * cols].chunks_exact(cols) {
+                any.iter_mut().zip(row).for_each(|(a, &k)| *a |= k);
+            }
+            let kept: Vec<u32> = (0..cols).filter(|&c| any[c]).map(|c| c as u32).collect();
             strips.push((offset, kept));
             offset += h.next_multiple_of(tile);
         }
@@ -635,14 +643,12 @@ impl BlockCompaction {
         self.strips.iter().map(|(_, k)| k.as_slice())
     }
 
-    /// Every original position `(r, c)` and its place `(sr, sc)` in the stack.
-    fn positions(&self) -> impl Iterator<Item = ((usize, usize), (usize, usize))> + '_ {
+    /// Every row of every strip: its row `r` in the layer, its row `sr` in the stack and the
+    /// strip's kept columns (column `j` of stack row `sr` is column `kept[j]` of row `r`).
+    fn rows(&self) -> impl Iterator<Item = (usize, usize, &[u32])> + '_ {
         self.strips.iter().enumerate().flat_map(move |(s, (offset, kept))| {
             let row0 = s * self.strip_rows;
-            let h = self.strip_rows.min(self.rows - row0);
-            (0..h).flat_map(move |lr| {
-                kept.iter().enumerate().map(move |(j, &c)| ((row0 + lr, c as usize), (offset + lr, j)))
-            })
+            (0..self.strip_rows.min(self.rows - row0)).map(move |lr| (row0 + lr, offset + lr, kept.as_slice()))
         })
     }
 
@@ -650,8 +656,11 @@ impl BlockCompaction {
     pub fn compact_weights(&self, w: &Matrix) -> Matrix {
         assert_eq!(w.shape(), (self.rows, self.cols), "BlockCompaction: weights have the wrong shape");
         let mut out = Matrix::zeros(self.stack_rows, self.stack_cols);
-        for ((r, c), (sr, sc)) in self.positions() {
-            out.set(sr, sc, w.get(r, c));
+        for (r, sr, kept) in self.rows() {
+            let (from, to) = (w.row(r), out.row_mut(sr));
+            for (t, &c) in to.iter_mut().zip(kept) {
+                *t = from[c as usize];
+            }
         }
         out
     }
@@ -659,21 +668,29 @@ impl BlockCompaction {
     /// The compacted stack of `mask` (padding not kept).
     pub fn compact_mask(&self, mask: &Mask) -> Mask {
         assert_eq!(mask.shape(), (self.rows, self.cols), "BlockCompaction: mask has the wrong shape");
-        let mut out = Mask::from_vec(self.stack_rows, self.stack_cols, vec![false; self.stack_rows * self.stack_cols]);
-        for ((r, c), (sr, sc)) in self.positions() {
-            out.set(sr, sc, mask.get(r, c));
+        let (from, cols) = (mask.as_slice(), self.stack_cols);
+        let mut out = vec![false; self.stack_rows * cols];
+        for (r, sr, kept) in self.rows() {
+            let (from, to) = (&from[r * self.cols..][..self.cols], &mut out[sr * cols..][..cols]);
+            for (t, &c) in to.iter_mut().zip(kept) {
+                *t = from[c as usize];
+            }
         }
-        out
+        Mask::from_vec(self.stack_rows, cols, out)
     }
 
     /// A mask over the stack, back in the original coordinates (dropped columns not kept).
     pub fn lift(&self, stacked: &Mask) -> Mask {
         assert_eq!(stacked.shape(), (self.stack_rows, self.stack_cols), "BlockCompaction::lift: wrong shape");
-        let mut out = Mask::from_vec(self.rows, self.cols, vec![false; self.rows * self.cols]);
-        for ((r, c), (sr, sc)) in self.positions() {
-            out.set(r, c, stacked.get(sr, sc));
+        let (from, cols) = (stacked.as_slice(), self.cols);
+        let mut out = vec![false; self.rows * cols];
+        for (r, sr, kept) in self.rows() {
+            let (from, to) = (&from[sr * self.stack_cols..][..self.stack_cols], &mut out[r * cols..][..cols]);
+            for (&f, &c) in from.iter().zip(kept) {
+                to[c as usize] = f;
+            }
         }
-        out
+        Mask::from_vec(self.rows, cols, out)
     }
 }
 
