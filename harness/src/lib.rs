@@ -10,6 +10,7 @@
 pub mod agent_client;
 pub mod analysis;
 pub mod board;
+pub mod board_lock;
 pub mod cli;
 pub mod clock_fit;
 pub mod connect;

@@ -665,6 +665,11 @@ impl ResultsStore {
         &self.cells
     }
 
+    /// The switch measurements journaled so far (the latest per board and variant).
+    pub fn switches(&self) -> &[SwitchRecord] {
+        &self.switches
+    }
+
     /// Keys of the cells already finished (what `--resume` skips).
     pub fn finished(&self) -> HashSet<CellKey> {
         self.cells.iter().map(CellRecord::key).collect()

@@ -208,8 +208,13 @@ impl RunMeta {
     }
 
     /// The latest facts of `board`: from the last session that touched it.
+    /// The latest facts of `board`: from the last session that reached it (probed it), else
+    /// from the last session that names it (a session that stopped before connecting, or had
+    /// nothing left to do, does not hide what an earlier one found).
     pub fn board(&self, board: &str) -> Option<&BoardMeta> {
-        self.sessions.iter().rev().find_map(|s| s.boards.get(board))
+        let mut named = self.sessions.iter().rev().filter_map(|s| s.boards.get(board));
+        let latest = named.clone().next();
+        named.find(|b| b.probe.is_some()).or(latest)
     }
 
     /// Every session's facts of `board`, oldest first, with the session's index.

@@ -136,6 +136,30 @@ impl RunShared<'_> {
 }
 
 /// Runs `scenario`; `stop` is set by the Ctrl-C/SIGTERM handler.
+/// Whether `--resume DIR` has nothing left to do: the run in `dir` is of this very scenario, every
+/// planned cell of every board is finished and, when the scenario has pattern sets, every board's
+/// switch costs are recorded. Returns the finished cells' count then. Boards whose levels (`all`)
+/// or names (labgrid places) are known only once reached are never called complete here.
+pub fn resume_is_complete(scenario: &Scenario, scenario_text: &str, dir: &Path) -> Result<Option<usize>> {
+    let Ok(meta) = crate::runmeta::RunMeta::read(dir) else { return Ok(None) };
+    if meta.scenario_sha256 != crate::deploy::sha256_bytes(scenario_text.as_bytes())
+        || scenario.boards.iter().any(|b| b.labgrid.is_some())
+    {
+        return Ok(None);
+    }
+    let store = ResultsStore::open(dir)?;
+    let done = store.finished();
+    let plan = crate::plan::plan(scenario);
+    let cells_done = plan
+        .boards
+        .iter()
+        .all(|b| matches!(b.levels, crate::plan::BoardLevels::Resolved(_)) && b.pending_cells(&done).is_empty());
+    let has_patterns = scenario.variants.iter().any(|v| matches!(v.kind, VariantKind::Pattern { .. }));
+    let switches_done =
+        !has_patterns || scenario.boards.iter().all(|b| store.switches().iter().any(|s| s.board == b.name));
+    Ok((cells_done && switches_done).then_some(done.len()))
+}
+
 pub fn run_scenario(
     scenario: &Scenario,
     scenario_text: &str,
@@ -450,6 +474,9 @@ fn run_board_inner(
 ) -> Result<()> {
     let scenario = shared.scenario;
     let name = spec.name.as_str();
+    // One hil process per board: another run on it would pin its frequencies and take its saved
+    // cpufreq settings (see `board_lock`). Held until this board's session ends.
+    let _lock = crate::board_lock::BoardLock::acquire(spec, &format!("hil run, scenario {}", scenario.name))?;
     // A simulated board brings its own fake sysfs, stretching agent wrapper and emulated PPK2.
     let sim = if spec.sim {
         bar.set_message("starting simulator");
@@ -1084,7 +1111,7 @@ fn measure_cell(
 
 /// The board's entry as the runner uses it: for a simulated board, pointed at the simulator's
 /// fake sysfs, with the agent started inside the simulator and the emulated PPK2 as monitor.
-fn effective_spec(spec: &BoardSpec, sim: Option<&Simulator>) -> BoardSpec {
+pub fn effective_spec(spec: &BoardSpec, sim: Option<&Simulator>) -> BoardSpec {
     let mut eff = spec.clone();
     if let Some(sim) = sim {
         eff.sysfs_root = sim.sysfs_root();

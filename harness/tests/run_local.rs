@@ -88,7 +88,8 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
         work.path().join("wd").display()
     );
     let out = work.path().join("results");
-    let outcome = run(&scenario_text(&board), &out, None);
+    let text = scenario_text(&board);
+    let outcome = run(&text, &out, None);
     assert!(outcome.all_ok(), "{:?}", outcome.boards);
     assert_eq!(outcome.boards[0].cells_done, 6);
 
@@ -160,6 +161,25 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     assert_eq!(read("scaling_min_freq"), "600000");
     assert_eq!(read("scaling_max_freq"), "1500000");
     assert!(!work.path().join("wd/hil-dvfs-restore.json").exists(), "restore file removed after a clean restore");
+
+    // The run is complete: resuming it has nothing to do (and `hil run --resume` touches no board).
+    let scenario = parse_scenario(&text, "e2e.yaml").unwrap();
+    assert_eq!(harness::runner::resume_is_complete(&scenario, &text, &outcome.dir).unwrap(), Some(6));
+    let other = parse_scenario(&text.replace("seed: 3", "seed: 4"), "e2e.yaml").unwrap();
+    assert_eq!(
+        harness::runner::resume_is_complete(&other, &text.replace("seed: 3", "seed: 4"), &outcome.dir).unwrap(),
+        None
+    );
+
+    // While another process holds the board, a run is refused before it starts the simulator.
+    let held = harness::board_lock::BoardLock::acquire(&scenario.boards[0], "another hil run").unwrap();
+    std::fs::remove_dir_all(work.path().join("wd/sim")).unwrap();
+    let refused = run(&text, &out, None);
+    let error = refused.boards[0].error.clone().unwrap_or_default();
+    assert!(error.contains("in use by another hil process") && error.contains("`another hil run`"), "{error}");
+    assert_eq!(refused.boards[0].cells_done, 0);
+    assert!(!work.path().join("wd/sim").exists(), "the busy board's simulator was not started again");
+    drop(held);
 }
 
 #[test]
@@ -209,4 +229,39 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
         .unwrap_err()
         .to_string();
     assert!(err.contains("scenario has changed"), "{err}");
+}
+
+#[test]
+fn board_probe_starts_a_simulated_board_and_refuses_one_a_run_holds() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let board = format!(
+        "  - name: simboard\n    sim: true\n    cpus: [0]\n    workdir: {}\n",
+        work.path().join("wd").display()
+    );
+    let path = work.path().join("probe.yaml");
+    std::fs::write(&path, scenario_text(&board)).unwrap();
+    let probe = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hil"))
+            .args(["board", "probe", path.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = probe();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("scenario OK"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(report["simulated"]["simulator"], "hil", "the probe read the simulator's tree: {report}");
+
+    let scenario = parse_scenario(&scenario_text(&board), "probe.yaml").unwrap();
+    let held = harness::board_lock::BoardLock::acquire(&scenario.boards[0], "hil run, scenario e2e").unwrap();
+    let (code, _, stderr) = probe();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another hil process") && stderr.contains("scenario e2e"), "{stderr}");
+    drop(held);
 }

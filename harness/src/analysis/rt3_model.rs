@@ -54,7 +54,7 @@ pub fn model_levels(levels_khz: &[u64], voltages_v: Option<&[f64]>) -> Result<(V
         Some(v) if v.len() == levels_khz.len() => (v.to_vec(), "voltages given on the command line".into()),
         Some(v) => {
             return Err(format!(
-                "{} voltages given for {} levels; give one per level, highest first",
+                "unavailable: {} voltages given for {} levels; give one per level, highest first",
                 v.len(),
                 levels_khz.len()
             ))

@@ -124,6 +124,20 @@ impl BatteryCmd {
         if run.cells.is_empty() {
             bail!("{}: the run has no finished cells, nothing to project", self.run_dir.display());
         }
+        if let Some(volts) = &options.voltages_v {
+            let mut levels: Vec<u64> = run.cells.iter().map(|c| c.key().freq_khz).collect();
+            levels.sort_unstable_by(|a, b| b.cmp(a));
+            levels.dedup();
+            if volts.len() != levels.len() {
+                let shown: Vec<String> = levels.iter().map(|k| format!("{} MHz", k / 1000)).collect();
+                bail!(
+                    "--voltages: {} voltage(s) given, the run has {} level(s) ({}); give one per level, highest first",
+                    volts.len(),
+                    levels.len(),
+                    shown.join(", ")
+                );
+            }
+        }
         let analysis = analyze_run(&run, &options);
         let measured: Vec<_> = analysis.battery.iter().filter(|t| t.source == ProjectionSource::Measured).collect();
         if measured.iter().all(|t| t.rows.iter().all(|r| r.outcome.is_err())) {

@@ -1,13 +1,15 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
+use crate::board_lock::BoardLock;
 use crate::connect::open_board;
-use crate::probe::probe;
-use crate::runner::facts_from_probe;
-use crate::scenario::{load_scenario, validate_against_probe};
+use crate::probe::{probe, ProbeReport};
+use crate::runner::{effective_spec, facts_from_probe};
+use crate::scenario::{load_scenario, validate_against_probe, BoardSpec, Scenario};
+use crate::sim::simulator::{SimOptions, Simulator};
 
 /// Inspect boards.
 #[derive(Debug, Args)]
@@ -22,7 +24,8 @@ enum BoardCommands {
     /// cores, cpufreq policies (related CPUs, frequencies, governors, current/min/max),
     /// thermal zones, memory and kernel; then check the scenario against it (levels the
     /// board does not offer, CPUs it does not have, a missing thermal zone). Nothing is
-    /// written to the board.
+    /// written to the board. A simulated board (`sim: true`) is started for the probe, as
+    /// `hil run` starts it, and is refused while a run is using it.
     Probe {
         /// Scenario YAML file naming the boards.
         scenario: PathBuf,
@@ -54,7 +57,7 @@ impl BoardCmd {
         let specs: Vec<_> = scenario.boards.iter().collect();
         let mut failed = false;
         for spec in specs {
-            let result = open_board(spec).and_then(|mut b| Ok(probe(b.as_mut(), &spec.sysfs_root)?));
+            let result = probe_board(spec, &scenario);
             match result {
                 Ok(report) => {
                     let check = validate_against_probe(&scenario, &spec.name, &facts_from_probe(&report));
@@ -84,4 +87,26 @@ impl BoardCmd {
         }
         Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
     }
+}
+
+/// Probes one board; a simulated one is started first (its fake sysfs tree in its workdir, no
+/// monitor) under the board's lock, so a run using it is not disturbed.
+fn probe_board(spec: &BoardSpec, scenario: &Scenario) -> Result<ProbeReport> {
+    if !spec.sim {
+        let mut board = open_board(spec)?;
+        return Ok(probe(board.as_mut(), &spec.sysfs_root)?);
+    }
+    let _lock = BoardLock::acquire(spec, "hil board probe")?;
+    let root = Path::new(&spec.workdir).join("sim");
+    let opts = SimOptions {
+        name: spec.name.clone(),
+        power: Default::default(),
+        agent_threads: scenario.measure.threads,
+        with_monitor: false,
+    };
+    let sim = Simulator::start(&root, opts)
+        .with_context(|| format!("board {}: starting the simulated board in {}", spec.name, root.display()))?;
+    let effective = effective_spec(spec, Some(&sim));
+    let mut board = open_board(&effective)?;
+    Ok(probe(board.as_mut(), &effective.sysfs_root)?)
 }

@@ -45,6 +45,17 @@ enum Commands {
 /// Parses the command line and runs it; errors are printed with their whole context chain.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that only read files and print end quietly when their reader goes away (`| head`),
+    // as Unix tools do, instead of panicking on the broken pipe. Commands that talk to boards keep
+    // Rust's default (SIGPIPE ignored): a dead agent or SSH connection is then an error they
+    // handle, restoring cpufreq settings, not a signal that kills them.
+    if matches!(cli.command, Commands::Validate(_) | Commands::Report(_) | Commands::Battery(_) | Commands::Compare(_))
+    {
+        // SAFETY: resetting a signal's disposition before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Commands::Run(c) => c.run(),
         Commands::Validate(c) => c.run(),

@@ -70,6 +70,18 @@ impl RunCmd {
                 return Ok(ExitCode::from(2));
             }
         }
+        // Resuming a run that is already complete touches no board and adds no session.
+        if let Some(dir) = &self.resume {
+            if let Some(cells) = crate::runner::resume_is_complete(&scenario, &text, dir)? {
+                println!(
+                    "nothing to resume: {} is complete ({cells} cells finished, switch costs recorded); its report \
+                     stands (`hil report {}` writes it again)",
+                    dir.display(),
+                    dir.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let handler_stop = stop.clone();
         ctrlc::set_handler(move || {

@@ -93,10 +93,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(nanos))
 }
 
-/// Parses a frequency with a unit (`Hz`, `kHz`, `MHz`, `GHz`, case-insensitive) into kHz,
-/// the unit of every cpufreq sysfs file. The result must be a whole number of kHz.
+/// Parses a frequency with a unit (`Hz`, `kHz`, `MHz`, `GHz`, case-insensitive but for
+/// `mHz`, which is millihertz in SI and refused) into kHz, the unit of every cpufreq sysfs
+/// file. The result must be a whole number of kHz.
 pub fn parse_frequency_khz(text: &str) -> Result<u64, String> {
     let (number, unit) = split_number_unit(text);
+    if unit == "mHz" {
+        return Err("has the unit mHz, millihertz: write MHz for megahertz".into());
+    }
     let hz_per_unit: u128 = match unit.to_ascii_lowercase().as_str() {
         "hz" => 1,
         "khz" => 1_000,
@@ -211,5 +215,14 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_duration(Duration::from_secs(245)), "4m 05s");
         assert_eq!(format_duration(Duration::from_secs(3723)), "1h 02m 03s");
+    }
+
+    #[test]
+    fn millihertz_is_refused_and_other_cases_of_megahertz_are_read() {
+        let err = parse_frequency_khz("1500mHz").unwrap_err();
+        assert!(err.contains("millihertz") && err.contains("MHz"), "{err}");
+        for ok in ["1500MHz", "1500 Mhz", "1500mhz", "1.5GHz"] {
+            assert_eq!(parse_frequency_khz(ok), Ok(1_500_000), "{ok}");
+        }
     }
 }
