@@ -8,8 +8,9 @@
 //! simulator) holds an exclusive lock on a file in the host's temporary
 //! directory, named after what identifies the board:
 //!
-//! - an SSH board: its host and port (its cpufreq is the board's, whatever
-//!   workdir or user a scenario names);
+//! - an SSH board: its host, port and sysfs root (`/sys` on a real board: its
+//!   cpufreq is the board's, whatever workdir or user a scenario names; test
+//!   boards behind one SSH server differ by their fake trees);
 //! - a simulated board: its workdir (the simulator's tree lives there);
 //! - any other local board: its sysfs root (the host's own cpufreq, `/sys`).
 //!
@@ -35,7 +36,7 @@ pub fn lock_dir() -> PathBuf {
 /// What identifies `spec`'s board on this host (see the module docs).
 pub fn board_key(spec: &BoardSpec) -> String {
     match &spec.transport {
-        TransportSpec::Ssh(ssh) => format!("ssh {}:{}", ssh.host, ssh.port),
+        TransportSpec::Ssh(ssh) => format!("ssh {}:{} {}", ssh.host, ssh.port, spec.sysfs_root),
         TransportSpec::Local if spec.sim => format!("sim {}", spec.workdir),
         TransportSpec::Local => format!("local {}", spec.sysfs_root),
     }
@@ -168,7 +169,7 @@ mod tests {
         assert_eq!(board_key(sim), "sim /tmp/w1");
         let local = BoardSpec { sim: false, ..sim.clone() };
         assert_eq!(board_key(&local), format!("local {}", local.sysfs_root));
-        assert_eq!(board_key(ssh), "ssh 10.0.0.2:22");
+        assert_eq!(board_key(ssh), "ssh 10.0.0.2:22 /sys");
         assert_ne!(lock_file_name("ssh 10.0.0.2:22"), lock_file_name("ssh 10.0.0.2:2222"));
     }
 }

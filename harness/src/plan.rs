@@ -279,7 +279,8 @@ impl Plan {
     }
 }
 
-fn describe_variant(v: &VariantSpec) -> String {
+/// One line for a variant, e.g. `pp75 (pattern 75 % on bp50, 16x16 tiles, 4 patterns)`.
+pub fn describe_variant(v: &VariantSpec) -> String {
     let pct = |s: f64| format!("{} %", (s * 1000.0).round() / 10.0);
     let mut s = match &v.kind {
         VariantKind::Dense => format!("{} (dense)", v.name),

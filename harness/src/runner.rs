@@ -475,8 +475,11 @@ fn run_board_inner(
     let scenario = shared.scenario;
     let name = spec.name.as_str();
     // One hil process per board: another run on it would pin its frequencies and take its saved
-    // cpufreq settings (see `board_lock`). Held until this board's session ends.
-    let _lock = crate::board_lock::BoardLock::acquire(spec, &format!("hil run, scenario {}", scenario.name))?;
+    // cpufreq settings (see `board_lock`). Held until this board's session ends; taken before a
+    // simulated board's simulator starts, and for a remote board once it is reached (a board that
+    // refuses the connection, e.g. its host key, says so first), before anything is written to it.
+    let purpose = format!("hil run, scenario {}", scenario.name);
+    let mut lock = if spec.sim { Some(crate::board_lock::BoardLock::acquire(spec, &purpose)?) } else { None };
     // A simulated board brings its own fake sysfs, stretching agent wrapper and emulated PPK2.
     let sim = if spec.sim {
         bar.set_message("starting simulator");
@@ -498,6 +501,10 @@ fn run_board_inner(
     let spec = &effective;
     bar.set_message("connecting");
     let mut board = open_board(spec)?;
+    if lock.is_none() {
+        lock = Some(crate::board_lock::BoardLock::acquire(spec, &purpose)?);
+    }
+    let _lock = lock;
     board.set_interrupt(shared.stop.clone());
     let sysfs = Sysfs::new(spec.sysfs_root.clone(), spec.sudo);
     let restore_path = restore_file_path(&spec.workdir);
@@ -544,7 +551,7 @@ fn run_board_inner(
     }
     let lowest_khz = resolved.levels_khz.iter().copied().min();
 
-    bar.set_message("building agent");
+    bar.set_message(if shared.agent_override.is_some() { "checking agent" } else { "building agent" });
     let target = match &spec.target {
         TargetSpec::Triple(t) => Some(t.clone()),
         TargetSpec::Auto if spec.sim => None,
@@ -718,8 +725,26 @@ fn measure_cells(
                             ),
                         );
                     }
+                    // Without a progress bar (stderr not a terminal: CI logs, `2> file`), a line per
+                    // finished cell shows the run advancing.
+                    let line = bar.is_hidden().then(|| {
+                        let energy = record
+                            .energy_per_inference_mj
+                            .map(|e| format!(", {e:.2} mJ/inference"))
+                            .unwrap_or_default();
+                        format!(
+                            "board {name}: cell {}/{} {} done: median {:.2} ms{energy}",
+                            outcome.cells_done + 1,
+                            cells.len(),
+                            cell.key,
+                            record.latency_median_ms
+                        )
+                    });
                     shared.store.lock().unwrap_or_else(|p| p.into_inner()).append(record)?;
                     outcome.cells_done += 1;
+                    if let Some(line) = line {
+                        eprintln!("{line}");
+                    }
                     break;
                 }
                 Err(CellError::Remeasure(e)) if retry_left => {

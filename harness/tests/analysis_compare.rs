@@ -273,9 +273,12 @@ fn battery_command_prints_and_writes_battery_csv() {
         parse(&[d, "--capacity-mah", "1000", "--voltage", "3.7", "--voltages", "1.1"]).run().unwrap(),
         ExitCode::SUCCESS
     );
-    let csv = std::fs::read_to_string(dir.join("battery.csv")).unwrap();
+    // A what-if goes beside the run's own battery.csv, which stays what the report shows.
+    let csv = std::fs::read_to_string(dir.join("battery-whatif.csv")).unwrap();
     assert!(csv.contains(",13320,"), "{csv}");
     assert!(csv.contains(",rt3_model,"), "{csv}");
+    let own = std::fs::read_to_string(dir.join("battery.csv")).unwrap();
+    assert!(!own.contains(",13320,") && !own.contains(",rt3_model,"), "{own}");
     // --capacity-mah without --voltage is refused by clap.
     let cmd = battery_cli::BatteryCmd::augment_args(Command::new("battery"));
     assert!(cmd.try_get_matches_from(["battery", d, "--capacity-mah", "1000"]).is_err());
@@ -284,7 +287,7 @@ fn battery_command_prints_and_writes_battery_csv() {
     assert!(format!("{err:#}").contains("shorter than the time one inference"), "{err:#}");
     let ok = parse(&[d, "--period-ms", "50"]).run().unwrap();
     assert_eq!(ok, ExitCode::SUCCESS);
-    let csv = std::fs::read_to_string(dir.join("battery.csv")).unwrap();
+    let csv = std::fs::read_to_string(dir.join("battery-whatif.csv")).unwrap();
     assert!(csv.contains(",periodic,50,"), "{csv}");
 }
 

@@ -494,7 +494,11 @@ fn check_comparable(base: &RunData, candidate: &RunData) -> Result<(), CompareEr
             if c.kind != v.kind {
                 return Err(CompareError::DifferentSetup {
                     field: format!("variants[{}]", v.name),
-                    detail: format!("base {:?}, candidate {:?}", v.kind, c.kind),
+                    detail: format!(
+                        "base {}, candidate {}",
+                        crate::plan::describe_variant(v),
+                        crate::plan::describe_variant(c)
+                    ),
                 });
             }
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::analysis::battery::write_battery_csv;
+use crate::analysis::battery::{battery_csv, write_battery_csv};
 use crate::analysis::{analyze_run, load_run, AnalysisOptions, BatteryModel, ProjectionSource};
 use crate::scenario::Workload;
 
@@ -13,9 +13,10 @@ use crate::scenario::Workload;
 ///
 /// From the measured energy per inference, idle power and latency of every cell: hours of
 /// battery life and inferences per charge for dense and block at the top frequency, every
-/// static (frequency, variant) pair, and the RT3 schedule (the least sparse variant meeting
-/// the latency deadline, judged on p99, at each level, with the scenario's battery shares,
-/// default 50/30/20 % highest level first). Gains are against dense and block at the top
+/// static (frequency, variant) pair, and the RT3 schedule (at each level, among the pattern
+/// sets meeting the latency deadline, judged on p99, the one with the best output fidelity or
+/// given accuracy, else the least sparse; with the scenario's battery shares, default 50/30/20 %
+/// highest level first). Gains are against dense and block at the top
 /// frequency. Beside it, RT3's analytic model (37,800 J, P = f x V^2 x 1e-10, latency
 /// scaled by 1/f from the top level) from the same measurements.
 ///
@@ -26,7 +27,9 @@ use crate::scenario::Workload;
 /// nominal energy). Back to back, an inference costs its window's energy per inference and
 /// takes its window's duration per inference (not the mean latency, which leaves out the
 /// time between inferences). The workload is the scenario's policy.workload unless --period-ms
-/// is given. Writes RUN_DIR/battery.csv. Exit code 0, or 2 when nothing can be projected or an
+/// is given. Writes RUN_DIR/battery.csv, or RUN_DIR/battery-whatif.csv when any option
+/// above changes the battery, workload or model (the run's battery.csv stays what its report
+/// shows). Exit code 0, or 2 when nothing can be projected or an
 /// option is out of range (every number is checked: NaN, infinities and negatives are refused).
 #[derive(Debug, Args)]
 pub struct BatteryCmd {
@@ -52,6 +55,9 @@ pub struct BatteryCmd {
     #[arg(long, value_name = "V,V,..", value_delimiter = ',')]
     voltages: Option<Vec<f64>>,
 }
+
+/// Where a what-if projection is written, beside the run's own battery.csv.
+pub const BATTERY_WHAT_IF_CSV: &str = "battery-whatif.csv";
 
 /// Largest `--capacity-mah` (as the scenario's `capacity_mah`).
 pub const MAX_CAPACITY_MAH: f64 = 10_000_000.0;
@@ -160,8 +166,20 @@ impl BatteryCmd {
         for table in &analysis.battery {
             println!("{}", table.to_markdown());
         }
-        let path = write_battery_csv(&run.dir, &analysis.battery)
-            .with_context(|| format!("writing battery.csv into {}", run.dir.display()))?;
+        // A what-if (any option that changes the battery, workload or model) goes beside the run's
+        // own battery.csv, which stays what the run's report shows.
+        let what_if = self.capacity_mah.is_some()
+            || self.period_ms.is_some()
+            || self.peukert.is_some()
+            || self.voltages.is_some();
+        let path = if what_if {
+            let path = run.dir.join(BATTERY_WHAT_IF_CSV);
+            crate::results::write_atomic(&path, battery_csv(&analysis.battery).as_bytes())?;
+            path
+        } else {
+            write_battery_csv(&run.dir, &analysis.battery)
+                .with_context(|| format!("writing battery.csv into {}", run.dir.display()))?
+        };
         println!("wrote {}", path.display());
         Ok(ExitCode::SUCCESS)
     }

@@ -115,7 +115,7 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
             Ok(p) => {
                 let _ = writeln!(
                     out,
-                    "battery, board {}: RT3 schedule {:.2} h, x{} vs dense at top, x{} vs block at top{}",
+                    "battery, board {}: RT3 schedule {:.2} h, inferences per charge x{} vs dense at top, x{} vs block at top{}",
                     table.board,
                     p.hours,
                     num(row.gain_vs_dense_top, 2),
@@ -132,7 +132,7 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
                 Ok(p) => {
                     let _ = writeln!(
                         out,
-                        "battery, board {}: {} {:.2} h, x{} vs dense at top, x{} vs block at top",
+                        "battery, board {}: {} {:.2} h, inferences per charge x{} vs dense at top, x{} vs block at top",
                         table.board,
                         best.name,
                         p.hours,

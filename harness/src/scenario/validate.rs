@@ -208,7 +208,13 @@ impl Checker<'_> {
         let above = if max_exclusive { value >= max } else { value > max };
         if value < min || above {
             let upper = if max_exclusive { ")" } else { "]" };
-            self.fail(path, raw.shown(), format!("must be in [{min}, {max}{upper}"));
+            // The smallest positive float stands for "above zero" and is said so.
+            let range = if min == f64::MIN_POSITIVE {
+                format!("must be above 0 and at most {max}")
+            } else {
+                format!("must be in [{min}, {max}{upper}")
+            };
+            self.fail(path, raw.shown(), range);
             return None;
         }
         Some(value)
