@@ -18,7 +18,10 @@
 //! the [`BoardLock`] is dropped or the process ends however it ends (a
 //! `kill -9` leaves no stale lock). It holds among processes on this host;
 //! boards shared between hosts are reserved through labgrid, whose places are
-//! exclusive ([`crate::lab`]).
+//! exclusive ([`crate::lab`]). Keys are the scenario's own strings: one board
+//! reached under two names (a host name and its address, an `~/.ssh/config`
+//! alias, two paths to one fake tree) has two keys and is not protected
+//! against itself.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -85,18 +88,22 @@ impl BoardLock {
         let path = dir.join(lock_file_name(key));
         let io = |source| LockError::Io { board: board.to_string(), path: path.clone(), source };
         create_shared_dir(dir).map_err(io)?;
-        let mut file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
-        // Other users' processes lock the same file (best effort: a file another user created
-        // and kept private is reported by the open above).
-        let _ = set_mode(&path, 0o666);
+        let mut file = open_lock_file(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                let holder = if holder.is_empty() { "holder unknown".to_string() } else { holder.to_string() };
+                let holder = if holder.is_empty() {
+                    "holder unknown".to_string()
+                } else if holder.starts_with(&format!("pid {},", std::process::id())) {
+                    format!(
+                        "{holder}: this very process, under another board entry of the scenario naming the same board"
+                    )
+                } else {
+                    holder.to_string()
+                };
                 return Err(LockError::Busy { board: board.to_string(), holder, path });
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
@@ -111,6 +118,31 @@ impl BoardLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Opens the lock file, creating it readable and writable by every user (so that their
+/// processes lock the same file) if it is not there. Never through a symbolic link: the
+/// directory is world-writable, and a link planted there must not make this process truncate
+/// or re-permission a file elsewhere.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |create_new: bool| {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).custom_flags(libc::O_NOFOLLOW);
+        if create_new {
+            options.create_new(true).mode(0o666);
+        }
+        options.open(path)
+    };
+    match open(true) {
+        Ok(file) => {
+            // The process umask narrowed the mode given at creation.
+            let _ = set_mode(path, 0o666);
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -154,6 +186,18 @@ mod tests {
         drop(first);
         let again = BoardLock::acquire_in(dir.path(), "sim", "sim /tmp/hil-sim", "hil run b.yaml").unwrap();
         assert_ne!(again.path(), other.path());
+    }
+
+    #[test]
+    fn a_symbolic_link_in_place_of_the_lock_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep me").unwrap();
+        let key = "sim /tmp/planted";
+        std::os::unix::fs::symlink(&victim, dir.path().join(lock_file_name(key))).unwrap();
+        let err = BoardLock::acquire_in(dir.path(), "sim", key, "hil run").unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     }
 
     #[test]

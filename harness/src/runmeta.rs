@@ -7,7 +7,8 @@
 //! was built: see `build.rs`), and what it found on each board it touched (probe, agent, model,
 //! self-test, monitor, outcome). A resume appends a session and never rewrites an earlier one, so
 //! the provenance of every finished cell survives. Readers ask [`RunMeta::board`] for the latest
-//! facts of a board and [`RunMeta::board_sessions`] for all of them.
+//! facts of a board (from the last session that ran its agent) and [`RunMeta::board_sessions`]
+//! for all of them.
 //!
 //! The document is versioned ([`RUN_JSON_SCHEMA`]); [`RunMeta::read`] also reads the unversioned
 //! layout of hil 0.1 (one session, its boards at the top level).
@@ -208,13 +209,13 @@ impl RunMeta {
     }
 
     /// The latest facts of `board`: from the last session that touched it.
-    /// The latest facts of `board`: from the last session that reached it (probed it), else
-    /// from the last session that names it (a session that stopped before connecting, or had
-    /// nothing left to do, does not hide what an earlier one found).
+    /// The latest facts of `board`: from the last session that ran its agent (loaded the
+    /// model), else the last that reached it (probed it), else the last that names it. A session
+    /// that stopped before connecting, or probed the board and found nothing left to do, does not
+    /// hide what an earlier one found (its agent, monitor, model and switch costs).
     pub fn board(&self, board: &str) -> Option<&BoardMeta> {
-        let mut named = self.sessions.iter().rev().filter_map(|s| s.boards.get(board));
-        let latest = named.clone().next();
-        named.find(|b| b.probe.is_some()).or(latest)
+        let named = || self.sessions.iter().rev().filter_map(|s| s.boards.get(board));
+        named().find(|b| b.model.is_some()).or_else(|| named().find(|b| b.probe.is_some())).or_else(|| named().next())
     }
 
     /// Every session's facts of `board`, oldest first, with the session's index.

@@ -135,19 +135,33 @@ impl RunShared<'_> {
     }
 }
 
-/// Runs `scenario`; `stop` is set by the Ctrl-C/SIGTERM handler.
-/// Whether `--resume DIR` has nothing left to do: the run in `dir` is of this very scenario, every
-/// planned cell of every board is finished and, when the scenario has pattern sets, every board's
-/// switch costs are recorded. Returns the finished cells' count then. Boards whose levels (`all`)
-/// or names (labgrid places) are known only once reached are never called complete here.
+/// Whether `--resume DIR` has nothing left to do, so that it may touch no board and add no
+/// session: the run in `dir` is of this very scenario; its last session finished, was not
+/// interrupted and left no board with an error (a failed cpufreq restore, say); its report was
+/// written; every planned cell of every board is finished with its energy (or the board had no
+/// monitor) and, when the scenario has pattern sets, every board's switch costs are recorded; and
+/// the scenario has no regression baseline to compare with. Returns the finished cells' count
+/// then. Boards whose levels (`all`) or names (labgrid places) are known only once reached are
+/// never called complete here: a resume goes through them as usual.
 pub fn resume_is_complete(scenario: &Scenario, scenario_text: &str, dir: &Path) -> Result<Option<usize>> {
     let Ok(meta) = crate::runmeta::RunMeta::read(dir) else { return Ok(None) };
+    let last_session_clean = meta.sessions.last().is_some_and(|s| {
+        s.finished_at.is_some()
+            && !s.interrupted
+            && s.boards.values().all(|b| b.outcome.as_ref().is_none_or(|o| o.error.is_none() && !o.interrupted))
+    });
     if meta.scenario_sha256 != crate::deploy::sha256_bytes(scenario_text.as_bytes())
+        || !last_session_clean
+        || !dir.join(crate::report::REPORT_MD).is_file()
+        || scenario.regression.as_ref().is_some_and(|r| r.baseline.is_some())
         || scenario.boards.iter().any(|b| b.labgrid.is_some())
     {
         return Ok(None);
     }
     let store = ResultsStore::open(dir)?;
+    if store.cells().iter().any(|c| c.energy_missing_reason.is_some()) {
+        return Ok(None);
+    }
     let done = store.finished();
     let plan = crate::plan::plan(scenario);
     let cells_done = plan
@@ -160,12 +174,16 @@ pub fn resume_is_complete(scenario: &Scenario, scenario_text: &str, dir: &Path) 
     Ok((cells_done && switches_done).then_some(done.len()))
 }
 
+/// Runs `scenario`; `stop` is set by the Ctrl-C/SIGTERM handler.
 pub fn run_scenario(
     scenario: &Scenario,
     scenario_text: &str,
     opts: &RunOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<RunOutcome> {
+    // What parses but cannot be run is refused before any board is touched.
+    crate::scenario::check_runnable(scenario)
+        .map_err(|problems| anyhow::anyhow!("{}: cannot be run:\n{problems}", scenario.name))?;
     // Boards from labgrid are reserved and acquired first: a refused or failed reservation leaves
     // no run directory behind, and every place is given back whatever happens after (its lock
     // travels with its board and is dropped once the board's cpufreq settings are restored).
@@ -478,20 +496,13 @@ fn run_board_inner(
     // cpufreq settings (see `board_lock`). Held until this board's session ends; taken before a
     // simulated board's simulator starts, and for a remote board once it is reached (a board that
     // refuses the connection, e.g. its host key, says so first), before anything is written to it.
+    // Declared before the simulator and the board so that it is dropped after both are stopped.
     let purpose = format!("hil run, scenario {}", scenario.name);
     let mut lock = if spec.sim { Some(crate::board_lock::BoardLock::acquire(spec, &purpose)?) } else { None };
     // A simulated board brings its own fake sysfs, stretching agent wrapper and emulated PPK2.
     let sim = if spec.sim {
         bar.set_message("starting simulator");
-        let root = Path::new(&spec.workdir).join("sim");
-        let opts = SimOptions {
-            name: spec.name.clone(),
-            power: Default::default(),
-            agent_threads: scenario.measure.threads,
-            with_monitor: true,
-        };
-        let sim = Simulator::start(&root, opts)
-            .with_context(|| format!("board {name}: starting the simulated board in {}", root.display()))?;
+        let sim = start_simulator(spec, scenario, true)?;
         shared.update_board_meta(name, |m| m.simulation = Some(sim.describe()));
         Some(sim)
     } else {
@@ -504,7 +515,7 @@ fn run_board_inner(
     if lock.is_none() {
         lock = Some(crate::board_lock::BoardLock::acquire(spec, &purpose)?);
     }
-    let _lock = lock;
+    debug_assert!(lock.is_some(), "the board is held from here to the end of its session");
     board.set_interrupt(shared.stop.clone());
     let sysfs = Sysfs::new(spec.sysfs_root.clone(), spec.sudo);
     let restore_path = restore_file_path(&spec.workdir);
@@ -1132,6 +1143,19 @@ fn measure_cell(
         exporter_host: ctx.place.map(|(_, h)| h.clone()),
         latencies_ns: run.latencies_ns,
     })
+}
+
+/// Starts a simulated board's simulator in its workdir (`sim/`), with or without its emulated PPK2.
+pub fn start_simulator(spec: &BoardSpec, scenario: &Scenario, with_monitor: bool) -> Result<Simulator> {
+    let root = Path::new(&spec.workdir).join("sim");
+    let opts = SimOptions {
+        name: spec.name.clone(),
+        power: Default::default(),
+        agent_threads: scenario.measure.threads,
+        with_monitor,
+    };
+    Simulator::start(&root, opts)
+        .with_context(|| format!("board {}: starting the simulated board in {}", spec.name, root.display()))
 }
 
 /// The board's entry as the runner uses it: for a simulated board, pointed at the simulator's

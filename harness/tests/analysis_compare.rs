@@ -279,6 +279,9 @@ fn battery_command_prints_and_writes_battery_csv() {
     assert!(csv.contains(",rt3_model,"), "{csv}");
     let own = std::fs::read_to_string(dir.join("battery.csv")).unwrap();
     assert!(!own.contains(",13320,") && !own.contains(",rt3_model,"), "{own}");
+    // One voltage per level of the board, or a clear refusal naming the board.
+    let err = parse(&[d, "--voltages", "1.1,1.0"]).run().unwrap_err();
+    assert!(format!("{err:#}").contains("2 voltage(s) given, board sim has 1 level(s) (1500 MHz)"), "{err:#}");
     // --capacity-mah without --voltage is refused by clap.
     let cmd = battery_cli::BatteryCmd::augment_args(Command::new("battery"));
     assert!(cmd.try_get_matches_from(["battery", d, "--capacity-mah", "1000"]).is_err());

@@ -146,13 +146,21 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     assert!(f("resident_bytes") > 0.0);
     assert_eq!(sw.column("simulated").unwrap().bool().unwrap().get(0), Some(true));
 
-    let meta = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
+    let mut meta = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
     assert_eq!(meta.schema_version, harness::runmeta::RUN_JSON_SCHEMA);
     assert_eq!(meta.sessions.len(), 1);
     let board = meta.board("simboard").unwrap();
     assert!(board.simulation.as_deref().unwrap().contains("SIMULATED"));
     assert!(board.monitor.as_ref().unwrap().simulated);
     assert!(board.agent.is_some() && board.model.is_some() && board.selftest.is_some());
+    // A later session that reached the board but had nothing to do (no agent run) does not hide
+    // what this one found.
+    let mut later = meta.sessions[0].clone();
+    let reached = harness::runmeta::BoardMeta { probe: board.probe.clone(), ..Default::default() };
+    later.boards.insert("simboard".into(), reached);
+    meta.sessions.push(later);
+    let board = meta.board("simboard").unwrap();
+    assert!(board.model.is_some() && board.monitor.is_some() && board.agent.is_some(), "{board:?}");
 
     // The simulator's tree is back to what it booted with: ondemand, full range.
     let policy = work.path().join("wd/sim/sys/devices/system/cpu/cpufreq/policy0");
@@ -162,8 +170,11 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     assert_eq!(read("scaling_max_freq"), "1500000");
     assert!(!work.path().join("wd/hil-dvfs-restore.json").exists(), "restore file removed after a clean restore");
 
-    // The run is complete: resuming it has nothing to do (and `hil run --resume` touches no board).
+    // The run is complete (and `hil run` writes its report): resuming it has nothing to do, so
+    // `hil run --resume` touches no board.
     let scenario = parse_scenario(&text, "e2e.yaml").unwrap();
+    assert_eq!(harness::runner::resume_is_complete(&scenario, &text, &outcome.dir).unwrap(), None, "no report yet");
+    harness::report::write_reports_with_summary(&outcome.dir).unwrap();
     assert_eq!(harness::runner::resume_is_complete(&scenario, &text, &outcome.dir).unwrap(), Some(6));
     let other = parse_scenario(&text.replace("seed: 3", "seed: 4"), "e2e.yaml").unwrap();
     assert_eq!(

@@ -130,18 +130,25 @@ impl BatteryCmd {
         if run.cells.is_empty() {
             bail!("{}: the run has no finished cells, nothing to project", self.run_dir.display());
         }
+        // RT3's model is built per board, from that board's levels: one voltage per level of each.
         if let Some(volts) = &options.voltages_v {
-            let mut levels: Vec<u64> = run.cells.iter().map(|c| c.key().freq_khz).collect();
-            levels.sort_unstable_by(|a, b| b.cmp(a));
-            levels.dedup();
-            if volts.len() != levels.len() {
-                let shown: Vec<String> = levels.iter().map(|k| format!("{} MHz", k / 1000)).collect();
-                bail!(
-                    "--voltages: {} voltage(s) given, the run has {} level(s) ({}); give one per level, highest first",
-                    volts.len(),
-                    levels.len(),
-                    shown.join(", ")
-                );
+            let mut levels: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+            for key in run.cells.iter().map(|c| c.key()) {
+                levels.entry(key.board.clone()).or_default().push(key.freq_khz);
+            }
+            for (board, levels) in &mut levels {
+                levels.sort_unstable_by(|a, b| b.cmp(a));
+                levels.dedup();
+                if volts.len() != levels.len() {
+                    let shown: Vec<String> = levels.iter().map(|k| format!("{} MHz", k / 1000)).collect();
+                    bail!(
+                        "--voltages: {} voltage(s) given, board {board} has {} level(s) ({}); give one per level, \
+                         highest first",
+                        volts.len(),
+                        levels.len(),
+                        shown.join(", ")
+                    );
+                }
             }
         }
         let analysis = analyze_run(&run, &options);

@@ -1,15 +1,14 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use crate::board_lock::BoardLock;
 use crate::connect::open_board;
 use crate::probe::{probe, ProbeReport};
-use crate::runner::{effective_spec, facts_from_probe};
+use crate::runner::{effective_spec, facts_from_probe, start_simulator};
 use crate::scenario::{load_scenario, validate_against_probe, BoardSpec, Scenario};
-use crate::sim::simulator::{SimOptions, Simulator};
 
 /// Inspect boards.
 #[derive(Debug, Args)]
@@ -24,8 +23,9 @@ enum BoardCommands {
     /// cores, cpufreq policies (related CPUs, frequencies, governors, current/min/max),
     /// thermal zones, memory and kernel; then check the scenario against it (levels the
     /// board does not offer, CPUs it does not have, a missing thermal zone). Nothing is
-    /// written to the board. A simulated board (`sim: true`) is started for the probe, as
-    /// `hil run` starts it, and is refused while a run is using it.
+    /// written to a real board. A simulated board (`sim: true`) is started for the probe, as
+    /// `hil run` starts it (its fake tree written into its workdir), and is refused while a
+    /// run is using it.
     Probe {
         /// Scenario YAML file naming the boards.
         scenario: PathBuf,
@@ -97,15 +97,7 @@ fn probe_board(spec: &BoardSpec, scenario: &Scenario) -> Result<ProbeReport> {
         return Ok(probe(board.as_mut(), &spec.sysfs_root)?);
     }
     let _lock = BoardLock::acquire(spec, "hil board probe")?;
-    let root = Path::new(&spec.workdir).join("sim");
-    let opts = SimOptions {
-        name: spec.name.clone(),
-        power: Default::default(),
-        agent_threads: scenario.measure.threads,
-        with_monitor: false,
-    };
-    let sim = Simulator::start(&root, opts)
-        .with_context(|| format!("board {}: starting the simulated board in {}", spec.name, root.display()))?;
+    let sim = start_simulator(spec, scenario, false)?;
     let effective = effective_spec(spec, Some(&sim));
     let mut board = open_board(&effective)?;
     Ok(probe(board.as_mut(), &effective.sysfs_root)?)

@@ -24,6 +24,9 @@ pub struct ValidateCmd {
 impl ValidateCmd {
     pub fn run(self) -> Result<ExitCode> {
         let scenario = load_scenario(&self.scenario)?;
+        if let Err(problems) = crate::scenario::check_runnable(&scenario) {
+            anyhow::bail!("{}: cannot be run:\n{problems}", self.scenario.display());
+        }
         // Boards from labgrid: the client runs, the coordinator answers, enough places carry the
         // tags (nothing is acquired; a failure names the command and its stderr).
         let lab = crate::lab::preflight_all(&scenario)?;

@@ -75,6 +75,46 @@ fn text_line_of_byte(bytes: &[u8], index: usize) -> usize {
     1 + bytes[..index.min(bytes.len())].iter().filter(|b| **b == b'\n').count()
 }
 
+/// What a valid scenario must also satisfy to be run now (checked by `hil run` and
+/// `hil validate`, not when a stored run's scenario is read back for a report, so runs made
+/// before a check existed still load): no more inference threads than the CPUs a board pins
+/// the agent to, and no two local or simulated boards that are one board (one workdir, or one
+/// sysfs root: see [`crate::board_lock::board_key`]; SSH boards, which test rigs put behind one
+/// server, are told apart by the lock when they are reached).
+/// Returns every problem, one per line, naming the field and value.
+pub fn check_runnable(scenario: &Scenario) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let threads = scenario.measure.threads as usize;
+    for (i, b) in scenario.boards.iter().enumerate() {
+        if let Some(cpus) = b.cpus.as_ref().filter(|cpus| threads > cpus.len()) {
+            problems.push(format!(
+                "measure.threads = {threads}: is more than the {} CPU(s) boards[{i}] ({}) pins the agent to (cpus \
+                 {cpus:?}); the threads would time-slice, and latency would measure the scheduler: give it at \
+                 least as many CPUs or fewer threads",
+                cpus.len(),
+                b.name
+            ));
+        }
+    }
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let local = |b: &&BoardSpec| b.labgrid.is_none() && b.transport == TransportSpec::Local;
+    for (i, b) in scenario.boards.iter().enumerate().filter(|(_, b)| local(b)) {
+        let key = crate::board_lock::board_key(b);
+        if let Some(first) = seen.insert(key.clone(), i) {
+            problems.push(format!(
+                "boards[{i}] ({}): is the same board as boards[{first}] ({key}); give each board its own \
+                 workdir (simulated) or sysfs root (local)",
+                b.name
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
 /// Parses and validates scenario text. `source_name` is where the text came from (a path,
 /// or a label such as `<embedded sim-rt3>`): it is used in every message, its file stem is the
 /// default scenario name, and, when it has a directory part, relative host paths are resolved
@@ -733,6 +773,24 @@ pub struct RegressionSpec {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_scenario_that_parses_may_still_not_be_runnable() {
+        let text = |threads: u32, second_workdir: &str| {
+            format!(
+                "boards:\n  - {{name: a, sim: true, cpus: [0], workdir: /tmp/w1}}\n  \
+                 - {{name: b, sim: true, workdir: {second_workdir}}}\nmodel: {{preset: minilm}}\n\
+                 variants: [{{name: dense, kind: dense}}]\ndvfs: {{levels: all}}\nmeasure: {{threads: {threads}}}\n"
+            )
+        };
+        let ok = parse_scenario(&text(1, "/tmp/w2"), "s.yaml").unwrap();
+        assert_eq!(check_runnable(&ok), Ok(()));
+        let both = parse_scenario(&text(2, "/tmp/w1"), "s.yaml").unwrap();
+        let problems = check_runnable(&both).unwrap_err();
+        assert!(problems.contains("measure.threads = 2") && problems.contains("boards[0] (a)"), "{problems}");
+        assert!(problems.contains("boards[1] (b): is the same board as boards[0]"), "{problems}");
+        assert_eq!(problems.lines().count(), 2, "{problems}");
+    }
     use super::*;
 
     #[test]

@@ -82,23 +82,6 @@ pub(super) fn validate(
         }
     }
 
-    // More inference threads than the CPUs a board pins the agent to only time-slice them: the
-    // latency measures the scheduler and the power model's busy cores the pinning.
-    for (i, b) in boards.iter().enumerate() {
-        if let Some(cpus) = b.cpus.as_ref().filter(|cpus| measure.threads as usize > cpus.len()) {
-            c.fail(
-                "measure.threads",
-                measure.threads.to_string(),
-                format!(
-                    "is more than the {} CPU(s) boards[{i}] ({}) pins the agent to (cpus {cpus:?}); give it at \
-                     least as many CPUs or fewer threads",
-                    cpus.len(),
-                    b.name
-                ),
-            );
-        }
-    }
-
     // A bound on the whole run, checked once the parts are known.
     if let LevelsSpec::Khz(levels) = &dvfs.levels {
         let cells =
@@ -210,7 +193,7 @@ impl Checker<'_> {
             let upper = if max_exclusive { ")" } else { "]" };
             // The smallest positive float stands for "above zero" and is said so.
             let range = if min == f64::MIN_POSITIVE {
-                format!("must be above 0 and at most {max}")
+                format!("must be above 0 and {} {max}", if max_exclusive { "below" } else { "at most" })
             } else {
                 format!("must be in [{min}, {max}{upper}")
             };

@@ -247,7 +247,7 @@ impl MaskedStripLinear {
             let rows = strip_rows.min(out_features - row0);
             // The strip's kept columns: those any of its rows keeps (rows OR-ed a row at a time).
             let mut any = vec![false; in_features];
-            for row in keep[row0 * in_features..(row0 + rows) * in_features].chunks_exact(in_features) {
+            for row in keep[row0 * in_features..(row0 + rows) * in_features].chunks_exact(in_features.max(1)) {
                 any.iter_mut().zip(row).for_each(|(a, &k)| *a |= k);
             }
             let kept: Vec<usize> = (0..in_features).filter(|&c| any[c]).collect();
@@ -900,6 +900,22 @@ impl LinearKernel for MaskedStripLinear {
 mod tests {
     use super::*;
     use crate::reference;
+
+    #[test]
+    fn a_layer_with_no_inputs_packs_and_writes_zeros() {
+        let (w, mask) = (Matrix::zeros(5, 0), Mask::dense(5, 0));
+        for runs in RowRuns::ALL {
+            let layer = MaskedStripLinear::from_masked_with(&w, &mask, 2, "pattern", Backend::Scalar, runs);
+            assert_eq!(layer.stored_weights(), 0);
+            let mut y = Matrix::zeros(3, 5);
+            y.as_mut_slice().fill(7.0);
+            layer.forward_with(&Matrix::zeros(3, 0), &mut y, Threads::One, Backend::Scalar);
+            assert!(y.as_slice().iter().all(|&v| v == 0.0), "{runs:?}");
+        }
+        let compaction = crate::prune::pattern::BlockCompaction::new(&mask, 2, 4);
+        // Three strips (2, 2 and 1 rows), each padded to a tile of 4 rows.
+        assert_eq!(compaction.stack_shape(), (12, 0));
+    }
 
     #[test]
     fn stores_exactly_the_kept_weights_and_matches_reference() {
