@@ -208,7 +208,6 @@ impl RunMeta {
         self.sessions.iter().flat_map(|s| s.boards.keys().map(String::as_str)).collect()
     }
 
-    /// The latest facts of `board`: from the last session that touched it.
     /// The latest facts of `board`: from the last session that ran its agent (loaded the
     /// model), else the last that reached it (probed it), else the last that names it. A session
     /// that stopped before connecting, or probed the board and found nothing left to do, does not

@@ -359,6 +359,16 @@ impl Mask {
         self.keep.iter().filter(|k| **k).count()
     }
 
+    /// The columns any of `rows` keeps, ascending (the rows OR-ed a row at a time: a BP
+    /// strip's kept columns, read at every cold switch).
+    pub fn columns_kept_by(&self, rows: std::ops::Range<usize>) -> Vec<usize> {
+        let mut any = vec![false; self.cols];
+        for row in self.keep[rows.start * self.cols..rows.end * self.cols].chunks_exact(self.cols.max(1)) {
+            any.iter_mut().zip(row).for_each(|(a, &k)| *a |= k);
+        }
+        (0..self.cols).filter(|&c| any[c]).collect()
+    }
+
     /// Fraction of dropped positions.
     pub fn sparsity(&self) -> f64 {
         if self.keep.is_empty() {

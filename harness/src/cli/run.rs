@@ -74,7 +74,7 @@ impl RunCmd {
         if let Some(dir) = &self.resume {
             if let Some(cells) = crate::runner::resume_is_complete(&scenario, &text, dir)? {
                 println!(
-                    "nothing to resume: {} is complete ({cells} cells finished, switch costs recorded); its report \
+                    "nothing to resume: {} is complete ({cells} cells finished, with every figure); its report \
                      stands (`hil report {}` writes it again)",
                     dir.display(),
                     dir.display()

@@ -773,6 +773,7 @@ pub struct RegressionSpec {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_scenario_that_parses_may_still_not_be_runnable() {
@@ -791,7 +792,6 @@ mod tests {
         assert!(problems.contains("boards[1] (b): is the same board as boards[0]"), "{problems}");
         assert_eq!(problems.lines().count(), 2, "{problems}");
     }
-    use super::*;
 
     #[test]
     fn battery_energy() {

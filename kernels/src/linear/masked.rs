@@ -242,15 +242,9 @@ impl MaskedStripLinear {
             nnz: 0,
             kind,
         };
-        let keep = mask.as_slice();
         for row0 in (0..out_features).step_by(strip_rows) {
             let rows = strip_rows.min(out_features - row0);
-            // The strip's kept columns: those any of its rows keeps (rows OR-ed a row at a time).
-            let mut any = vec![false; in_features];
-            for row in keep[row0 * in_features..(row0 + rows) * in_features].chunks_exact(in_features.max(1)) {
-                any.iter_mut().zip(row).for_each(|(a, &k)| *a |= k);
-            }
-            let kept: Vec<usize> = (0..in_features).filter(|&c| any[c]).collect();
+            let kept = mask.columns_kept_by(row0..row0 + rows);
             // Chunks: up to `chunk_cols` kept columns within MAX_CHUNK columns of the first; at
             // least one (empty) chunk, so a strip that keeps nothing still writes its zeros.
             let mut bounds = vec![0];

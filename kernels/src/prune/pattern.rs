@@ -620,12 +620,7 @@ impl BlockCompaction {
         let mut offset = 0;
         for row0 in (0..rows).step_by(strip_rows) {
             let h = strip_rows.min(rows - row0);
-            // Columns any row of the strip keeps (the rows OR-ed a row at a time).
-            let mut any = vec![false; cols];
-            for row in base.as_slice()[row0 * cols..(row0 + h) * cols].chunks_exact(cols.max(1)) {
-                any.iter_mut().zip(row).for_each(|(a, &k)| *a |= k);
-            }
-            let kept: Vec<u32> = (0..cols).filter(|&c| any[c]).map(|c| c as u32).collect();
+            let kept: Vec<u32> = base.columns_kept_by(row0..row0 + h).into_iter().map(|c| c as u32).collect();
             strips.push((offset, kept));
             offset += h.next_multiple_of(tile);
         }
