@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{AgentClient, AgentError};
 use crate::board::Board;
+use crate::board_lock::BoardLock;
 use crate::connect::{open_board, open_scenario_monitor};
 use crate::deploy::{build_agent, deploy_agent, target_for_machine, Deployed};
 use crate::dvfs::{
@@ -184,7 +185,17 @@ pub fn run_scenario(
     // What parses but cannot be run is refused before any board is touched.
     crate::scenario::check_runnable(scenario)
         .map_err(|problems| anyhow::anyhow!("{}: cannot be run:\n{problems}", scenario.name))?;
-    // Boards from labgrid are reserved and acquired first: a refused or failed reservation leaves
+    // One hil process per board (see `board_lock`). A simulated or local board's lock needs no
+    // connection, so it is taken here, before any labgrid reservation and before the run directory
+    // exists: a run refused for a busy board leaves nothing behind. A remote board's lock is taken
+    // once the board is reached (a refused host key is said first).
+    let purpose = format!("hil run, scenario {}", scenario.name);
+    let mut local_locks: HashMap<String, BoardLock> = HashMap::new();
+    for spec in scenario.boards.iter().filter(|b| b.transport == crate::scenario::TransportSpec::Local) {
+        let lock = BoardLock::acquire(spec, &purpose).with_context(|| format!("board {}", spec.name))?;
+        local_locks.insert(spec.name.clone(), lock);
+    }
+    // Boards from labgrid are reserved and acquired next: a refused or failed reservation leaves
     // no run directory behind, and every place is given back whatever happens after (its lock
     // travels with its board and is dropped once the board's cpufreq settings are restored).
     let run_boards = crate::lab::resolve_boards(scenario, &stop)?;
@@ -232,6 +243,7 @@ pub fn run_scenario(
                 bar.set_prefix(spec.name.clone());
                 let shared = &shared;
                 let done = &done;
+                let held = local_locks.remove(&spec.name);
                 s.spawn(move || {
                     let crate::lab::RunBoard { entry, lab, .. } = run_board_entry;
                     let (place, lock) = match lab {
@@ -243,7 +255,7 @@ pub fn run_scenario(
                             m.labgrid = Some(crate::runmeta::LabgridMeta { entry, place })
                         });
                     }
-                    let outcome = run_board(shared, spec, done, &bar);
+                    let outcome = run_board(shared, spec, done, &bar, held);
                     // The board's cpufreq settings are restored by now: give the place back.
                     if let Some(lock) = lock {
                         if let Err(e) = lock.release() {
@@ -463,6 +475,7 @@ fn run_board(
     spec: &BoardSpec,
     done: &HashSet<crate::plan::CellKey>,
     bar: &ProgressBar,
+    held: Option<BoardLock>,
 ) -> BoardOutcome {
     let mut outcome = BoardOutcome {
         board: spec.name.clone(),
@@ -473,7 +486,7 @@ fn run_board(
         interrupted: false,
         error: None,
     };
-    match run_board_inner(shared, spec, done, bar, &mut outcome) {
+    match run_board_inner(shared, spec, done, bar, held, &mut outcome) {
         // Whatever a wait gave up with after Ctrl-C (a model load, a reconnect), the board was
         // interrupted, not failed: `--resume` completes it.
         Err(_) if shared.stopping() => outcome.interrupted = true,
@@ -488,17 +501,18 @@ fn run_board_inner(
     spec: &BoardSpec,
     done: &HashSet<crate::plan::CellKey>,
     bar: &ProgressBar,
+    held: Option<BoardLock>,
     outcome: &mut BoardOutcome,
 ) -> Result<()> {
     let scenario = shared.scenario;
     let name = spec.name.as_str();
     // One hil process per board: another run on it would pin its frequencies and take its saved
-    // cpufreq settings (see `board_lock`). Held until this board's session ends; taken before a
-    // simulated board's simulator starts, and for a remote board once it is reached (a board that
-    // refuses the connection, e.g. its host key, says so first), before anything is written to it.
-    // Declared before the simulator and the board so that it is dropped after both are stopped.
-    let purpose = format!("hil run, scenario {}", scenario.name);
-    let mut lock = if spec.sim { Some(crate::board_lock::BoardLock::acquire(spec, &purpose)?) } else { None };
+    // cpufreq settings (see `board_lock`). Held until this board's session ends: a simulated or
+    // local board's since `run_scenario` began (`held`), a remote board's from when it is reached
+    // (a board that refuses the connection, e.g. its host key, says so first), before anything is
+    // written to it. Declared before the simulator and the board so that it is dropped after both
+    // are stopped.
+    let mut lock = held;
     // A simulated board brings its own fake sysfs, stretching agent wrapper and emulated PPK2.
     let sim = if spec.sim {
         bar.set_message("starting simulator");
@@ -513,7 +527,7 @@ fn run_board_inner(
     bar.set_message("connecting");
     let mut board = open_board(spec)?;
     if lock.is_none() {
-        lock = Some(crate::board_lock::BoardLock::acquire(spec, &purpose)?);
+        lock = Some(BoardLock::acquire(spec, &format!("hil run, scenario {}", scenario.name))?);
     }
     debug_assert!(lock.is_some(), "the board is held from here to the end of its session");
     board.set_interrupt(shared.stop.clone());

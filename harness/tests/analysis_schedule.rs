@@ -285,3 +285,24 @@ fn a_relative_deadline_is_resolved_per_board_against_the_reference_at_the_top_le
         assert_eq!(r.deadline_met, Some(r.latency_p99_ms <= 7.5), "{} {}", r.variant, r.freq_khz);
     }
 }
+
+#[test]
+fn a_level_whose_frequency_was_not_verified_is_named_in_the_schedule_and_its_table() {
+    let (_, s) = schedule(LEVELS, &deadline(10.0));
+    assert!(s.unverified_levels().is_empty() && s.unverified_note().is_none());
+    assert!(!s.to_markdown().contains("UNVERIFIED"));
+    // One repeat of pp75 at 1000 MHz ran at a frequency the board did not read back as pinned.
+    let mut records = cells(LEVELS);
+    let r = records.iter_mut().find(|r| r.variant == "pp75" && r.freq_khz == 1000 * MHZ && r.repeat == 1).unwrap();
+    r.freq_verified = false;
+    let stats = aggregate_cells(&records, &SummaryConfig { resamples: 50, ..SummaryConfig::default() });
+    let s = rt3_schedule("b", &stats.iter().collect::<Vec<_>>(), &deadline(10.0));
+    assert_eq!(picked(&s), vec![Some("pp62"), Some("pp75"), Some("pp87")], "the choice itself is unchanged");
+    let levels: Vec<u64> = s.unverified_levels().iter().map(|l| l.freq_khz).collect();
+    assert_eq!(levels, vec![1000 * MHZ]);
+    assert_eq!((s.levels[1].unverified_repeats, s.levels[1].repeats), (1, 10));
+    let note = s.unverified_note().unwrap();
+    assert!(note.starts_with("UNVERIFIED frequency on board b at 1000 MHz"), "{note}");
+    assert!(note.contains("1 of 10 repeats"), "{note}");
+    assert!(s.to_markdown().contains(&note));
+}

@@ -182,14 +182,19 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
         None
     );
 
-    // While another process holds the board, a run is refused before it starts the simulator.
+    // While another process holds the board, a run is refused before it starts the simulator
+    // and before it makes a run directory.
     let held = harness::board_lock::BoardLock::acquire(&scenario.boards[0], "another hil run").unwrap();
     std::fs::remove_dir_all(work.path().join("wd/sim")).unwrap();
-    let refused = run(&text, &out, None);
-    let error = refused.boards[0].error.clone().unwrap_or_default();
+    let run_dirs = || std::fs::read_dir(outcome.dir.parent().unwrap()).unwrap().count();
+    let before = run_dirs();
+    let opts = RunOptions { out_root: out.clone(), resume: None, progress: false, agent_binary: Some(agent_binary()) };
+    let refused = run_scenario(&scenario, &text, &opts, Arc::new(AtomicBool::new(false))).unwrap_err();
+    let error = format!("{refused:#}");
+    assert!(error.starts_with("board simboard: "), "{error}");
     assert!(error.contains("in use by another hil process") && error.contains("`another hil run`"), "{error}");
-    assert_eq!(refused.boards[0].cells_done, 0);
     assert!(!work.path().join("wd/sim").exists(), "the busy board's simulator was not started again");
+    assert_eq!(run_dirs(), before, "a refused run leaves no run directory");
     drop(held);
 }
 
@@ -231,6 +236,11 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
     assert_eq!(resumed.boards[0].cells_skipped, 4);
     assert_eq!(resumed.boards[0].cells_done, 2);
     assert_eq!(read_journal(&outcome.dir).unwrap().len(), 6);
+    // The summary and the report say which levels' frequency was not verified.
+    let (paths, summary) = harness::report::write_reports_with_summary(&outcome.dir).unwrap();
+    assert!(summary.contains("UNVERIFIED frequency on board bench at "), "{summary}");
+    let report = std::fs::read_to_string(paths.markdown).unwrap();
+    assert!(report.contains("(frequency UNVERIFIED)") && report.contains("UNVERIFIED frequency on board bench"));
 
     // A different scenario cannot resume this run.
     let scenario = parse_scenario(&text.replace("seed: 3", "seed: 4"), "e2e.yaml").unwrap();

@@ -391,6 +391,10 @@ pub struct ScheduleLevel {
     pub pattern_sets: usize,
     pub ranking: Option<Ranking>,
     pub note: String,
+    /// Repeats at this level (over all its variants) whose frequency the board did not read
+    /// back as pinned (`freq_verified` false), and all repeats at this level.
+    pub unverified_repeats: usize,
+    pub repeats: usize,
 }
 
 /// The RT3 schedule of one board: one row per measured frequency, highest first.
@@ -425,6 +429,29 @@ impl Rt3Schedule {
             "INCOMPLETE schedule on board {}: {}.",
             self.board,
             missing.iter().map(|l| l.note.clone()).collect::<Vec<_>>().join("; ")
+        ))
+    }
+
+    /// The levels where some repeat's frequency was not verified.
+    pub fn unverified_levels(&self) -> Vec<&ScheduleLevel> {
+        self.levels.iter().filter(|l| l.unverified_repeats > 0).collect()
+    }
+
+    /// A plain sentence when some level's frequency was not verified: its figures (and the
+    /// schedule's choice there) may describe another frequency.
+    pub fn unverified_note(&self) -> Option<String> {
+        let levels = self.unverified_levels();
+        if levels.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "UNVERIFIED frequency on board {} at {}: the board did not read back the pinned frequency in {} of {} \
+             repeats there, so those levels' figures (and the schedule's choice) may describe another frequency (see \
+             freq_verified and cur_freq_khz in cells.parquet).",
+            self.board,
+            levels.iter().map(|l| format_khz(l.freq_khz)).collect::<Vec<_>>().join(", "),
+            levels.iter().map(|l| l.unverified_repeats).sum::<usize>(),
+            levels.iter().map(|l| l.repeats).sum::<usize>()
         ))
     }
 
@@ -466,7 +493,7 @@ impl Rt3Schedule {
                 }
             }
         }
-        if let Some(n) = self.incomplete_note() {
+        for n in [self.incomplete_note(), self.unverified_note()].into_iter().flatten() {
             let _ = writeln!(out, "\n{n}");
         }
         out
@@ -512,6 +539,8 @@ pub fn rt3_schedule(board: &str, cells: &[&CellStats], rule: &ScheduleRule) -> R
                 pattern_sets: candidates.iter().filter(|c| c.is_pattern()).count(),
                 ranking: choice.ranking,
                 note: choice.note,
+                unverified_repeats: at_level.iter().map(|c| c.unverified_freq_repeats).sum(),
+                repeats: at_level.iter().map(|c| c.repeats).sum(),
             }
         })
         .collect();

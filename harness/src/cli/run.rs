@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::board_lock::LockError;
 use crate::runner::{run_scenario, RunOptions};
 use crate::scenario::parse_scenario;
 
@@ -34,7 +35,8 @@ use crate::scenario::parse_scenario;
 /// outright is counted and the board goes on with the next one.
 ///
 /// Exit code: 0 when every cell of every board finished with every figure (and nothing
-/// regressed against the baseline), 1 when a board or a cell failed, the run was interrupted
+/// regressed against the baseline), 1 when a board or a cell failed, a board is in use by another
+/// hil process on this host (refused before anything is written), the run was interrupted
 /// (finished cells are kept) or a regression was found, 2 on unusable input (a
 /// `regression.baseline` that is missing is found before any board is touched; one that cannot be
 /// compared with the run also exits 2, after it), 3 when every cell finished but some of them lack
@@ -101,7 +103,16 @@ impl RunCmd {
             progress: !self.no_progress && std::io::stderr().is_terminal(),
             agent_binary: self.agent_bin,
         };
-        let outcome = run_scenario(&scenario, &text, &opts, stop)?;
+        let outcome = match run_scenario(&scenario, &text, &opts, stop) {
+            Ok(outcome) => outcome,
+            // A board another hil process holds is not bad input: the run is refused like a
+            // failed board (exit 1), and nothing was written.
+            Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(LockError::Busy { .. }))) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => return Err(e),
+        };
         println!("results: {}", outcome.dir.display());
         for b in &outcome.boards {
             let status = match (&b.error, b.interrupted) {

@@ -163,7 +163,7 @@ fn verdict(schedule: &Rt3Schedule, rt3: Option<&PolicyRow>, best: Option<&Policy
         Some((_, Err(e))) => format!("RT3 schedule not projected: {e}."),
         None => "RT3 schedule not projected (no battery projection for this board).".into(),
     };
-    if let Some(n) = schedule.incomplete_note() {
+    for n in [schedule.incomplete_note(), schedule.unverified_note()].into_iter().flatten() {
         out.push(' ');
         out.push_str(&n);
     }
@@ -285,10 +285,11 @@ fn answer_table(ctx: &Ctx, board: &str, schedule: &Rt3Schedule, measured: Option
     for l in &schedule.levels {
         let share = rt3.and_then(|r| r.levels.iter().find(|s| s.freq_khz == l.freq_khz));
         let label = format!(
-            "↳ level {}: {}{}",
+            "↳ level {}: {}{}{}",
             l.level,
             format_khz(l.freq_khz),
-            share.map(|s| format!(", {:.0} % of the battery", s.share * 100.0)).unwrap_or_default()
+            share.map(|s| format!(", {:.0} % of the battery", s.share * 100.0)).unwrap_or_default(),
+            if l.unverified_repeats > 0 { " (frequency UNVERIFIED)" } else { "" }
         );
         let (hours, inferences) = match share.map(|s| &s.outcome) {
             Some(Ok(p)) => (num(Some(p.hours), 2), count(Some(p.inferences))),

@@ -692,7 +692,7 @@ fn schedule_section(ctx: &Ctx, doc: &mut Document) {
         doc.heading(3, format!("Board {}", s.board));
         doc.paragraph(format!("Rule: {}.", s.rule.describe()));
         doc.table(schedule_table(s));
-        if let Some(n) = s.incomplete_note() {
+        for n in [s.incomplete_note(), s.unverified_note()].into_iter().flatten() {
             doc.paragraph(n);
         }
     }

@@ -109,6 +109,9 @@ pub fn summary_text(run: &RunData, analysis: &RunAnalysis) -> String {
     }
     out.push_str(&text_table(&t));
     out.push_str("(RT3 *: the pattern set the RT3 schedule runs at that level)\n");
+    for note in analysis.schedules.iter().filter_map(|s| s.unverified_note()) {
+        let _ = writeln!(out, "{note}");
+    }
     for table in analysis.battery.iter().filter(|t| t.source == ProjectionSource::Measured) {
         let Some(row) = table.row(PolicyKind::Rt3Schedule) else { continue };
         match &row.outcome {
