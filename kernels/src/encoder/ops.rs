@@ -1,25 +1,45 @@
 //! The element-wise and per-token pieces of a layer: exp, GELU and ReLU,
 //! softmax, and the residual LayerNorm, on feature-major [`Activations`].
 //!
-//! Each loop is written once in plain Rust and compiled twice for x86-64
-//! (`dispatch_isa!`), so it vectorises with AVX2 where the CPU has it and
-//! stays deterministic (fixed summation orders, no libm).
+//! Each loop is written once in plain Rust and compiled three times for
+//! x86-64 (`dispatch_isa!`), so it vectorises with AVX-512 or AVX2 where the
+//! CPU has them and stays deterministic (fixed summation orders, no libm).
 
 use super::config::Activation;
 use super::weights::LayerNormWeights;
 use crate::matrix::{Activations, Matrix};
 
-/// Compiles `$generic` a second time with AVX2 and FMA enabled and picks
-/// that copy at run time when the CPU has them (baseline x86-64 is SSE2, so
-/// otherwise the loops would run 4 lanes wide). LLVM never fuses a separate
-/// multiply and add into an FMA on its own, so both copies give the same
-/// bits. aarch64 always has NEON and needs no second copy.
+/// Compiles `$generic` again with AVX-512 and with AVX2 and FMA enabled and
+/// picks the widest copy the CPU runs (baseline x86-64 is SSE2, so otherwise
+/// the loops would run 4 lanes wide). LLVM never fuses a separate multiply
+/// and add into an FMA on its own, so every copy gives the same bits.
+/// aarch64 always has NEON and needs no second copy.
+///
+/// AVX-512 doubles the lanes and, with 32 registers, keeps GELU's and exp's
+/// constants in registers (with AVX2's 16 it reloads them every iteration).
+/// Measured on Zen 4, 1 thread: GELU on 128-value rows in L1 (as the FFN's
+/// epilogue runs it) took 1.20 ns a value with the AVX2 copy and 0.67 ns
+/// with this one; in the whole `distilbert` encoder at BP 64 % strips + PP
+/// 87.5 % (`perf record -e cpu-clock`) GELU's share of the time fell from
+/// 9.7 % to 5.8 % and softmax's from 3.1 % to 2.0 %. (Unrolling GELU over
+/// blocks of 64 values measured the same as the plain loop.)
 macro_rules! dispatch_isa {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $generic:ident) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn with_avx512($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports the features `with_avx512` was compiled for.
+                    return unsafe { with_avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn with_avx2($($arg: $ty),*) {
                     $generic($($arg),*)
@@ -318,6 +338,37 @@ mod tests {
         // Known values of the exact GELU: GELU(1) = 0.841344746, GELU(-1) = -0.158655254.
         assert!((gelu_f64(1.0) - 0.841_344_746).abs() < 1e-6);
         assert!((gelu_f64(-1.0) + 0.158_655_254).abs() < 1e-6);
+    }
+
+    /// Every vector copy `dispatch_isa!` picks gives the bits of the baseline copy (no FMA
+    /// contraction, fixed summation orders), so outputs and checksums do not depend on the ISA.
+    #[test]
+    fn the_dispatched_copies_give_the_baseline_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // Odd lengths: vector bodies and scalar tails.
+        let xs: Vec<f32> = (0..1201).map(|i| ((i * 7919) % 2003) as f32 * 0.01 - 10.0).collect();
+        let (mut fast, mut base) = (xs.clone(), xs.clone());
+        gelu_dispatch(&mut fast);
+        gelu_generic(&mut base);
+        assert_eq!(bits(&fast), bits(&base), "gelu");
+        for causal in [false, true] {
+            let (mut fast, mut base) = (xs[..37 * 27].to_vec(), xs[..37 * 27].to_vec());
+            softmax_rows(&mut fast, 37, causal);
+            softmax_rows_generic(&mut base, 37, causal);
+            assert_eq!(bits(&fast), bits(&base), "softmax, causal {causal}");
+        }
+        let (features, tokens, stride) = (24, 37, 48);
+        let residual: Vec<f32> = xs.iter().rev().take(features * stride).copied().collect();
+        let gamma: Vec<f32> = xs[..features].iter().map(|g| 1.0 + g * 0.01).collect();
+        let beta: Vec<f32> = xs[features..2 * features].to_vec();
+        let run = |dispatched: bool| {
+            let mut x = xs[..features * stride].to_vec();
+            let (mut mean, mut inv) = (vec![0.0; tokens], vec![0.0; tokens]);
+            let f = if dispatched { layer_norm_columns } else { layer_norm_columns_generic };
+            f(&mut x, features, tokens, stride, &residual, stride, &gamma, &beta, 1e-5, &mut mean, &mut inv);
+            x
+        };
+        assert_eq!(bits(&run(true)), bits(&run(false)), "layer norm");
     }
 
     #[test]
