@@ -100,9 +100,9 @@ fn only_pattern_sets_are_scheduled_even_when_baselines_meet_the_deadline() {
 }
 
 #[test]
-fn fidelity_ranks_before_accuracy_before_sparsity() {
-    // Fidelity measured for every candidate: it decides, even against the scenario's accuracy
-    // and for a sparser set (pp87 here is the most faithful).
+fn accuracy_ranks_before_fidelity_before_sparsity() {
+    // The scenario gives every candidate an accuracy: it decides, even against measured
+    // fidelity (pp87 is the most faithful here, pp75 the most accurate).
     let mut table = LEVELS.to_vec();
     for r in table.iter_mut().filter(|r| r.2 == "pp87") {
         r.7 = Some(0.99);
@@ -110,23 +110,24 @@ fn fidelity_ranks_before_accuracy_before_sparsity() {
     let mut rule = deadline(10.0);
     rule.accuracy = [("pp62".to_string(), 0.90), ("pp75".to_string(), 0.95), ("pp87".to_string(), 0.80)].into();
     let (_, s) = schedule(&table, &rule);
+    // 1500 MHz: all three meet 10 ms, pp75 is the most accurate; 1000 MHz: pp75 and pp87, pp75;
+    // 600 MHz: only pp87.
+    assert_eq!(picked(&s), vec![Some("pp75"), Some("pp75"), Some("pp87")]);
+    assert_eq!(s.levels[0].ranking, Some(Ranking::Accuracy));
+    assert!(s.levels[0].note.contains("pp75 is the most accurate (0.9500)"), "{}", s.levels[0].note);
+    assert!(s.rule.describe().contains("the most accurate when the scenario gives every one an accuracy, else"));
+
+    // Accuracy missing for one candidate: measured fidelity (known for all) decides: pp87.
+    rule.accuracy.remove("pp75");
+    let (_, s) = schedule(&table, &rule);
     assert_eq!(picked(&s), vec![Some("pp87"); 3]);
     assert_eq!(s.levels[0].ranking, Some(Ranking::Fidelity));
+    assert!(s.levels[0].note.contains("pp87 has the best fidelity (cosine 0.9900)"), "{}", s.levels[0].note);
 
-    // Fidelity missing for one candidate: accuracy (given for all) decides: pp75 at 1500 MHz.
-    // At 1000 MHz pp62 misses the deadline, the two left have fidelity: pp87 again.
+    // Neither accuracy nor fidelity for every one: the least sparse.
     for r in table.iter_mut().filter(|r| r.2 == "pp62") {
         r.7 = None;
     }
-    let (_, s) = schedule(&table, &rule);
-    assert_eq!(picked(&s), vec![Some("pp75"), Some("pp87"), Some("pp87")]);
-    assert_eq!(s.levels[0].ranking, Some(Ranking::Accuracy));
-    assert!(s.levels[0].note.contains("pp75 is the most accurate (0.9500)"), "{}", s.levels[0].note);
-    // At 600 MHz only pp87 meets 10 ms; it has fidelity, so fidelity ranks the one candidate.
-    assert_eq!(s.levels[2].ranking, Some(Ranking::Fidelity));
-
-    // Neither fidelity nor accuracy for every one: the least sparse.
-    rule.accuracy.remove("pp75");
     let (_, s) = schedule(&table, &rule);
     assert_eq!(picked(&s)[0], Some("pp62"));
     assert_eq!(s.levels[0].ranking, Some(Ranking::LeastSparse));

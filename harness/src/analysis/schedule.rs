@@ -9,9 +9,10 @@
 //! 2. only those whose measured output fidelity (cosine similarity to the dense model's
 //!    output, `fidelity_cosine`) reaches the scenario's `min_fidelity` for that set, when it
 //!    gives one (a set whose fidelity was not measured cannot show it does, and is left out);
-//! 3. of those, the one with the **best output fidelity** when every one has it measured;
-//!    else the **most accurate** when every one carries the scenario's `accuracy`; else the
-//!    **least sparse** (pruning less loses less). Ties: less sparse, then lower latency, then name.
+//! 3. of those, the **most accurate** when every one carries the scenario's `accuracy` (task
+//!    accuracy the user measured, as RT3 chose its pattern sets; it outranks a proxy); else the
+//!    one with the **best output fidelity** when every one has it measured; else the **least
+//!    sparse** (pruning less loses less). Ties: less sparse, then lower latency, then name.
 //!
 //! A level where no pattern set qualifies has no entry, says why, and marks the schedule
 //! incomplete. With no deadline in the scenario every pattern set meets it; the rule says so.
@@ -145,8 +146,8 @@ impl ScheduleRule {
                 self.min_fidelity.iter().map(|(v, f)| format!("{v} {f}")).collect::<Vec<_>>().join(", ")
             )
         };
-        let ranking = "the one with the best output fidelity (cosine to dense) when measured for all of them, \
-                       else the most accurate when the scenario gives every one an accuracy, else the least sparse";
+        let ranking = "the most accurate when the scenario gives every one an accuracy, else the one with the best \
+                       output fidelity (cosine to dense) when measured for all of them, else the least sparse";
         let qualifying = match self.deadline_ms {
             Some(_) => format!(
                 "per level, among the pattern sets (dense and block are baselines, never scheduled) whose {} latency \
@@ -170,10 +171,10 @@ impl ScheduleRule {
 /// What decided among the qualifying pattern sets at a level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ranking {
-    /// Measured output fidelity (cosine to dense), highest first.
-    Fidelity,
     /// The scenario's `accuracy`, highest first.
     Accuracy,
+    /// Measured output fidelity (cosine to dense), highest first.
+    Fidelity,
     /// Neither known for every candidate: the least sparse.
     LeastSparse,
 }
@@ -246,10 +247,10 @@ pub fn choose(candidates: &[Candidate], rule: &ScheduleRule, freq_khz: u64) -> C
     }
     let ranking = if eligible.is_empty() {
         None
-    } else if eligible.iter().all(|i| candidates[*i].fidelity.is_some()) {
-        Some(Ranking::Fidelity)
     } else if eligible.iter().all(|i| rule.accuracy.contains_key(&candidates[*i].variant)) {
         Some(Ranking::Accuracy)
+    } else if eligible.iter().all(|i| candidates[*i].fidelity.is_some()) {
+        Some(Ranking::Fidelity)
     } else {
         Some(Ranking::LeastSparse)
     };

@@ -14,8 +14,8 @@ use crate::scenario::Workload;
 /// From the measured energy per inference, idle power and latency of every cell: hours of
 /// battery life and inferences per charge for dense and block at the top frequency, every
 /// static (frequency, variant) pair, and the RT3 schedule (at each level, among the pattern
-/// sets meeting the latency deadline, judged on p99, the one with the best output fidelity or
-/// given accuracy, else the least sparse; with the scenario's battery shares, default 50/30/20 %
+/// sets meeting the latency deadline, judged on p99, the most accurate when the scenario gives
+/// each an accuracy, else the one with the best measured output fidelity, else the least sparse; with the scenario's battery shares, default 50/30/20 %
 /// highest level first). Gains are against dense and block at the top
 /// frequency. Beside it, RT3's analytic model (37,800 J, P = f x V^2 x 1e-10, latency
 /// scaled by 1/f from the top level) from the same measurements.

@@ -396,6 +396,9 @@ fn answer_notes(
         ));
     }
     let rankings: Vec<Ranking> = schedule.levels.iter().filter_map(|l| l.ranking).collect();
+    if rankings.contains(&Ranking::Accuracy) {
+        notes.push("Pattern sets were ranked by the accuracy the scenario gives them (it outranks measured fidelity).".into());
+    }
     if rankings.contains(&Ranking::Fidelity) {
         let kind = selected.iter().find_map(|(_, s)| s.fidelity_kind.clone()).unwrap_or_else(|| "unlabelled".into());
         let caveat = if kind.contains("perturbation") {
@@ -407,9 +410,8 @@ fn answer_notes(
             "Pattern sets were ranked by output fidelity, the cosine similarity of their final hidden states to the \
              dense model's over the seeded inputs, measured on the board ({kind}{caveat})."
         ));
-    } else if rankings.contains(&Ranking::Accuracy) {
-        notes.push("Pattern sets were ranked by the accuracy the scenario gives them.".into());
-    } else if rankings.contains(&Ranking::LeastSparse) {
+    }
+    if rankings.contains(&Ranking::LeastSparse) {
         notes.push(
             "Neither fidelity nor accuracy was known for every qualifying pattern set: the least sparse was run."
                 .into(),

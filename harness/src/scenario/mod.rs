@@ -553,8 +553,9 @@ pub struct VariantSpec {
     /// Unique, `[A-Za-z0-9._-]`.
     pub name: String,
     pub kind: VariantKind,
-    /// Task accuracy of this variant (fraction in [0, 1]) when known from training; the RT3
-    /// schedule then prefers the most accurate variant that meets the deadline.
+    /// Task accuracy of this variant (fraction in [0, 1]) when known from training; when every
+    /// pattern set meeting the deadline at a level has one, the RT3 schedule runs the most
+    /// accurate there (before measured fidelity, see `analysis::schedule`).
     pub accuracy: Option<f64>,
     /// For a pattern set: the least cosine similarity of its output to the dense model's (measured
     /// on the board, `fidelity_cosine`) for the RT3 schedule to choose it.
