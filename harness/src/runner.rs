@@ -80,6 +80,10 @@ pub struct BoardOutcome {
     pub cells_without_energy: usize,
     pub interrupted: bool,
     pub error: Option<String>,
+    /// The error is the scenario not fitting the board (found by its probe: a level it does not
+    /// offer, a CPU it lacks): the scenario must change, so resuming the run cannot help.
+    #[serde(default)]
+    pub scenario_mismatch: bool,
 }
 
 /// What a whole run produced.
@@ -92,6 +96,16 @@ pub struct RunOutcome {
 impl RunOutcome {
     pub fn all_ok(&self) -> bool {
         self.boards.iter().all(|b| b.error.is_none() && !b.interrupted && b.cells_failed == 0)
+    }
+
+    /// Nothing was measured because the scenario does not fit a board (and nothing else went
+    /// wrong): bad input, found once the boards were probed.
+    pub fn scenario_mismatch_only(&self) -> bool {
+        self.boards.iter().any(|b| b.scenario_mismatch)
+            && self
+                .boards
+                .iter()
+                .all(|b| b.cells_done == 0 && !b.interrupted && (b.error.is_none() || b.scenario_mismatch))
     }
 }
 
@@ -284,6 +298,7 @@ pub fn run_scenario(
                     cells_without_energy: 0,
                     interrupted: false,
                     error: Some("the board's thread panicked (a bug in hil)".into()),
+                    scenario_mismatch: false,
                 })
             })
             .collect()
@@ -485,12 +500,16 @@ fn run_board(
         cells_without_energy: 0,
         interrupted: false,
         error: None,
+        scenario_mismatch: false,
     };
     match run_board_inner(shared, spec, done, bar, held, &mut outcome) {
         // Whatever a wait gave up with after Ctrl-C (a model load, a reconnect), the board was
         // interrupted, not failed: `--resume` completes it.
         Err(_) if shared.stopping() => outcome.interrupted = true,
-        Err(e) => outcome.error = Some(format!("{e:#}")),
+        Err(e) => {
+            outcome.scenario_mismatch = e.chain().any(|c| c.downcast_ref::<crate::scenario::ScenarioError>().is_some());
+            outcome.error = Some(format!("{e:#}"));
+        }
         Ok(()) => {}
     }
     outcome

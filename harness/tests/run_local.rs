@@ -242,6 +242,15 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
     let report = std::fs::read_to_string(paths.markdown).unwrap();
     assert!(report.contains("(frequency UNVERIFIED)") && report.contains("UNVERIFIED frequency on board bench"));
 
+    // A level the board does not offer is found by its probe: nothing is measured, and the run
+    // says the scenario does not fit rather than that it could be resumed.
+    let text_650 = text.replace("levels: [1500MHz, 600MHz]", "levels: [1500MHz, 650MHz]");
+    let mismatch = run(&text_650, &out, None);
+    assert!(mismatch.boards[0].scenario_mismatch && mismatch.scenario_mismatch_only(), "{:?}", mismatch.boards);
+    let error = mismatch.boards[0].error.clone().unwrap_or_default();
+    assert!(error.contains("dvfs.levels[1] = 650 MHz") && error.contains("does not offer 650 MHz"), "{error}");
+    assert!(!outcome.scenario_mismatch_only(), "a run that measured is not a mismatch");
+
     // A different scenario cannot resume this run.
     let scenario = parse_scenario(&text.replace("seed: 3", "seed: 4"), "e2e.yaml").unwrap();
     let opts =

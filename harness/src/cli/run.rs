@@ -39,7 +39,8 @@ use crate::scenario::parse_scenario;
 /// hil process on this host (refused before anything is written), the run was interrupted
 /// (finished cells are kept) or a regression was found, 2 on unusable input (a
 /// `regression.baseline` that is missing is found before any board is touched; one that cannot be
-/// compared with the run also exits 2, after it), 3 when every cell finished but some of them lack
+/// compared with the run also exits 2, after it; so does a scenario a board's probe shows it does
+/// not fit, e.g. a level it does not offer, with nothing measured), 3 when every cell finished but some of them lack
 /// energy on a board that has a power monitor.
 #[derive(Debug, Args)]
 pub struct RunCmd {
@@ -172,6 +173,13 @@ impl RunCmd {
         } else if outcome.all_ok() {
             println!("REGRESSED against the baseline (see the table above)");
             Ok(ExitCode::from(1))
+        } else if outcome.scenario_mismatch_only() {
+            println!(
+                "the scenario does not fit the board (see the error above): nothing was measured; change {} and \
+                 start a new run",
+                self.scenario.display()
+            );
+            Ok(ExitCode::from(2))
         } else {
             println!("resume with: hil run {} --resume {}", self.scenario.display(), outcome.dir.display());
             Ok(ExitCode::from(1))

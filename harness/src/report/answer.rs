@@ -397,7 +397,9 @@ fn answer_notes(
     }
     let rankings: Vec<Ranking> = schedule.levels.iter().filter_map(|l| l.ranking).collect();
     if rankings.contains(&Ranking::Accuracy) {
-        notes.push("Pattern sets were ranked by the accuracy the scenario gives them (it outranks measured fidelity).".into());
+        notes.push(
+            "Pattern sets were ranked by the accuracy the scenario gives them (it outranks measured fidelity).".into(),
+        );
     }
     if rankings.contains(&Ranking::Fidelity) {
         let kind = selected.iter().find_map(|(_, s)| s.fidelity_kind.clone()).unwrap_or_else(|| "unlabelled".into());

@@ -108,6 +108,16 @@ pub fn check_runnable(scenario: &Scenario) -> Result<(), String> {
             ));
         }
     }
+    // A simulated board's facts are known without starting it: levels it does not offer, CPUs
+    // this host lacks or a policy it has not are refused here, not once its simulator runs.
+    if scenario.boards.iter().any(|b| b.sim) {
+        let facts = crate::sim::simulator::simulated_board_facts();
+        for b in scenario.boards.iter().filter(|b| b.sim) {
+            if let Err(e) = validate_against_probe(scenario, &b.name, &facts) {
+                problems.extend(e.problems().iter().map(|p| format!("{p} (simulated board)")));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -792,6 +802,18 @@ mod tests {
         assert!(problems.contains("measure.threads = 2") && problems.contains("boards[0] (a)"), "{problems}");
         assert!(problems.contains("boards[1] (b): is the same board as boards[0]"), "{problems}");
         assert_eq!(problems.lines().count(), 2, "{problems}");
+
+        // A simulated board's CPUs and levels are known before it starts.
+        let text = "boards: [{name: s, sim: true, cpus: [4000], workdir: /tmp/w1}]\nmodel: {preset: minilm}\n\
+                    variants: [{name: dense, kind: dense}]\ndvfs: {levels: [1500MHz, 650MHz]}\n";
+        let problems = check_runnable(&parse_scenario(text, "s.yaml").unwrap()).unwrap_err();
+        assert!(problems.contains("boards[0].cpus = 4000: board s: CPU 4000 does not exist"), "{problems}");
+        assert!(problems.ends_with("(simulated board)"), "{problems}");
+        let text = text.replace("4000", "0");
+        let problems = check_runnable(&parse_scenario(&text, "s.yaml").unwrap()).unwrap_err();
+        assert!(problems.contains("dvfs.levels[1] = 650 MHz: board s: policy0 does not offer 650 MHz"), "{problems}");
+        let fits = text.replace("650MHz", "600MHz");
+        assert_eq!(check_runnable(&parse_scenario(&fits, "s.yaml").unwrap()), Ok(()));
     }
 
     #[test]

@@ -270,6 +270,17 @@ const TICK: Duration = Duration::from_millis(5);
 /// How long shutdown waits for each of the simulator's threads (which sleep at most [`TICK`]).
 const THREAD_GRACE: Duration = Duration::from_millis(500);
 
+/// What a probe of a simulated board finds: the tree [`Simulator::start`] lays out, on this
+/// host's CPUs (see [`FakeCpufreqTree::facts`]).
+pub fn simulated_board_facts() -> crate::scenario::BoardFacts {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpus = usize::try_from(online).ok().filter(|&n| n > 0);
+    FakeCpufreqTree::raspberry_pi_4()
+        .build()
+        .facts(cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+}
+
 impl Simulator {
     /// Lays out the fake sysfs under `root/sys` with the marker at its root, starts the ticker
     /// and the busy sampler and (with `with_monitor`) the PPK2 emulator.

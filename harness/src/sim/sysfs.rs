@@ -21,6 +21,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::scenario::{BoardFacts, PolicyFacts, ThermalZoneFacts};
+
 /// Governors preferred as the initial one, in order (what distributions
 /// default to); `userspace` is never the default.
 const DEFAULT_GOVERNOR_PREFERENCE: [&str; 4] = ["schedutil", "ondemand", "conservative", "performance"];
@@ -220,6 +222,31 @@ pub const RPI4_GOVERNORS: [&str; 6] =
 impl FakeCpufreqTree {
     pub fn builder() -> FakeCpufreqTreeBuilder {
         FakeCpufreqTreeBuilder::default()
+    }
+
+    /// What a probe of this tree finds, on a host with `cpu_count` CPUs (the CPUs are the
+    /// host's: a simulated board's agent runs here), so a scenario can be checked against a
+    /// simulated board before anything is started.
+    pub fn facts(&self, cpu_count: usize) -> BoardFacts {
+        BoardFacts {
+            cpu_count,
+            policies: self
+                .policies
+                .iter()
+                .map(|p| PolicyFacts {
+                    name: format!("policy{}", p.id()),
+                    related_cpus: p.cpus.iter().map(|&c| c as usize).collect(),
+                    available_khz: p.frequencies_khz.clone(),
+                    governors: p.governors.clone(),
+                })
+                .collect(),
+            thermal_zones: self
+                .thermal_zones
+                .iter()
+                .enumerate()
+                .map(|(i, z)| ThermalZoneFacts { name: format!("thermal_zone{i}"), kind: z.zone_type.clone() })
+                .collect(),
+        }
     }
 
     /// A Raspberry Pi 4 class board: one policy over CPUs 0-3 with the RPi 4
