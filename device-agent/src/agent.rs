@@ -5,7 +5,7 @@
 //! rule) are plain functions over plain data and tested here; [`Agent`] only
 //! wires them to the model, the clock and `/proc`.
 
-use crate::platform::{current_affinity, monotonic_ns};
+use crate::platform::{current_affinity, monotonic_ns, process_cpu_ns};
 use crate::protocol::{
     ClockReply, Command, ErrorKind, ErrorReply, FidelityReply, FidelityRequest, FidelityResult, HelloReply, LoadReply,
     LoadRequest, ModelInfo, PatternMethod, Reply, ResidencyWire, RunReply, RunRequest, SelftestReply, SelftestRequest,
@@ -293,7 +293,9 @@ impl Agent {
         if let Some(s) = &stretch {
             s.reset();
         }
+        let cpu_before = process_cpu_ns();
         let window = measure_window(infer, model::checksum, monotonic_ns, &plan);
+        let cpu_time_ns = cpu_before.zip(process_cpu_ns()).map(|(a, b)| b.saturating_sub(a));
         let sim_stretch_factor = stretch.as_ref().and_then(Stretcher::mean_factor);
         let time_capped = window.time_capped || warmed < req.warmup;
         let note = time_capped.then(|| {
@@ -323,6 +325,7 @@ impl Agent {
             input_seed: req.input_seed,
             threads: threads.count(),
             sim_stretch_factor,
+            cpu_time_ns,
         })
     }
 

@@ -243,6 +243,7 @@ fn replies_round_trip_and_expect_checks_the_type() {
         input_seed: 1,
         threads: 1,
         sim_stretch_factor: Some(2.5),
+        cpu_time_ns: Some(3_400),
     };
     let line = encode_line(&Response::ok(Some(json!("r")), Reply::Run(run.clone())));
     let back = decode_response(&line).unwrap();

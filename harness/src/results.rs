@@ -115,6 +115,15 @@ pub struct CellRecord {
     /// (`f_max / f` of the simulated clock); `None` on real hardware.
     #[serde(default)]
     pub sim_stretch_factor: Option<f64>,
+    /// Cores the agent kept busy over the window on average: its threads' CPU time over the
+    /// window's length (1.0 for one thread that never waits; `None`: not measured).
+    #[serde(default)]
+    pub cpu_busy_cores: Option<f64>,
+    /// On a simulated board: the power model's mean busy cores over the window (`busy_cores` in
+    /// `P = static_w + dyn_coeff * V(f)^2 * f * busy_cores`, run.json), which counts the agent's
+    /// threads running or waiting to run; `None` on real hardware.
+    #[serde(default)]
+    pub sim_busy_cores: Option<f64>,
     /// For a board from a labgrid lab: the place it ran on and the host of the exporter serving it.
     #[serde(default)]
     pub place: Option<String>,
@@ -217,6 +226,8 @@ fn cells_frame_text(rows: &[CellRecord]) -> PolarsResult<DataFrame> {
         "time_capped" => |r| r.time_capped,
         "agent_note" => |r| r.agent_note.clone(),
         "sim_stretch_factor" => |r| r.sim_stretch_factor,
+        "cpu_busy_cores" => |r| r.cpu_busy_cores,
+        "sim_busy_cores" => |r| r.sim_busy_cores,
         "place" => |r| r.place.clone(),
         "exporter_host" => |r| r.exporter_host.clone(),
     )
@@ -880,6 +891,8 @@ pub(crate) mod tests {
             time_capped: false,
             agent_note: None,
             sim_stretch_factor: None,
+            cpu_busy_cores: None,
+            sim_busy_cores: None,
             place: None,
             exporter_host: None,
             started_at: "2026-11-28T10:00:00Z".into(),

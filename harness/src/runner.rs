@@ -640,7 +640,14 @@ fn run_board_inner(
         }
         None => None,
     };
-    let board_run = BoardRun { spec, simulated, thermal_zone: &resolved.thermal_zone, deployed: &deployed, lowest_khz };
+    let board_run = BoardRun {
+        spec,
+        simulated,
+        thermal_zone: &resolved.thermal_zone,
+        deployed: &deployed,
+        lowest_khz,
+        sim: sim.as_ref(),
+    };
     let result = measure_cells(shared, &board_run, &mut guard, &cells, bar, outcome, power.as_mut());
     // Restore whatever happened above; report both errors if both fail.
     bar.set_message("restoring cpufreq");
@@ -687,6 +694,8 @@ struct BoardRun<'a> {
     deployed: &'a Deployed,
     /// The level reconfiguration is measured at.
     lowest_khz: Option<u64>,
+    /// A simulated board's simulator (`None` for a board served by `hil sim serve` elsewhere).
+    sim: Option<&'a Simulator>,
 }
 
 /// Runs the cells in order, retrying retryable failures after reconnecting, then measures what
@@ -700,7 +709,7 @@ fn measure_cells(
     outcome: &mut BoardOutcome,
     mut power: Option<&mut PowerState>,
 ) -> Result<()> {
-    let BoardRun { spec, simulated, thermal_zone, deployed, lowest_khz } = *board_run;
+    let BoardRun { spec, simulated, thermal_zone, deployed, lowest_khz, sim } = *board_run;
     let scenario = shared.scenario;
     let name = spec.name.as_str();
     bar.set_message("loading model");
@@ -750,6 +759,7 @@ fn measure_cells(
                 results_dir: &results_dir,
                 stop: &shared.stop,
                 place: shared.places.get(name),
+                sim,
             };
             if pinned_khz != Some(cell.key.freq_khz) || cell.starts_level_visit {
                 pinned_khz = None;
@@ -894,6 +904,8 @@ struct CellContext<'a> {
     stop: &'a AtomicBool,
     /// The labgrid place and its exporter host, for labgrid boards.
     place: Option<&'a (String, String)>,
+    /// The simulator of a simulated board (its agent runs on this host's clock).
+    sim: Option<&'a Simulator>,
 }
 
 impl CellContext<'_> {
@@ -1172,6 +1184,8 @@ fn measure_cell(
         time_capped: run.time_capped,
         agent_note: run.note.clone(),
         sim_stretch_factor: run.sim_stretch_factor,
+        cpu_busy_cores: run.cpu_time_ns.filter(|_| run.window_ns() > 0).map(|c| c as f64 / run.window_ns() as f64),
+        sim_busy_cores: ctx.sim.and_then(|s| s.mean_busy_cores(run.window_start_ns, run.window_end_ns)),
         place: ctx.place.map(|(p, _)| p.clone()),
         exporter_host: ctx.place.map(|(_, h)| h.clone()),
         latencies_ns: run.latencies_ns,

@@ -130,6 +130,7 @@ fn check_simulated_board(judge_latency: bool) {
         let (v, c, s) = (num(&l["voltage_v"]), num(&model["dyn_coeff"]), num(&model["static_w"]));
         assert!((s + c * v * v * f as f64 * 1e3 - model_w[&f]).abs() < 1e-9, "P = static + C V^2 f: {l}");
     }
+    let model_static_w = model["static_w"].as_f64().unwrap();
     let stretch = &board["agent_hello"]["sim_stretch"];
     assert_eq!(stretch["max_khz"], 1_500_000, "hello reports the stretch: {}", board["agent_hello"]);
 
@@ -215,6 +216,29 @@ fn check_simulated_board(judge_latency: bool) {
         let want = 1_500_000.0 / f as f64;
         if (k - want).abs() > 1e-9 {
             failures.push(format!("window at {f} kHz stretched by {k}, want {want}"));
+        }
+    }
+    // One thread computing or spinning back to back keeps one core busy: its CPU time over the
+    // window, the power model's busy cores, is one core's.
+    let busy = cells.column("cpu_busy_cores").unwrap().f64().unwrap();
+    for (f, b) in cells.column("freq_khz").unwrap().u64().unwrap().into_iter().zip(busy) {
+        let (f, b) = (f.unwrap(), b.expect("the agent reports its CPU time over the window"));
+        report.push(format!("window at {f} kHz: {b:.4} busy cores"));
+        if !(0.95..=1.02).contains(&b) {
+            failures.push(format!("window at {f} kHz: {b:.4} busy cores, want one (0.95-1.02)"));
+        }
+    }
+    // The power model's own busy cores over each window (recorded for simulated boards) give
+    // its mean power with the model's numbers: the power is the model's, whatever the busy.
+    let sim_busy = cells.column("sim_busy_cores").unwrap().f64().unwrap();
+    let mean_power = cells.column("mean_power_w").unwrap().f64().unwrap();
+    for ((f, b), p) in cells.column("freq_khz").unwrap().u64().unwrap().into_iter().zip(sim_busy).zip(mean_power) {
+        let (f, b, p) = (f.unwrap(), b.expect("a simulated window records its busy cores"), p.unwrap());
+        let want = model_static_w + (model_w[&f] - model_static_w) * b;
+        report.push(format!("window at {f} kHz: {b:.4} simulated busy cores, {p:.4} W, model {want:.4} W"));
+        if (p / want - 1.0).abs() > 0.005 {
+            failures
+                .push(format!("window at {f} kHz: {p:.4} W with {b:.4} busy cores, model {want:.4} W, beyond 0.5 %"));
         }
     }
     let freq = cells.column("freq_khz").unwrap().u64().unwrap();

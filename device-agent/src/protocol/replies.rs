@@ -306,6 +306,10 @@ pub struct RunReply {
     /// (`f_max / f` of the simulated clock); `None` on real hardware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim_stretch_factor: Option<f64>,
+    /// CPU time the agent's threads used over the timed window, ns (`None`: not measured):
+    /// divided by the window's length, the cores the inference kept busy on average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ns: Option<u64>,
 }
 
 impl RunReply {

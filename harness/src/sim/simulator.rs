@@ -220,6 +220,12 @@ pub const BUSY_PERIOD: Duration = Duration::from_millis(1);
 /// Busy samples kept for the power model (its samples are written at most a few chunks late).
 const BUSY_HISTORY: Duration = Duration::from_millis(500);
 
+/// Spacing of the points of the busy integral ([`SimState::integral`]).
+const INTEGRAL_STEP: Duration = Duration::from_millis(10);
+
+/// How long the busy integral is kept: a window's mean busy cores is read when it ends.
+const INTEGRAL_HISTORY: Duration = Duration::from_secs(30 * 60);
+
 /// One busy sample: over the period ending `at`, `busy` cores were busy at `freq_khz`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct BusyPoint {
@@ -237,11 +243,31 @@ struct SimState {
     /// The agent's pid, 0 when none.
     agent_pid: AtomicU64,
     timeline: Mutex<VecDeque<BusyPoint>>,
+    /// The power model's busy cores integrated over time: (CLOCK_MONOTONIC ns, busy core-seconds
+    /// since the simulator started), a point every [`INTEGRAL_STEP`], kept [`INTEGRAL_HISTORY`].
+    integral: Mutex<VecDeque<(u64, f64)>>,
 }
 
 impl SimState {
     fn busy_now(&self) -> f64 {
         self.busy_micro.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Mean busy cores between two CLOCK_MONOTONIC readings, from the integral (linear between
+    /// its points); `None` when the span is empty or not (or no longer) covered.
+    fn mean_busy(&self, start_ns: u64, end_ns: u64) -> Option<f64> {
+        let integral = self.integral.lock().unwrap_or_else(|p| p.into_inner());
+        let at = |t: u64| -> Option<f64> {
+            let i = integral.partition_point(|p| p.0 < t);
+            let hi = *integral.get(i)?;
+            if hi.0 == t {
+                return Some(hi.1);
+            }
+            let lo = *integral.get(i.checked_sub(1)?)?;
+            Some(lo.1 + (hi.1 - lo.1) * (t - lo.0) as f64 / (hi.0 - lo.0) as f64)
+        };
+        (end_ns > start_ns).then_some(())?;
+        Some((at(end_ns)? - at(start_ns)?) / ((end_ns - start_ns) as f64 / 1e9))
     }
 }
 
@@ -408,6 +434,20 @@ impl Simulator {
     }
 
     /// Busy simulated cores over the last [`BUSY_PERIOD`].
+    /// The power model's mean busy cores between two CLOCK_MONOTONIC readings of this host
+    /// (a window's, for the agent runs here), to 10 ms at each end; `None` for a span not covered.
+    pub fn mean_busy_cores(&self, start_ns: u64, end_ns: u64) -> Option<f64> {
+        // A window that just ended may be past the integral's last point (one every 10 ms).
+        let deadline = Instant::now() + 5 * INTEGRAL_STEP;
+        loop {
+            let covered = self.state.integral.lock().unwrap_or_else(|p| p.into_inner()).back().map(|p| p.0);
+            if covered.is_some_and(|c| c >= end_ns) || Instant::now() >= deadline {
+                return self.state.mean_busy(start_ns, end_ns);
+            }
+            std::thread::sleep(BUSY_PERIOD);
+        }
+    }
+
     pub fn busy_cores(&self) -> f64 {
         self.state.busy_now()
     }
@@ -559,11 +599,25 @@ impl BusySampler {
     }
 
     fn run(mut self, state: &SimState, stop: &AtomicBool) {
+        // The busy integral: core-seconds so far, and the last period's end (monotonic ns).
+        let (mut total, mut last_ns) = (0.0, device_agent::platform::monotonic_ns());
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(BUSY_PERIOD);
             let now = Instant::now();
+            let now_ns = device_agent::platform::monotonic_ns();
             let busy = self.sample(state.agent_pid.load(Ordering::Relaxed), now);
             state.busy_micro.store((busy * 1e6) as u64, Ordering::Relaxed);
+            total += busy * now_ns.saturating_sub(last_ns) as f64 / 1e9;
+            last_ns = now_ns;
+            {
+                let mut integral = state.integral.lock().unwrap_or_else(|p| p.into_inner());
+                if integral.back().is_none_or(|p| now_ns - p.0 >= INTEGRAL_STEP.as_nanos() as u64) {
+                    integral.push_back((now_ns, total));
+                }
+                while integral.front().is_some_and(|p| now_ns - p.0 > INTEGRAL_HISTORY.as_nanos() as u64) {
+                    integral.pop_front();
+                }
+            }
             let point = BusyPoint { at: now, busy, freq_khz: state.freq_khz.load(Ordering::Relaxed) };
             let mut timeline = state.timeline.lock().unwrap_or_else(|p| p.into_inner());
             timeline.push_back(point);

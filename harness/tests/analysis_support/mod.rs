@@ -74,6 +74,8 @@ pub fn record(
         time_capped: false,
         agent_note: None,
         sim_stretch_factor: None,
+        cpu_busy_cores: None,
+        sim_busy_cores: None,
         place: None,
         exporter_host: None,
         window_host_start_ns: None,
