@@ -140,6 +140,28 @@ pub fn build_agent(target: Option<&str>) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Where an agent built by [`build_agent`] came from, for run.json: the workspace and its git
+/// state at build time (commit, uncommitted changes), which the `hil` binary's own build info
+/// does not cover (the agent is built from the source tree as it is when the run starts).
+pub fn workspace_source() -> String {
+    let root = workspace_root();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let state = match (git(&["rev-parse", "HEAD"]), git(&["status", "--porcelain", "--untracked-files=normal"])) {
+        (Some(commit), Some(status)) if status.is_empty() => format!("commit {commit}"),
+        (Some(commit), Some(_)) => format!("commit {commit} with uncommitted changes"),
+        _ => "not a git checkout".to_string(),
+    };
+    format!("built by hil from the workspace {} ({state})", root.display())
+}
+
 /// Hex SHA-256 of a local file.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -213,6 +235,14 @@ pub fn deploy_agent(board: &mut dyn Board, local: &Path, workdir: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_built_agent_names_the_workspace_and_its_git_state() {
+        let source = workspace_source();
+        let root = workspace_root().display().to_string();
+        assert!(source.starts_with(&format!("built by hil from the workspace {root} (")), "{source}");
+        assert!(source.contains("commit ") || source.contains("not a git checkout"), "{source}");
+    }
 
     #[test]
     fn machine_to_target() {

@@ -58,6 +58,11 @@ pub struct SessionMeta {
     pub interrupted: bool,
     pub host: String,
     pub build: BuildInfo,
+    /// Where the agent this session deployed came from: built by `hil` from the workspace (its
+    /// commit and whether it had uncommitted changes then, which may differ from `build`'s) or
+    /// given with `--agent-bin`. `None` before an agent was needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_source: Option<String>,
     /// What this session found on each board it touched.
     #[serde(default)]
     pub boards: BTreeMap<String, BoardMeta>,
@@ -236,6 +241,7 @@ impl SessionMeta {
             interrupted: false,
             host: hostname(),
             build: BuildInfo::this_binary(),
+            agent_source: None,
             boards: BTreeMap::new(),
         }
     }
@@ -275,6 +281,7 @@ impl LegacyRunJson {
                 interrupted: false,
                 host: self.host.clone(),
                 build: build.clone(),
+                agent_source: None,
                 boards: BTreeMap::new(),
             })
             .collect();
@@ -284,6 +291,7 @@ impl LegacyRunJson {
             interrupted: self.interrupted,
             host: self.host,
             build,
+            agent_source: None,
             boards: self.boards,
         });
         RunMeta {

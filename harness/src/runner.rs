@@ -134,15 +134,23 @@ impl RunShared<'_> {
     /// Builds the agent for `target` once per run, whichever board asks first.
     fn agent_binary(&self, target: Option<String>) -> Result<PathBuf> {
         if let Some(p) = &self.agent_override {
+            self.set_agent_source(format!("given with --agent-bin: {}", p.display()));
             return Ok(p.clone());
         }
         let mut builds = self.agent_builds.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = builds.get(&target) {
             return Ok(p.clone());
         }
+        let source = crate::deploy::workspace_source();
         let path = build_agent(target.as_deref())?;
         builds.insert(target, path.clone());
+        self.set_agent_source(source);
         Ok(path)
+    }
+
+    fn set_agent_source(&self, source: String) {
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        meta.current_mut().agent_source = Some(source);
     }
 
     fn stopping(&self) -> bool {

@@ -149,6 +149,8 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     let mut meta = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
     assert_eq!(meta.schema_version, harness::runmeta::RUN_JSON_SCHEMA);
     assert_eq!(meta.sessions.len(), 1);
+    let source = meta.sessions[0].agent_source.as_deref().unwrap_or_default();
+    assert!(source.starts_with("given with --agent-bin: "), "where the agent came from: {source:?}");
     let board = meta.board("simboard").unwrap();
     assert!(board.simulation.as_deref().unwrap().contains("SIMULATED"));
     assert!(board.monitor.as_ref().unwrap().simulated);

@@ -184,6 +184,10 @@ fn duplicates_and_references() {
     expect(&with("kind: dense", "kind: dense\n    sparsity: 0.5"), "variants[0].sparsity", "0.5", 12);
     // A pattern set's sparsity counts the base's BP zeros, so it must exceed the base's.
     expect(&with("sparsity: 0.75", "sparsity: 0.4"), "variants[2].sparsity", "0.4", 18);
+    // A sparsity that does not parse is said once, not judged again as its stand-in 0.
+    let msg = refused(&with("sparsity: 0.75", "sparsity: 170%"));
+    assert!(msg.contains("variants[2].sparsity = \"170%\": must be in [0, 1)"), "{msg}");
+    assert!(!msg.contains("must exceed the base's sparsity"), "{msg}");
     // The agent prepares variants in order: the base comes first.
     let reordered = BASE.replace(
         "  - name: bp\n    kind: block\n    sparsity: 0.5\n  - name: pp\n    kind: pattern\n    base: bp\n    sparsity: 0.75\n",

@@ -580,7 +580,7 @@ pub(crate) fn schedule_row(
     }
     row.note = plan.join(", ");
     if segments.is_empty() {
-        row.outcome = Err("no level has a pattern set meeting the deadline".into());
+        row.outcome = Err("no level has a pattern set that qualifies (meets the deadline and any min_fidelity)".into());
         return row;
     }
     row.complete = missing.is_empty();

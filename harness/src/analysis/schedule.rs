@@ -108,7 +108,7 @@ impl ScheduleRule {
             (None, None) => None,
             (None, Some(ms)) | (Some(Deadline::Fixed(_)), Some(ms)) => Some(format!("{} ms", fmt_ms(ms))),
             (Some(Deadline::Relative { factor, reference }), Some(ms)) => Some(format!(
-                "{} ms ({factor} x {reference}'s {} at the top level)",
+                "{} ms ({factor} x {reference}'s {} at the highest level measured)",
                 fmt_ms(ms),
                 self.statistic.label()
             )),

@@ -739,7 +739,7 @@ impl Deadline {
         match self {
             Deadline::Fixed(d) => units::format_duration(*d),
             Deadline::Relative { factor, reference } => {
-                format!("{factor} x {reference}'s p99 latency at the board's top level, measured in the same run")
+                format!("{factor} x {reference}'s p99 latency at the highest level the run measures on the board, in the same run")
             }
         }
     }

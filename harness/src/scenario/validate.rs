@@ -128,6 +128,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Whether a problem was already found at `path` (a value that did not parse stands in as a
+    /// default, which must not be judged again).
+    fn failed_at(&self, path: &str) -> bool {
+        self.problems.iter().any(|p| p.path == path)
+    }
+
     fn fail(&mut self, path: &str, value: impl Into<String>, message: impl Into<String>) {
         let (pos, _) = self.map.locate(path);
         self.problems.push(FieldError {
@@ -1183,14 +1189,20 @@ fn variants(c: &mut Checker, raw: &[RawVariant], model_seed: u64) -> Vec<Variant
                     shown_str(base),
                     format!("is listed after this pattern set (variants[{j}]); list the block variant first"),
                 ),
-                Some((_, o)) if matches!(o.kind, VariantKind::Block { .. }) && *sparsity <= o.kind.sparsity() => c.fail(
+                Some((_, o))
+                    if matches!(o.kind, VariantKind::Block { .. })
+                        && *sparsity <= o.kind.sparsity()
+                        && !c.failed_at(&format!("variants[{i}].sparsity")) =>
+                {
+                    c.fail(
                     &format!("variants[{i}].sparsity"),
                     sparsity.to_string(),
                     format!(
                         "must exceed the base's sparsity ({}): a pattern set's sparsity counts BP and PP zeros together",
                         o.kind.sparsity()
                     ),
-                ),
+                    )
+                }
                 None => {
                     let known: Vec<&str> = out.iter().map(|o| o.name.as_str()).collect();
                     c.fail(
