@@ -239,6 +239,7 @@ pub fn run_meta(boards: Vec<(&str, BoardMeta)>) -> RunMeta {
                 git_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
                 git_dirty: Some(false),
             },
+            agent_source: None,
             boards: boards.into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
         }],
     }
