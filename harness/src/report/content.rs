@@ -480,9 +480,13 @@ fn cells_section(ctx: &Ctx, doc: &mut Document) {
                 }
                 None => "-".into(),
             };
-            let energy = match &c.energy {
-                Some(e) => with_ci(&e.mean, 3, e.n),
-                None => num(c.energy_mean_mj(), 3),
+            let energy = match (&c.energy, c.energy_mean_mj()) {
+                (Some(e), _) => with_ci(&e.mean, 3, e.n),
+                // One repeat with power: its value, said to have no interval.
+                (None, Some(mean)) => {
+                    with_ci(&Estimate { point: mean, lower: mean, upper: mean }, 3, c.energy_per_inference_mj.len())
+                }
+                (None, None) => "-".into(),
             };
             t.push(vec![
                 c.level.to_string(),

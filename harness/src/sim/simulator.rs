@@ -299,12 +299,18 @@ const THREAD_GRACE: Duration = Duration::from_millis(500);
 /// What a probe of a simulated board finds: the tree [`Simulator::start`] lays out, on this
 /// host's CPUs (see [`FakeCpufreqTree::facts`]).
 pub fn simulated_board_facts() -> crate::scenario::BoardFacts {
+    let cpus = host_cpus();
+    FakeCpufreqTree::raspberry_pi_4_on(cpus).build().facts(cpus as usize)
+}
+
+/// This host's online CPUs: a simulated board's CPUs.
+fn host_cpus() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    let cpus = usize::try_from(online).ok().filter(|&n| n > 0);
-    FakeCpufreqTree::raspberry_pi_4()
-        .build()
-        .facts(cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+    u32::try_from(online)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
 impl Simulator {
@@ -313,7 +319,7 @@ impl Simulator {
     pub fn start(root: &Path, opts: SimOptions) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
         let sys = root.join("sys");
-        let fake = FakeCpufreqTree::raspberry_pi_4().write(&sys)?;
+        let fake = FakeCpufreqTree::raspberry_pi_4_on(host_cpus()).write(&sys)?;
         let pidfile = root.join("agent.pid");
         let _ = std::fs::remove_file(&pidfile);
         let state = Arc::new(SimState::default());

@@ -253,8 +253,15 @@ impl FakeCpufreqTree {
     /// table and governors (`ondemand`, as Raspberry Pi OS boots), and a
     /// `cpu-thermal` zone at 45 °C.
     pub fn raspberry_pi_4() -> FakeCpufreqTreeBuilder {
+        Self::raspberry_pi_4_on(4)
+    }
+
+    /// [`Self::raspberry_pi_4`] with its one policy over CPUs `0..cpus` (a simulated board
+    /// runs its agent on this host's CPUs, so its tree names those).
+    pub fn raspberry_pi_4_on(cpus: u32) -> FakeCpufreqTreeBuilder {
+        let cpus: Vec<u32> = (0..cpus.max(1)).collect();
         Self::builder()
-            .policy_with(FakePolicy::new(&[0, 1, 2, 3], &RPI4_FREQUENCIES_KHZ, &RPI4_GOVERNORS).governor("ondemand"))
+            .policy_with(FakePolicy::new(&cpus, &RPI4_FREQUENCIES_KHZ, &RPI4_GOVERNORS).governor("ondemand"))
             .thermal_zone("cpu-thermal", 45_000)
     }
 
