@@ -72,9 +72,7 @@ impl Session for Agent {
     fn handle(&mut self, command: Command) -> Result<Reply, ErrorReply> {
         let name = command.name();
         // A panic inside a kernel must not take the agent down with the model
-        // half-built: answer `internal`, drop the model, keep serving. (The
-        // size-optimised `agent` profile aborts on panic instead; the error
-        // then reaches the harness as a closed channel.)
+        // half-built: answer `internal`, drop the model, keep serving.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch(command)));
         match outcome {
             Ok(result) => result.map_err(|e| e.for_command(name)),

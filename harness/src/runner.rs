@@ -102,10 +102,9 @@ impl RunOutcome {
     /// wrong): bad input, found once the boards were probed.
     pub fn scenario_mismatch_only(&self) -> bool {
         self.boards.iter().any(|b| b.scenario_mismatch)
-            && self
-                .boards
-                .iter()
-                .all(|b| b.cells_done == 0 && !b.interrupted && (b.error.is_none() || b.scenario_mismatch))
+            && self.boards.iter().all(|b| {
+                b.cells_done == 0 && b.cells_failed == 0 && !b.interrupted && (b.error.is_none() || b.scenario_mismatch)
+            })
     }
 }
 

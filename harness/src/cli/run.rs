@@ -106,9 +106,9 @@ impl RunCmd {
         };
         let outcome = match run_scenario(&scenario, &text, &opts, stop) {
             Ok(outcome) => outcome,
-            // A board another hil process holds is not bad input: the run is refused like a
-            // failed board (exit 1), and nothing was written.
-            Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(LockError::Busy { .. }))) => {
+            // A board another hil process holds (or whose lock file cannot be used) is not bad
+            // input: the run is refused like a failed board (exit 1), and nothing was written.
+            Err(e) if e.chain().any(|c| c.downcast_ref::<LockError>().is_some()) => {
                 eprintln!("error: {e:#}");
                 return Ok(ExitCode::from(1));
             }
@@ -181,6 +181,9 @@ impl RunCmd {
             );
             Ok(ExitCode::from(2))
         } else {
+            for b in outcome.boards.iter().filter(|b| b.scenario_mismatch) {
+                println!("board {}: the scenario does not fit it (see above): a resume will not measure it", b.board);
+            }
             println!("resume with: hil run {} --resume {}", self.scenario.display(), outcome.dir.display());
             Ok(ExitCode::from(1))
         }

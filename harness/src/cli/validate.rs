@@ -12,7 +12,8 @@ use crate::scenario::load_scenario;
 /// Every field is validated (names, hosts, paths, numbers, variants, levels); the plan
 /// lists boards, levels, variants, the number of cells and an estimated duration.
 /// Checks that need the board (offered frequencies, CPUs, thermal zones) happen when
-/// `hil run` or `hil board probe` connects. A board from labgrid is checked against its
+/// `hil run` or `hil board probe` connects, except for a simulated board (`sim: true`), whose
+/// tree is known: it is checked here, on this host's CPUs. A board from labgrid is checked against its
 /// coordinator (labgrid-client runs, the coordinator answers, enough places match), without
 /// acquiring anything. Exit code 0 when valid, 2 otherwise.
 #[derive(Debug, Args)]

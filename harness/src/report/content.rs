@@ -484,7 +484,8 @@ fn cells_section(ctx: &Ctx, doc: &mut Document) {
                 (Some(e), _) => with_ci(&e.mean, 3, e.n),
                 // One repeat with power: its value, said to have no interval.
                 (None, Some(mean)) => {
-                    with_ci(&Estimate { point: mean, lower: mean, upper: mean }, 3, c.energy_per_inference_mj.len())
+                    let n = c.energy_per_inference_mj.iter().filter(|v| v.is_finite()).count();
+                    with_ci(&Estimate { point: mean, lower: mean, upper: mean }, 3, n.min(MIN_INTERVAL_VALUES - 1))
                 }
                 (None, None) => "-".into(),
             };

@@ -694,7 +694,7 @@ pub struct Constraints {
 /// RT3's timing constraint, as the scenario gives it.
 ///
 /// A fixed duration is what a real deployment has. A deadline relative to a variant measured in
-/// the same run (`"1.3x dense"`: 1.3 times dense's latency at the board's top level) keeps an
+/// the same run (`"1.3x dense"`: 1.3 times dense's latency at the highest level measured) keeps an
 /// experiment's shape independent of how fast the board is: the simulated default runs on
 /// whatever host the user has, and only ratios between levels and variants are the simulator's;
 /// the absolute speed is the host's.
@@ -718,7 +718,7 @@ impl Deadline {
         }
     }
 
-    /// The deadline given the reference's latency statistic at the top level (ms).
+    /// The deadline given the reference's latency statistic at the highest level measured (ms).
     pub fn resolve_ms(&self, reference_ms: Option<f64>) -> Option<f64> {
         match self {
             Deadline::Fixed(d) => Some(d.as_secs_f64() * 1e3),
@@ -734,7 +734,7 @@ impl Deadline {
         }
     }
 
-    /// In words, for reports: `20 ms`, `1.3 x dense's p99 at the top level`.
+    /// In words, for reports: `20 ms`, `1.3 x dense's p99 at the highest level measured`.
     pub fn explain(&self) -> String {
         match self {
             Deadline::Fixed(d) => units::format_duration(*d),

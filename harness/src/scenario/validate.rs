@@ -1314,7 +1314,7 @@ fn measure(c: &mut Checker, m: Option<&RawMeasure>) -> MeasureSpec {
 }
 
 /// `latency_deadline`: a duration (`20ms`), or a factor of a variant measured in the same run
-/// (`1.3x dense`: 1.3 times dense's p99 at the board's top level).
+/// (`1.3x dense`: 1.3 times dense's p99 at the highest level measured on the board).
 fn constraints(c: &mut Checker, raw: Option<&RawConstraints>, variants: &[VariantSpec]) -> Constraints {
     const PATH: &str = "constraints.latency_deadline";
     let Some(d) = raw.and_then(|r| r.latency_deadline.as_ref()) else { return Constraints::default() };

@@ -223,8 +223,9 @@ const BUSY_HISTORY: Duration = Duration::from_millis(500);
 /// Spacing of the points of the busy integral ([`SimState::integral`]).
 const INTEGRAL_STEP: Duration = Duration::from_millis(10);
 
-/// How long the busy integral is kept: a window's mean busy cores is read when it ends.
-const INTEGRAL_HISTORY: Duration = Duration::from_secs(30 * 60);
+/// How long the busy integral is kept: a window's mean busy cores is read when it ends, and a
+/// window may last up to an hour (`measure.min_duration`'s limit); at most ~11 MB of points.
+const INTEGRAL_HISTORY: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// One busy sample: over the period ending `at`, `busy` cores were busy at `freq_khz`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -439,7 +440,6 @@ impl Simulator {
         self.state.freq_khz.load(Ordering::SeqCst)
     }
 
-    /// Busy simulated cores over the last [`BUSY_PERIOD`].
     /// The power model's mean busy cores between two CLOCK_MONOTONIC readings of this host
     /// (a window's, for the agent runs here), to 10 ms at each end; `None` for a span not covered.
     pub fn mean_busy_cores(&self, start_ns: u64, end_ns: u64) -> Option<f64> {
@@ -454,6 +454,7 @@ impl Simulator {
         }
     }
 
+    /// Busy simulated cores over the last [`BUSY_PERIOD`].
     pub fn busy_cores(&self) -> f64 {
         self.state.busy_now()
     }
