@@ -1454,3 +1454,33 @@ fn measure_reconfiguration(
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(name: &str, done: usize, failed: usize, error: bool, mismatch: bool) -> BoardOutcome {
+        BoardOutcome {
+            board: name.into(),
+            cells_done: done,
+            cells_skipped: 0,
+            cells_failed: failed,
+            cells_without_energy: 0,
+            interrupted: false,
+            error: error.then(|| "boom".to_string()),
+            scenario_mismatch: mismatch,
+        }
+    }
+
+    #[test]
+    fn only_a_run_that_measured_nothing_for_a_mismatch_alone_is_a_scenario_mismatch() {
+        let run = |boards| RunOutcome { dir: PathBuf::new(), boards };
+        assert!(run(vec![board("a", 0, 0, true, true)]).scenario_mismatch_only());
+        assert!(run(vec![board("a", 0, 0, true, true), board("b", 0, 0, false, false)]).scenario_mismatch_only());
+        // Another board measured, failed cells or failed otherwise: a resume has work to do.
+        assert!(!run(vec![board("a", 0, 0, true, true), board("b", 3, 0, false, false)]).scenario_mismatch_only());
+        assert!(!run(vec![board("a", 0, 0, true, true), board("b", 0, 2, false, false)]).scenario_mismatch_only());
+        assert!(!run(vec![board("a", 0, 0, true, true), board("b", 0, 0, true, false)]).scenario_mismatch_only());
+        assert!(!run(vec![board("a", 0, 0, true, false)]).scenario_mismatch_only());
+    }
+}
