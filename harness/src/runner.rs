@@ -210,10 +210,9 @@ pub fn run_scenario(
     // connection, so it is taken here, before any labgrid reservation and before the run directory
     // exists: a run refused for a busy board leaves nothing behind. A remote board's lock is taken
     // once the board is reached (a refused host key is said first).
-    let purpose = format!("hil run, scenario {}", scenario.name);
     let mut local_locks: HashMap<String, BoardLock> = HashMap::new();
     for spec in scenario.boards.iter().filter(|b| b.transport == crate::scenario::TransportSpec::Local) {
-        let lock = BoardLock::acquire(spec, &purpose).with_context(|| format!("board {}", spec.name))?;
+        let lock = BoardLock::acquire(spec, &lock_purpose(scenario)).with_context(|| format!("board {}", spec.name))?;
         local_locks.insert(spec.name.clone(), lock);
     }
     // Boards from labgrid are reserved and acquired next: a refused or failed reservation leaves
@@ -553,9 +552,8 @@ fn run_board_inner(
     bar.set_message("connecting");
     let mut board = open_board(spec)?;
     if lock.is_none() {
-        lock = Some(BoardLock::acquire(spec, &format!("hil run, scenario {}", scenario.name))?);
+        lock.replace(BoardLock::acquire(spec, &lock_purpose(scenario))?);
     }
-    debug_assert!(lock.is_some(), "the board is held from here to the end of its session");
     board.set_interrupt(shared.stop.clone());
     let sysfs = Sysfs::new(spec.sysfs_root.clone(), spec.sudo);
     let restore_path = restore_file_path(&spec.workdir);
@@ -1197,6 +1195,11 @@ fn measure_cell(
         exporter_host: ctx.place.map(|(_, h)| h.clone()),
         latencies_ns: run.latencies_ns,
     })
+}
+
+/// What another hil process is told holds a board this run locked.
+fn lock_purpose(scenario: &Scenario) -> String {
+    format!("hil run, scenario {}", scenario.name)
 }
 
 /// Starts a simulated board's simulator in its workdir (`sim/`), with or without its emulated PPK2.

@@ -24,61 +24,70 @@ use crate::matrix::{Activations, Matrix};
 /// 9.7 % to 5.8 % and softmax's from 3.1 % to 2.0 %. (Unrolling GELU over
 /// blocks of 64 values measured the same as the plain loop.)
 ///
-/// `copies NAME` also defines, for tests, `NAME()`: every copy this CPU runs,
-/// by name, so each can be compared with the baseline.
+/// `copies NAME` names the module holding the copies; for tests,
+/// `NAME::available()` lists every copy this CPU runs, so each can be
+/// compared with the baseline.
 macro_rules! dispatch_isa {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $generic:ident, copies $copies:ident) => {
-        #[cfg(test)]
-        fn $copies() -> Vec<(&'static str, unsafe fn($($ty),*))> {
-            #[allow(unused_mut)]
-            let mut out: Vec<(&'static str, unsafe fn($($ty),*))> = Vec::new();
+        /// The vector copies of the function of that name (see `dispatch_isa!`).
+        mod $copies {
+            /// Whether this CPU runs [`avx2`] (and, with AVX-512F as well, [`avx512`]).
             #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn with_avx512($($arg: $ty),*) {
-                    $generic($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn with_avx2($($arg: $ty),*) {
-                    $generic($($arg),*)
-                }
-                let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-                if avx2 && std::is_x86_feature_detected!("avx512f") {
-                    out.push(("avx512", with_avx512));
-                }
-                if avx2 {
-                    out.push(("avx2", with_avx2));
-                }
+            pub(super) fn has_avx2() -> bool {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
             }
-            unsafe fn baseline($($arg: $ty),*) {
-                $generic($($arg),*)
+
+            #[cfg(target_arch = "x86_64")]
+            pub(super) fn has_avx512() -> bool {
+                has_avx2() && std::is_x86_feature_detected!("avx512f")
             }
-            out.push(("baseline", baseline));
-            out
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            pub(super) unsafe fn avx512($($arg: $ty),*) {
+                super::$generic($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn avx2($($arg: $ty),*) {
+                super::$generic($($arg),*)
+            }
+
+            /// Every copy this CPU runs, widest first, then the baseline.
+            #[cfg(test)]
+            #[allow(clippy::vec_init_then_push)] // the pushes are in a `cfg` block
+            pub(super) fn available() -> Vec<(&'static str, unsafe fn($($ty),*))> {
+                unsafe fn baseline($($arg: $ty),*) {
+                    super::$generic($($arg),*)
+                }
+                #[allow(unused_mut)]
+                let mut out: Vec<(&'static str, unsafe fn($($ty),*))> = Vec::new();
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if has_avx512() {
+                        out.push(("avx512", avx512));
+                    }
+                    if has_avx2() {
+                        out.push(("avx2", avx2));
+                    }
+                }
+                out.push(("baseline", baseline));
+                out
+            }
         }
 
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn with_avx512($($arg: $ty),*) {
-                    $generic($($arg),*)
+                if $copies::has_avx512() {
+                    // SAFETY: the CPU supports the features `avx512` was compiled for.
+                    return unsafe { $copies::avx512($($arg),*) };
                 }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx2")
-                    && std::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports the features `with_avx512` was compiled for.
-                    return unsafe { with_avx512($($arg),*) };
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn with_avx2($($arg: $ty),*) {
-                    $generic($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports the features `with_avx2` was compiled for.
-                    return unsafe { with_avx2($($arg),*) };
+                if $copies::has_avx2() {
+                    // SAFETY: the CPU supports the features `avx2` was compiled for.
+                    return unsafe { $copies::avx2($($arg),*) };
                 }
             }
             $generic($($arg),*)
@@ -386,7 +395,7 @@ mod tests {
         let mut dispatched = xs[..1001].to_vec();
         gelu_dispatch(&mut dispatched);
         assert_eq!(bits(&dispatched), bits(&base), "gelu, dispatched");
-        for (name, copy) in gelu_copies() {
+        for (name, copy) in gelu_copies::available() {
             let mut out = xs[..1001].to_vec();
             // SAFETY: `gelu_copies` lists only the copies this CPU supports.
             unsafe { copy(&mut out) };
@@ -395,7 +404,7 @@ mod tests {
         for causal in [false, true] {
             let mut base = xs[..37 * 27].to_vec();
             softmax_rows_generic(&mut base, 37, causal);
-            for (name, copy) in softmax_rows_copies() {
+            for (name, copy) in softmax_rows_copies::available() {
                 let mut out = xs[..37 * 27].to_vec();
                 // SAFETY: as above.
                 unsafe { copy(&mut out, 37, causal) };
@@ -415,14 +424,14 @@ mod tests {
             unsafe { f(&mut x, features, tokens, stride, &residual, stride, &gamma, &beta, 1e-5, &mut mean, &mut inv) };
             x
         };
-        let copies = layer_norm_columns_copies();
+        let copies = layer_norm_columns_copies::available();
         let (_, baseline) = *copies.last().expect("the baseline is always listed");
         for (name, copy) in &copies {
             assert_eq!(bits(&run(*copy)), bits(&run(baseline)), "layer norm, {name} copy");
         }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") {
-            assert_eq!(gelu_copies()[0].0, "avx512", "an AVX-512 CPU tests the AVX-512 copy");
+            assert_eq!(gelu_copies::available()[0].0, "avx512", "an AVX-512 CPU tests the AVX-512 copy");
         }
     }
 
