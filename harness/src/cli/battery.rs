@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::analysis::battery::{battery_csv, write_battery_csv};
+use crate::analysis::battery::{battery_csv, BATTERY_CSV};
 use crate::analysis::{analyze_run, load_run, AnalysisOptions, BatteryModel, ProjectionSource};
 use crate::scenario::Workload;
 
@@ -15,9 +15,9 @@ use crate::scenario::Workload;
 /// battery life and inferences per charge for dense and block at the top frequency, every
 /// static (frequency, variant) pair, and the RT3 schedule (at each level, among the pattern
 /// sets meeting the latency deadline, judged on p99, the most accurate when the scenario gives
-/// each an accuracy, else the one with the best measured output fidelity, else the least sparse; with the scenario's battery shares, default 50/30/20 %
-/// highest level first). Gains are against dense and block at the top
-/// frequency. Beside it, RT3's analytic model (37,800 J, P = f x V^2 x 1e-10, latency
+/// each an accuracy, else the one with the best measured output fidelity, else the least
+/// sparse; with the scenario's battery shares, default 50/30/20 % highest level first). Gains
+/// are against dense and block at the top frequency. Beside it, RT3's analytic model (37,800 J, P = f x V^2 x 1e-10, latency
 /// scaled by 1/f from the top level) from the same measurements.
 ///
 /// Battery: --capacity-mah/--voltage when given (for every board), else the scenario board's
@@ -179,14 +179,9 @@ impl BatteryCmd {
             || self.period_ms.is_some()
             || self.peukert.is_some()
             || self.voltages.is_some();
-        let path = if what_if {
-            let path = run.dir.join(BATTERY_WHAT_IF_CSV);
-            crate::results::write_atomic(&path, battery_csv(&analysis.battery).as_bytes())?;
-            path
-        } else {
-            write_battery_csv(&run.dir, &analysis.battery)
-                .with_context(|| format!("writing battery.csv into {}", run.dir.display()))?
-        };
+        let path = run.dir.join(if what_if { BATTERY_WHAT_IF_CSV } else { BATTERY_CSV });
+        crate::results::write_atomic(&path, battery_csv(&analysis.battery).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
         Ok(ExitCode::SUCCESS)
     }

@@ -80,7 +80,8 @@ fn text_line_of_byte(bytes: &[u8], index: usize) -> usize {
 /// before a check existed still load): no more inference threads than the CPUs a board pins
 /// the agent to, and no two local or simulated boards that are one board (one workdir, or one
 /// sysfs root: see [`crate::board_lock::board_key`]; SSH boards, which test rigs put behind one
-/// server, are told apart by the lock when they are reached).
+/// server, are told apart by the lock when they are reached), and a simulated board's CPUs,
+/// levels and policies exist in the tree its simulator will lay out on this host.
 /// Returns every problem, one per line, naming the field and value.
 pub fn check_runnable(scenario: &Scenario) -> Result<(), String> {
     let mut problems = Vec::new();
