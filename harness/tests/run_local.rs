@@ -297,3 +297,24 @@ fn board_probe_starts_a_simulated_board_and_refuses_one_a_run_holds() {
     assert!(stderr.contains("in use by another hil process") && stderr.contains("scenario e2e"), "{stderr}");
     drop(held);
 }
+
+/// `hil validate` judges a simulated board on facts known in advance; they must be what a probe
+/// of the simulator's real tree finds (CPUs, policies, levels, governors, thermal zones).
+#[test]
+fn a_simulated_boards_advance_facts_are_what_its_probe_finds() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let board = format!("  - name: simboard\n    sim: true\n    workdir: {}\n", work.path().join("wd").display());
+    let scenario = parse_scenario(&scenario_text(&board), "facts.yaml").unwrap();
+    let spec = &scenario.boards[0];
+    let sim = harness::runner::start_simulator(spec, &scenario, false).unwrap();
+    let effective = harness::runner::effective_spec(spec, Some(&sim));
+    let mut reached = harness::connect::open_board(&effective).unwrap();
+    let report = harness::probe::probe(reached.as_mut(), &effective.sysfs_root).unwrap();
+    assert_eq!(
+        harness::runner::facts_from_probe(&report),
+        harness::sim::simulator::simulated_board_facts(),
+        "advance facts against the probe of {}",
+        effective.sysfs_root
+    );
+}
