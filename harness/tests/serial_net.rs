@@ -12,7 +12,7 @@
 //! Skips with a reason when `/usr/sbin/ser2net` is absent, unless `HIL_REQUIRE_SER2NET=1` (CI).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -89,15 +89,26 @@ impl Ser2net {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("ser2net exited ({status}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             }
-            // A probe connection is harmless: ser2net only opens the device for a connection and
-            // closes it again when the probe goes.
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Read the kernel's socket table rather than connect: a probe connection makes ser2net
+            // open the device and close it again, and a client arriving during that close is dropped.
+            if listening_on(port) {
                 return;
             }
             assert!(Instant::now() < deadline, "ser2net not listening on 127.0.0.1:{port} after 10 s");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether some socket listens on 127.0.0.1:`port` (`/proc/net/tcp`: local address as hex
+/// `0100007F:PORT`, state `0A` = LISTEN).
+fn listening_on(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[1] == local && fields[3] == "0A"
+    })
 }
 
 impl Drop for Ser2net {
@@ -242,7 +253,7 @@ fn ppk2_stream_through_ser2net_loses_nothing_and_costs_little_cpu() {
     let path = emulator.port_path().to_string_lossy().into_owned();
     let tcp = free_port();
     // As a labgrid exporter runs it for a RawSerialPort.
-    let _server = Ser2net::start(&[(
+    let server = Ser2net::start(&[(
         "ppk2",
         format!("telnet(rfc2217,mode=server),tcp,127.0.0.1,{tcp}"),
         format!("serialdev(nouucplock=true),{path},115200n81,local"),
@@ -250,7 +261,9 @@ fn ppk2_stream_through_ser2net_loses_nothing_and_costs_little_cpu() {
     let mut options = MonitorOptions::default();
     options.ppk2.mode = Ppk2Mode::Source { supply_mv: 5000 };
     let url = format!("rfc2217://127.0.0.1:{tcp}");
-    let mut monitor = open_monitor(MonitorKind::Ppk2, &url, &options).expect("PPK2 over RFC 2217");
+    let mut monitor = open_monitor(MonitorKind::Ppk2, &url, &options).unwrap_or_else(|e| {
+        panic!("PPK2 over RFC 2217: {e}\nser2net's log:\n{}", std::fs::read_to_string(&server.log).unwrap_or_default())
+    });
     let info = monitor.identify().unwrap();
     assert!(info.simulated && info.port == url, "{info:?}");
 

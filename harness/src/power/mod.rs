@@ -377,6 +377,11 @@ fn open_network_monitor(
 /// Connects to a network serial port (for RFC 2217: 8N1 at `baud`), classifying failures like a
 /// serial port's: refused/reset/unreachable are `Disconnected` (an exporter restarting), so the runner
 /// retries them.
+///
+/// A connection the server accepts and then drops at once (reset, or closed during negotiation) is
+/// tried again, up to [`net::DROPPED_CONNECTION_ATTEMPTS`] times: ser2net does that to a client that
+/// arrives while it is still closing the port for the previous one. A refused connection is not
+/// retried here (nobody is listening; the runner's reconnection waits for an exporter).
 pub fn open_net_port(
     address: &net::NetAddress,
     baud: u32,
@@ -386,16 +391,37 @@ pub fn open_net_port(
         net::NetProtocol::Raw => "connecting (raw TCP)".to_string(),
         net::NetProtocol::Rfc2217 => format!("connecting and setting {baud} 8N1 (RFC 2217)"),
     };
-    net::NetPort::open(address, &net::LineSettings::n81(baud), net::CONNECT_TIMEOUT, read_timeout).map_err(|e| {
-        let kind = match e.kind() {
-            io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-                MonitorErrorKind::Disconnected
+    let dropped = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::BrokenPipe
+        )
+    };
+    let mut pause = net::DROPPED_CONNECTION_PAUSE;
+    let mut attempt = 1;
+    let error = loop {
+        match net::NetPort::open(address, &net::LineSettings::n81(baud), net::CONNECT_TIMEOUT, read_timeout) {
+            Ok(port) => return Ok(port),
+            Err(e) if dropped(&e) && attempt < net::DROPPED_CONNECTION_ATTEMPTS => {
+                std::thread::sleep(pause);
+                pause *= 2;
+                attempt += 1;
             }
-            io::ErrorKind::Unsupported | io::ErrorKind::InvalidData => MonitorErrorKind::Protocol,
-            _ => classify_io_error(&e),
-        };
-        MonitorError::new(kind, address.to_string(), what, e.to_string())
-    })
+            Err(e) => break e,
+        }
+    };
+    let kind = match error.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+            MonitorErrorKind::Disconnected
+        }
+        io::ErrorKind::Unsupported | io::ErrorKind::InvalidData => MonitorErrorKind::Protocol,
+        _ => classify_io_error(&error),
+    };
+    let detail = if attempt > 1 { format!("{error} (on each of {attempt} attempts)") } else { error.to_string() };
+    Err(MonitorError::new(kind, address.to_string(), what, detail))
 }
 
 /// Opens a serial port for a driver, with a short read timeout so reads poll.
@@ -600,6 +626,88 @@ mod tests {
         assert_eq!(k(io::Error::new(io::ErrorKind::PermissionDenied, "x")), MonitorErrorKind::Io);
         assert!(MonitorErrorKind::Disconnected.is_retryable());
         assert!(!MonitorErrorKind::Protocol.is_retryable());
+    }
+
+    /// A stand-in for ser2net's RFC 2217 accepter that, like ser2net catching a client while it is
+    /// still closing the port for the previous one, writes "port is shutting down" to the first
+    /// `drop_first` connections and frees them unread (the kernel then resets them), and serves the
+    /// next one properly: agrees to every option and echoes each COM-PORT setting (+100).
+    fn flaky_rfc2217_server(drop_first: usize) -> (u16, std::thread::JoinHandle<usize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let mut accepted = 0;
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                accepted += 1;
+                if accepted <= drop_first {
+                    // Let the client's negotiation arrive first, so the close leaves it unread.
+                    std::thread::sleep(Duration::from_millis(30));
+                    let _ = stream.write_all(b"port is shutting down\r\n");
+                    continue; // dropped here
+                }
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut decoder = net::TelnetDecoder::new();
+                let (mut data, mut events, mut answered) = (Vec::new(), Vec::new(), 0);
+                let mut buf = [0u8; 1024];
+                while answered < 5 {
+                    let n = stream.read(&mut buf).unwrap();
+                    assert!(n > 0, "the client hung up during negotiation");
+                    decoder.feed(&buf[..n], &mut data, &mut events);
+                    let mut reply = Vec::new();
+                    for event in events.drain(..) {
+                        match event {
+                            net::TelnetEvent::Negotiation { verb, option } => {
+                                let agree = if verb == net::WILL { net::DO } else { net::WILL };
+                                if verb == net::WILL || verb == net::DO {
+                                    reply.extend_from_slice(&[net::IAC, agree, option]);
+                                }
+                            }
+                            net::TelnetEvent::Subnegotiation { option: net::OPT_COM_PORT, payload } => {
+                                let mut answer = vec![payload[0] + net::CPO_SERVER_OFFSET];
+                                answer.extend_from_slice(&payload[1..]);
+                                reply.extend_from_slice(&[net::IAC, net::SB, net::OPT_COM_PORT]);
+                                net::escape_iac(&answer, &mut reply);
+                                reply.extend_from_slice(&[net::IAC, net::SE]);
+                                answered += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                    stream.write_all(&reply).unwrap();
+                }
+                // Stay open until the client goes.
+                while stream.read(&mut buf).is_ok_and(|n| n > 0) {}
+                return accepted;
+            }
+            accepted
+        });
+        (port, handle)
+    }
+
+    #[test]
+    fn a_connection_dropped_while_the_server_closes_the_port_is_tried_again() {
+        let (port, server) = flaky_rfc2217_server(2);
+        let address = net::NetAddress::new(net::NetProtocol::Rfc2217, "127.0.0.1", port);
+        let net_port = open_net_port(&address, 115_200, Duration::from_millis(50)).expect("the third attempt");
+        assert_eq!(net_port.com_port().unwrap().baud, Some(115_200));
+        drop(net_port);
+        assert_eq!(server.join().unwrap(), 3, "two dropped connections and the one that was served");
+    }
+
+    #[test]
+    fn a_server_that_always_drops_the_connection_fails_as_disconnected_naming_what_it_said() {
+        let attempts = net::DROPPED_CONNECTION_ATTEMPTS as usize;
+        let (port, _server) = flaky_rfc2217_server(attempts);
+        let address = net::NetAddress::new(net::NetProtocol::Rfc2217, "127.0.0.1", port);
+        let err = open_net_port(&address, 115_200, Duration::from_millis(50)).expect_err("must fail");
+        assert_eq!(err.kind, MonitorErrorKind::Disconnected, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("on each of {attempts} attempts")), "{text}");
+        assert!(text.contains(&format!("rfc2217://127.0.0.1:{port}")), "{text}");
+        // Unblock the server thread's accept loop so it serves (and ends with) a last connection.
+        let _ = open_net_port(&address, 115_200, Duration::from_millis(50));
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub const CONTROL_NO_FLOW: u8 = 1;
 pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long connecting to a network port may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a connection the server accepted and then dropped at once is tried, and the pause
+/// before the first retry (doubled each time). ser2net drops a connection that arrives while it is
+/// still closing the port for the previous client: it writes "Port closing" or "port is shutting
+/// down" and frees it (ser2net 4.x `port.c`, `port_new_con` and `accept_read_disabled_nolock`), which
+/// reaches us as a reset or an end of stream during negotiation.
+pub const DROPPED_CONNECTION_ATTEMPTS: u32 = 4;
+pub const DROPPED_CONNECTION_PAUSE: Duration = Duration::from_millis(200);
 
 /// The two ways a serial port is served over TCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -545,10 +552,15 @@ impl<S: Read + Write> TelnetPort<S> {
             }
             match self.fill() {
                 Ok(0) => {
+                    // ser2net writes a line of text before it drops a connection it will not serve
+                    // ("Port closing", "Port already in use", "port is shutting down").
+                    let said = String::from_utf8_lossy(&self.pending[self.pending_at..]);
+                    let said = said.trim();
+                    let said = if said.is_empty() { String::new() } else { format!(" (it said: {said:?})") };
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection during RFC 2217 negotiation",
-                    ))
+                        format!("the server closed the connection during RFC 2217 negotiation{said}"),
+                    ));
                 }
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
