@@ -273,7 +273,7 @@ fn ppk2_stream_through_ser2net_loses_nothing_and_costs_little_cpu() {
     let cpu = thread_cpu() - cpu0;
     let after = emulator.stats();
     // CPU cost: this recording's, or, when a scheduling storm on a shared 2-vCPU host inflated it
-    // (about 1 window in 70 here read above 10 % against a usual 3 %), the better of it and one more.
+    // (1 window in 140 here read above 10 % against a usual 3 %), the better of it and one more.
     let first_cpu_fraction = cpu.as_secs_f64() / rec.elapsed.as_secs_f64();
     let mut cpu_fraction = first_cpu_fraction;
     if cpu_fraction >= 0.10 {

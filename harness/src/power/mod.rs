@@ -420,7 +420,10 @@ pub fn open_net_port(
         io::ErrorKind::Unsupported | io::ErrorKind::InvalidData => MonitorErrorKind::Protocol,
         _ => classify_io_error(&error),
     };
-    let detail = if attempt > 1 { format!("{error} (on each of {attempt} attempts)") } else { error.to_string() };
+    let detail = match attempt {
+        1 => error.to_string(),
+        n => format!("{error} (attempt {n}; the server had dropped the {} before it at once)", n - 1),
+    };
     Err(MonitorError::new(kind, address.to_string(), what, detail))
 }
 
@@ -704,7 +707,10 @@ mod tests {
         let err = open_net_port(&address, 115_200, Duration::from_millis(50)).expect_err("must fail");
         assert_eq!(err.kind, MonitorErrorKind::Disconnected, "{err}");
         let text = err.to_string();
-        assert!(text.contains(&format!("on each of {attempts} attempts")), "{text}");
+        assert!(
+            text.contains(&format!("attempt {attempts}; the server had dropped the {} before", attempts - 1)),
+            "{text}"
+        );
         assert!(text.contains(&format!("rfc2217://127.0.0.1:{port}")), "{text}");
         // Unblock the server thread's accept loop so it serves (and ends with) a last connection.
         let _ = open_net_port(&address, 115_200, Duration::from_millis(50));
