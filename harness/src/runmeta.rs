@@ -63,6 +63,9 @@ pub struct SessionMeta {
     /// given with `--agent-bin`. `None` before an agent was needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_source: Option<String>,
+    /// Advice this session printed when it started (see [`crate::scenario::host_sharing_notes`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// What this session found on each board it touched.
     #[serde(default)]
     pub boards: BTreeMap<String, BoardMeta>,
@@ -242,6 +245,7 @@ impl SessionMeta {
             host: hostname(),
             build: BuildInfo::this_binary(),
             agent_source: None,
+            notes: Vec::new(),
             boards: BTreeMap::new(),
         }
     }
@@ -282,6 +286,7 @@ impl LegacyRunJson {
                 host: self.host.clone(),
                 build: build.clone(),
                 agent_source: None,
+                notes: Vec::new(),
                 boards: BTreeMap::new(),
             })
             .collect();
@@ -292,6 +297,7 @@ impl LegacyRunJson {
             host: self.host,
             build,
             agent_source: None,
+            notes: Vec::new(),
             boards: self.boards,
         });
         RunMeta {

@@ -226,7 +226,8 @@ pub fn run_scenario(
         .filter_map(|b| b.lab.as_ref().map(|(l, _)| (b.spec.name.clone(), (l.place.clone(), l.exporter_host.clone()))))
         .collect();
     keep_off_local_agent_cpus(scenario);
-    let (dir, meta) = crate::runmeta::open_run_dir(scenario, scenario_text, opts)?;
+    let (dir, mut meta) = crate::runmeta::open_run_dir(scenario, scenario_text, opts)?;
+    meta.current_mut().notes = crate::scenario::host_sharing_notes(scenario, crate::scenario::cpus_for_hil());
     let mut store = ResultsStore::open(&dir)?;
     store.set_deadline(scenario.constraints.latency_deadline.clone());
     let done: HashSet<_> = store.finished();

@@ -253,6 +253,25 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
     assert!(error.contains("dvfs.levels[1] = 650 MHz") && error.contains("does not offer 650 MHz"), "{error}");
     assert!(!outcome.scenario_mismatch_only(), "a run that measured is not a mismatch");
 
+    // Threads that take every CPU hil may use: the run says the harness shares them, and keeps the
+    // note in run.json and the report.
+    let cpus = harness::scenario::cpus_for_hil();
+    let text_all_cpus = text
+        .replace("  repeats: 1", &format!("  repeats: 1\n  threads: {cpus}"))
+        .replace("levels: [1500MHz, 600MHz]", "levels: [1500MHz]");
+    let shared = run(&text_all_cpus, &out, None);
+    assert!(shared.all_ok(), "{:?}", shared.boards);
+    let meta = harness::runmeta::RunMeta::read(&shared.dir).unwrap();
+    let notes = &meta.sessions[0].notes;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].starts_with(&format!("boards[0] (bench, local): measure.threads = {cpus} takes every CPU")));
+    let (paths, _) = harness::report::write_reports_with_summary(&shared.dir).unwrap();
+    assert!(std::fs::read_to_string(paths.markdown).unwrap().contains("(note: boards[0] (bench, local)"));
+    if cpus > 1 {
+        let quiet = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
+        assert!(quiet.sessions.iter().all(|s| s.notes.is_empty()), "one thread leaves CPUs free: no note");
+    }
+
     // A different scenario cannot resume this run.
     let scenario = parse_scenario(&text.replace("seed: 3", "seed: 4"), "e2e.yaml").unwrap();
     let opts =

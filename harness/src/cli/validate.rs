@@ -15,7 +15,9 @@ use crate::scenario::load_scenario;
 /// `hil run` or `hil board probe` connects, except for a simulated board (`sim: true`), whose
 /// tree is known: it is checked here, on this host's CPUs. A board from labgrid is checked against its
 /// coordinator (labgrid-client runs, the coordinator answers, enough places match), without
-/// acquiring anything. Exit code 0 when valid, 2 otherwise.
+/// acquiring anything. A `note:` line says when a board on this host would share its CPUs with
+/// hil (threads that take every CPU hil may use), which blurs its figures. Exit code 0 when
+/// valid, 2 otherwise.
 #[derive(Debug, Args)]
 pub struct ValidateCmd {
     /// Scenario YAML file.
@@ -33,6 +35,9 @@ impl ValidateCmd {
         let lab = crate::lab::preflight_all(&scenario)?;
         let plan = Plan::new(&scenario);
         println!("scenario {} ({}) is valid", scenario.name, self.scenario.display());
+        for note in crate::scenario::host_sharing_notes(&scenario, crate::scenario::cpus_for_hil()) {
+            println!("note: {note}");
+        }
         for line in lab {
             println!("{line}");
         }

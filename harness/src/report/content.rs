@@ -179,14 +179,15 @@ fn run_section(ctx: &Ctx, doc: &mut Document) {
         .enumerate()
         .map(|(i, s)| {
             format!(
-                "{}: {} to {}{} on {}, hil {}{}",
+                "{}: {} to {}{} on {}, hil {}{}{}",
                 i + 1,
                 s.started_at,
                 s.finished_at.as_deref().unwrap_or("not finished"),
                 if s.interrupted { " (interrupted)" } else { "" },
                 s.host,
                 s.build.describe(),
-                s.agent_source.as_deref().map(|a| format!(", agent {a}")).unwrap_or_default()
+                s.agent_source.as_deref().map(|a| format!(", agent {a}")).unwrap_or_default(),
+                s.notes.iter().map(|n| format!(" (note: {n})")).collect::<String>()
             )
         })
         .collect();

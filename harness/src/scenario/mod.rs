@@ -71,6 +71,39 @@ pub fn load_scenario(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> 
     parse_scenario(&text, &path.display().to_string())
 }
 
+/// The CPUs this process may run on (its affinity and cgroup quota, as `taskset` or a container
+/// sets them): what a board on this host shares with the harness.
+pub fn cpus_for_hil() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Advice on a runnable scenario whose figures this host would blur, one line per board (printed
+/// by `hil validate` and `hil run` as `note:` lines and kept in `run.json`; nothing is refused): a
+/// board that runs on this host (simulated or local) whose `measure.threads` take all `host_cpus`
+/// (see [`cpus_for_hil`]). The harness (and, for a simulated board, its simulator and PPK2
+/// emulator) then shares those CPUs with the agent, so latency includes their time slices and a simulated board's power model counts the
+/// waits as busy (`sim_busy_cores` above the agent's own `cpu_busy_cores`).
+pub fn host_sharing_notes(scenario: &Scenario, host_cpus: usize) -> Vec<String> {
+    let threads = scenario.measure.threads as usize;
+    scenario
+        .boards
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.labgrid.is_none() && b.transport == TransportSpec::Local && threads >= host_cpus)
+        .map(|(i, b)| {
+            let kind = if b.sim { "simulated" } else { "local" };
+            let others = if b.sim { "the harness, the simulator and its PPK2 emulator" } else { "the harness" };
+            format!(
+                "boards[{i}] ({}, {kind}): measure.threads = {threads} takes every CPU hil may use on this host ({host_cpus}); \
+                 {others} share them with the agent, so latency includes their time slices{}; for clean figures \
+                 run fewer threads than that",
+                b.name,
+                if b.sim { " and the simulated power counts the waits as busy (sim_busy_cores)" } else { "" }
+            )
+        })
+        .collect()
+}
+
 fn text_line_of_byte(bytes: &[u8], index: usize) -> usize {
     1 + bytes[..index.min(bytes.len())].iter().filter(|b| **b == b'\n').count()
 }
@@ -786,6 +819,29 @@ pub struct RegressionSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_that_take_every_host_cpu_get_a_note_per_board_on_this_host() {
+        let text = |threads: u32| {
+            format!(
+                "boards:\n  - {{name: s, sim: true, cpus: [0, 1], workdir: /tmp/w1}}\n  \
+                 - {{name: l, transport: local, sysfs_root: /tmp/fake, cpus: [0, 1]}}\n  \
+                 - {{name: r, host: 10.0.0.2, user: pi, cpus: [0, 1]}}\n\
+                 model: {{preset: minilm}}\nvariants: [{{name: dense, kind: dense}}]\ndvfs: {{levels: all}}\n\
+                 measure: {{threads: {threads}}}\n"
+            )
+        };
+        let two = parse_scenario(&text(2), "s.yaml").unwrap();
+        let notes = host_sharing_notes(&two, 2);
+        assert_eq!(notes.len(), 2, "the SSH board runs elsewhere: {notes:?}");
+        assert!(notes[0].starts_with("boards[0] (s, simulated): measure.threads = 2 takes every CPU"), "{notes:?}");
+        assert!(notes[0].contains("PPK2 emulator") && notes[0].contains("sim_busy_cores"), "{notes:?}");
+        assert!(notes[1].starts_with("boards[1] (l, local)") && !notes[1].contains("sim_busy"), "{notes:?}");
+        // A CPU left for the harness: nothing to say.
+        assert!(host_sharing_notes(&two, 4).is_empty());
+        assert!(host_sharing_notes(&parse_scenario(&text(1), "s.yaml").unwrap(), 2).is_empty());
+        assert_eq!(host_sharing_notes(&parse_scenario(&text(1), "s.yaml").unwrap(), 1).len(), 2);
+    }
 
     #[test]
     fn a_scenario_that_parses_may_still_not_be_runnable() {

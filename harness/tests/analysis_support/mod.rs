@@ -240,6 +240,7 @@ pub fn run_meta(boards: Vec<(&str, BoardMeta)>) -> RunMeta {
                 git_dirty: Some(false),
             },
             agent_source: None,
+            notes: Vec::new(),
             boards: boards.into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
         }],
     }
