@@ -206,6 +206,11 @@ pub fn run_scenario(
     // What parses but cannot be run is refused before any board is touched.
     crate::scenario::check_runnable(scenario)
         .map_err(|problems| anyhow::anyhow!("{}: cannot be run:\n{problems}", scenario.name))?;
+    // Counted before `keep_off_local_agent_cpus` narrows this thread to the CPUs the agents leave.
+    let notes = crate::scenario::host_sharing_notes(scenario, crate::scenario::cpus_for_hil());
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
     // One hil process per board (see `board_lock`). A simulated or local board's lock needs no
     // connection, so it is taken here, before any labgrid reservation and before the run directory
     // exists: a run refused for a busy board leaves nothing behind. A remote board's lock is taken
@@ -227,7 +232,7 @@ pub fn run_scenario(
         .collect();
     keep_off_local_agent_cpus(scenario);
     let (dir, mut meta) = crate::runmeta::open_run_dir(scenario, scenario_text, opts)?;
-    meta.current_mut().notes = crate::scenario::host_sharing_notes(scenario, crate::scenario::cpus_for_hil());
+    meta.current_mut().notes = notes;
     let mut store = ResultsStore::open(&dir)?;
     store.set_deadline(scenario.constraints.latency_deadline.clone());
     let done: HashSet<_> = store.finished();

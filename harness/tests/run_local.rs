@@ -92,6 +92,12 @@ fn simulated_board_measures_latency_and_energy_and_restores_cpufreq() {
     let outcome = run(&text, &out, None);
     assert!(outcome.all_ok(), "{:?}", outcome.boards);
     assert_eq!(outcome.boards[0].cells_done, 6);
+    if harness::scenario::cpus_for_hil() > 1 {
+        // One thread pinned to CPU 0 leaves hil the others: no note, in run.json either (the
+        // runner moves itself off CPU 0 after counting).
+        let meta = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
+        assert!(meta.sessions[0].notes.is_empty(), "{:?}", meta.sessions[0].notes);
+    }
 
     let cells = read_parquet(&outcome.dir.join(CELLS_PARQUET)).unwrap();
     assert_eq!(cells.height(), 6);
@@ -253,9 +259,12 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
     assert!(error.contains("dvfs.levels[1] = 650 MHz") && error.contains("does not offer 650 MHz"), "{error}");
     assert!(!outcome.scenario_mismatch_only(), "a run that measured is not a mismatch");
 
-    // Threads that take every CPU hil may use: the run says the harness shares them, and keeps the
-    // note in run.json and the report.
-    let cpus = harness::scenario::cpus_for_hil();
+    // Threads that keep every CPU hil may use busy: the run says the harness shares them, and
+    // keeps the note in run.json and the report. This thread (whose affinity hil counts, and
+    // which the run's threads inherit) is narrowed to at most 2 CPUs, so the test runs 1 or 2
+    // agent threads on any host.
+    narrow_this_thread_to(2);
+    let cpus = harness::scenario::cpus_for_hil(); // 1 or 2 (a cgroup quota may say 1)
     let text_all_cpus = text
         .replace("  repeats: 1", &format!("  repeats: 1\n  threads: {cpus}"))
         .replace("levels: [1500MHz, 600MHz]", "levels: [1500MHz]");
@@ -264,12 +273,14 @@ fn local_board_with_static_fake_sysfs_records_rows_restores_the_tree_and_resumes
     let meta = harness::runmeta::RunMeta::read(&shared.dir).unwrap();
     let notes = &meta.sessions[0].notes;
     assert_eq!(notes.len(), 1, "{notes:?}");
-    assert!(notes[0].starts_with(&format!("boards[0] (bench, local): measure.threads = {cpus} takes every CPU")));
+    let want =
+        format!("measure.threads = {cpus} on 1 board(s) run on this host (bench (local)) keep all {cpus} CPU(s)");
+    assert!(notes[0].starts_with(&want), "{notes:?}");
     let (paths, _) = harness::report::write_reports_with_summary(&shared.dir).unwrap();
-    assert!(std::fs::read_to_string(paths.markdown).unwrap().contains("(note: boards[0] (bench, local)"));
+    assert!(std::fs::read_to_string(paths.markdown).unwrap().contains(&format!("(note: {want}")));
     if cpus > 1 {
         let quiet = harness::runmeta::RunMeta::read(&outcome.dir).unwrap();
-        assert!(quiet.sessions.iter().all(|s| s.notes.is_empty()), "one thread leaves CPUs free: no note");
+        assert!(quiet.sessions.iter().all(|s| s.notes.is_empty()), "one thread leaves a CPU free: no note");
     }
 
     // A different scenario cannot resume this run.
@@ -336,4 +347,23 @@ fn a_simulated_boards_advance_facts_are_what_its_probe_finds() {
         "advance facts against the probe of {}",
         effective.sysfs_root
     );
+}
+
+/// Narrows the calling thread's CPU affinity to its first `at_most` CPUs.
+fn narrow_this_thread_to(at_most: usize) {
+    // SAFETY: cpu_set_t is a plain bit array; both calls get a valid set of the size passed, for
+    // the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+        let mut narrow: libc::cpu_set_t = std::mem::zeroed();
+        let mut n = 0;
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            if n < at_most && libc::CPU_ISSET(cpu, &set) {
+                libc::CPU_SET(cpu, &mut narrow);
+                n += 1;
+            }
+        }
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &narrow), 0);
+    }
 }

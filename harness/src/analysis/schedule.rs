@@ -16,6 +16,9 @@
 //!
 //! A level where no pattern set qualifies has no entry, says why, and marks the schedule
 //! incomplete. With no deadline in the scenario every pattern set meets it; the rule says so.
+//! A level whose choice hangs on noise says "close call": its chosen set meets the deadline by
+//! at most 5 %, or a pattern set misses it by at most 5 % (a p99 moves that much between runs
+//! on a busy host, and the choice with it).
 //!
 //! The same rule (deadline and fidelity floor, over every variant kind) decides which static
 //! (frequency, variant) policies are eligible to be the *best static* one
@@ -269,8 +272,48 @@ pub fn choose(candidates: &[Candidate], rule: &ScheduleRule, freq_khz: u64) -> C
             .then(ca.latency_ms.total_cmp(&cb.latency_ms))
             .then(ca.variant.cmp(&cb.variant))
     });
-    let note = choice_note(candidates, rule, freq_khz, &patterns, &meeting, &excluded, chosen, ranking);
+    let mut note = choice_note(candidates, rule, freq_khz, &patterns, &meeting, &excluded, chosen, ranking);
+    if let Some(close) = close_call(candidates, rule, &patterns, chosen) {
+        note.push_str("; ");
+        note.push_str(&close);
+    }
     Choice { chosen, meeting, excluded, ranking, note }
+}
+
+/// How near the deadline a pattern set's statistic may be for the choice to count as a close
+/// call: run-to-run noise on a busy host moves a p99 by a few per cent.
+pub const CLOSE_CALL: f64 = 0.05;
+
+/// A sentence when the level's choice hangs on noise: the chosen set meets the deadline by at
+/// most [`CLOSE_CALL`], or some pattern set misses it by at most that (and might be chosen in a
+/// run where it meets it).
+fn close_call(
+    candidates: &[Candidate],
+    rule: &ScheduleRule,
+    patterns: &[usize],
+    chosen: Option<usize>,
+) -> Option<String> {
+    let d = rule.deadline_ms?;
+    let near = |c: &Candidate| c.latency_ms.is_finite() && (c.latency_ms - d).abs() <= CLOSE_CALL * d;
+    let close: Vec<&Candidate> = patterns
+        .iter()
+        .filter(|&&i| Some(i) == chosen || !rule.meets_deadline(candidates[i].latency_ms))
+        .map(|&i| &candidates[i])
+        .filter(|c| near(c))
+        .collect();
+    if close.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "close call: {} within {:.0} % of the {} ms deadline, so another run may choose differently",
+        close
+            .iter()
+            .map(|c| format!("{} {} {:.2} ms", c.variant, rule.statistic.label(), c.latency_ms))
+            .collect::<Vec<_>>()
+            .join(", "),
+        CLOSE_CALL * 100.0,
+        fmt_ms(d)
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -85,9 +85,6 @@ impl RunCmd {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        for note in crate::scenario::host_sharing_notes(&scenario, crate::scenario::cpus_for_hil()) {
-            eprintln!("note: {note}");
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let handler_stop = stop.clone();
         ctrlc::set_handler(move || {

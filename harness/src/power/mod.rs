@@ -351,27 +351,37 @@ fn open_network_monitor(
         MonitorKind::Ina => (options.baud.unwrap_or(ina::DEFAULT_BAUD), options.ina.read_timeout),
         MonitorKind::Scpi => (options.baud.unwrap_or(options.scpi.baud), Duration::from_millis(20)),
     };
-    let stream = open_net_port(address, baud, read_timeout)?;
-    match kind {
-        MonitorKind::Ppk2 => {
-            let mut monitor = ppk2::Ppk2::new(stream, name, options.ppk2.clone());
-            monitor.connect()?;
-            monitor.identify()?;
-            Ok(Box::new(monitor))
+    // A server may also drop a raw TCP connection (which has no negotiation) once the driver
+    // starts talking: a connection lost before the instrument answered is another dropped one.
+    let identified = |stream| -> Result<Box<dyn PowerMonitor>, MonitorError> {
+        match kind {
+            MonitorKind::Ppk2 => {
+                let mut monitor = ppk2::Ppk2::new(stream, name.clone(), options.ppk2.clone());
+                monitor.connect()?;
+                monitor.identify()?;
+                Ok(Box::new(monitor))
+            }
+            MonitorKind::Ina => {
+                let mut monitor = ina::InaMonitor::new(stream, name.clone(), options.ina.clone());
+                monitor.identify()?;
+                Ok(Box::new(monitor))
+            }
+            MonitorKind::Scpi => {
+                let mut scpi = options.scpi.clone();
+                scpi.baud = baud;
+                let mut monitor = scpi::ScpiMonitor::new(stream, name.clone(), scpi);
+                monitor.identify()?;
+                Ok(Box::new(monitor))
+            }
         }
-        MonitorKind::Ina => {
-            let mut monitor = ina::InaMonitor::new(stream, name, options.ina.clone());
-            monitor.identify()?;
-            Ok(Box::new(monitor))
-        }
-        MonitorKind::Scpi => {
-            let mut scpi = options.scpi.clone();
-            scpi.baud = baud;
-            let mut monitor = scpi::ScpiMonitor::new(stream, name, scpi);
-            monitor.identify()?;
-            Ok(Box::new(monitor))
-        }
-    }
+    };
+    with_dropped_retries(|| {
+        let stream = open_net_port_once(address, baud, read_timeout)?;
+        identified(stream).map_err(|e| match e.kind {
+            MonitorErrorKind::Disconnected => Attempt::Dropped(e),
+            _ => Attempt::Final(e),
+        })
+    })
 }
 
 /// Connects to a network serial port (for RFC 2217: 8N1 at `baud`), classifying failures like a
@@ -379,52 +389,85 @@ fn open_network_monitor(
 /// retries them.
 ///
 /// A connection the server accepts and then drops at once (reset, or closed during negotiation) is
-/// tried again, up to [`net::DROPPED_CONNECTION_ATTEMPTS`] times: ser2net does that to a client that
-/// arrives while it is still closing the port for the previous one. A refused connection is not
-/// retried here (nobody is listening; the runner's reconnection waits for an exporter).
+/// tried again, up to [`net::DROPPED_CONNECTION_ATTEMPTS`] times (see [`with_dropped_retries`]).
 pub fn open_net_port(
     address: &net::NetAddress,
     baud: u32,
     read_timeout: Duration,
 ) -> Result<net::NetPort, MonitorError> {
+    with_dropped_retries(|| open_net_port_once(address, baud, read_timeout))
+}
+
+/// Why one attempt at a network monitor failed: `Dropped` when the server accepted the connection
+/// and then dropped it (worth another attempt), `Final` otherwise.
+enum Attempt {
+    Dropped(MonitorError),
+    Final(MonitorError),
+}
+
+/// Runs `attempt` until it succeeds, fails with [`Attempt::Final`], or has been dropped
+/// [`net::DROPPED_CONNECTION_ATTEMPTS`] times, pausing [`net::DROPPED_CONNECTION_PAUSE`] (doubled
+/// each time) in between. ser2net drops a client that arrives while it is still closing the port
+/// for the previous one, which in a lab is often our own previous connection (`hil monitor` then
+/// `hil run`, or a monitor reopened after an error). A refused connection is final here: nobody
+/// is listening, and the runner's reconnection loop waits for an exporter to come back.
+fn with_dropped_retries<T>(mut attempt: impl FnMut() -> Result<T, Attempt>) -> Result<T, MonitorError> {
+    let mut pause = net::DROPPED_CONNECTION_PAUSE;
+    let mut n = 1;
+    loop {
+        let error = match attempt() {
+            Ok(value) => return Ok(value),
+            Err(Attempt::Dropped(_)) if n < net::DROPPED_CONNECTION_ATTEMPTS => {
+                std::thread::sleep(pause);
+                pause *= 2;
+                n += 1;
+                continue;
+            }
+            Err(Attempt::Dropped(e) | Attempt::Final(e)) => e,
+        };
+        return Err(match n {
+            1 => error,
+            n => MonitorError {
+                detail: format!(
+                    "{} (attempt {n} of at most {}; the server accepted and at once dropped each of the {} before)",
+                    error.detail,
+                    net::DROPPED_CONNECTION_ATTEMPTS,
+                    n - 1
+                ),
+                ..error
+            },
+        });
+    }
+}
+
+/// One attempt at [`open_net_port`].
+fn open_net_port_once(address: &net::NetAddress, baud: u32, read_timeout: Duration) -> Result<net::NetPort, Attempt> {
     let what = match address.protocol {
         net::NetProtocol::Raw => "connecting (raw TCP)".to_string(),
         net::NetProtocol::Rfc2217 => format!("connecting and setting {baud} 8N1 (RFC 2217)"),
     };
-    let dropped = |e: &io::Error| {
-        matches!(
+    net::NetPort::open(address, &net::LineSettings::n81(baud), net::CONNECT_TIMEOUT, read_timeout).map_err(|e| {
+        let kind = match e.kind() {
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                MonitorErrorKind::Disconnected
+            }
+            io::ErrorKind::Unsupported | io::ErrorKind::InvalidData => MonitorErrorKind::Protocol,
+            _ => classify_io_error(&e),
+        };
+        let error = MonitorError::new(kind, address.to_string(), what, e.to_string());
+        let dropped = matches!(
             e.kind(),
             io::ErrorKind::ConnectionReset
                 | io::ErrorKind::ConnectionAborted
                 | io::ErrorKind::UnexpectedEof
                 | io::ErrorKind::BrokenPipe
-        )
-    };
-    let mut pause = net::DROPPED_CONNECTION_PAUSE;
-    let mut attempt = 1;
-    let error = loop {
-        match net::NetPort::open(address, &net::LineSettings::n81(baud), net::CONNECT_TIMEOUT, read_timeout) {
-            Ok(port) => return Ok(port),
-            Err(e) if dropped(&e) && attempt < net::DROPPED_CONNECTION_ATTEMPTS => {
-                std::thread::sleep(pause);
-                pause *= 2;
-                attempt += 1;
-            }
-            Err(e) => break e,
+        );
+        if dropped {
+            Attempt::Dropped(error)
+        } else {
+            Attempt::Final(error)
         }
-    };
-    let kind = match error.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-            MonitorErrorKind::Disconnected
-        }
-        io::ErrorKind::Unsupported | io::ErrorKind::InvalidData => MonitorErrorKind::Protocol,
-        _ => classify_io_error(&error),
-    };
-    let detail = match attempt {
-        1 => error.to_string(),
-        n => format!("{error} (attempt {n}; the server had dropped the {} before it at once)", n - 1),
-    };
-    Err(MonitorError::new(kind, address.to_string(), what, detail))
+    })
 }
 
 /// Opens a serial port for a driver, with a short read timeout so reads poll.
@@ -707,13 +750,42 @@ mod tests {
         let err = open_net_port(&address, 115_200, Duration::from_millis(50)).expect_err("must fail");
         assert_eq!(err.kind, MonitorErrorKind::Disconnected, "{err}");
         let text = err.to_string();
-        assert!(
-            text.contains(&format!("attempt {attempts}; the server had dropped the {} before", attempts - 1)),
-            "{text}"
+        let tail = format!(
+            "attempt {attempts} of at most {attempts}; the server accepted and at once dropped each of the {} before",
+            attempts - 1
         );
+        assert!(text.contains(&tail), "{text}");
+        assert!(text.contains("(it said: \"port is shutting down\")"), "what the server wrote: {text}");
         assert!(text.contains(&format!("rfc2217://127.0.0.1:{port}")), "{text}");
         // Unblock the server thread's accept loop so it serves (and ends with) a last connection.
         let _ = open_net_port(&address, 115_200, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_raw_port_that_drops_the_connection_before_the_instrument_answers_is_tried_again() {
+        use std::io::{BufRead, BufReader, Write};
+        // A raw TCP port has no negotiation: the drop shows up when the driver first talks. The
+        // first connection is closed unanswered; the second answers *IDN? as a bench meter does.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (first, _) = listener.accept().unwrap();
+            drop(first);
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            (&stream).write_all(b"Keysight Technologies,34465A,MY0001,A.03\n").unwrap();
+            let _ = reader.read_line(&mut String::new());
+            line
+        });
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut monitor =
+            open_monitor(MonitorKind::Scpi, &url, &MonitorOptions::default()).expect("the second attempt");
+        let info = monitor.identify().unwrap();
+        assert_eq!(info.model, "Keysight Technologies 34465A");
+        drop(monitor);
+        assert_eq!(server.join().unwrap().trim(), "*IDN?");
     }
 
     #[test]

@@ -552,20 +552,15 @@ impl<S: Read + Write> TelnetPort<S> {
             }
             match self.fill() {
                 Ok(0) => {
-                    // ser2net writes a line of text before it drops a connection it will not serve
-                    // ("Port closing", "Port already in use", "port is shutting down").
-                    let said = String::from_utf8_lossy(&self.pending[self.pending_at..]);
-                    let said = said.trim();
-                    let said = if said.is_empty() { String::new() } else { format!(" (it said: {said:?})") };
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("the server closed the connection during RFC 2217 negotiation{said}"),
-                    ));
+                        format!("the server closed the connection during RFC 2217 negotiation{}", self.said()),
+                    ))
                 }
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{e}{}", self.said()))),
             }
         }
         let wrong = self.com_port.mismatches(settings);
@@ -576,6 +571,24 @@ impl<S: Read + Write> TelnetPort<S> {
             ));
         }
         Ok(self.com_port)
+    }
+
+    /// What the server wrote as data before it dropped the connection, for the error: ser2net
+    /// writes a line ("Port closing", "Port already in use", "port is shutting down") before it
+    /// frees a connection it will not serve. At most 80 printable ASCII characters; empty when
+    /// nothing printable came.
+    fn said(&self) -> String {
+        let text: String = self.pending[self.pending_at..]
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { ' ' })
+            .take(80)
+            .collect();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!(" (it said: {text:?})")
+        }
     }
 
     /// What the server answered to the line settings.

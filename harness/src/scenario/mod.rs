@@ -77,31 +77,32 @@ pub fn cpus_for_hil() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Advice on a runnable scenario whose figures this host would blur, one line per board (printed
-/// by `hil validate` and `hil run` as `note:` lines and kept in `run.json`; nothing is refused): a
-/// board that runs on this host (simulated or local) whose `measure.threads` take all `host_cpus`
-/// (see [`cpus_for_hil`]). The harness (and, for a simulated board, its simulator and PPK2
-/// emulator) then shares those CPUs with the agent, so latency includes their time slices and a simulated board's power model counts the
-/// waits as busy (`sim_busy_cores` above the agent's own `cpu_busy_cores`).
+/// Advice on a runnable scenario whose figures this host would blur (printed by `hil validate` and
+/// `hil run` as `note:` lines and kept in `run.json`; nothing is refused): the boards that run on
+/// this host (simulated or local; they run in parallel) keep all `host_cpus` CPUs hil may use busy
+/// with their `measure.threads` (see [`cpus_for_hil`]; count them before the runner moves itself
+/// off the agents' CPUs). The harness (and a simulated board's simulator and PPK2 emulator) then
+/// shares those CPUs with the agents, so latency includes their time slices and a simulated
+/// board's power model counts the waits as busy (`sim_busy_cores` above the agent's own
+/// `cpu_busy_cores`). With a CPU left over, hil runs there and there is nothing to say.
 pub fn host_sharing_notes(scenario: &Scenario, host_cpus: usize) -> Vec<String> {
     let threads = scenario.measure.threads as usize;
-    scenario
-        .boards
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.labgrid.is_none() && b.transport == TransportSpec::Local && threads >= host_cpus)
-        .map(|(i, b)| {
-            let kind = if b.sim { "simulated" } else { "local" };
-            let others = if b.sim { "the harness, the simulator and its PPK2 emulator" } else { "the harness" };
-            format!(
-                "boards[{i}] ({}, {kind}): measure.threads = {threads} takes every CPU hil may use on this host ({host_cpus}); \
-                 {others} share them with the agent, so latency includes their time slices{}; for clean figures \
-                 run fewer threads than that",
-                b.name,
-                if b.sim { " and the simulated power counts the waits as busy (sim_busy_cores)" } else { "" }
-            )
-        })
-        .collect()
+    let here: Vec<&BoardSpec> = scenario.boards.iter().filter(|b| b.transport == TransportSpec::Local).collect();
+    if here.is_empty() || threads * here.len() < host_cpus {
+        return Vec::new();
+    }
+    let sim = here.iter().any(|b| b.sim);
+    let names: Vec<String> =
+        here.iter().map(|b| format!("{} ({})", b.name, if b.sim { "simulated" } else { "local" })).collect();
+    vec![format!(
+        "measure.threads = {threads} on {} board(s) run on this host ({}) keep all {host_cpus} CPU(s) hil may use busy: \
+         the harness{} shares them with the agent(s), so latency includes its time slices{}; for clean figures leave a \
+         CPU free (fewer threads, or fewer boards on this host)",
+        here.len(),
+        names.join(", "),
+        if sim { ", with the simulator and its PPK2 emulator," } else { "" },
+        if sim { " and the simulated power counts the waits as busy (sim_busy_cores)" } else { "" }
+    )]
 }
 
 fn text_line_of_byte(bytes: &[u8], index: usize) -> usize {
@@ -821,26 +822,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threads_that_take_every_host_cpu_get_a_note_per_board_on_this_host() {
-        let text = |threads: u32| {
+    fn threads_that_keep_every_cpu_of_this_host_busy_get_a_note() {
+        let text = |threads: u32, boards: &str| {
             format!(
-                "boards:\n  - {{name: s, sim: true, cpus: [0, 1], workdir: /tmp/w1}}\n  \
-                 - {{name: l, transport: local, sysfs_root: /tmp/fake, cpus: [0, 1]}}\n  \
-                 - {{name: r, host: 10.0.0.2, user: pi, cpus: [0, 1]}}\n\
-                 model: {{preset: minilm}}\nvariants: [{{name: dense, kind: dense}}]\ndvfs: {{levels: all}}\n\
-                 measure: {{threads: {threads}}}\n"
+                "boards:\n{boards}model: {{preset: minilm}}\nvariants: [{{name: dense, kind: dense}}]\n\
+                 dvfs: {{levels: all}}\nmeasure: {{threads: {threads}}}\n"
             )
         };
-        let two = parse_scenario(&text(2), "s.yaml").unwrap();
-        let notes = host_sharing_notes(&two, 2);
-        assert_eq!(notes.len(), 2, "the SSH board runs elsewhere: {notes:?}");
-        assert!(notes[0].starts_with("boards[0] (s, simulated): measure.threads = 2 takes every CPU"), "{notes:?}");
-        assert!(notes[0].contains("PPK2 emulator") && notes[0].contains("sim_busy_cores"), "{notes:?}");
-        assert!(notes[1].starts_with("boards[1] (l, local)") && !notes[1].contains("sim_busy"), "{notes:?}");
-        // A CPU left for the harness: nothing to say.
-        assert!(host_sharing_notes(&two, 4).is_empty());
-        assert!(host_sharing_notes(&parse_scenario(&text(1), "s.yaml").unwrap(), 2).is_empty());
-        assert_eq!(host_sharing_notes(&parse_scenario(&text(1), "s.yaml").unwrap(), 1).len(), 2);
+        let sim = "  - {name: s, sim: true, cpus: [0, 1], workdir: /tmp/w1}\n";
+        let local = "  - {name: l, transport: local, sysfs_root: /tmp/fake}\n";
+        let ssh = "  - {name: r, host: 10.0.0.2, user: pi, cpus: [0, 1]}\n";
+        let notes = |threads, boards: &str, cpus| {
+            host_sharing_notes(&parse_scenario(&text(threads, boards), "s.yaml").unwrap(), cpus)
+        };
+        // Two threads on a simulated board fill a 2-CPU host; an SSH board runs elsewhere.
+        let two = notes(2, &format!("{sim}{ssh}"), 2);
+        assert_eq!(two.len(), 1, "{two:?}");
+        assert!(
+            two[0].starts_with("measure.threads = 2 on 1 board(s) run on this host (s (simulated)) keep all 2 CPU(s)"),
+            "{two:?}"
+        );
+        assert!(two[0].contains("PPK2 emulator") && two[0].contains("sim_busy_cores"), "{two:?}");
+        // Boards run in parallel: one thread on each of two boards fills two CPUs too.
+        let both = notes(1, &format!("{sim}{local}"), 2);
+        assert!(
+            both.len() == 1 && both[0].contains("on 2 board(s) run on this host (s (simulated), l (local))"),
+            "{both:?}"
+        );
+        let local_only = notes(2, local, 2);
+        assert!(local_only.len() == 1 && !local_only[0].contains("sim_busy"), "{local_only:?}");
+        // A CPU left for hil, or only remote boards: nothing to say.
+        assert!(notes(2, sim, 4).is_empty());
+        assert!(notes(1, sim, 2).is_empty());
+        assert!(notes(2, ssh, 2).is_empty());
+        assert_eq!(notes(1, sim, 1).len(), 1);
     }
 
     #[test]
