@@ -216,7 +216,7 @@ pub fn run_scenario(
     // exists: a run refused for a busy board leaves nothing behind. A remote board's lock is taken
     // once the board is reached (a refused host key is said first).
     let mut local_locks: HashMap<String, BoardLock> = HashMap::new();
-    for spec in scenario.boards.iter().filter(|b| b.transport == crate::scenario::TransportSpec::Local) {
+    for spec in scenario.boards.iter().filter(|b| b.runs_here()) {
         let lock = BoardLock::acquire(spec, &lock_purpose(scenario)).with_context(|| format!("board {}", spec.name))?;
         local_locks.insert(spec.name.clone(), lock);
     }
@@ -332,14 +332,8 @@ pub fn run_scenario(
 /// calling thread, and so every thread it starts from now on, keeps to those other CPUs. An agent
 /// sets its own affinity when it starts, so it is not held back by this.
 fn keep_off_local_agent_cpus(scenario: &Scenario) {
-    let agent_cpus: HashSet<usize> = scenario
-        .boards
-        .iter()
-        .filter(|b| b.sim || b.transport == crate::scenario::TransportSpec::Local)
-        .filter_map(|b| b.cpus.as_ref())
-        .flatten()
-        .copied()
-        .collect();
+    let agent_cpus: HashSet<usize> =
+        scenario.boards.iter().filter(|b| b.runs_here()).filter_map(|b| b.cpus.as_ref()).flatten().copied().collect();
     if agent_cpus.is_empty() {
         return;
     }

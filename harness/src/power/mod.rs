@@ -407,9 +407,9 @@ enum Attempt {
 
 /// Runs `attempt` until it succeeds, fails with [`Attempt::Final`], or has been dropped
 /// [`net::DROPPED_CONNECTION_ATTEMPTS`] times, pausing [`net::DROPPED_CONNECTION_PAUSE`] (doubled
-/// each time) in between. ser2net drops a client that arrives while it is still closing the port
-/// for the previous one, which in a lab is often our own previous connection (`hil monitor` then
-/// `hil run`, or a monitor reopened after an error). A refused connection is final here: nobody
+/// each time) in between (why a server drops a connection: see those constants). In a lab the
+/// previous client is often our own (`hil monitor` then `hil run`, or a monitor reopened after an
+/// error). A refused connection is final here: nobody
 /// is listening, and the runner's reconnection loop waits for an exporter to come back.
 fn with_dropped_retries<T>(mut attempt: impl FnMut() -> Result<T, Attempt>) -> Result<T, MonitorError> {
     let mut pause = net::DROPPED_CONNECTION_PAUSE;

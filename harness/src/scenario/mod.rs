@@ -87,7 +87,7 @@ pub fn cpus_for_hil() -> usize {
 /// `cpu_busy_cores`). With a CPU left over, hil runs there and there is nothing to say.
 pub fn host_sharing_notes(scenario: &Scenario, host_cpus: usize) -> Vec<String> {
     let threads = scenario.measure.threads as usize;
-    let here: Vec<&BoardSpec> = scenario.boards.iter().filter(|b| b.transport == TransportSpec::Local).collect();
+    let here: Vec<&BoardSpec> = scenario.boards.iter().filter(|b| b.runs_here()).collect();
     if here.is_empty() || threads * here.len() < host_cpus {
         return Vec::new();
     }
@@ -132,7 +132,7 @@ pub fn check_runnable(scenario: &Scenario) -> Result<(), String> {
         }
     }
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let local = |b: &&BoardSpec| b.labgrid.is_none() && b.transport == TransportSpec::Local;
+    let local = |b: &&BoardSpec| b.labgrid.is_none() && b.runs_here();
     for (i, b) in scenario.boards.iter().enumerate().filter(|(_, b)| local(b)) {
         let key = crate::board_lock::board_key(b);
         if let Some(first) = seen.insert(key.clone(), i) {
@@ -350,6 +350,13 @@ pub struct BoardSpec {
     /// host, port and user are filled in then), `{place}` in `workdir`, `sysfs_root` and
     /// `exec_prefix` replaced by the place's name.
     pub labgrid: Option<crate::labgrid::LabgridSpec>,
+}
+
+impl BoardSpec {
+    /// Whether the agent runs on this host (a simulated or local board), beside hil itself.
+    pub fn runs_here(&self) -> bool {
+        self.transport == TransportSpec::Local
+    }
 }
 
 /// What `{place}` stands for in a labgrid board entry's paths.
